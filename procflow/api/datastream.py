@@ -1,0 +1,186 @@
+"""The fluent graph-building API: DataStream and ConnectedStreams. Building a graph starts nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from procflow.api import functions as fx
+from procflow.graph.transformation import (BROADCAST, CUSTOM, HASH, ROUND_ROBIN, FunctionSpec, Input,
+                                           Partitioning, Transformation)
+
+if TYPE_CHECKING:
+    from procflow.api.environment import BaseEnvironment
+
+T = TypeVar("T")
+_STRATEGIES = (HASH, BROADCAST, ROUND_ROBIN)
+
+
+class CollectResult:
+    """Records that a `collect()` sink shipped back to the driver."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._records: list = []
+
+    def results(self) -> list:
+        """A copy of the records received so far (all of them once the job has finished)."""
+        return list(self._records)
+
+    def _extend(self, records: list) -> None:
+        self._records.extend(records)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+
+class DataStream(Generic[T]):
+    """A stream of records leaving one operator, plus how they will be partitioned downstream."""
+
+    def __init__(self, env: BaseEnvironment, transformation: Transformation,
+                 partitioning: Partitioning | None = None) -> None:
+        self.env = env
+        self.transformation = transformation
+        if partitioning is None:
+            # A key chosen upstream stays with the stream until the next keyby.
+            upstream_keyed = any(i.partitioning.keyed for i in transformation.inputs)
+            partitioning = Partitioning(HASH) if upstream_keyed else Partitioning(ROUND_ROBIN)
+        self.partitioning = partitioning
+
+    @property
+    def name(self) -> str:
+        return self.transformation.name
+
+    @property
+    def parallelism(self) -> int:
+        return self.transformation.parallelism
+
+    def _then(self, kind: str, base: type, fn: Any, args: tuple, kwargs: dict) -> DataStream:
+        t = self.env._add(kind, base, fn, args, kwargs, inputs=[Input(self.transformation, self.partitioning, 0)])
+        return DataStream(self.env, t)
+
+    def map(self, fn: Callable[[T], Any] | type[fx.MapFunction], *args: Any, **kwargs: Any) -> DataStream:
+        """One output per record. Options: parallelism=, name=, on_error="fail"|"skip"|"dead_letter"."""
+        return self._then("map", fx.MapFunction, fn, args, kwargs)
+
+    def filter(self, fn: Callable[[T], bool] | type[fx.FilterFunction], *args: Any, **kwargs: Any) -> DataStream:
+        return self._then("filter", fx.FilterFunction, fn, args, kwargs)
+
+    def flatmap(self, fn: Callable[[T], Any] | type[fx.FlatMapFunction], *args: Any, **kwargs: Any) -> DataStream:
+        """Zero or more outputs per record: `execute` returns an iterable (None counts as empty)."""
+        return self._then("flatmap", fx.FlatMapFunction, fn, args, kwargs)
+
+    def keyby(self, fn: Callable[[T], Any] | type[fx.KeyByFunction], strategy: Any = HASH,
+              *args: Any, parallelism: int | None = None, **kwargs: Any) -> DataStream:
+        """Partition by key. `strategy`: "hash", "broadcast", "round_robin" or a partitioner callable
+        `(key, n) -> index | indices`.
+
+        The key selector runs in the tasks that send the records, so keyby costs no extra process. With
+        an explicit `parallelism=`, keyby becomes its own stage of that many tasks.
+        """
+        selector = FunctionSpec.of(fx.KeyByFunction, fn, args, kwargs, where="keyby()")
+        if callable(strategy) and not isinstance(strategy, str):
+            part = Partitioning(CUSTOM, selector, strategy)
+        elif strategy in _STRATEGIES:
+            part = Partitioning(strategy, selector)
+        else:
+            raise ValueError(f"keyby(): unknown strategy {strategy!r}; use one of {', '.join(_STRATEGIES)} "
+                             "or a partitioner callable (key, n) -> index")
+        source = self
+        if parallelism is not None:
+            source = self.map(_identity, parallelism=parallelism, name=f"keyby_{self.name}")
+        return DataStream(self.env, source.transformation, part)
+
+    def reduce(self, fn: Callable[[Any, Any], Any] | type[fx.ReduceFunction], *args: Any,
+               emit: str = "final", **kwargs: Any) -> DataStream:
+        """Keyed fold. emit="final": one (key, value) per key at end of input; "running": every update."""
+        if not self.partitioning.keyed:
+            raise ValueError("reduce() needs a keyed stream: call .keyby(selector) first")
+        if emit not in ("final", "running"):
+            raise ValueError(f"reduce(): emit must be 'final' or 'running', got {emit!r}")
+        kwargs["_options"] = {"emit": emit}
+        return self._then("reduce", fx.ReduceFunction, fn, args, kwargs)
+
+    def sink(self, fn: Callable[[T], Any] | type[fx.SinkFunction], *args: Any, **kwargs: Any) -> DataStream:
+        """Consume records; returns this same stream so more operators can hang off it."""
+        self._then("sink", fx.SinkFunction, fn, args, kwargs)
+        return self
+
+    def print(self, prefix: str = "", **kwargs: Any) -> DataStream:
+        self._then("sink", fx.SinkFunction, _Printer, (prefix,), kwargs)
+        return self
+
+    def collect(self, **kwargs: Any) -> CollectResult:
+        """Ship every record back to the driver; read them with `.results()` after the job."""
+        t = self.env._add("collect", fx.SinkFunction, _CollectMarker, (), kwargs,
+                          inputs=[Input(self.transformation, self.partitioning, 0)])
+        result = CollectResult(t.name)
+        self.env._collectors[t.name] = result
+        return result
+
+    def connect(self, *others: DataStream) -> ConnectedStreams:
+        if not others:
+            raise ValueError("connect() needs at least one other stream")
+        for o in others:
+            if not isinstance(o, DataStream):
+                raise TypeError(f"connect() takes DataStreams, got {type(o).__name__}")
+            if o.env is not self.env:
+                raise ValueError("connect(): both streams must come from the same environment")
+        return ConnectedStreams(self.env, [self, *others])
+
+
+class ConnectedStreams:
+    """Several streams feeding one operator; records keep their input index (0, 1, ...)."""
+
+    def __init__(self, env: BaseEnvironment, streams: list[DataStream]) -> None:
+        self.env = env
+        self.streams = streams
+
+    def _inputs(self) -> list[Input]:
+        return [Input(s.transformation, s.partitioning, i) for i, s in enumerate(self.streams)]
+
+    def keyby(self, fn: Any, strategy: Any = HASH) -> ConnectedStreams:
+        """One selector for all inputs, or a list/tuple with one selector per input."""
+        selectors = list(fn) if isinstance(fn, (list, tuple)) else [fn] * len(self.streams)
+        if len(selectors) != len(self.streams):
+            raise ValueError(f"keyby(): got {len(selectors)} selectors for {len(self.streams)} inputs")
+        return ConnectedStreams(self.env, [s.keyby(sel, strategy) for s, sel in zip(self.streams, selectors)])
+
+    def _then(self, kind: str, base: type, fn: Any, args: tuple, kwargs: dict) -> DataStream:
+        t = self.env._add(kind, base, fn, args, kwargs, inputs=self._inputs())
+        return DataStream(self.env, t)
+
+    def map(self, fn: Any, *args: Any, **kwargs: Any) -> DataStream:
+        """The same function over the records of every input (a union)."""
+        return self._then("map", fx.MapFunction, fn, args, kwargs)
+
+    def comap(self, fn: type[fx.CoMapFunction], *args: Any, **kwargs: Any) -> DataStream:
+        """`map0` for input 0, `map1` for input 1, ..."""
+        return self._then("comap", fx.CoMapFunction, fn, args, kwargs)
+
+    def join(self, fn: Any, *args: Any, **kwargs: Any) -> DataStream:
+        """Keyed join: `execute(payload, key, tag)` returns a list of outputs."""
+        return self._then("join", fx.JoinFunction, fn, args, kwargs)
+
+    def sink(self, fn: Any, *args: Any, **kwargs: Any) -> ConnectedStreams:
+        self._then("sink", fx.SinkFunction, fn, args, kwargs)
+        return self
+
+
+def _identity(record: Any) -> Any:
+    return record
+
+
+class _Printer(fx.SinkFunction):
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+
+    def execute(self, record: Any) -> None:
+        print(f"{self.prefix}{record}", flush=True)
+
+
+class _CollectMarker(fx.SinkFunction):
+    """Placeholder function of a collect operator; the runtime ships records to the driver instead."""
+
+    def execute(self, record: Any) -> None:  # pragma: no cover - never called
+        raise AssertionError("collect records are handled by the runtime")

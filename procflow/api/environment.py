@@ -1,0 +1,165 @@
+"""Environments: where a pipeline is built, and the backend-neutral half of running it.
+
+`BaseEnvironment` knows the graph and the configuration; a backend subclass (LocalEnvironment,
+RayEnvironment in `procflow.backends`) turns it into running tasks by implementing `_launch()`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import tempfile
+from collections.abc import Iterable
+from typing import Any
+
+from procflow.api import functions as fx
+from procflow.api.datastream import CollectResult, DataStream
+from procflow.api.service import BaseService, ServiceSpec
+from procflow.graph.execution_graph import ExecutionGraph, compile_graph
+from procflow.graph.transformation import FunctionSpec, Input, Transformation, check_parallelism
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "queue": "shm",              # "shm" (shared-memory rings) or "mp" (multiprocessing queues)
+    "ring_bytes": 4 << 20,       # capacity of each shared-memory ring
+    "batch_bytes": 32 << 10,     # producers publish at least this often...
+    "flush_interval": 0.001,     # ...and at least every this many seconds
+    "log_level": "INFO",
+    "stop_timeout": 5.0,         # grace period before SIGKILL at cleanup
+    "progress": None,            # None: on when stderr is a terminal
+}
+_OPTION_NAMES = ("parallelism", "name", "on_error")
+_ON_ERROR = ("fail", "skip", "dead_letter")
+
+
+class BaseEnvironment:
+    """Builds a pipeline. Use as a context manager so that `close()` always runs."""
+
+    backend = "base"
+
+    def __init__(self, name: str = "procflow", config: dict[str, Any] | None = None, *,
+                 env_dir: str | os.PathLike | None = None, start_method: str = "fork") -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError("environment name must be a non-empty string")
+        unknown = set(config or {}) - set(DEFAULT_CONFIG)
+        if unknown:
+            raise ValueError(f"unknown config key(s) {sorted(unknown)}; known: {sorted(DEFAULT_CONFIG)}")
+        if start_method not in ("fork", "spawn", "forkserver"):
+            raise ValueError(f"start_method must be 'fork', 'spawn' or 'forkserver', got {start_method!r}")
+        self.name = name
+        self.config = {**DEFAULT_CONFIG, **(config or {})}
+        if self.config["queue"] not in ("shm", "mp", "ray"):
+            raise ValueError(f"config['queue'] must be 'shm' or 'mp', got {self.config['queue']!r}")
+        self.env_dir = os.fspath(env_dir) if env_dir is not None else os.path.join(
+            tempfile.gettempdir(), "procflow", name)
+        self.start_method = start_method
+        self._transformations: list[Transformation] = []
+        self._names: set[str] = set()
+        self._collectors: dict[str, CollectResult] = {}
+        self.services: dict[str, ServiceSpec] = {}
+        self.job: Any = None
+
+    # -- building --------------------------------------------------------------------------------
+
+    def from_batch(self, source: Any, *args: Any, **kwargs: Any) -> DataStream:
+        """A bounded source: any iterable, or a BatchFunction subclass (extra args go to its constructor).
+
+        With parallelism n, instance i of an iterable source takes items i, i+n, ... of the iterable.
+        """
+        if inspect.isclass(source) or isinstance(source, fx.BaseFunction):
+            t = self._add("batch", fx.BatchFunction, source, args, kwargs, inputs=[])
+        elif isinstance(source, Iterable) and not isinstance(source, (str, bytes, dict)):
+            if args:
+                raise TypeError("from_batch(iterable) takes no extra positional arguments")
+            t = self._add("batch", fx.BatchFunction, fx.IterableBatch, (source,), kwargs, inputs=[])
+        else:
+            raise TypeError(f"from_batch() needs an iterable (list, range, generator...) or a "
+                            f"BatchFunction subclass, got {type(source).__name__}")
+        return DataStream(self, t)
+
+    def from_source(self, source: Any, *args: Any, **kwargs: Any) -> DataStream:
+        """An unbounded source: a SourceFunction subclass or a callable returning record/None/StopSignal."""
+        return DataStream(self, self._add("source", fx.SourceFunction, source, args, kwargs, inputs=[]))
+
+    def register_service(self, name: str, service_class: type[BaseService], *args: Any,
+                         parallelism: int = 1, **kwargs: Any) -> None:
+        """Run `service_class(*args, **kwargs)` in its own process(es); functions reach it by name."""
+        if not isinstance(name, str) or not name:
+            raise ValueError("service name must be a non-empty string")
+        if name in self.services:
+            raise ValueError(f"a service named {name!r} is already registered")
+        if not (inspect.isclass(service_class) and issubclass(service_class, BaseService)):
+            raise TypeError(f"register_service({name!r}, ...) needs a BaseService subclass, got {service_class!r}")
+        check_parallelism(parallelism, f"service {name!r}")
+        self.services[name] = ServiceSpec(name, service_class, tuple(args), dict(kwargs), parallelism)
+
+    def _add(self, kind: str, base: type, fn: Any, args: tuple, kwargs: dict, *,
+             inputs: list[Input]) -> Transformation:
+        if self.job is not None and getattr(self.job, "running", False):
+            raise RuntimeError("cannot add operators while a job is running")
+        opts = {k: kwargs.pop(k) for k in _OPTION_NAMES if k in kwargs}
+        extra = kwargs.pop("_options", {})
+        name = opts.get("name") or self._unique(kind)
+        if name in self._names:
+            raise ValueError(f"an operator named {name!r} already exists; names must be unique")
+        self._names.add(name)
+        where = f"{kind}({getattr(fn, '__qualname__', type(fn).__name__)}) [{name}]"
+        parallelism = check_parallelism(opts.get("parallelism", 1), where)
+        on_error = opts.get("on_error", "fail")
+        if on_error not in _ON_ERROR:
+            raise ValueError(f"{where}: on_error must be one of {_ON_ERROR}, got {on_error!r}")
+        spec = FunctionSpec.of(base, fn, args, kwargs, where=where)
+        t = Transformation(kind, name, spec, parallelism, list(inputs), {"on_error": on_error, **extra})
+        self._transformations.append(t)
+        return t
+
+    def _unique(self, kind: str) -> str:
+        if kind not in self._names:
+            return kind
+        n = 2
+        while f"{kind}{n}" in self._names:
+            n += 1
+        return f"{kind}{n}"
+
+    def compile(self) -> ExecutionGraph:
+        """The execution graph the next submit() will run (for tools, tests and `procflow graph`)."""
+        return compile_graph(self._transformations)
+
+    # -- running ----------------------------------------------------------------------------------
+
+    def submit(self, autostop: bool = True) -> Any:
+        """Run the pipeline. autostop=True blocks until every task has drained and returns the finished
+        job (raising JobFailedError on failure); autostop=False returns the running job at once."""
+        if self.job is not None and self.job.running:
+            raise RuntimeError("a job of this environment is still running; call env.stop() first")
+        graph = self.compile()
+        for collector in self._collectors.values():
+            collector._records.clear()
+        self.job = self._launch(graph)
+        if autostop:
+            try:
+                self.job.wait()
+            except KeyboardInterrupt:
+                self.job.kill("interrupted (Ctrl-C)")
+                raise
+        return self.job
+
+    def _launch(self, graph: ExecutionGraph) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} cannot run pipelines; use LocalEnvironment")
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Ask the running job to stop: sources end, everything in flight drains, then tasks exit."""
+        if self.job is not None:
+            self.job.stop(timeout)
+
+    def close(self) -> None:
+        """Stop any running job and free every process and segment. Idempotent."""
+        if self.job is not None:
+            self.job.close()
+
+    def __enter__(self) -> BaseEnvironment:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if exc[0] is not None and self.job is not None:
+            self.job.kill("the with-block raised")
+        self.close()

@@ -1,0 +1,98 @@
+"""Every exception procflow raises, in one tree.
+
+    ProcflowError
+    ├── JobFailedError        a task, service or the job itself failed at run time
+    ├── ServiceError          a service raised; the remote traceback is chained as __cause__
+    │   ├── ServiceTimeoutError
+    │   └── UnknownServiceError
+    └── ChannelError          transport problems; "you closed it" vs "the peer broke" stay distinct
+        ├── ChannelClosedError
+        └── BrokenChannelError
+Graph and argument mistakes raise the built-in ValueError / TypeError before any process starts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ProcflowError(Exception):
+    """Base class of procflow's own errors."""
+
+
+class RemoteTraceback(Exception):
+    """Carries the traceback text of an exception raised in another process (set as `__cause__`)."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return f"\n\n--- traceback in the task process ---\n{self.tb}"
+
+
+class JobFailedError(ProcflowError):
+    """A job failed. `task`, `record`, `exitcode` and `remote_traceback` say where and how."""
+
+    def __init__(self, message: str, *, task: str | None = None, record: str | None = None,
+                 exitcode: int | None = None, remote_traceback: str | None = None,
+                 error_type: str | None = None) -> None:
+        super().__init__(message)
+        self.task = task
+        self.record = record
+        self.exitcode = exitcode
+        self.remote_traceback = remote_traceback
+        self.error_type = error_type
+
+
+class ServiceError(ProcflowError):
+    """The service raised while handling a call."""
+
+    def __init__(self, message: str, *, service: str | None = None, remote_traceback: str | None = None,
+                 error_type: str | None = None) -> None:
+        super().__init__(message)
+        self.service = service
+        self.remote_traceback = remote_traceback
+        self.error_type = error_type
+
+
+class ServiceTimeoutError(ServiceError, TimeoutError):
+    """No answer within the call's timeout."""
+
+
+class UnknownServiceError(ServiceError, LookupError):
+    """No service, or no method, of that name."""
+
+
+class ChannelError(ProcflowError):
+    pass
+
+
+class ChannelClosedError(ChannelError):
+    """This side closed the channel and then used it."""
+
+
+class BrokenChannelError(ChannelError):
+    """The other side died."""
+
+
+def describe_exit(exitcode: Any) -> str:
+    """Explain a child's exit status the way a user needs it."""
+    import signal
+
+    if exitcode is None:
+        return "is still running"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = ""
+        if name == "SIGKILL":
+            hint = " (SIGKILL often means the kernel's OOM killer ended it: check memory use, `dmesg`)"
+        elif name == "SIGSEGV":
+            hint = " (a crash in native code: a C extension, or numpy given a bad buffer)"
+        elif name == "SIGABRT":
+            hint = " (the process aborted, usually from a failed assertion in native code)"
+        return f"was killed by {name}{hint}"
+    return f"exited with code {exitcode} without reporting an error (os._exit or sys.exit in user code?)"

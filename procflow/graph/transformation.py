@@ -1,0 +1,105 @@
+"""Logical plan: what the user wrote, one Transformation per operator call. Pure data, no processes."""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from procflow.api import functions as fx
+
+_ids = itertools.count()
+
+SOURCE_KINDS = ("source", "batch")
+ROUND_ROBIN, HASH, BROADCAST, CUSTOM = "round_robin", "hash", "broadcast", "custom"
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """How to build a fresh function object for each parallel instance (in the driver)."""
+
+    base: type
+    target: Any
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, base: type, target: Any, args: tuple = (), kwargs: dict | None = None,
+           *, where: str) -> FunctionSpec:
+        kwargs = kwargs or {}
+        if inspect.isclass(target):
+            if not issubclass(target, base):
+                raise TypeError(
+                    f"{where} needs a {base.__name__} subclass or a plain callable, got class "
+                    f"{target.__name__}. Probably you passed the wrong class; instead, subclass "
+                    f"{base.__name__} and define its hook methods.")
+        elif isinstance(target, fx.BaseFunction):
+            if args or kwargs:
+                raise TypeError(f"{where}: constructor arguments were given for an already built "
+                                f"{type(target).__name__} instance; pass the class instead")
+        elif not callable(target):
+            raise TypeError(f"{where} needs a {base.__name__} subclass or a callable, got "
+                            f"{type(target).__name__} {target!r:.60}")
+        elif args or kwargs:
+            raise TypeError(f"{where}: extra arguments go to a function class's constructor, but "
+                            f"{getattr(target, '__qualname__', target)!r} is a plain callable")
+        return cls(base, target, tuple(args), dict(kwargs))
+
+    def build(self) -> fx.BaseFunction:
+        if inspect.isclass(self.target):
+            return self.target(*self.args, **self.kwargs)
+        if isinstance(self.target, fx.BaseFunction):
+            import copy
+
+            return copy.deepcopy(self.target)
+        return fx.WRAPPERS[self.base](self.target)
+
+    @property
+    def label(self) -> str:
+        t = self.target
+        return getattr(t, "__qualname__", None) or type(t).__name__
+
+
+@dataclass(frozen=True)
+class Partitioning:
+    """How records leave a stream towards the next operator."""
+
+    strategy: str = ROUND_ROBIN
+    key_selector: FunctionSpec | None = None
+    partitioner: Callable | None = None
+
+    @property
+    def keyed(self) -> bool:
+        return self.strategy in (HASH, CUSTOM)
+
+
+@dataclass(frozen=True)
+class Input:
+    upstream: Transformation
+    partitioning: Partitioning
+    input_index: int
+
+
+@dataclass(eq=False)
+class Transformation:
+    kind: str
+    name: str
+    function: FunctionSpec
+    parallelism: int
+    inputs: list[Input] = field(default_factory=list)
+    options: dict = field(default_factory=dict)
+    id: int = field(default_factory=lambda: next(_ids))
+
+    @property
+    def is_source(self) -> bool:
+        return self.kind in SOURCE_KINDS
+
+
+def check_parallelism(parallelism: Any, where: str) -> int:
+    if isinstance(parallelism, bool) or not isinstance(parallelism, int):
+        raise TypeError(f"{where}: parallelism must be an int >= 1, got {parallelism!r}")
+    if parallelism < 1:
+        raise ValueError(f"{where}: parallelism must be >= 1, got {parallelism}")
+    return parallelism

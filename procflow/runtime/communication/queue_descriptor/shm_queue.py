@@ -1,0 +1,163 @@
+"""The `shm` channel kind: one shared-memory inbox per consuming task, one ring per incoming edge."""
+
+from __future__ import annotations
+
+import pickle
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from procflow.runtime.communication import ring as ringmod
+from procflow.runtime.communication.queue_descriptor.base import BatchDecoder, ChannelWriter, InputGate
+from procflow.runtime.communication.shm import SharedSegment
+
+# Segments attached by this process, by name: a producer with several edges into one inbox maps it once.
+_attached: dict[str, SharedSegment] = {}
+
+
+def _attach(name: str) -> SharedSegment:
+    seg = _attached.get(name)
+    if seg is None:
+        seg = _attached[name] = SharedSegment(name)
+    return seg
+
+
+def detach_all() -> None:
+    """Unmap every segment this process attached (end of a task process)."""
+    for seg in _attached.values():
+        seg.close()
+    _attached.clear()
+
+
+@dataclass(frozen=True)
+class ShmEdge:
+    """Descriptor of one edge: which inbox, which ring. Pickles to a name and two integers."""
+
+    inbox: str
+    slot: int
+    capacity: int
+    batch_bytes: int = 32 * 1024
+    kind: str = "shm"
+
+    def open_writer(self) -> ShmChannelWriter:
+        seg = _attach(self.inbox)
+        return ShmChannelWriter(ringmod.RingWriter(seg, self.slot, self.capacity), self.batch_bytes)
+
+
+@dataclass(frozen=True)
+class ShmInbox:
+    """Descriptor of a task's inbox. `input_indices[slot]` is the logical input each ring feeds."""
+
+    name: str
+    input_indices: tuple[int, ...]
+    capacity: int
+    batch_bytes: int = 32 * 1024
+    kind: str = field(default="shm")
+
+    def create(self) -> SharedSegment:
+        """Allocate the segment (driver only). The returned owner handle must be unlinked at cleanup."""
+        return SharedSegment(self.name, ringmod.inbox_size(len(self.input_indices), self.capacity),
+                             create=True)
+
+    def edge(self, slot: int) -> ShmEdge:
+        return ShmEdge(self.name, slot, self.capacity, self.batch_bytes)
+
+    def open_gate(self) -> ShmInputGate:
+        return ShmInputGate(_attach(self.name), self.input_indices, self.capacity)
+
+
+class ShmChannelWriter(ChannelWriter):
+    def __init__(self, ring: ringmod.RingWriter, batch_bytes: int) -> None:
+        self._ring = ring
+        self._batch = bytearray()
+        self._batch_keyed = False
+        self._batch_bytes = batch_bytes
+
+    def send_record(self, packed: bytes, key_packed: bytes | None) -> None:
+        keyed = key_packed is not None
+        batch = self._batch
+        if keyed is not self._batch_keyed:
+            if batch:
+                self._write_batch()
+            self._batch_keyed = keyed
+        if keyed:
+            batch += key_packed
+        batch += packed
+        if len(batch) >= self._batch_bytes:
+            self._write_batch()
+
+    def _write_batch(self) -> None:
+        flags = ringmod.FLAG_BATCH | (ringmod.FLAG_KEYED if self._batch_keyed else 0)
+        self._ring.write([self._batch], len(self._batch), flags)
+        self._batch.clear()
+        if self._ring.pending_bytes >= self._batch_bytes:
+            self._ring.commit()
+
+    def send_single(self, parts: list, nbytes: int) -> None:
+        if self._batch:
+            self._write_batch()
+        self._ring.write(parts, nbytes, 0)
+        if self._ring.pending_bytes >= self._batch_bytes:
+            self._ring.commit()
+
+    def send_control(self, signal: Any) -> None:
+        if self._batch:
+            self._write_batch()
+        data = pickle.dumps(signal)
+        self._ring.write([data], len(data), ringmod.FLAG_CONTROL)
+        self._ring.commit()
+
+    def flush(self) -> None:
+        if self._batch:
+            self._write_batch()
+        self._ring.commit()
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._batch) or self._ring.pending_bytes > 0
+
+    @property
+    def blocked_seconds(self) -> float:  # type: ignore[override]
+        return self._ring.blocked_seconds
+
+    def close(self) -> None:
+        self._ring.close()
+
+
+class ShmInputGate(InputGate):
+    def __init__(self, segment: SharedSegment, input_indices: tuple[int, ...], capacity: int) -> None:
+        self._doorbell = ringmod.Doorbell(segment)
+        self._readers = [ringmod.RingReader(segment, slot, capacity) for slot in range(len(input_indices))]
+        self._decoders = [BatchDecoder(slot, idx) for slot, idx in enumerate(input_indices)]
+        self._out: list = []
+
+    def read(self, timeout: float | None) -> list:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            seen = self._doorbell.seen()
+            for reader, decoder in zip(self._readers, self._decoders):
+                if reader.has_data():
+                    reader.drain(lambda flags, body, d=decoder: self._handle(d, flags, body))
+            if self._out:
+                out, self._out = self._out, []
+                return out
+            if deadline is None:
+                wait = 1.0
+            else:
+                wait = deadline - time.monotonic()
+                if wait <= 0:
+                    return []
+            self._doorbell.wait(seen, wait)
+
+    def _handle(self, decoder: BatchDecoder, flags: int, body) -> None:
+        if flags & ringmod.FLAG_BATCH:
+            decoder.batch(body, bool(flags & ringmod.FLAG_KEYED), self._out)
+        elif flags & ringmod.FLAG_CONTROL:
+            decoder.control(pickle.loads(body), self._out)
+        else:
+            decoder.single(body, self._out)
+
+    def close(self) -> None:
+        for reader in self._readers:
+            reader.close()
+        self._readers = []

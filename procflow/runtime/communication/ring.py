@@ -1,0 +1,234 @@
+"""Single-producer, single-consumer byte rings in shared memory, grouped into one inbox per consumer.
+
+Layout of one inbox segment (one per consuming task; one ring per incoming edge)::
+
+    0      doorbell   u32 futex word; every producer bumps it after publishing, the consumer sleeps on it
+    64     ring 0:    +0 write_pos u64 (producer only)   +64 read_pos u64 (consumer only)
+                      +128 space  u32 futex word; the consumer bumps it after freeing space
+                      +192 data   `capacity` bytes of frames
+    ...    ring 1, ring 2, ...
+
+Positions count bytes since creation and never wrap, so `write_pos - read_pos` is the fill level. Each
+side owns exactly one position, so the data path takes no lock and a killed peer cannot leave one held.
+Publishing order is data, then position, then futex bump: on x86-64 (total store order) a reader that sees
+a position also sees the bytes before it.
+
+A frame is ``u32 length | u32 flags | body`` padded to 8 bytes. A frame never straddles the end of the
+ring: the producer writes a WRAP marker and starts again at offset 0. A body larger than half the ring
+travels as consecutive MORE fragments that the consumer joins, so any size is delivered.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+
+from procflow.runtime.communication import futex
+from procflow.runtime.communication.shm import SharedSegment
+
+INBOX_HEADER = 64
+RING_HEADER = 192
+_WRITE_POS, _READ_POS, _SPACE, _DATA = 0, 64, 128, 192
+
+_FRAME = struct.Struct("<II")
+WRAP = 0xFFFFFFFF
+FLAG_MORE = 1      # more fragments of this body follow
+FLAG_BATCH = 2     # body is a batch of msgpack records
+FLAG_KEYED = 4     # batch alternates key, record
+FLAG_CONTROL = 8   # body is a pickled control message (StopSignal)
+
+# A producer facing a full ring re-checks at least this often, so a lost wake-up (which the futex
+# protocol rules out) could cost latency but never a hang.
+_SAFETY_WAIT = 0.25
+
+
+def _align8(n: int) -> int:
+    return (n + 7) & ~7
+
+
+def inbox_size(slots: int, capacity: int) -> int:
+    return INBOX_HEADER + slots * (RING_HEADER + capacity)
+
+
+class RingWriter:
+    """The producer end of one ring. Frames become visible to the consumer only on `commit()`."""
+
+    def __init__(self, segment: SharedSegment, slot: int, capacity: int) -> None:
+        base = INBOX_HEADER + slot * (RING_HEADER + capacity)
+        self._segment = segment
+        self._buf = segment.buf
+        self._cap = capacity
+        self._data = base + _DATA
+        self._write_word = segment.u64(base + _WRITE_POS)
+        self._read_word = segment.u64(base + _READ_POS)
+        self._space_word = segment.u32(base + _SPACE)
+        self._space_addr = segment.address + base + _SPACE
+        self._doorbell_addr = segment.address
+        self._wpos = self._committed = self._write_word.value
+        self._rpos = self._read_word.value
+        self.max_body = capacity // 2 - _FRAME.size
+        self.blocked_seconds = 0.0
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def write(self, parts: list, nbytes: int, flags: int = 0) -> None:
+        """Append one frame whose body is the concatenation of `parts` (any buffers)."""
+        if nbytes > self.max_body:
+            self._write_fragmented(parts, nbytes, flags)
+            return
+        size = _FRAME.size + _align8(nbytes)
+        pos = self._wpos % self._cap
+        tail = self._cap - pos
+        if tail < size:
+            self._reserve(tail + size)
+            _FRAME.pack_into(self._buf, self._data + pos, WRAP, 0)
+            self._wpos += tail
+            pos = 0
+        else:
+            self._reserve(size)
+        buf = self._buf
+        off = self._data + pos
+        _FRAME.pack_into(buf, off, nbytes, flags)
+        off += _FRAME.size
+        for part in parts:
+            n = len(part) if type(part) is bytes or type(part) is bytearray else memoryview(part).nbytes
+            buf[off:off + n] = part
+            off += n
+        self._wpos += size
+
+    def _write_fragmented(self, parts: list, nbytes: int, flags: int) -> None:
+        chunk = self.max_body & ~7
+        pending: list = []
+        pending_len = 0
+        for part in parts:
+            view = memoryview(part).cast("B")
+            start = 0
+            while start < len(view):
+                take = min(chunk - pending_len, len(view) - start)
+                pending.append(view[start:start + take])
+                pending_len += take
+                start += take
+                nbytes -= take
+                if pending_len == chunk and nbytes > 0:
+                    self.write(pending, pending_len, flags | FLAG_MORE)
+                    pending, pending_len = [], 0
+        self.write(pending, pending_len, flags)
+
+    def _reserve(self, need: int) -> None:
+        cap = self._cap
+        if cap - (self._wpos - self._rpos) >= need:
+            return
+        self._rpos = self._read_word.value
+        if cap - (self._wpos - self._rpos) >= need:
+            return
+        # Full: publish what we have so the consumer can drain it, then sleep until space is freed.
+        self.commit()
+        started = time.perf_counter()
+        while True:
+            seen = self._space_word.value
+            self._rpos = self._read_word.value
+            if cap - (self._wpos - self._rpos) >= need:
+                break
+            futex.wait(self._space_addr, seen, _SAFETY_WAIT)
+        self.blocked_seconds += time.perf_counter() - started
+
+    def commit(self) -> None:
+        """Publish every frame written so far and ring the consumer's doorbell."""
+        if self._wpos != self._committed:
+            self._write_word.value = self._wpos
+            self._committed = self._wpos
+            futex.bump_and_wake(self._doorbell_addr)
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._wpos - self._committed
+
+    def close(self) -> None:
+        self.commit()
+        self._buf = None
+        self._write_word = self._read_word = self._space_word = None
+
+
+class RingReader:
+    """The consumer end of one ring: yields (flags, body view) for each complete frame."""
+
+    def __init__(self, segment: SharedSegment, slot: int, capacity: int) -> None:
+        base = INBOX_HEADER + slot * (RING_HEADER + capacity)
+        self._cap = capacity
+        self._data = base + _DATA
+        self._view = memoryview(segment.buf)
+        self._write_word = segment.u64(base + _WRITE_POS)
+        self._read_word = segment.u64(base + _READ_POS)
+        self._space_word = segment.u32(base + _SPACE)
+        self._space_addr = segment.address + base + _SPACE
+        self._rpos = self._read_word.value
+        self._partial: bytearray | None = None
+        self._partial_flags = 0
+
+    def has_data(self) -> bool:
+        return self._write_word.value != self._rpos
+
+    def drain(self, handle) -> int:
+        """Call `handle(flags, body)` for every complete frame now in the ring, then free the space.
+
+        `body` is a view into shared memory, valid only during the call: handlers copy what they keep.
+        """
+        wpos = self._write_word.value
+        rpos = self._rpos
+        if wpos == rpos:
+            return 0
+        cap, data, view = self._cap, self._data, self._view
+        frames = 0
+        while rpos < wpos:
+            pos = rpos % cap
+            length, flags = _FRAME.unpack_from(view, data + pos)
+            if length == WRAP:
+                rpos += cap - pos
+                continue
+            start = data + pos + _FRAME.size
+            body = view[start:start + length]
+            rpos += _FRAME.size + _align8(length)
+            if flags & FLAG_MORE:
+                if self._partial is None:
+                    self._partial = bytearray()
+                self._partial += body
+                continue
+            if self._partial is not None:
+                self._partial += body
+                whole, self._partial = self._partial, None
+                handle(flags, memoryview(whole))
+            else:
+                handle(flags, body)
+            frames += 1
+            # Free space as we go so a producer blocked on a huge message can continue.
+            if rpos - self._rpos > cap // 2:
+                self._release(rpos)
+        self._release(rpos)
+        return frames
+
+    def _release(self, rpos: int) -> None:
+        self._rpos = rpos
+        self._read_word.value = rpos
+        self._space_word.value = (self._space_word.value + 1) & 0xFFFFFFFF
+        futex.wake(self._space_addr)
+
+    def close(self) -> None:
+        self._view.release()
+        self._write_word = self._read_word = self._space_word = None
+
+
+class Doorbell:
+    """The consumer's side of the inbox header: sleep until any producer publishes."""
+
+    def __init__(self, segment: SharedSegment) -> None:
+        self._word = segment.u32(0)
+        self._addr = segment.address
+
+    def seen(self) -> int:
+        return self._word.value
+
+    def wait(self, seen: int, timeout: float | None) -> None:
+        futex.wait(self._addr, seen, timeout)
+
+    def ring(self) -> None:
+        futex.bump_and_wake(self._addr)

@@ -1,0 +1,141 @@
+"""Routing: which downstream instance(s) receive each record, and encoding each record once.
+
+A task has one OutputGroup per downstream operator. Each group partitions independently:
+
+    round_robin  the default; every upstream instance starts at its own offset, so counts stay even
+    hash         a *stable* hash of the key (crc32 of its msgpack bytes), identical in every process, run
+                 and backend; every value, falsy ones included, is a key
+    broadcast    every instance
+    custom       a user partitioner `(key, n) -> int | iterable of int`
+
+A key chosen by `keyby` travels with the record, and with everything derived from it, until the next
+`keyby`, so a keyed stream stays partitioned through later operators.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from procflow.runtime.communication import codec
+from procflow.runtime.communication.queue_descriptor.base import ChannelWriter
+
+ROUND_ROBIN, HASH, BROADCAST, CUSTOM = "round_robin", "hash", "broadcast", "custom"
+
+
+def stable_hash(key: Any) -> int:
+    """A hash that never changes between processes or runs (unlike the salted built-in `hash`)."""
+    t = type(key)
+    if t is str:
+        data = key.encode("utf-8", "surrogatepass")
+    elif t is bytes:
+        data = key
+    else:
+        data = codec.encode_key(key)
+    return zlib.crc32(data)
+
+
+@dataclass
+class OutputGroup:
+    """The channels to one downstream operator, in instance order, and how to choose among them."""
+
+    target: str
+    strategy: str
+    writers: Sequence[ChannelWriter]
+    key_selector: Callable[[Any], Any] | None = None
+    partitioner: Callable[[Any, int], Any] | None = None
+    queue_ids: Sequence[str] = ()
+    _next: int = field(default=0)
+
+
+class BaseRouter:
+    """Sends each emitted record to its channels; one per task."""
+
+    def __init__(self, groups: list[OutputGroup], parallel_index: int = 0) -> None:
+        self.groups = groups
+        for group in groups:
+            group._next = parallel_index % max(len(group.writers), 1)
+        self._packer = msgpack.Packer(default=codec._default, strict_types=True, use_bin_type=True)
+        self.records_out = 0
+
+    def route(self, payload: Any, key: Any, keyed: bool) -> None:
+        self.records_out += 1
+        packed = single = None
+        if type(payload) is not np.ndarray:
+            try:
+                packed = self._packer.pack(payload)
+            except (TypeError, ValueError, OverflowError):
+                packed = None
+        if packed is None or len(packed) > 1 << 20:
+            single = codec.encode_body(payload)
+        for group in self.groups:
+            gkey, gkeyed = key, keyed
+            if group.key_selector is not None:
+                gkey, gkeyed = group.key_selector(payload), True
+            targets = self._targets(group, gkey, gkeyed)
+            key_packed = None
+            if gkeyed:
+                try:
+                    key_packed = self._packer.pack(gkey)
+                except (TypeError, ValueError, OverflowError):
+                    key_packed = None
+            if single is None and (key_packed is not None or not gkeyed):
+                for t in targets:
+                    group.writers[t].send_record(packed, key_packed)
+            else:
+                body = single if single is not None else (codec.PLAIN, [packed])
+                parts, nbytes = codec.frame(body[0], body[1], codec.encode_key(gkey) if gkeyed else None)
+                for t in targets:
+                    group.writers[t].send_single(parts, nbytes)
+
+    def _targets(self, group: OutputGroup, key: Any, keyed: bool) -> Sequence[int]:
+        n = len(group.writers)
+        strategy = group.strategy
+        if strategy == ROUND_ROBIN or (strategy == HASH and not keyed):
+            i = group._next
+            group._next = (i + 1) % n
+            return (i,)
+        if strategy == HASH:
+            return (stable_hash(key) % n,)
+        if strategy == BROADCAST:
+            return range(n)
+        chosen = group.partitioner(key, n)
+        picks = (chosen,) if isinstance(chosen, (int, np.integer)) else tuple(chosen)
+        for p in picks:
+            if not 0 <= p < n:
+                raise ValueError(f"partitioner {group.partitioner!r} returned {p} for key {key!r}; "
+                                 f"it must return indices in 0..{n - 1}")
+        return picks
+
+    def flush(self) -> None:
+        for group in self.groups:
+            for w in group.writers:
+                w.flush()
+
+    @property
+    def has_pending(self) -> bool:
+        return any(w.has_pending for g in self.groups for w in g.writers)
+
+    def send_stop(self, signal: Any) -> None:
+        """Exactly one StopSignal on every output channel."""
+        for group in self.groups:
+            for w in group.writers:
+                w.send_control(signal)
+
+    @property
+    def blocked_seconds(self) -> float:
+        return sum(w.blocked_seconds for g in self.groups for w in g.writers)
+
+    def get_connections_info(self) -> list[dict]:
+        return [{"target": g.target, "strategy": g.strategy, "instances": len(g.writers),
+                 "queue_ids": list(g.queue_ids)} for g in self.groups]
+
+    def close(self) -> None:
+        for group in self.groups:
+            for w in group.writers:
+                w.close()

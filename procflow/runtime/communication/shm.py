@@ -1,0 +1,133 @@
+"""Named shared-memory segments under /dev/shm, without the multiprocessing resource tracker.
+
+`multiprocessing.shared_memory` registers every attach with a resource tracker that unlinks segments it
+thinks were leaked and warns about the rest, which double-unlinks segments that procflow's driver owns.
+We manage the lifecycle ourselves instead: the driver creates (mode 0600) and unlinks; every other process
+only attaches and closes.
+
+Names are ``procflow_<owner pid>_<job id>_<secret>``. The owner pid lets `sweep_orphans()` remove the
+segments of a driver that was killed with SIGKILL: a segment whose owner is dead belongs to nobody.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import secrets
+
+PREFIX = "procflow_"
+SHM_DIR = "/dev/shm"
+
+
+def segment_name(job_id: str, role: str) -> str:
+    return f"{PREFIX}{os.getpid()}_{job_id}_{role}_{secrets.token_hex(6)}"
+
+
+class SharedSegment:
+    """A mapped segment. Pickles to its name; the receiving process attaches lazily on first use."""
+
+    def __init__(self, name: str, size: int = 0, *, create: bool = False) -> None:
+        self.name = name
+        self._owner = create
+        path = os.path.join(SHM_DIR, name)
+        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
+        fd = os.open(path, flags, 0o600)
+        try:
+            if create:
+                os.ftruncate(fd, size)
+            else:
+                size = os.fstat(fd).st_size
+            self.size = size
+            self._mmap: mmap.mmap | None = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self._anchor = ctypes.c_char.from_buffer(self._mmap)
+        self.address = ctypes.addressof(self._anchor)
+        self._views: list = [self._anchor]
+
+    @property
+    def buf(self) -> mmap.mmap:
+        if self._mmap is None:
+            raise ValueError(f"shared segment {self.name} is closed")
+        return self._mmap
+
+    def u64(self, offset: int) -> ctypes.c_uint64:
+        """A ctypes word over the segment: one aligned store, so readers never see a torn value."""
+        word = ctypes.c_uint64.from_buffer(self.buf, offset)
+        self._views.append(word)
+        return word
+
+    def u32(self, offset: int) -> ctypes.c_uint32:
+        word = ctypes.c_uint32.from_buffer(self.buf, offset)
+        self._views.append(word)
+        return word
+
+    def close(self) -> None:
+        """Unmap this process's view. Idempotent; the segment itself lives until `unlink()`."""
+        if self._mmap is None:
+            return
+        self._views.clear()
+        self._anchor = None
+        try:
+            self._mmap.close()
+        except BufferError:
+            # A memoryview into the ring is still alive somewhere (a decoded zero-copy slice).
+            # Leave the mapping to the garbage collector rather than crash the shutdown path.
+            pass
+        self._mmap = None
+
+    def unlink(self) -> None:
+        """Remove the name. Only the creating process calls this, once."""
+        try:
+            os.unlink(os.path.join(SHM_DIR, self.name))
+        except FileNotFoundError:
+            pass
+
+    def __reduce__(self):
+        return (_attach, (self.name,))
+
+
+def _attach(name: str) -> SharedSegment:
+    return SharedSegment(name)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_orphans() -> list[str]:
+    """Unlink procflow segments whose owning driver no longer exists. Returns the names removed."""
+    removed = []
+    try:
+        names = os.listdir(SHM_DIR)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        if not name.startswith(PREFIX):
+            continue
+        try:
+            pid = int(name[len(PREFIX):].split("_", 1)[0])
+        except ValueError:
+            continue
+        if not _pid_alive(pid):
+            try:
+                os.unlink(os.path.join(SHM_DIR, name))
+                removed.append(name)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def list_segments(job_id: str | None = None) -> list[str]:
+    try:
+        names = os.listdir(SHM_DIR)
+    except FileNotFoundError:
+        return []
+    return [n for n in names if n.startswith(PREFIX) and (job_id is None or f"_{job_id}_" in n)]

@@ -1,0 +1,117 @@
+"""TaskContext: everything a task process needs, as small picklable values.
+
+Built in the driver, shipped to the child (inherited under fork, pickled under spawn), then `attach()`ed
+there: descriptors become ring writers and an input gate, the job segment is mapped, the logger opened.
+The user function sees it as `self.ctx`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from procflow.runtime.communication.router import BaseRouter, OutputGroup
+
+
+@dataclass
+class OutputSpec:
+    target: str
+    strategy: str
+    edges: list              # queue descriptors, in downstream instance order
+    key_selector: Any = None  # a KeyByFunction instance, or None
+    partitioner: Any = None
+
+    @property
+    def queue_ids(self) -> list[str]:
+        return [f"{getattr(e, 'inbox', getattr(e, 'kind', '?'))}#{getattr(e, 'slot', '?')}" for e in self.edges]
+
+
+@dataclass
+class TaskContext:
+    name: str
+    operator_name: str
+    kind: str
+    parallel_index: int
+    parallelism: int
+    job_id: str
+    env_dir: str
+    task_slot: int                 # row in the job's counters
+    job_segment: str
+    n_tasks: int
+    inbox: Any = None              # inbox descriptor, or None for sources
+    outputs: list[OutputSpec] = field(default_factory=list)
+    options: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+    service_directory: Any = None  # how to reach services (see runtime/service)
+    control: Any = None            # write end of the control pipe
+
+    def __post_init__(self) -> None:
+        self._runtime_reset()
+
+    def _runtime_reset(self) -> None:
+        self.logger: logging.Logger = logging.getLogger(f"procflow.task.{self.name}")
+        self.router: BaseRouter | None = None
+        self.gate: Any = None
+        self.job_control: Any = None
+        self.services: Any = None
+        self.current: Any = None   # the Packet being processed
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        for key in ("logger", "router", "gate", "job_control", "services", "current"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._runtime_reset()
+
+    # -- public, for user functions ----------------------------------------------------------------
+
+    def get_key(self) -> Any:
+        """The partition key of the record being processed, or None on an unkeyed stream."""
+        packet = self.current
+        return packet.partition_key if packet is not None and packet.keyed else None
+
+    def get_routing_info(self) -> list[dict]:
+        """Downstream connections and queue ids, for tools and visualisation."""
+        return [{"target": o.target, "strategy": o.strategy, "instances": len(o.edges),
+                 "queue_ids": o.queue_ids} for o in self.outputs]
+
+    @property
+    def log_dir(self) -> str:
+        return os.path.join(self.env_dir, self.job_id)
+
+    # -- runtime -------------------------------------------------------------------------------------
+
+    def attach(self) -> None:
+        """Open channels in this process (the child)."""
+        from procflow.runtime.job_control import JobControl
+
+        self.job_control = JobControl.attach(self.job_segment, self.n_tasks)
+        if self.inbox is not None:
+            self.gate = self.inbox.open_gate()
+        groups = []
+        for spec in self.outputs:
+            writers = [edge.open_writer() for edge in spec.edges]
+            selector = spec.key_selector.execute if spec.key_selector is not None else None
+            groups.append(OutputGroup(spec.target, spec.strategy, writers, selector, spec.partitioner,
+                                      spec.queue_ids))
+        self.router = BaseRouter(groups, self.parallel_index)
+        if self.service_directory is not None:
+            self.services = self.service_directory.connect(self)
+
+    def detach(self) -> None:
+        for obj in (self.router, self.gate):
+            if obj is not None:
+                try:
+                    obj.close()
+                except Exception:  # closing after a failure must not mask it
+                    self.logger.debug("close failed", exc_info=True)
+        if self.services is not None:
+            self.services.close()
+        if self.job_control is not None:
+            self.job_control.close()
+        self.router = self.gate = self.job_control = self.services = None

@@ -1,0 +1,73 @@
+"""Typed messages on the control pipe, from each task process to the driver.
+
+    task ──Ready──► driver         after open(); sources then wait for the start signal
+    task ──Results─► driver        batches of collect() records
+    task ──DeadLetter─► driver     records that failed under on_error="dead_letter"
+    task ──Stopped──► driver       after the StopSignals went out; carries final metrics
+    task ──Failed──► driver        an exception escaped; the task exits right after
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+RECORD_REPR_LIMIT = 200
+
+
+def short_repr(obj: Any, limit: int = RECORD_REPR_LIMIT) -> str:
+    try:
+        text = repr(obj)
+    except Exception as exc:  # a broken __repr__ must not hide the real error
+        text = f"<unrepresentable {type(obj).__name__}: {exc}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass(frozen=True)
+class Ready:
+    task: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class Results:
+    task: str
+    records: list
+
+
+@dataclass(frozen=True)
+class ErrorReport:
+    """Everything the driver needs to tell the user what went wrong, without unpickling user types."""
+
+    task: str
+    pid: int
+    function: str
+    record: str | None
+    error_type: str
+    message: str
+    traceback: str
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, *, task: str, pid: int, function: str,
+                       record: Any = None, has_record: bool = False) -> ErrorReport:
+        return cls(task, pid, function, short_repr(record) if has_record else None,
+                   type(exc).__name__, str(exc),
+                   "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    task: str
+    entries: list   # of dicts: record (the value when picklable, else its repr), error, traceback
+
+
+@dataclass(frozen=True)
+class Failed:
+    report: ErrorReport
+
+
+@dataclass(frozen=True)
+class Stopped:
+    task: str
+    metrics: dict = field(default_factory=dict)

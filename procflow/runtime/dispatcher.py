@@ -1,0 +1,341 @@
+"""Dispatcher: turns an ExecutionGraph into running tasks, watches them, and cleans up after them.
+
+    prepare()  sweep orphaned segments; create the job segment, one inbox per consuming task, one
+               control pipe per task; build every TaskContext
+    start()    start every task through the TaskFactory; start the monitor thread
+    monitor    blocks on multiprocessing.connection.wait(control pipes + process sentinels + wake pipe):
+                 Ready from every task  -> release the sources
+                 Results / DeadLetter   -> hand to the collectors / the job
+                 Stopped from every task -> done
+                 Failed, or a sentinel without Stopped -> fail the job, kill the rest
+    cleanup()  SIGTERM, a grace period, SIGKILL (with a warning naming the task); join every process;
+               unlink every segment; close every pipe. Idempotent.
+
+Only the monitor thread reads control pipes. Other threads talk to it through the wake pipe.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+import time
+from typing import Any
+
+from multiprocess import connection
+
+from procflow.errors import JobFailedError, RemoteTraceback, describe_exit
+from procflow.graph.execution_graph import ExecutionGraph
+from procflow.runtime.communication.queue_descriptor.mp_queue import MpInbox
+from procflow.runtime.communication.queue_descriptor.shm_queue import ShmInbox
+from procflow.runtime.communication.shm import segment_name, sweep_orphans
+from procflow.runtime.context.task_context import OutputSpec, TaskContext
+from procflow.runtime.control import DeadLetter, ErrorReport, Failed, Ready, Results, Stopped
+from procflow.runtime.job_control import JobControl
+from procflow.runtime.job_manager import JobManager
+from procflow.runtime.task.entry import task_main
+
+log = logging.getLogger("procflow.dispatcher")
+
+
+def new_job_id() -> str:
+    return secrets.token_hex(4)
+
+
+class Dispatcher:
+    def __init__(self, graph: ExecutionGraph, *, config: dict, env_dir: str, factory: Any,
+                 collectors: dict, services: dict | None = None, job_id: str | None = None) -> None:
+        self.graph = graph
+        self.config = config
+        self.factory = factory
+        self.collectors = collectors
+        self.service_specs = services or {}
+        self.job_id = job_id or new_job_id()
+        self.job_dir = os.path.join(env_dir, self.job_id)
+        self.env_dir = env_dir
+        self.manager = JobManager(self.job_id, [(n.name, n.operator) for n in graph.nodes.values()])
+        self.handles: dict[str, Any] = {}
+        self.owned_segments: list = []
+        self.contexts: dict[str, TaskContext] = {}
+        self.functions: dict[str, Any] = {}
+        self._readers: dict[Any, str] = {}
+        self._writers: list = []
+        self._owners: list = []
+        self._wake_r, self._wake_w = os.pipe()
+        self._requests: list[tuple[str, str]] = []
+        self._released = False
+        self._thread: threading.Thread | None = None
+        self._cleaned = False
+        self._cleanup_lock = threading.Lock()
+        self.job_control: JobControl | None = None
+        self.service_manager: Any = None
+        self._log_handler: logging.Handler | None = None
+
+    # -- preparing ---------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        removed = sweep_orphans()
+        os.makedirs(self.job_dir, exist_ok=True)
+        self._open_log()
+        if removed:
+            log.warning("removed %d shared-memory segment(s) left by dead drivers", len(removed))
+        nodes = list(self.graph.nodes.values())
+        self.job_control = JobControl.create(segment_name(self.job_id, "job"), len(nodes))
+        self.owned_segments.append(self.job_control.segment)
+        inboxes = {node.name: self._make_inbox(node) for node in nodes if node.in_edges}
+        if self.service_specs:
+            from procflow.runtime.service.manager import ServiceManager
+
+            self.service_manager = ServiceManager(self, self.service_specs)
+            self.service_manager.prepare()
+        for slot, node in enumerate(nodes):
+            t = self.graph.transformations[node.transformation_id]
+            outputs = []
+            for group in node.out_groups:
+                part = group.partitioning
+                edges = [inboxes[e.dst].edge(e.slot) for e in group.edges]
+                selector = part.key_selector.build() if part.key_selector is not None else None
+                outputs.append(OutputSpec(group.target, part.strategy, edges, selector, part.partitioner))
+            reader, writer = self.factory.control_pipe()
+            self._readers[reader] = node.name
+            self._writers.append(writer)
+            self.contexts[node.name] = TaskContext(
+                name=node.name, operator_name=node.operator, kind=node.kind, parallel_index=node.index,
+                parallelism=node.parallelism, job_id=self.job_id, env_dir=self.env_dir, task_slot=slot,
+                job_segment=self.job_control.segment.name, n_tasks=len(nodes),
+                inbox=inboxes.get(node.name), outputs=outputs, options=dict(t.options),
+                config=dict(self.config), control=writer,
+                service_directory=self.service_manager.directory if self.service_manager else None)
+            self.functions[node.name] = t.function.build()
+        log.info("job %s prepared: %d tasks, %d channels, queue=%s", self.job_id, len(nodes),
+                 len(self.graph.edges), self.config["queue"])
+
+    def _make_inbox(self, node) -> Any:
+        indices = tuple(e.input_index for e in node.in_edges)
+        if self.config["queue"] == "mp":
+            inbox = MpInbox(node.name, indices, self.factory.mp_context)
+        else:
+            capacity = int(self.config["ring_bytes"]) & ~7
+            inbox = ShmInbox(segment_name(self.job_id, "in"), indices, capacity, int(self.config["batch_bytes"]))
+        owner = inbox.create()
+        self._owners.append(owner)
+        return inbox
+
+    def _open_log(self) -> None:
+        handler = logging.FileHandler(os.path.join(self.job_dir, "Dispatcher.log"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.DEBUG)
+        log.propagate = False
+        self._log_handler = handler
+
+    # -- running -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        parent = os.getpid()
+        try:
+            if self.service_manager is not None:
+                self.service_manager.start()
+            for name, ctx in self.contexts.items():
+                handle = self.factory.start(name, task_main, (ctx, self.functions[name], parent))
+                self.handles[name] = handle
+                self.manager.tasks[name].pid = handle.pid
+        except BaseException:
+            self.cleanup()
+            raise
+        # The driver keeps only the read ends: a task's writer closes with the task.
+        for writer in self._writers:
+            writer.close()
+        self._writers.clear()
+        self.manager.mark_running()
+        self._thread = threading.Thread(target=self._monitor, name=f"procflow-monitor-{self.job_id}")
+        self._thread.start()
+
+    def request(self, what: str, reason: str = "") -> None:
+        """Ask the monitor thread to 'stop' (graceful) or 'kill' (now)."""
+        self._requests.append((what, reason))
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def join_monitor(self, timeout: float | None = None) -> bool:
+        if self._thread is not None:
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
+
+    def _monitor(self) -> None:
+        try:
+            self._watch()
+        except BaseException as exc:  # a bug here must fail the job, never hang it
+            log.exception("monitor crashed")
+            self.manager.fail(JobFailedError(f"procflow's job monitor crashed: {exc!r}"))
+        finally:
+            self.cleanup()
+            self.manager.finish()
+            log.info("job %s %s after %.3fs", self.job_id, self.manager.status, self.manager.elapsed)
+            self._close_log()
+
+    def _watch(self) -> None:
+        manager = self.manager
+        sentinels = {h.sentinel: name for name, h in self.handles.items()}
+        if self.service_manager is not None:
+            sentinels.update(self.service_manager.sentinels())
+        readers = dict(self._readers)
+        while not manager.all_stopped:
+            waitables = [*readers, *sentinels, self._wake_r]
+            for ready in connection.wait(waitables):
+                if ready in readers:
+                    self._drain(ready, readers)
+            for ready in connection.wait(list(sentinels), timeout=0):
+                name = sentinels.pop(ready)
+                self._on_exit(name, readers)
+            if self._handle_requests():
+                return
+            if manager.failure is not None:
+                return
+            if not self._released and manager.all_ready and (
+                    self.service_manager is None or self.service_manager.all_ready):
+                self._released = True
+                self.job_control.release_sources()
+                log.info("all %d tasks ready; sources released", len(manager.tasks))
+
+    def _drain(self, conn: Any, readers: dict) -> None:
+        name = readers[conn]
+        try:
+            while conn.poll():
+                self._on_message(conn.recv())
+        except (EOFError, OSError):
+            readers.pop(conn, None)
+
+    def _on_exit(self, name: str, readers: dict) -> None:
+        for conn, task in list(readers.items()):
+            if task == name:
+                self._drain(conn, readers)
+        if self.service_manager is not None and self.service_manager.owns(name):
+            self.service_manager.on_exit(name)
+            return
+        handle = self.handles[name]
+        handle.join(1.0)
+        state = self.manager.tasks[name]
+        state.exitcode = handle.exitcode
+        if not state.stopped and self.manager.failure is None:
+            record = ""
+            self._fail(JobFailedError(
+                f"task {name} (pid {handle.pid}) {describe_exit(handle.exitcode)}{record}; the job was "
+                "stopped and every other task ended", task=name, exitcode=handle.exitcode))
+
+    def _on_message(self, msg: Any) -> None:
+        manager = self.manager
+        if isinstance(msg, Results):
+            self.collectors[msg.task]._extend(msg.records)
+        elif isinstance(msg, Ready):
+            if self.service_manager is not None and self.service_manager.owns(msg.task):
+                self.service_manager.mark_ready(msg.task)
+            else:
+                manager.mark_ready(msg.task, msg.pid)
+        elif isinstance(msg, Stopped):
+            if self.service_manager is not None and self.service_manager.owns(msg.task):
+                self.service_manager.mark_stopped(msg.task, msg.metrics)
+            else:
+                manager.mark_stopped(msg.task, msg.metrics)
+                log.info("%s stopped: %s", msg.task, msg.metrics)
+        elif isinstance(msg, DeadLetter):
+            manager.dead_letters.extend(msg.entries)
+        elif isinstance(msg, Failed):
+            self._fail(job_error(msg.report))
+        else:
+            self.service_manager.on_message(msg)
+
+    def _fail(self, error: JobFailedError, status: str = "failed") -> None:
+        if self.manager.fail(error, status):
+            log.error("%s", error)
+            try:
+                with open(os.path.join(self.job_dir, "Error.log"), "a") as f:
+                    f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {error}\n")
+                    if error.remote_traceback:
+                        f.write(error.remote_traceback + "\n")
+            except OSError:
+                pass
+
+    def _handle_requests(self) -> bool:
+        if not self._requests:
+            return False
+        try:
+            os.read(self._wake_r, 4096)
+        except OSError:
+            pass
+        while self._requests:
+            what, reason = self._requests.pop(0)
+            if what == "stop":
+                self.manager.stop_requested = True
+                self.job_control.request_stop()
+                log.info("stop requested: sources will end and the job drains")
+            elif what == "kill":
+                self._fail(JobFailedError(f"job {self.job_id} was killed: {reason}"), status="killed")
+                return True
+        return False
+
+    # -- cleaning up -------------------------------------------------------------------------------
+
+    def cleanup(self) -> None:
+        with self._cleanup_lock:
+            if self._cleaned:
+                return
+            self._cleaned = True
+        grace = float(self.config.get("stop_timeout", 5.0))
+        handles = list(self.handles.items())
+        if self.service_manager is not None:
+            self.service_manager.stop_all(grace)
+            handles += self.service_manager.handles()
+        failed = self.manager.failure is not None
+        if failed:
+            for _, h in handles:
+                if h.is_alive():
+                    h.terminate()
+        deadline = time.monotonic() + (0.5 if failed else grace)
+        for name, h in handles:
+            h.join(max(deadline - time.monotonic(), 0.01))
+            if h.is_alive():
+                log.warning("task %s (pid %s) did not exit in time; sending SIGKILL", name, h.pid)
+                h.kill()
+                h.join(2.0)
+            if hasattr(h, "close") and not h.is_alive():
+                try:
+                    h.close()
+                except ValueError:
+                    pass
+        for conn in list(self._readers):
+            conn.close()
+        for writer in self._writers:
+            writer.close()
+        for owner in self._owners:
+            owner.close()
+            owner.unlink()
+        if self.job_control is not None:
+            self.job_control.close()
+            self.job_control.segment.unlink()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _close_log(self) -> None:
+        if self._log_handler is not None:
+            log.removeHandler(self._log_handler)
+            self._log_handler.close()
+            self._log_handler = None
+
+
+def job_error(report: ErrorReport) -> JobFailedError:
+    where = f" on record {report.record}" if report.record is not None else ""
+    error = JobFailedError(
+        f"task {report.task} (pid {report.pid}) failed in {report.function}{where}: "
+        f"{report.error_type}: {report.message}",
+        task=report.task, record=report.record, remote_traceback=report.traceback,
+        error_type=report.error_type)
+    error.__cause__ = RemoteTraceback(report.traceback)
+    return error

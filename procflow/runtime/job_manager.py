@@ -1,0 +1,100 @@
+"""JobManager: the job table of one run: each task's state, the job's status, and the stop accounting.
+
+    created ─► running ─► finished          every task reported Stopped after draining
+                   │  └─► stopped           env.stop(): sources ended early, everything in flight drained
+                   └───► failed / killed    a task failed or died, or the user interrupted
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from procflow.errors import JobFailedError
+from procflow.runtime.job_control import FIELDS
+
+TERMINAL = ("finished", "stopped", "failed", "killed")
+
+
+@dataclass
+class TaskState:
+    name: str
+    operator: str
+    slot: int
+    pid: int | None = None
+    ready: bool = False
+    stopped: bool = False
+    exitcode: int | None = None
+    metrics: dict = field(default_factory=dict)
+
+
+class JobManager:
+    def __init__(self, job_id: str, tasks: list[tuple[str, str]]) -> None:
+        self.job_id = job_id
+        self.tasks = {name: TaskState(name, op, i) for i, (name, op) in enumerate(tasks)}
+        self.status = "created"
+        self.failure: JobFailedError | None = None
+        self.stop_requested = False
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+        self.dead_letters: list = []
+        self.done = threading.Event()
+        self._lock = threading.Lock()
+
+    # transitions, called by the Dispatcher's monitor thread
+    def mark_running(self) -> None:
+        self.status = "running"
+        self.started_at = time.monotonic()
+
+    def mark_ready(self, task: str, pid: int) -> None:
+        state = self.tasks[task]
+        state.ready, state.pid = True, pid
+
+    @property
+    def all_ready(self) -> bool:
+        return all(t.ready for t in self.tasks.values())
+
+    def mark_stopped(self, task: str, metrics: dict) -> None:
+        state = self.tasks[task]
+        state.stopped, state.metrics = True, metrics
+
+    @property
+    def all_stopped(self) -> bool:
+        return all(t.stopped for t in self.tasks.values())
+
+    def fail(self, error: JobFailedError, status: str = "failed") -> bool:
+        """Record the first failure; later ones (the fallout of the first) are only logged."""
+        with self._lock:
+            if self.failure is not None or self.status in TERMINAL:
+                return False
+            self.failure = error
+            self.status = status
+            return True
+
+    def finish(self) -> None:
+        with self._lock:
+            if self.status not in TERMINAL:
+                self.status = "stopped" if self.stop_requested else "finished"
+        self.ended_at = time.monotonic()
+        self.done.set()
+
+    @property
+    def elapsed(self) -> float:
+        if self.started_at is None:
+            return 0.0
+        return (self.ended_at or time.monotonic()) - self.started_at
+
+    def metrics(self, live: dict[int, dict] | None = None) -> dict[str, Any]:
+        """Per-task counters plus a job summary; `live` rows come from the shared counters."""
+        per_task: dict[str, dict] = {}
+        for state in self.tasks.values():
+            row = dict(state.metrics) if state.metrics else dict((live or {}).get(state.slot, {}))
+            row = {k: row.get(k, 0.0) for k in FIELDS}
+            for k in ("records_in", "records_out", "errors"):
+                row[k] = int(row[k])
+            row["operator"] = state.operator
+            row["pid"] = state.pid
+            per_task[state.name] = row
+        return per_task

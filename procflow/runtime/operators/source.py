@@ -1,0 +1,66 @@
+"""Source operators: the loop that pulls records from a BatchFunction, an iterable or a SourceFunction."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+from procflow.api.functions import IterableBatch, SourceFunction
+from procflow.api.signals import StopSignal
+from procflow.runtime.operators.base import Operator
+
+NO_RECORD = object()
+_BACKOFF_MIN, _BACKOFF_MAX = 0.0005, 0.05
+
+
+class SourceOperator(Operator):
+    """Emits until the function ends the batch or the driver asks to stop.
+
+    The task's `tick()` runs after each record: it flushes outputs on the timer and keeps counters.
+    """
+
+    last_record: Any = NO_RECORD
+
+    def run(self, tick) -> str:
+        fn = self.function
+        control = self.ctx.job_control
+        emit = self.router.route
+        if isinstance(fn, IterableBatch):
+            n, i = self.ctx.parallelism, self.ctx.parallel_index
+            items = iter(fn.iterable) if n == 1 else itertools.islice(fn.iterable, i, None, n)
+            for record in items:
+                self.last_record = record
+                emit(record, None, False)
+                tick()
+                if control.stop_requested:
+                    return "stopped by request"
+            return "end of input"
+        unbounded = isinstance(fn, SourceFunction)
+        backoff = _BACKOFF_MIN
+        while True:
+            self.last_record = NO_RECORD
+            record = fn.execute()
+            if isinstance(record, StopSignal):
+                return record.reason or "end of input"
+            if record is None:
+                if not unbounded:
+                    return "end of input"
+                if control.stop_requested:
+                    return "stopped by request"
+                # Nothing right now: publish what we have and back off, waking at once on a stop.
+                self.router.flush()
+                started = time.perf_counter()
+                control.sleep_unless_stopped(backoff)
+                tick(waited=time.perf_counter() - started)
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+                continue
+            backoff = _BACKOFF_MIN
+            self.last_record = record
+            emit(record, None, False)
+            tick()
+            if control.stop_requested:
+                return "stopped by request"
+
+    def process(self, packet: Any) -> None:  # pragma: no cover - sources have no inputs
+        raise AssertionError("a source has no input")

@@ -1,0 +1,187 @@
+"""BaseTask: the loop every task runs, whatever the backend.
+
+    attach channels ─► operator.open() ─► Ready ─► (sources: wait for start) ─► loop ─► finish ─► Stopped
+
+Consumer loop: read a batch from the input gate (blocking only when nothing is there, after flushing our
+own outputs so nothing waits on us), process each packet, flush outputs at least every
+`flush_interval`. The task ends after exactly one StopSignal from each input channel: no timers, no names.
+Then the operator finishes (handle_stop_signal, close), outputs flush, and one StopSignal goes out on
+every output channel.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from typing import Any
+
+from procflow.api.signals import StopSignal
+from procflow.runtime.communication.packet import Packet
+from procflow.runtime.context.task_context import TaskContext
+from procflow.runtime.control import DeadLetter, Ready, Stopped, short_repr
+from procflow.runtime.job_control import FIELDS
+from procflow.runtime.operators.base import Operator
+from procflow.runtime.operators.multi_input import CoMapOperator, JoinOperator
+from procflow.runtime.operators.source import NO_RECORD, SourceOperator
+from procflow.runtime.operators.transforms import (CollectOperator, FilterOperator, FlatMapOperator,
+                                                   MapOperator, ReduceOperator, SinkOperator)
+
+OPERATORS: dict[str, type[Operator]] = {
+    "batch": SourceOperator, "source": SourceOperator, "map": MapOperator, "filter": FilterOperator,
+    "flatmap": FlatMapOperator, "sink": SinkOperator, "collect": CollectOperator,
+    "reduce": ReduceOperator, "comap": CoMapOperator, "join": JoinOperator,
+}
+_IN, _OUT, _BUSY, _WAIT, _BLOCKED, _ERRORS, _STARTED, _FINISHED = range(len(FIELDS))
+
+
+class BaseTask:
+    def __init__(self, ctx: TaskContext, function: Any) -> None:
+        self.ctx = ctx
+        self.operator = OPERATORS[ctx.kind](function, ctx)
+        self.records_in = 0
+        self.errors = 0
+        self.wait_s = 0.0
+        self._started = 0.0
+        self._interval = float(ctx.config.get("flush_interval", 0.001))
+        self._last_flush = 0.0
+        self._dead_letters: list = []
+        self.stage = "starting"
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        ctx = self.ctx
+        ctx.attach()
+        self._counters = ctx.job_control.counters[ctx.task_slot]
+        self.stage = "open"
+        self.operator.open()
+        ctx.control.send(Ready(ctx.name, os.getpid()))
+        ctx.logger.info("ready (pid %d, %d input channel(s))", os.getpid(), self.num_inputs)
+        self._started = time.perf_counter()
+        self._counters[_STARTED] = time.time()
+        self._last_flush = self._started
+        self.stage = "run"
+        if isinstance(self.operator, SourceOperator):
+            ctx.job_control.wait_for_start()
+            self._started = self._last_flush = time.perf_counter()
+            reason = self.operator.run(self._tick)
+            signal = StopSignal(ctx.name, reason)
+        else:
+            signal = self._consume()
+        self.stage = "finish"
+        self.operator.finish(signal)
+        self.operator.flush()
+        ctx.router.flush()
+        ctx.router.send_stop(StopSignal(signal.source or ctx.name, signal.reason))
+        self._flush_dead_letters()
+        self._publish()
+        self._counters[_FINISHED] = time.time()
+        ctx.control.send(Stopped(ctx.name, self.metrics()))
+        ctx.logger.info("stopped: %d in, %d out (%s)", self.records_in, ctx.router.records_out, signal.reason)
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self.ctx.inbox.input_indices) if self.ctx.inbox is not None else 0
+
+    def _consume(self) -> StopSignal:
+        ctx = self.ctx
+        gate, op, router = ctx.gate, self.operator, ctx.router
+        process = op.process
+        on_error = ctx.options.get("on_error", "fail")
+        perf = time.perf_counter
+        interval = self._interval
+        remaining = self.num_inputs
+        last_signal = StopSignal(ctx.name)
+        if remaining == 0:
+            return StopSignal(ctx.name, "no inputs")
+        while remaining:
+            t0 = perf()
+            items = gate.read(0)
+            if not items:
+                op.flush()
+                router.flush()
+                self._last_flush = perf()
+                self._publish()
+                items = gate.read(None)
+            self.wait_s += perf() - t0
+            for item in items:
+                if type(item) is Packet:
+                    ctx.current = item
+                    self.records_in += 1
+                    if on_error == "fail":
+                        process(item)
+                    else:
+                        try:
+                            process(item)
+                        except Exception as exc:
+                            self._record_failed(exc, item.payload, on_error)
+                    if perf() - self._last_flush >= interval:
+                        op.flush()
+                        router.flush()
+                        self._last_flush = perf()
+                else:
+                    remaining -= 1
+                    last_signal = item.signal
+                    ctx.logger.debug("end of input channel %d (%d left)", item.slot, remaining)
+            ctx.current = None
+            self._publish()
+        return last_signal
+
+    def _tick(self, waited: float = 0.0) -> None:
+        """Called by sources after each record (or back-off)."""
+        if waited:
+            self.wait_s += waited
+        now = time.perf_counter()
+        if now - self._last_flush >= self._interval:
+            self.ctx.router.flush()
+            self._last_flush = now
+            self._publish()
+
+    # -- errors and counters -------------------------------------------------------------------
+
+    def _record_failed(self, exc: Exception, record: Any, policy: str) -> None:
+        self.errors += 1
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        self.ctx.logger.warning("record %s failed (%s: %s); on_error=%s", short_repr(record),
+                                type(exc).__name__, exc, policy)
+        self.ctx.logger.debug("%s", tb)
+        if policy == "dead_letter":
+            self._dead_letters.append({"task": self.ctx.name, "record": record, "error": f"{type(exc).__name__}: {exc}",
+                                       "traceback": tb})
+            if len(self._dead_letters) >= 256:
+                self._flush_dead_letters()
+
+    def _flush_dead_letters(self) -> None:
+        if self._dead_letters:
+            entries, self._dead_letters = self._dead_letters, []
+            try:
+                self.ctx.control.send(DeadLetter(self.ctx.name, entries))
+            except Exception:
+                # A record that cannot be pickled travels as its repr instead.
+                for e in entries:
+                    e["record"] = short_repr(e["record"])
+                self.ctx.control.send(DeadLetter(self.ctx.name, entries))
+
+    def current_record(self) -> tuple[bool, Any]:
+        """(has_record, record) for error reports."""
+        if isinstance(self.operator, SourceOperator):
+            rec = self.operator.last_record
+            return (rec is not NO_RECORD, None if rec is NO_RECORD else rec)
+        packet = self.ctx.current
+        return (packet is not None, packet.payload if packet is not None else None)
+
+    def _publish(self) -> None:
+        c = self._counters
+        router = self.ctx.router
+        elapsed = time.perf_counter() - self._started if self._started else 0.0
+        blocked = router.blocked_seconds
+        c[_IN] = self.records_in
+        c[_OUT] = router.records_out
+        c[_WAIT] = self.wait_s
+        c[_BLOCKED] = blocked
+        c[_BUSY] = max(elapsed - self.wait_s - blocked, 0.0)
+        c[_ERRORS] = self.errors
+
+    def metrics(self) -> dict:
+        return {name: float(self._counters[i]) for i, name in enumerate(FIELDS)}

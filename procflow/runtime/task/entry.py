@@ -1,0 +1,86 @@
+"""What a freshly started task process runs: become a well-behaved child, run the task, report, exit."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from procflow.runtime.communication.queue_descriptor import shm_queue
+from procflow.runtime.context.task_context import TaskContext
+from procflow.runtime.control import ErrorReport, Failed
+
+_PR_SET_PDEATHSIG = 1
+_LOG_FORMAT = "%(asctime)s %(levelname)-7s [%(name)s pid=%(process)d] %(message)s"
+
+
+def become_child(parent_pid: int) -> None:
+    """Ctrl-C goes to the driver, which stops the job; a child must never outlive its driver."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the driver's cleanup still reaps us
+        pass
+    if os.getppid() != parent_pid:   # the driver died before prctl took effect
+        os._exit(1)
+
+
+def open_task_logger(name: str, log_dir: str, level: str) -> logging.Logger:
+    """`<name>_info.log` at the configured level and `<name>_debug.log` with everything."""
+    os.makedirs(log_dir, exist_ok=True)
+    logger = logging.getLogger(f"procflow.task.{name}")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    formatter = logging.Formatter(_LOG_FORMAT)
+    for suffix, lvl in (("info", level), ("debug", "DEBUG")):
+        handler = logging.FileHandler(os.path.join(log_dir, f"{name}_{suffix}.log"))
+        handler.setLevel(lvl)
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+    return logger
+
+
+def close_logger(logger: logging.Logger) -> None:
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def task_main(ctx: TaskContext, function: Any, parent_pid: int) -> None:
+    from procflow.runtime.task.base_task import BaseTask
+
+    become_child(parent_pid)
+    ctx.logger = logger = open_task_logger(ctx.name, ctx.log_dir, ctx.config.get("log_level", "INFO"))
+    task = BaseTask(ctx, function)
+    code = 0
+    try:
+        task.run()
+    except BaseException as exc:  # report everything, SystemExit from user code included
+        code = 1
+        has_record, record = task.current_record()
+        label = getattr(task.operator, "label", type(function).__name__)
+        report = ErrorReport.from_exception(exc, task=ctx.name, pid=os.getpid(), function=label,
+                                            record=record, has_record=has_record)
+        logger.error("failed in %s while %s: %s: %s", label, task.stage, report.error_type, report.message)
+        logger.debug("%s", report.traceback)
+        try:
+            ctx.control.send(Failed(report))
+        except Exception:
+            logger.exception("could not report the failure to the driver")
+    finally:
+        ctx.detach()
+        shm_queue.detach_all()
+        close_logger(logger)
+        try:
+            ctx.control.close()
+        except Exception:
+            pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
