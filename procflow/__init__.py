@@ -9,15 +9,30 @@ This module only re-exports the public names.
 """
 
 from procflow.api.datastream import CollectResult, ConnectedStreams, DataStream
-from procflow.api.functions import (BaseFunction, BatchFunction, CoMapFunction, FilterFunction,
-                                    FlatMapFunction, JoinFunction, KeyByFunction, MapFunction,
-                                    ReduceFunction, SinkFunction, SourceFunction)
+from procflow.api.functions import (
+                                    BaseFunction,
+                                    BatchFunction,
+                                    CoMapFunction,
+                                    FilterFunction,
+                                    FlatMapFunction,
+                                    JoinFunction,
+                                    KeyByFunction,
+                                    MapFunction,
+                                    ReduceFunction,
+                                    SinkFunction,
+                                    SourceFunction,
+)
 from procflow.api.service import BaseService
 from procflow.api.signals import StopSignal
 from procflow.backends.local.environment import LocalEnvironment
 from procflow.backends.ray.environment import RayEnvironment
-from procflow.errors import (JobFailedError, ProcflowError, ServiceError, ServiceTimeoutError,
-                             UnknownServiceError)
+from procflow.errors import (
+                                    JobFailedError,
+                                    ProcflowError,
+                                    ServiceError,
+                                    ServiceTimeoutError,
+                                    UnknownServiceError,
+)
 
 __version__ = "0.1.0"
 

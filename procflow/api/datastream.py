@@ -6,8 +6,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from procflow.api import functions as fx
-from procflow.graph.transformation import (BROADCAST, CUSTOM, HASH, ROUND_ROBIN, FunctionSpec, Input,
-                                           Partitioning, Transformation)
+from procflow.graph.transformation import (
+    BROADCAST,
+    CUSTOM,
+    HASH,
+    ROUND_ROBIN,
+    FunctionSpec,
+    Input,
+    Partitioning,
+    Transformation,
+)
 
 if TYPE_CHECKING:
     from procflow.api.environment import BaseEnvironment

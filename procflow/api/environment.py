@@ -50,7 +50,7 @@ class BaseEnvironment:
         if self.config["queue"] not in ("shm", "mp", "ray"):
             raise ValueError(f"config['queue'] must be 'shm' or 'mp', got {self.config['queue']!r}")
         self.env_dir = os.fspath(env_dir) if env_dir is not None else os.path.join(
-            tempfile.gettempdir(), "procflow", name)
+            tempfile.gettempdir(), "procflow-logs", name)
         self.start_method = start_method
         self._transformations: list[Transformation] = []
         self._names: set[str] = set()

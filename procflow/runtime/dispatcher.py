@@ -203,7 +203,6 @@ class Dispatcher:
                 log.info("all %d tasks ready; sources released", len(manager.tasks))
 
     def _drain(self, conn: Any, readers: dict) -> None:
-        name = readers[conn]
         try:
             while conn.poll():
                 self._on_message(conn.recv())

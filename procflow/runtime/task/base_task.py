@@ -24,8 +24,14 @@ from procflow.runtime.job_control import FIELDS
 from procflow.runtime.operators.base import Operator
 from procflow.runtime.operators.multi_input import CoMapOperator, JoinOperator
 from procflow.runtime.operators.source import NO_RECORD, SourceOperator
-from procflow.runtime.operators.transforms import (CollectOperator, FilterOperator, FlatMapOperator,
-                                                   MapOperator, ReduceOperator, SinkOperator)
+from procflow.runtime.operators.transforms import (
+    CollectOperator,
+    FilterOperator,
+    FlatMapOperator,
+    MapOperator,
+    ReduceOperator,
+    SinkOperator,
+)
 
 OPERATORS: dict[str, type[Operator]] = {
     "batch": SourceOperator, "source": SourceOperator, "map": MapOperator, "filter": FilterOperator,

@@ -97,7 +97,10 @@ class MpChannelWriter(ChannelWriter):
         return bool(self._batch)
 
     def close(self) -> None:
+        # The queue's feeder thread still holds our last batches: wait for it, or they die with us.
         self.flush()
+        self._queue.close()
+        self._queue.join_thread()
 
 
 class MpInputGate(InputGate):

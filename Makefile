@@ -1,0 +1,40 @@
+# procflow developer commands. Every target installs what is missing first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
+EXTRAS ?= dev,ray,bench
+
+.PHONY: install run test test-fast lint bench soak clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	rm -f $(VENV)/.installed-*; touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install procflow with its dev, ray and bench extras
+
+run: $(STAMP)  ## run the example word count over a generated text
+	$(PY) examples/wordcount.py
+
+test: $(STAMP)  ## the whole suite, in parallel
+	$(PY) -m pytest -n auto -q
+
+test-fast: $(STAMP)  ## the suite without Ray and soak tests
+	$(PY) -m pytest -n auto -q -m "not ray and not soak"
+
+lint: $(STAMP)  ## ruff
+	$(PY) -m ruff check procflow tests bench examples
+
+bench: $(STAMP)  ## benchmarks against the peers; writes bench/results/
+	$(PY) -m bench.run_all
+
+soak: $(STAMP)  ## 10 million records through a four-stage pipeline
+	$(PY) -m bench.soak
+
+clean:  ## remove the venv, caches and results
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis

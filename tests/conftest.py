@@ -1,0 +1,41 @@
+"""Suite-wide fixtures. The leak check runs after every test: no child process and no shared-memory
+segment of this process may outlive a test."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from procflow.testing import child_pids, own_segments
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    before_children = child_pids()
+    before_segments = own_segments()
+    yield
+    deadline = time.monotonic() + 10
+    delay = 0.01
+    while True:
+        extra_children = child_pids() - before_children
+        extra_segments = own_segments() - before_segments
+        if not extra_children and not extra_segments:
+            return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(delay)  # polling OS state with backoff, not synchronisation
+        delay = min(delay * 2, 0.2)
+    for pid in extra_children:
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+    pytest.fail(f"test leaked child processes {sorted(extra_children)} and/or shared-memory "
+                f"segments {sorted(extra_segments)}")
+
+
+@pytest.fixture
+def env_dir(tmp_path):
+    return str(tmp_path / "env")
