@@ -62,9 +62,28 @@ class BaseRouter:
             group._next = parallel_index % max(len(group.writers), 1)
         self._packer = msgpack.Packer(default=codec._default, strict_types=True, use_bin_type=True)
         self.records_out = 0
+        # Records that may reach several channels take the encode-once path.
+        self._fan_out = len(groups) > 1 or any(g.strategy in (BROADCAST, CUSTOM) for g in groups)
 
     def route(self, payload: Any, key: Any, keyed: bool) -> None:
         self.records_out += 1
+        if self._fan_out or type(payload) is np.ndarray:
+            self._route_encoded(payload, key, keyed)
+            return
+        for group in self.groups:
+            if group.key_selector is not None:
+                gkey, gkeyed = group.key_selector(payload), True
+            else:
+                gkey, gkeyed = key, keyed
+            if gkeyed and group.strategy == HASH:
+                target = stable_hash(gkey) % len(group.writers)
+            else:
+                target = group._next
+                group._next = target + 1 if target + 1 < len(group.writers) else 0
+            group.writers[target].send_object(payload, gkey, gkeyed)
+
+    def _route_encoded(self, payload: Any, key: Any, keyed: bool) -> None:
+        """Several channels (or an array) get one record: encode it once, copy the bytes to each."""
         packed = single = None
         if type(payload) is not np.ndarray:
             try:

@@ -17,7 +17,8 @@ _BACKOFF_MIN, _BACKOFF_MAX = 0.0005, 0.05
 class SourceOperator(Operator):
     """Emits until the function ends the batch or the driver asks to stop.
 
-    The task's `tick()` runs after each record: it flushes outputs on the timer and keeps counters.
+    The task's `tick()` runs at least every `flush_interval`: it flushes outputs, publishes counters and
+    returns True once the driver has asked the job to stop. Between ticks a record costs one clock read.
     """
 
     last_record: Any = NO_RECORD
@@ -26,23 +27,25 @@ class SourceOperator(Operator):
         fn = self.function
         control = self.ctx.job_control
         emit = self.router.route
+        perf = time.perf_counter
+        interval = float(self.ctx.config.get("flush_interval", 0.001))
+        due = perf() + interval
         if isinstance(fn, IterableBatch):
             n, i = self.ctx.parallelism, self.ctx.parallel_index
             items = iter(fn.iterable) if n == 1 else itertools.islice(fn.iterable, i, None, n)
             for record in items:
                 self.last_record = record
                 emit(record, None, False)
-                tick()
-                if control.stop_requested:
-                    return "stopped by request"
+                if perf() >= due:
+                    if tick():
+                        return "stopped by request"
+                    due = perf() + interval
             return "end of input"
         unbounded = isinstance(fn, SourceFunction)
         backoff = _BACKOFF_MIN
         while True:
             self.last_record = NO_RECORD
             record = fn.execute()
-            if isinstance(record, StopSignal):
-                return record.reason or "end of input"
             if record is None:
                 if not unbounded:
                     return "end of input"
@@ -53,14 +56,18 @@ class SourceOperator(Operator):
                 started = time.perf_counter()
                 control.sleep_unless_stopped(backoff)
                 tick(waited=time.perf_counter() - started)
+                due = perf() + interval
                 backoff = min(backoff * 2, _BACKOFF_MAX)
                 continue
+            if type(record) is StopSignal:
+                return record.reason or "end of input"
             backoff = _BACKOFF_MIN
             self.last_record = record
             emit(record, None, False)
-            tick()
-            if control.stop_requested:
-                return "stopped by request"
+            if perf() >= due:
+                if tick():
+                    return "stopped by request"
+                due = perf() + interval
 
     def process(self, packet: Any) -> None:  # pragma: no cover - sources have no inputs
         raise AssertionError("a source has no input")

@@ -134,15 +134,12 @@ class BaseTask:
             self._publish()
         return last_signal
 
-    def _tick(self, waited: float = 0.0) -> None:
-        """Called by sources after each record (or back-off)."""
-        if waited:
-            self.wait_s += waited
-        now = time.perf_counter()
-        if now - self._last_flush >= self._interval:
-            self.ctx.router.flush()
-            self._last_flush = now
-            self._publish()
+    def _tick(self, waited: float = 0.0) -> bool:
+        """Called by sources every flush interval (and after a back-off); True when a stop was requested."""
+        self.wait_s += waited
+        self.ctx.router.flush()
+        self._publish()
+        return self.ctx.job_control.stop_requested
 
     # -- errors and counters -------------------------------------------------------------------
 

@@ -26,6 +26,17 @@ class ChannelWriter(ABC):
 
     blocked_seconds: float = 0.0
 
+    def send_object(self, record: Any, key: Any, keyed: bool) -> None:
+        """A record bound for this channel alone: kinds may defer encoding to batch it cheaply."""
+        try:
+            packed = _packer.pack(record)
+            key_packed = _packer.pack(key) if keyed else None
+        except (TypeError, ValueError, OverflowError):
+            parts, nbytes = codec.encode(record, key, keyed)
+            self.send_single(parts, nbytes)
+            return
+        self.send_record(packed, key_packed)
+
     @abstractmethod
     def send_record(self, packed: bytes, key_packed: bytes | None) -> None:
         """A msgpack-encoded record (and msgpack-encoded key for keyed streams), batched."""
@@ -47,6 +58,9 @@ class ChannelWriter(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+
+_packer = msgpack.Packer(default=codec._default, strict_types=True, use_bin_type=True)
 
 
 class InputGate(ABC):
@@ -79,6 +93,18 @@ class BatchDecoder:
                 out.append(Packet(next(it), index, key, True))
         else:
             for record in unpacker:
+                out.append(Packet(record, index, None, False))
+
+    def array(self, body, keyed: bool, out: list) -> None:
+        """A frame holding one msgpack array of records (keys interleaved when keyed)."""
+        items = codec._unpackb(body)
+        index = self.input_index
+        if keyed:
+            it = iter(items)
+            for key in it:
+                out.append(Packet(next(it), index, key, True))
+        else:
+            for record in items:
                 out.append(Packet(record, index, None, False))
 
     def single(self, body, out: list) -> None:
