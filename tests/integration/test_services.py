@@ -267,3 +267,24 @@ def test_service_failing_in_setup_fails_job_and_leaves_nothing(env_dir):
         with pytest.raises(JobFailedError, match="model file missing") as info:
             env.submit()
     assert info.value.task == "broken[0]"
+
+
+class Crashing(BaseService):
+    def process(self, x):
+        os._exit(3)
+
+
+class CrashCaller(MapFunction):
+    def execute(self, x):
+        return self.call_service("crashing", x, timeout=30)
+
+
+def test_replica_that_dies_fails_job_at_once(env_dir):
+    started = time.monotonic()
+    with LocalEnvironment("svc-crash", env_dir=env_dir) as env:
+        env.register_service("crashing", Crashing)
+        env.from_batch([1]).map(CrashCaller).collect()
+        with pytest.raises(JobFailedError, match=r"service replica crashing\[0\] \(pid \d+\) exited with code 3"):
+            env.submit()
+    assert time.monotonic() - started < 20   # not the caller's 30 s timeout
+

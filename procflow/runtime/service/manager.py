@@ -181,6 +181,8 @@ class ServiceManager:
                 except (EOFError, OSError):
                     readers.pop(ready, None)
         for name, handle in self._handles.items():
+            # A fired sentinel can precede the reaping by a moment: join briefly before calling it stuck.
+            handle.join(max(deadline - time.monotonic(), 0.05))
             if handle.is_alive():
                 log.warning("service replica %s (pid %s) did not stop within %.1fs; sending SIGTERM", name,
                             handle.pid, max(grace, 0.0))

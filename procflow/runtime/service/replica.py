@@ -23,11 +23,19 @@ from typing import Any
 
 import numpy as np
 
-from procflow.runtime.communication import codec
 from procflow.runtime.communication import ring as ringmod
 from procflow.runtime.communication.shm import SharedSegment
 from procflow.runtime.control import ErrorReport, Failed, Ready, Stopped
-from procflow.runtime.service.client import ERROR, NO_METHOD, OK, ServiceDirectory
+from procflow.runtime.service.client import (
+    ERROR,
+    NO_METHOD,
+    OK,
+    CallRingReader,
+    EncodeError,
+    ServiceDirectory,
+    dumps,
+    loads,
+)
 from procflow.runtime.task.entry import become_child, close_logger, open_task_logger
 
 METRIC_FIELDS = ("calls", "errors", "busy_s")
@@ -88,7 +96,7 @@ class Replica:
         self._cap = d.capacity
         self._inbox = SharedSegment(d.request_inboxes[ctx.replica])
         self._doorbell = ringmod.Doorbell(self._inbox)
-        self._readers = [ringmod.RingReader(self._inbox, c, self._cap) for c in range(d.n_callers)]
+        self._readers = [CallRingReader(self._inbox, c, self._cap) for c in range(d.n_callers)]
         self._answer_segments: dict[int, SharedSegment] = {}
         self._writers: dict[int, ringmod.RingWriter] = {}
         self._metrics_seg = SharedSegment(ctx.metrics_segment)
@@ -116,7 +124,7 @@ class Replica:
             self._stopping = True   # from the driver: every task has finished
             return
         started = time.perf_counter()
-        cid, method, args, kwargs = codec.decode(body)[0]
+        cid, method, args, kwargs = loads(body)
         fn = self._methods.get(method)
         if fn is None:
             answer = (cid, NO_METHOD, f"service {self.ctx.service_name!r} has no method {method!r}; its "
@@ -140,17 +148,16 @@ class Replica:
 
     def _answer(self, caller: int, answer: tuple) -> None:
         try:
-            parts, nbytes = codec.encode(answer)
-        except codec.EncodeError as exc:
+            data = dumps(answer)
+        except EncodeError as exc:
             self.errors += 1
-            cid = answer[0]
-            parts, nbytes = codec.encode((cid, ERROR, (
+            data = dumps((answer[0], ERROR, (
                 "EncodeError", f"the result of the call could not be sent back: {exc}", "", "encoding")))
         writer = self._writers.get(caller)
         if writer is None:
             seg = self._answer_segments[caller] = SharedSegment(self.ctx.directory.response_inboxes[caller])
             writer = self._writers[caller] = ringmod.RingWriter(seg, self.ctx.replica, self._cap)
-        writer.write(parts, nbytes, 0)
+        writer.write([data], len(data), 0)
         writer.commit()
 
     def metrics(self) -> dict:
