@@ -14,7 +14,7 @@ from typing import Any
 
 from procflow.api import functions as fx
 from procflow.api.datastream import CollectResult, DataStream
-from procflow.api.service import BaseService, ServiceSpec
+from procflow.api.service import BaseService, ServiceSpec, services_called
 from procflow.graph.execution_graph import ExecutionGraph, compile_graph
 from procflow.graph.transformation import FunctionSpec, Input, Transformation, check_parallelism
 
@@ -132,6 +132,7 @@ class BaseEnvironment:
         if self.job is not None and self.job.running:
             raise RuntimeError("a job of this environment is still running; call env.stop() first")
         graph = self.compile()
+        self._check_services()
         for collector in self._collectors.values():
             collector._records.clear()
         self.job = self._launch(graph)
@@ -142,6 +143,19 @@ class BaseEnvironment:
                 self.job.kill("interrupted (Ctrl-C)")
                 raise
         return self.job
+
+    def _check_services(self) -> None:
+        """Reject, before any process starts, a function or service that calls an unregistered service."""
+        users = [(f"operator {t.name!r} ({t.function.label})", t.function.target) for t in self._transformations]
+        users += [(f"service {s.name!r} ({s.service_class.__qualname__})", s.service_class)
+                  for s in self.services.values()]
+        for where, target in users:
+            missing = sorted(services_called(target) - set(self.services))
+            if missing:
+                raise ValueError(
+                    f"{where} calls service(s) {missing}, which are not registered; registered services: "
+                    f"{sorted(self.services)}. Register them with env.register_service(name, ServiceClass) "
+                    "before submit().")
 
     def _launch(self, graph: ExecutionGraph) -> Any:
         raise NotImplementedError(f"{type(self).__name__} cannot run pipelines; use LocalEnvironment")

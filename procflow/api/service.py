@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dis
+import inspect
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,3 +55,41 @@ class ServiceSpec:
 
     def build(self) -> BaseService:
         return self.service_class(*self.args, **self.kwargs)
+
+
+_CALLS = ("call_service", "call_service_async")
+
+
+def services_called(target: object) -> set[str]:
+    """Service names a function or service class is known to call, found before anything runs.
+
+    Two sources: a `services = ("name", ...)` attribute declaring its needs, and literal names in its
+    own methods' code, as in `self.call_service("vocab", x)`. A name computed at run time is not seen
+    here; it fails at call time with UnknownServiceError instead.
+    """
+    cls = target if inspect.isclass(target) else type(target)
+    declared = getattr(target, "services", ()) or ()
+    names = {declared} if isinstance(declared, str) else set(declared)
+    for klass in cls.__mro__:
+        if klass.__module__.startswith("procflow.") or klass is object:
+            continue
+        for attr in vars(klass).values():
+            fn = attr.__func__ if isinstance(attr, (staticmethod, classmethod)) else attr
+            code = getattr(fn, "__code__", None)
+            if code is not None:
+                names |= _literal_calls(code)
+    return names
+
+
+def _literal_calls(code) -> set[str]:
+    found = set()
+    prev = None
+    for ins in dis.get_instructions(code):
+        if (prev is not None and prev.opname in ("LOAD_ATTR", "LOAD_METHOD") and prev.argval in _CALLS
+                and ins.opname == "LOAD_CONST" and isinstance(ins.argval, str)):
+            found.add(ins.argval)
+        prev = ins
+    for const in code.co_consts:
+        if inspect.iscode(const):
+            found |= _literal_calls(const)
+    return found

@@ -47,6 +47,12 @@ class Job:
             live = control.snapshot()
         return self._manager.metrics(live)
 
+    @property
+    def service_metrics(self) -> dict[str, dict]:
+        """Per service: replicas, calls served, errors, seconds busy, and per replica; live or final."""
+        services = self._dispatcher.service_manager
+        return services.metrics() if services is not None else {}
+
     def summary(self) -> dict[str, Any]:
         tasks = self.metrics
         sources = [m for m in tasks.values() if m["records_in"] == 0]
@@ -64,7 +70,8 @@ class Job:
         bottleneck = max(by_op, key=lambda k: by_op[k]["busy_pct"]) if by_op else None
         return {"job_id": self.job_id, "status": self.status, "elapsed_s": elapsed,
                 "source_records": emitted, "throughput_rps": emitted / elapsed if elapsed else 0.0,
-                "operators": by_op, "bottleneck": bottleneck, "tasks": tasks}
+                "operators": by_op, "bottleneck": bottleneck, "tasks": tasks,
+                "services": self.service_metrics}
 
     def to_json(self) -> str:
         return json.dumps(self.summary(), indent=2, default=str)

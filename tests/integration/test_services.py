@@ -1,0 +1,290 @@
+"""Services: long-lived processes that functions call (issue 4). The autouse leak fixture checks after
+each test that no service process and no segment is left, also when the job failed."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import time
+
+import numpy as np
+import pytest
+
+from procflow import (
+    BaseService,
+    JobFailedError,
+    LocalEnvironment,
+    MapFunction,
+    ServiceError,
+    ServiceTimeoutError,
+    UnknownServiceError,
+)
+from procflow.errors import RemoteTraceback
+
+pytestmark = pytest.mark.timeout(60)
+
+DIM = 16
+
+
+def matrix() -> np.ndarray:
+    return np.random.default_rng(7).standard_normal((DIM, DIM))
+
+
+def vector(i: int) -> np.ndarray:
+    return np.cos(np.arange(DIM) * (i + 1))
+
+
+class MatrixService(BaseService):
+    def __init__(self, seed_matrix: np.ndarray) -> None:
+        self.m = seed_matrix
+
+    def setup(self) -> None:
+        self.logger.info("matrix %s loaded", self.m.shape)
+
+    def process(self, v):
+        return self.m @ v
+
+    def shape(self):
+        return list(self.m.shape)
+
+
+class MultiplyMap(MapFunction):
+    def execute(self, i):
+        return i, self.call_service("matrix", vector(i)).tolist()
+
+
+@pytest.mark.timeout(90)
+def test_matrix_service_called_by_parallel_map_gives_in_process_results(env_dir):
+    n = 10_000
+    with LocalEnvironment("svc-matrix", env_dir=env_dir) as env:
+        env.register_service("matrix", MatrixService, matrix())
+        result = env.from_batch(range(n)).map(MultiplyMap, parallelism=4).collect()
+        job = env.submit()
+    got = dict(result.results())
+    assert len(got) == n
+    m = matrix()
+    expected = np.array([m @ vector(i) for i in range(n)])
+    assert np.allclose(np.array([got[i] for i in range(n)]), expected, rtol=0, atol=1e-12)
+    stats = job.service_metrics["matrix"]
+    assert stats["calls"] == n and stats["errors"] == 0 and stats["busy_s"] > 0
+    assert job.summary()["services"]["matrix"]["calls"] == n
+    logs = os.listdir(job.log_dir)
+    assert "matrix_info.log" in logs and "matrix_debug.log" in logs
+    with open(os.path.join(job.log_dir, "matrix_info.log")) as f:
+        assert "matrix (16, 16) loaded" in f.read()
+
+
+class Sleepy(BaseService):
+    def process(self, x, delay=0.2):
+        time.sleep(delay)
+        return x * 10
+
+    def pid(self):
+        return os.getpid()
+
+
+class FanOut(MapFunction):
+    def execute(self, _):
+        started = time.monotonic()
+        futures = [self.call_service_async("sleepy", i) for i in range(8)]
+        # A synchronous call while async ones are in flight still gets its own answer.
+        direct = self.call_service("sleepy", 100, delay=0.0)
+        done, _ = concurrent.futures.wait(futures, timeout=10)
+        elapsed = time.monotonic() - started
+        pids = {self.call_service("sleepy", method="pid") for _ in range(8)}
+        return [f.result() for f in futures], direct, elapsed, len(done), len(pids)
+
+
+def test_async_calls_overlap_across_replicas(env_dir):
+    with LocalEnvironment("svc-async", env_dir=env_dir) as env:
+        env.register_service("sleepy", Sleepy, parallelism=4)
+        result = env.from_batch([0]).map(FanOut).collect()
+        env.submit()
+    [(values, direct, elapsed, n_done, n_pids)] = result.results()
+    assert values == [i * 10 for i in range(8)]
+    assert direct == 1000
+    assert n_done == 8
+    assert n_pids == 4          # round robin reaches every replica
+    assert elapsed < 8 * 0.2 / 2, elapsed   # four replicas: about 2 x 0.2 s, not 8 x 0.2 s
+
+
+class Faulty(BaseService):
+    def process(self, x):
+        if x == 3:
+            raise ValueError(f"bad value {x}")
+        return x
+
+    def slow(self, seconds):
+        time.sleep(seconds)
+        return "late"
+
+
+class CatchingMap(MapFunction):
+    def execute(self, x):
+        try:
+            return "ok", self.call_service("faulty", x)
+        except ServiceError as exc:
+            cause = exc.__cause__
+            return ("error", type(exc).__name__, exc.error_type, str(exc), isinstance(cause, RemoteTraceback),
+                    "ValueError: bad value 3" in cause.tb and ", in process" in cause.tb)
+
+
+def test_service_exception_is_reraised_in_caller_with_remote_traceback(env_dir):
+    with LocalEnvironment("svc-raise", env_dir=env_dir) as env:
+        env.register_service("faulty", Faulty)
+        result = env.from_batch(range(5)).map(CatchingMap).collect()
+        job = env.submit()
+    out = sorted(result.results(), key=repr)
+    errors = [r for r in out if r[0] == "error"]
+    assert len(errors) == 1
+    _, kind, error_type, message, has_cause, tb_ok = errors[0]
+    assert kind == "ServiceError" and error_type == "ValueError"
+    assert "'faulty'" in message and "bad value 3" in message
+    assert has_cause and tb_ok
+    assert sorted(r[1] for r in out if r[0] == "ok") == [0, 1, 2, 4]
+    assert job.service_metrics["faulty"]["errors"] == 1
+
+
+class UncaughtMap(MapFunction):
+    def execute(self, x):
+        return self.call_service("faulty", x)
+
+
+def test_uncaught_service_error_fails_job_naming_task(env_dir):
+    with LocalEnvironment("svc-uncaught", env_dir=env_dir) as env:
+        env.register_service("faulty", Faulty)
+        env.from_batch(range(5)).map(UncaughtMap, name="caller").collect()
+        with pytest.raises(JobFailedError) as info:
+            env.submit()
+    err = info.value
+    assert err.task == "caller_0"
+    assert "ServiceError" in str(err) and "bad value 3" in str(err)
+    assert env.job.status == "failed"
+
+
+class TimeoutMap(MapFunction):
+    def execute(self, x):
+        try:
+            return self.call_service("faulty", 0.5, method="slow", timeout=0.1)
+        except ServiceTimeoutError as exc:
+            return "timeout", str(exc), isinstance(exc, TimeoutError)
+
+
+def test_call_past_its_timeout_raises_service_timeout_error(env_dir):
+    with LocalEnvironment("svc-timeout", env_dir=env_dir) as env:
+        env.register_service("faulty", Faulty)
+        result = env.from_batch([1]).map(TimeoutMap).collect()
+        env.submit()
+    [(tag, message, is_timeout)] = result.results()
+    assert tag == "timeout" and is_timeout
+    assert "'faulty'" in message and "'slow'" in message and "0.1s" in message
+    assert "request queue procflow_" in message and "response queue procflow_" in message
+
+
+class UnknownMap(MapFunction):
+    def __init__(self, service_name):
+        self.service_name = service_name   # computed at run time: the submit check cannot see it
+
+    def execute(self, x):
+        out = []
+        try:
+            self.call_service("faulty", x, method="nope")
+        except UnknownServiceError as exc:
+            out.append(str(exc))
+        try:
+            self.call_service(self.service_name, x)
+        except UnknownServiceError as exc:
+            out.append(str(exc))
+        return out
+
+
+def test_unknown_method_and_unknown_service_name_what_exists(env_dir):
+    with LocalEnvironment("svc-unknown", env_dir=env_dir) as env:
+        env.register_service("faulty", Faulty)
+        env.register_service("sleepy", Sleepy)
+        result = env.from_batch([1]).map(UnknownMap, "fualty").collect()
+        env.submit()
+    [[no_method, no_service]] = result.results()
+    assert "'faulty' has no method 'nope'" in no_method and "'process'" in no_method and "'slow'" in no_method
+    assert "no service named 'fualty'" in no_service and "['faulty', 'sleepy']" in no_service
+
+
+class LiteralCaller(MapFunction):
+    def execute(self, x):
+        return self.call_service("vocab", x)
+
+
+class DeclaredCaller(MapFunction):
+    services = ("matrix", "vocab")
+
+    def execute(self, x):
+        return x
+
+
+def test_unregistered_service_the_graph_can_see_is_rejected_at_submit(env_dir):
+    for fn in (LiteralCaller, DeclaredCaller):
+        with LocalEnvironment("svc-reject", env_dir=env_dir) as env:
+            env.register_service("matrix", MatrixService, matrix())
+            env.from_batch([1]).map(fn).collect()
+            with pytest.raises(ValueError, match=r"calls service\(s\) \['vocab'\], which are not registered"):
+                env.submit()
+            assert env.job is None   # nothing was started
+
+
+class Front(BaseService):
+    def process(self, v):
+        doubled = self.call_service("matrix", v)
+        return float(doubled.sum()) + self.call_service("matrix", method="shape")[0]
+
+
+class FrontMap(MapFunction):
+    def execute(self, i):
+        return i, self.call_service("front", vector(i))
+
+
+def test_services_call_services(env_dir):
+    with LocalEnvironment("svc-chain", env_dir=env_dir) as env:
+        env.register_service("matrix", MatrixService, matrix(), parallelism=2)
+        env.register_service("front", Front)
+        result = env.from_batch(range(50)).map(FrontMap, parallelism=2).collect()
+        job = env.submit()
+    m = matrix()
+    got = dict(result.results())
+    assert got == pytest.approx({i: float((m @ vector(i)).sum()) + DIM for i in range(50)})
+    assert job.service_metrics["matrix"]["calls"] == 100
+
+
+class BrokenSetup(BaseService):
+    def setup(self):
+        raise RuntimeError("model file missing")
+
+
+def test_service_failing_in_setup_fails_job_and_leaves_nothing(env_dir):
+    with LocalEnvironment("svc-setup", env_dir=env_dir) as env:
+        env.register_service("broken", BrokenSetup)
+        env.register_service("matrix", MatrixService, matrix())
+        env.from_batch(range(3)).map(MultiplyMap).collect()
+        with pytest.raises(JobFailedError, match="model file missing") as info:
+            env.submit()
+    assert info.value.task == "broken[0]"
+
+
+class Crashing(BaseService):
+    def process(self, x):
+        os._exit(3)
+
+
+class CrashCaller(MapFunction):
+    def execute(self, x):
+        return self.call_service("crashing", x, timeout=30)
+
+
+def test_replica_that_dies_fails_job_at_once(env_dir):
+    started = time.monotonic()
+    with LocalEnvironment("svc-crash", env_dir=env_dir) as env:
+        env.register_service("crashing", Crashing)
+        env.from_batch([1]).map(CrashCaller).collect()
+        with pytest.raises(JobFailedError, match=r"service replica crashing\[0\] \(pid \d+\) exited with code 3"):
+            env.submit()
+    assert time.monotonic() - started < 20   # not the caller's 30 s timeout
+
