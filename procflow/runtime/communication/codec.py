@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import pickle
 import struct
+import threading
 from typing import Any
 
 import msgpack
@@ -51,10 +52,24 @@ def _ext_hook(code: int, data: bytes) -> Any:
 
 
 _packer_opts = dict(default=_default, strict_types=True, use_bin_type=True)
+# Building a Packer costs ~25 us (it allocates its buffer), so keep one per nesting depth per thread:
+# `_default` packs tuples and arrays re-entrantly while an outer pack is still running.
+_local = threading.local()
 
 
 def _packb(obj: Any) -> bytes:
-    return msgpack.packb(obj, **_packer_opts)
+    packers = getattr(_local, "packers", None)
+    if packers is None:
+        packers = _local.packers = []
+        _local.depth = 0
+    depth = _local.depth
+    if depth == len(packers):
+        packers.append(msgpack.Packer(**_packer_opts))
+    _local.depth = depth + 1
+    try:
+        return packers[depth].pack(obj)
+    finally:
+        _local.depth = depth
 
 
 def _unpackb(data) -> Any:
@@ -88,7 +103,7 @@ def encode_body(record: Any) -> tuple[int, list]:
         header = _packb([record.dtype.str, list(record.shape)])
         return NDARRAY, [_U32.pack(len(header)) + header, _array_bytes(record)]
     try:
-        return PLAIN, [msgpack.packb(record, **_packer_opts)]
+        return PLAIN, [_packb(record)]
     except (TypeError, ValueError, OverflowError):
         pass
     buffers: list[pickle.PickleBuffer] = []
