@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
 EXTRAS ?= dev,ray,bench
 
-.PHONY: install run test test-fast lint bench soak clean help
+.PHONY: install run dashboard graph test test-fast lint bench soak clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -20,6 +20,12 @@ install: $(STAMP)  ## create .venv and install procflow with its dev, ray and be
 
 run: $(STAMP)  ## run the example word count over a generated text
 	$(PY) examples/wordcount.py
+
+dashboard: $(STAMP)  ## the word count through the procflow command, with the live dashboard
+	$(PY) -m procflow.cli run examples/wordcount.py:pipeline --dashboard
+
+graph: $(STAMP)  ## the word count's execution graph (text)
+	$(PY) -m procflow.cli graph examples/wordcount.py:pipeline
 
 test: $(STAMP)  ## the whole suite, in parallel
 	$(PY) -m pytest -n auto -q

@@ -1,5 +1,7 @@
 """Word count over a generated text: the pipeline `make run` shows.
 
+Run it through the procflow command too: `procflow run examples/wordcount.py:pipeline --dashboard`.
+
     from_batch(lines) ─► flatmap(split, p=2) ─► keyby(word) ─► reduce(+, p=2) ─► collect
 """
 
@@ -35,6 +37,11 @@ def build(env: LocalEnvironment, lines: list[str], parallelism: int = 2):
     words = env.from_batch(lines).flatmap(Split, parallelism=parallelism)
     ones = words.keyby(lambda w: w).map(lambda w: 1, parallelism=parallelism)
     return ones.reduce(lambda total, one: total + one, parallelism=parallelism).collect()
+
+
+def pipeline(env: LocalEnvironment, n_lines: int = 20_000):
+    """`procflow run examples/wordcount.py:pipeline`: the word count over a generated text."""
+    return build(env, generate_lines(n_lines))
 
 
 def main(argv: list[str] | None = None) -> None:

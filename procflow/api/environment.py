@@ -120,6 +120,19 @@ class BaseEnvironment:
             n += 1
         return f"{kind}{n}"
 
+    @property
+    def operator_names(self) -> list[str]:
+        """The operators added so far, in order (the names `set_parallelism` and the metrics use)."""
+        return [t.name for t in self._transformations]
+
+    def set_parallelism(self, operator: str, parallelism: int) -> None:
+        """Change an operator's parallelism after the pipeline is built (`procflow run --parallelism`)."""
+        for t in self._transformations:
+            if t.name == operator:
+                t.parallelism = check_parallelism(parallelism, f"operator {operator!r}")
+                return
+        raise ValueError(f"no operator named {operator!r}; the pipeline has {self.operator_names}")
+
     def compile(self) -> ExecutionGraph:
         """The execution graph the next submit() will run (for tools, tests and `procflow graph`)."""
         return compile_graph(self._transformations)

@@ -314,6 +314,7 @@ class Dispatcher:
             owner.close()
             owner.unlink()
         if self.job_control is not None:
+            self.manager.last_counters = self.job_control.snapshot()
             self.job_control.close()
             self.job_control.segment.unlink()
         for fd in (self._wake_r, self._wake_w):

@@ -7,6 +7,7 @@ from typing import Any
 
 from procflow.errors import JobFailedError
 from procflow.runtime.dispatcher import Dispatcher
+from procflow.runtime.progress import ProgressBar, known_total, progress_wanted
 
 
 class Job:
@@ -15,6 +16,14 @@ class Job:
         self._manager = dispatcher.manager
         self.job_id = dispatcher.job_id
         self.log_dir = dispatcher.job_dir
+        self.source_tasks = frozenset(n.name for n in dispatcher.graph.sources())
+        self._progress: ProgressBar | None = None
+        sized = known_total(dispatcher.graph)
+        if sized is not None and progress_wanted(dispatcher.config.get("progress")):
+            total, tasks = sized
+            self._progress = ProgressBar(
+                total, lambda: sum(self.metrics[t]["records_out"] for t in tasks), self._manager.done,
+                status=lambda: self.status).start()
 
     @property
     def status(self) -> str:
@@ -43,8 +52,8 @@ class Job:
         """Per-task counters (records in/out, seconds busy / waiting / blocked, errors), live or final."""
         live = None
         control = self._dispatcher.job_control
-        if self.running and control is not None and control.counters is not None:
-            live = control.snapshot()
+        if self.running and control is not None:
+            live = control.snapshot()   # None if cleanup closed it meanwhile: final figures then
         return self._manager.metrics(live)
 
     @property
@@ -54,24 +63,34 @@ class Job:
         return services.metrics() if services is not None else {}
 
     def summary(self) -> dict[str, Any]:
+        """The job in figures: records, time, throughput, per-operator totals and busy %, the bottleneck.
+
+        An operator's busy % is its tasks' mean share of the job's elapsed time spent working (not waiting
+        for input, not blocked on a full output): the bottleneck is the operator with the highest.
+        """
         tasks = self.metrics
-        sources = [m for m in tasks.values() if m["records_in"] == 0]
-        emitted = sum(m["records_out"] for m in sources)
+        emitted = sum(m["records_out"] for name, m in tasks.items() if name in self.source_tasks)
         elapsed = self.elapsed
         by_op: dict[str, dict] = {}
-        for m in tasks.values():
-            op = by_op.setdefault(m["operator"], {"tasks": 0, "records_in": 0, "records_out": 0, "busy_s": 0.0,
-                                                  "errors": 0})
+        for name, m in tasks.items():
+            op = by_op.setdefault(m["operator"], {
+                "tasks": 0, "source": name in self.source_tasks, "records_in": 0, "records_out": 0, "busy_s": 0.0,
+                "wait_s": 0.0, "blocked_s": 0.0, "errors": 0})
             op["tasks"] += 1
-            for k in ("records_in", "records_out", "busy_s", "errors"):
+            for k in ("records_in", "records_out", "busy_s", "wait_s", "blocked_s", "errors"):
                 op[k] += m[k]
         for op in by_op.values():
-            op["busy_pct"] = 100.0 * op["busy_s"] / (elapsed * op["tasks"]) if elapsed else 0.0
+            share = elapsed * op["tasks"]
+            op["busy_pct"] = 100.0 * op["busy_s"] / share if share else 0.0
+            op["blocked_pct"] = 100.0 * op["blocked_s"] / share if share else 0.0
+            handled = op["records_out"] if op["source"] else op["records_in"]
+            op["rate_rps"] = handled / elapsed if elapsed else 0.0
         bottleneck = max(by_op, key=lambda k: by_op[k]["busy_pct"]) if by_op else None
+        failure = self.failure
         return {"job_id": self.job_id, "status": self.status, "elapsed_s": elapsed,
                 "source_records": emitted, "throughput_rps": emitted / elapsed if elapsed else 0.0,
-                "operators": by_op, "bottleneck": bottleneck, "tasks": tasks,
-                "services": self.service_metrics}
+                "operators": by_op, "bottleneck": bottleneck, "error": str(failure) if failure else None,
+                "log_dir": self.log_dir, "tasks": tasks, "services": self.service_metrics}
 
     def to_json(self) -> str:
         return json.dumps(self.summary(), indent=2, default=str)
@@ -80,7 +99,7 @@ class Job:
         """Block until the job ends; raises JobFailedError if it failed, TimeoutError if still running."""
         if not self._manager.done.wait(timeout):
             raise TimeoutError(f"job {self.job_id} still running after {timeout}s")
-        self._dispatcher.join_monitor()
+        self._join_threads()
         if self._manager.failure is not None:
             raise self._manager.failure
         return self
@@ -93,19 +112,25 @@ class Job:
         grace = timeout if timeout is not None else float(self._dispatcher.config.get("stop_timeout", 5.0)) * 2
         if not self._manager.done.wait(grace):
             self.kill(f"did not stop within {grace}s")
-        self._dispatcher.join_monitor()
+        self._join_threads()
 
     def kill(self, reason: str = "killed by the user") -> None:
         """Now: every task is terminated, nothing drains."""
         if self.running:
             self._dispatcher.request("kill", reason)
             self._manager.done.wait()
-        self._dispatcher.join_monitor()
+        self._join_threads()
 
     def close(self) -> None:
         if self.running:
             self.stop()
+        self._join_threads()
+
+    def _join_threads(self) -> None:
+        """The job has ended (manager.done is set): its driver threads return promptly; join them."""
         self._dispatcher.join_monitor()
+        if self._progress is not None:
+            self._progress.join()
 
     def __repr__(self) -> str:
         return f"<Job {self.job_id} {self.status}>"

@@ -15,7 +15,9 @@ import numpy as np
 from procflow.runtime.communication import futex
 from procflow.runtime.communication.shm import SharedSegment
 
-FIELDS = ("records_in", "records_out", "busy_s", "wait_s", "blocked_s", "errors", "started", "finished")
+# input_fill: the task's input rings' fill (0..1), sampled after each batch (0 for sources).
+FIELDS = ("records_in", "records_out", "busy_s", "wait_s", "blocked_s", "errors", "started", "finished",
+          "input_fill")
 _START, _STOP, _COUNTERS = 0, 64, 128
 
 
@@ -59,8 +61,12 @@ class JobControl:
         if self._stop.value == 0:
             futex.wait(self.segment.address + _STOP, 0, seconds)
 
-    def snapshot(self) -> dict[int, dict[str, float]]:
-        rows = self.counters.copy()
+    def snapshot(self) -> dict[int, dict[str, float]] | None:
+        """A copy of every task's counters, or None once closed (a reader racing the job's cleanup)."""
+        counters = self.counters
+        if counters is None:
+            return None
+        rows = counters.copy()
         return {i: dict(zip(FIELDS, map(float, rows[i]))) for i in range(self.n_tasks)}
 
     def close(self) -> None:

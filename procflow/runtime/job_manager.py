@@ -40,6 +40,9 @@ class JobManager:
         self.started_at: float | None = None
         self.ended_at: float | None = None
         self.dead_letters: list = []
+        # The shared counters as cleanup last saw them: the metrics of tasks that never sent Stopped
+        # (a failed or killed job) come from here once the job segment is gone.
+        self.last_counters: dict[int, dict] | None = None
         self.done = threading.Event()
         self._lock = threading.Lock()
 
@@ -90,7 +93,8 @@ class JobManager:
         """Per-task counters plus a job summary; `live` rows come from the shared counters."""
         per_task: dict[str, dict] = {}
         for state in self.tasks.values():
-            row = dict(state.metrics) if state.metrics else dict((live or {}).get(state.slot, {}))
+            counters = live if live is not None else self.last_counters
+            row = dict(state.metrics) if state.metrics else dict((counters or {}).get(state.slot, {}))
             row = {k: row.get(k, 0.0) for k in FIELDS}
             for k in ("records_in", "records_out", "errors"):
                 row[k] = int(row[k])

@@ -178,6 +178,10 @@ class RingReader:
     def has_data(self) -> bool:
         return self._write_word.value != self._rpos
 
+    def queued_bytes(self) -> int:
+        """Bytes published but not yet consumed: two loads, cheap enough to sample once per batch."""
+        return self._write_word.value - self._read_word.value
+
     def drain(self, handle) -> int:
         """Call `handle(flags, body)` for every complete frame now in the ring, then free the space.
 

@@ -38,7 +38,7 @@ OPERATORS: dict[str, type[Operator]] = {
     "flatmap": FlatMapOperator, "sink": SinkOperator, "collect": CollectOperator,
     "reduce": ReduceOperator, "comap": CoMapOperator, "join": JoinOperator,
 }
-_IN, _OUT, _BUSY, _WAIT, _BLOCKED, _ERRORS, _STARTED, _FINISHED = range(len(FIELDS))
+_IN, _OUT, _BUSY, _WAIT, _BLOCKED, _ERRORS, _STARTED, _FINISHED, _FILL = range(len(FIELDS))
 
 
 class BaseTask:
@@ -185,6 +185,8 @@ class BaseTask:
         c[_BLOCKED] = blocked
         c[_BUSY] = max(elapsed - self.wait_s - blocked, 0.0)
         c[_ERRORS] = self.errors
+        if self.ctx.gate is not None:
+            c[_FILL] = self.ctx.gate.fill()
 
     def metrics(self) -> dict:
         return {name: float(self._counters[i]) for i, name in enumerate(FIELDS)}

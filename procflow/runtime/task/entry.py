@@ -63,6 +63,10 @@ def task_main(ctx: TaskContext, function: Any, parent_pid: int) -> None:
         task.run()
     except BaseException as exc:  # report everything, SystemExit from user code included
         code = 1
+        try:
+            task._publish()   # the counters up to the failing record, for the job's summary
+        except (AttributeError, TypeError):  # failed before the task was attached: nothing to publish
+            pass
         has_record, record = task.current_record()
         label = getattr(task.operator, "label", type(function).__name__)
         report = ErrorReport.from_exception(exc, task=ctx.name, pid=os.getpid(), function=label,

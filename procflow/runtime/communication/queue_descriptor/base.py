@@ -70,6 +70,10 @@ class InputGate(ABC):
     def read(self, timeout: float | None) -> list:
         """Block until something arrives (or `timeout`); returns Packets and ChannelEnds in order."""
 
+    def fill(self) -> float:
+        """How full the input channels are, 0.0 (empty) to 1.0 (full); for metrics. 0.0 if unknown."""
+        return 0.0
+
     @abstractmethod
     def close(self) -> None: ...
 

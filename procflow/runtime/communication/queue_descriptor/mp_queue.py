@@ -34,6 +34,7 @@ class MpInbox:
         self.name = name
         self.input_indices = input_indices
         self.batch_records = batch_records
+        self.maxsize = maxsize
         self.queue = context.Queue(maxsize=maxsize)
 
     def create(self):
@@ -43,7 +44,7 @@ class MpInbox:
         return MpEdge(self.queue, slot, self.batch_records)
 
     def open_gate(self) -> MpInputGate:
-        return MpInputGate(self.queue, self.input_indices)
+        return MpInputGate(self.queue, self.input_indices, self.maxsize)
 
 
 class _QueueOwner:
@@ -104,9 +105,17 @@ class MpChannelWriter(ChannelWriter):
 
 
 class MpInputGate(InputGate):
-    def __init__(self, q, input_indices: tuple[int, ...]) -> None:
+    def __init__(self, q, input_indices: tuple[int, ...], maxsize: int = 64) -> None:
         self._queue = q
+        self._maxsize = maxsize
         self._decoders = [BatchDecoder(slot, idx) for slot, idx in enumerate(input_indices)]
+
+    def fill(self) -> float:
+        """Batches queued over the queue's bound (qsize is a semaphore read on Linux)."""
+        try:
+            return min(self._queue.qsize() / self._maxsize, 1.0)
+        except (NotImplementedError, OSError):
+            return 0.0
 
     def read(self, timeout: float | None) -> list:
         out: list = []

@@ -189,6 +189,11 @@ class ShmInputGate(InputGate):
         self._readers = [ringmod.RingReader(segment, slot, capacity) for slot in range(len(input_indices))]
         self._decoders = [BatchDecoder(slot, idx) for slot, idx in enumerate(input_indices)]
         self._out: list = []
+        self._capacity = capacity * max(len(input_indices), 1)
+
+    def fill(self) -> float:
+        """Bytes waiting in all of this task's rings, as a fraction of their total capacity."""
+        return sum(r.queued_bytes() for r in self._readers) / self._capacity
 
     def read(self, timeout: float | None) -> list:
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -1,0 +1,71 @@
+"""Pipelines the CLI tests run, as `procflow run tests/cli/pipelines.py:<name>` or in-process."""
+
+from __future__ import annotations
+
+import time
+
+from procflow import MapFunction, SourceFunction
+
+N_COUNTED = 1000
+N_SLOW = 400
+SLOW_SECONDS = 0.002
+
+
+def counted(env):
+    """Exact counts: 1000 in, flatmap doubles (2000), filter keeps multiples of 3 (2 * 334 = 668)."""
+    return (env.from_batch(range(N_COUNTED))
+            .flatmap(lambda x: [x, x], parallelism=2)
+            .filter(lambda x: x % 3 == 0)
+            .collect())
+
+
+class Sleepy(MapFunction):
+    def execute(self, record):
+        time.sleep(SLOW_SECONDS)   # made slow on purpose: this operator is the bottleneck
+        return record
+
+
+def slow(env):
+    """Three maps, the middle one ('slow') sleeping 2 ms per record; records are 1 KiB strings so that
+    small rings fill up in front of it."""
+    return (env.from_batch(["x" * 1024] * N_SLOW)
+            .map(lambda s: s, name="fast")
+            .map(Sleepy, name="slow")
+            .map(len, name="after")
+            .collect())
+
+
+class Explode(MapFunction):
+    def execute(self, record):
+        if record == 13:
+            raise ValueError(f"unlucky record {record}")
+        return record
+
+
+def failing(env):
+    env.from_batch(range(100)).map(Explode, name="explode").collect()
+
+
+class Chatty(MapFunction):
+    def execute(self, record):
+        self.logger.info("chatty saw record %s", record)
+        self.logger.debug("chatty debug detail %s", record)
+        return record
+
+
+def chatty(env):
+    return env.from_batch(range(5)).map(Chatty, name="chatty").collect()
+
+
+class Ticks(SourceFunction):
+    def execute(self):
+        return 1
+
+
+def forever(env):
+    """An unbounded source: only Ctrl-C (or env.stop()) ends it."""
+    env.from_source(Ticks).map(lambda x: x, name="relay").sink(lambda x: None)
+
+
+def not_a_builder(env):  # noqa: ARG001 - builds nothing: compile() must say the pipeline is empty
+    return None

@@ -1,0 +1,223 @@
+"""Metrics, the bottleneck, the dashboard, the progress bar and the log files, in-process."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import pytest
+from rich.console import Console
+
+from procflow import JobFailedError, LocalEnvironment
+from procflow.cli import format_summary
+from procflow.dashboard import BOTTLENECK_MARK, Dashboard, Frame, TaskRow, bottleneck_of, render_plain
+from procflow.graph.render import render_graph
+from procflow.runtime.communication.queue_descriptor.shm_queue import ShmInbox
+from procflow.runtime.communication.shm import segment_name
+from procflow.runtime.progress import known_total, progress_wanted, render
+
+from . import pipelines
+
+# Small rings in front of the slow operator, so that they fill and the fill shows.
+SMALL_RINGS = {"ring_bytes": 16 << 10, "batch_bytes": 4 << 10}
+
+
+@pytest.mark.timeout(60)
+def test_metrics_agree_with_exact_record_counts(env_dir):
+    with LocalEnvironment("counted", env_dir=env_dir) as env:
+        result = pipelines.counted(env)
+        job = env.submit()
+    assert len(result.results()) == 668
+    m = job.metrics
+    assert m["batch_0"]["records_out"] == 1000
+    assert m["flatmap_0"]["records_in"] + m["flatmap_1"]["records_in"] == 1000
+    assert m["flatmap_0"]["records_out"] == 2 * m["flatmap_0"]["records_in"]
+    assert (m["filter_0"]["records_in"], m["filter_0"]["records_out"]) == (2000, 668)
+    assert m["collect_0"]["records_in"] == 668
+    assert all(row["errors"] == 0 and row["finished"] >= row["started"] > 0 for row in m.values())
+    s = job.summary()
+    assert s["source_records"] == 1000 and s["status"] == "finished"
+    assert s["operators"]["flatmap"]["tasks"] == 2 and s["operators"]["flatmap"]["records_out"] == 2000
+    assert json.loads(job.to_json())["operators"]["filter"]["records_out"] == 668
+
+
+@pytest.mark.timeout(60)
+def test_summary_names_the_slow_operator_as_bottleneck(env_dir):
+    with LocalEnvironment("slow", config=SMALL_RINGS, env_dir=env_dir) as env:
+        result = pipelines.slow(env)
+        job = env.submit()
+    assert result.results() == [1024] * pipelines.N_SLOW
+    s = job.summary()
+    assert s["bottleneck"] == "slow"
+    ops = s["operators"]
+    # 400 records * 2 ms: the slow map worked for most of the job, the others hardly at all.
+    assert ops["slow"]["busy_s"] >= pipelines.N_SLOW * pipelines.SLOW_SECONDS * 0.9
+    assert ops["slow"]["busy_pct"] > 3 * max(ops[o]["busy_pct"] for o in ("fast", "after", "collect"))
+    # Its upstream was held back by the full ring in front of it.
+    assert ops["fast"]["blocked_s"] > 0
+    text = format_summary(s)
+    assert "bottleneck: slow" in text
+    assert [line for line in text.splitlines() if line.startswith("slow ")][0].endswith(BOTTLENECK_MARK)
+
+
+@pytest.mark.timeout(60)
+def test_dashboard_in_a_recorded_console_marks_the_bottleneck(env_dir):
+    console = Console(record=True, width=120, file=io.StringIO(), force_terminal=True)
+    frames = []
+    with LocalEnvironment("slow", config=SMALL_RINGS, env_dir=env_dir) as env:
+        pipelines.slow(env)
+        job = env.submit(autostop=False)
+        board = Dashboard(job, console=console, interval=0.05, plain=False)
+        sample = board.sampler.sample
+        board.sampler.sample = lambda cumulative=False: frames.append(sample(cumulative)) or frames[-1]
+        final = board.run()
+        job.wait()
+    text = console.export_text()
+    for task in ("batch_0", "fast_0", "slow_0", "after_0", "collect_0"):
+        assert task in text
+    last = text.rsplit(f"procflow job {job.job_id}", 1)[1]     # the final frame, with whole-job figures
+    assert "finished" in last.splitlines()[0]
+    marked = [line.split()[1] for line in last.splitlines() if BOTTLENECK_MARK in line]
+    assert marked == ["slow_0"]
+    assert final.bottleneck == "slow" and final.status == "finished" and final.source_records == pipelines.N_SLOW
+    # Live frames: the slow operator's input rings were seen filling up while it ran.
+    live = [f for f in frames[:-1] if f.status == "running"]
+    assert live, "the job ended before a live frame was drawn"
+    fills = [r.fill_pct for f in live for r in f.rows if r.task == "slow_0"]
+    assert max(fills) > 50.0
+    named = [f.bottleneck for f in live if f.elapsed > 0.5]
+    assert max(set(named), key=named.count) == "slow", named
+
+
+@pytest.mark.timeout(60)
+def test_dashboard_plain_text_fallback(env_dir):
+    stream = io.StringIO()
+    with LocalEnvironment("counted", env_dir=env_dir) as env:
+        pipelines.counted(env)
+        job = env.submit(autostop=False)
+        Dashboard(job, stream=stream, interval=0.05, plain=True).run()
+        job.wait()
+    text = stream.getvalue()
+    assert text.startswith(f"procflow job {job.job_id}  finished")
+    assert "\x1b[" not in text      # not a terminal: one final frame, no cursor movement
+    header = text.splitlines()[1].split()
+    assert header[:3] == ["task", "state", "in"]
+    filter_row = [line.split() for line in text.splitlines() if line.startswith("filter_0")][0]
+    assert filter_row[1:4] == ["done", "2,000", "668"]
+
+
+def test_render_plain_redraw_and_bottleneck_rule():
+    rows = [TaskRow("src_0", "src", "run", 0, 10, 10.0, 5.0, 0.0),
+            TaskRow("work_0", "work", "run", 10, 10, 10.0, 90.0, 75.0),
+            TaskRow("work_1", "work", "run", 10, 10, 10.0, 60.0, 80.0)]
+    assert bottleneck_of(rows) == "work"
+    assert bottleneck_of([TaskRow("a_0", "a", "init", 0, 0, 0.0, 0.0, 0.0)]) is None
+    text = render_plain(Frame("j1", "running", 1.0, 10, 10.0, rows, "work"))
+    lines = text.splitlines()
+    assert lines[0].startswith("procflow job j1  running")
+    assert lines[2].split()[0] == "src_0" and BOTTLENECK_MARK not in lines[2]
+    assert lines[3].endswith(BOTTLENECK_MARK) and "75.0" in lines[3]
+
+
+def test_input_gate_reports_ring_fill():
+    inbox = ShmInbox(segment_name("t", "in"), (0, 0), 4096, batch_bytes=64)
+    owner = inbox.create()
+    try:
+        gate = inbox.open_gate()
+        writer = inbox.edge(1).open_writer()
+        assert gate.fill() == 0.0
+        for _ in range(20):
+            writer.send_record(b"\xa3abc", None)    # a msgpack str; batches of 64 bytes
+        writer.flush()
+        fill = gate.fill()
+        assert 0 < fill < 0.5           # one of two 4 KiB rings holds a few hundred bytes
+        assert len(gate.read(0)) == 20
+        assert gate.fill() == 0.0
+        writer.close()
+        gate.close()
+    finally:
+        from procflow.runtime.communication.queue_descriptor import shm_queue
+
+        shm_queue.detach_all()
+        owner.close()
+        owner.unlink()
+
+
+@pytest.mark.timeout(60)
+def test_progress_bar_forced_on(env_dir, capsys):
+    with LocalEnvironment("progress", config={"progress": True}, env_dir=env_dir) as env:
+        env.from_batch(range(1000)).map(lambda x: x).collect()
+        env.submit()
+    err = capsys.readouterr().err
+    last = err.rstrip("\n").split("\r")[-1]
+    assert "100%" in last and "1,000/1,000 records" in last and last.rstrip().endswith("done")
+
+
+@pytest.mark.timeout(60)
+def test_progress_bar_off_under_pytest_and_for_unsized_sources(env_dir, capsys):
+    assert progress_wanted(None) is False          # PYTEST_CURRENT_TEST is set
+    assert progress_wanted(True) and not progress_wanted(False)
+    with LocalEnvironment("progress", env_dir=env_dir) as env:
+        env.from_batch(range(100)).map(lambda x: x).collect()
+        env.submit()
+        assert known_total(env.compile()) == (100, ["batch_0"])
+    assert capsys.readouterr().err == ""
+    with LocalEnvironment("unsized") as env:
+        env.from_batch(x for x in range(3)).map(lambda x: x).collect()
+        assert known_total(env.compile()) is None
+    assert "50%" in render(50, 100, 1.0) and "ETA 0:01" in render(50, 100, 1.0)
+
+
+@pytest.mark.timeout(60)
+def test_task_logs_hold_the_functions_messages(tmp_path):
+    with LocalEnvironment("logs", env_dir=tmp_path) as env:
+        pipelines.chatty(env)
+        job = env.submit()
+    info = (tmp_path / job.job_id / "chatty_0_info.log").read_text()
+    debug = (tmp_path / job.job_id / "chatty_0_debug.log").read_text()
+    assert "chatty saw record 3" in info and "chatty debug detail" not in info
+    assert "chatty debug detail 4" in debug and "chatty saw record 4" in debug
+    assert f"pid={job.metrics['chatty_0']['pid']}" in info
+    dispatcher = (tmp_path / job.job_id / "Dispatcher.log").read_text()
+    assert "sources released" in dispatcher
+    assert os.path.exists(tmp_path / job.job_id / "batch_0_info.log")
+    with LocalEnvironment("logs", config={"log_level": "DEBUG"}, env_dir=tmp_path) as env:
+        pipelines.chatty(env)
+        job = env.submit()
+    assert "chatty debug detail" in (tmp_path / job.job_id / "chatty_0_info.log").read_text()
+
+
+@pytest.mark.timeout(60)
+def test_failure_goes_to_error_log_and_summary(env_dir):
+    with LocalEnvironment("fails", env_dir=env_dir) as env:
+        pipelines.failing(env)
+        with pytest.raises(JobFailedError, match="explode_0"):
+            env.submit()
+        job = env.job
+    with open(os.path.join(job.log_dir, "Error.log")) as f:
+        error_log = f.read()
+    assert "explode_0" in error_log and "unlucky record 13" in error_log
+    s = job.summary()
+    assert s["status"] == "failed" and "unlucky record 13" in s["error"]
+    # Counters of the tasks that never reported Stopped survive the job's cleanup.
+    assert s["tasks"]["batch_0"]["records_out"] >= 0 and s["tasks"]["explode_0"]["records_in"] >= 13
+
+
+def test_graph_renderings_without_running():
+    with LocalEnvironment("graph") as env:
+        pipelines.counted(env)
+        env.set_parallelism("filter", 2)
+        graph = env.compile()
+    text = render_graph(graph, "text")
+    assert text.startswith("4 operators, 6 tasks, 8 channels")
+    dot = render_graph(graph, "dot")
+    assert dot.count(" -> ") == 8 and 'subgraph "cluster_filter"' in dot
+    mermaid = render_graph(graph, "mermaid")
+    assert mermaid.count("-->") == 8 and "filter_1 -->|round_robin| collect_0" in mermaid
+    with pytest.raises(ValueError, match="format"):
+        render_graph(graph, "png")
+    with pytest.raises(ValueError, match="no operator named"):
+        env.set_parallelism("nosuch", 2)
+    with pytest.raises(ValueError, match="parallelism"):
+        env.set_parallelism("filter", 0)
