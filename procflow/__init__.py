@@ -33,13 +33,15 @@ from procflow.errors import (
                                     ServiceTimeoutError,
                                     UnknownServiceError,
 )
+from procflow.graph.transformation import Partitioner
+from procflow.runtime.task.factory import TaskFactory
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BaseFunction", "BaseService", "BatchFunction", "CoMapFunction", "CollectResult", "ConnectedStreams",
     "DataStream", "FilterFunction", "FlatMapFunction", "JobFailedError", "JoinFunction", "KeyByFunction",
-    "LocalEnvironment", "MapFunction", "ProcflowError", "RayEnvironment", "ReduceFunction",
+    "LocalEnvironment", "MapFunction", "Partitioner", "ProcflowError", "RayEnvironment", "ReduceFunction",
     "ServiceError", "ServiceTimeoutError", "SinkFunction", "SourceFunction", "StopSignal",
-    "UnknownServiceError", "__version__",
+    "TaskFactory", "UnknownServiceError", "__version__",
 ]

@@ -6,7 +6,7 @@ import inspect
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from procflow.api import functions as fx
 
@@ -60,6 +60,19 @@ class FunctionSpec:
     def label(self) -> str:
         t = self.target
         return getattr(t, "__qualname__", None) or type(t).__name__
+
+
+@runtime_checkable
+class Partitioner(Protocol):
+    """A custom partitioning strategy, passed as `keyby(selector, strategy=partitioner)`.
+
+    Called in the sending task for every record with the record's key and the number of downstream
+    instances; returns one instance index (0..n-1), or a non-empty list of indices (the record goes to
+    each). Range, load-aware or fan-out partitioning is then user code. Any plain function with this
+    signature qualifies; under `start_method="spawn"` it must be picklable.
+    """
+
+    def __call__(self, key: Any, n_instances: int) -> int | list[int]: ...
 
 
 @dataclass(frozen=True)

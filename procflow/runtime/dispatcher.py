@@ -23,6 +23,7 @@ import threading
 import time
 from typing import Any
 
+import multiprocess
 from multiprocess import connection
 
 from procflow.errors import JobFailedError, RemoteTraceback, describe_exit
@@ -114,7 +115,10 @@ class Dispatcher:
     def _make_inbox(self, node) -> Any:
         indices = tuple(e.input_index for e in node.in_edges)
         if self.config["queue"] == "mp":
-            inbox = MpInbox(node.name, indices, self.factory.mp_context)
+            # A user factory need not carry a multiprocessing context; the mp queues only need one.
+            context = getattr(self.factory, "mp_context", None) or multiprocess.get_context(
+                getattr(self.factory, "start_method", "fork"))
+            inbox = MpInbox(node.name, indices, context)
         else:
             capacity = int(self.config["ring_bytes"]) & ~7
             inbox = ShmInbox(segment_name(self.job_id, "in"), indices, capacity, int(self.config["batch_bytes"]))

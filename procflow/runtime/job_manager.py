@@ -94,10 +94,13 @@ class JobManager:
         per_task: dict[str, dict] = {}
         for state in self.tasks.values():
             counters = live if live is not None else self.last_counters
-            row = dict(state.metrics) if state.metrics else dict((counters or {}).get(state.slot, {}))
-            row = {k: row.get(k, 0.0) for k in FIELDS}
+            src = dict(state.metrics) if state.metrics else dict((counters or {}).get(state.slot, {}))
+            row = {k: src.get(k, 0.0) for k in FIELDS}
             for k in ("records_in", "records_out", "errors"):
                 row[k] = int(row[k])
+            # Live rows have no processed_count: a task with inputs processed what it took in, a source
+            # what it produced.
+            row["processed_count"] = int(src.get("processed_count", row["records_in"] or row["records_out"]))
             row["operator"] = state.operator
             row["pid"] = state.pid
             per_task[state.name] = row

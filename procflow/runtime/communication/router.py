@@ -53,6 +53,23 @@ class OutputGroup:
     _next: int = field(default=0)
 
 
+def _custom_targets(partitioner: Callable[[Any, int], Any], key: Any, n: int) -> Sequence[int]:
+    """Check what a user partitioner returned: one index, or a non-empty collection of indices."""
+    chosen = partitioner(key, n)
+    if isinstance(chosen, (int, np.integer)) and not isinstance(chosen, bool):
+        picks: tuple = (chosen,)
+    elif isinstance(chosen, (list, tuple, range, set, frozenset, np.ndarray)):
+        picks = tuple(chosen)
+    else:
+        picks = ()
+    if not picks or not all(isinstance(p, (int, np.integer)) and not isinstance(p, bool) and 0 <= p < n
+                            for p in picks):
+        name = getattr(partitioner, "__qualname__", None) or type(partitioner).__qualname__
+        raise ValueError(f"partitioner {name} returned {chosen!r:.80} for key {key!r:.80}; it must return "
+                         f"an index in 0..{n - 1} or a non-empty list of such indices (n={n} instances)")
+    return picks
+
+
 class BaseRouter:
     """Sends each emitted record to its channels; one per task."""
 
@@ -123,13 +140,7 @@ class BaseRouter:
             return (stable_hash(key) % n,)
         if strategy == BROADCAST:
             return range(n)
-        chosen = group.partitioner(key, n)
-        picks = (chosen,) if isinstance(chosen, (int, np.integer)) else tuple(chosen)
-        for p in picks:
-            if not 0 <= p < n:
-                raise ValueError(f"partitioner {group.partitioner!r} returned {p} for key {key!r}; "
-                                 f"it must return indices in 0..{n - 1}")
-        return picks
+        return _custom_targets(group.partitioner, key, n)
 
     def flush(self) -> None:
         for group in self.groups:

@@ -57,10 +57,11 @@ class TaskContext:
         self.job_control: Any = None
         self.services: Any = None
         self.current: Any = None   # the Packet being processed
+        self.task: Any = None      # the BaseTask running this context (set by the task)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for key in ("logger", "router", "gate", "job_control", "services", "current"):
+        for key in ("logger", "router", "gate", "job_control", "services", "current", "task"):
             state.pop(key, None)
         return state
 
@@ -81,16 +82,24 @@ class TaskContext:
                  "queue_ids": o.queue_ids} for o in self.outputs]
 
     @property
+    def processed_count(self) -> int:
+        """Records this task has processed so far (for a source: records it has produced)."""
+        return self.task.processed_count if self.task is not None else 0
+
+    @property
     def log_dir(self) -> str:
         return os.path.join(self.env_dir, self.job_id)
 
     # -- runtime -------------------------------------------------------------------------------------
 
-    def attach(self) -> None:
-        """Open channels in this process (the child)."""
-        from procflow.runtime.job_control import JobControl
+    def attach(self, job_control: Any = None, router_class: type[BaseRouter] = BaseRouter) -> None:
+        """Open channels in this process (the child). The inline executor passes its in-process
+        `job_control` and router class instead of mapping the job segment."""
+        if job_control is None:
+            from procflow.runtime.job_control import JobControl
 
-        self.job_control = JobControl.attach(self.job_segment, self.n_tasks)
+            job_control = JobControl.attach(self.job_segment, self.n_tasks)
+        self.job_control = job_control
         if self.inbox is not None:
             self.gate = self.inbox.open_gate()
         groups = []
@@ -99,7 +108,7 @@ class TaskContext:
             selector = spec.key_selector.execute if spec.key_selector is not None else None
             groups.append(OutputGroup(spec.target, spec.strategy, writers, selector, spec.partitioner,
                                       spec.queue_ids))
-        self.router = BaseRouter(groups, self.parallel_index)
+        self.router = router_class(groups, self.parallel_index)
         if self.service_directory is not None:
             self.services = self.service_directory.connect(self)
 

@@ -53,20 +53,17 @@ class BaseTask:
         self._last_flush = 0.0
         self._dead_letters: list = []
         self.stage = "starting"
+        self.remaining = 0
+        self.last_signal = StopSignal(ctx.name)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def run(self) -> None:
         ctx = self.ctx
-        ctx.attach()
-        self._counters = ctx.job_control.counters[ctx.task_slot]
-        self.stage = "open"
-        self.operator.open()
+        self.open()
         ctx.control.send(Ready(ctx.name, os.getpid()))
         ctx.logger.info("ready (pid %d, %d input channel(s))", os.getpid(), self.num_inputs)
-        self._started = time.perf_counter()
-        self._counters[_STARTED] = time.time()
-        self._last_flush = self._started
+        self._start_clock()
         self.stage = "run"
         if isinstance(self.operator, SourceOperator):
             ctx.job_control.wait_for_start()
@@ -75,6 +72,70 @@ class BaseTask:
             signal = StopSignal(ctx.name, reason)
         else:
             signal = self._consume()
+        self.finish(signal)
+        ctx.control.send(Stopped(ctx.name, self.metrics()))
+        ctx.logger.info("stopped: %d in, %d out (%s)", self.records_in, ctx.router.records_out, signal.reason)
+
+    # -- the steps of the loop, also driven one at a time by the inline executor --------------------
+
+    def open(self) -> None:
+        """Attach the channels and open the function (its `open()` hook)."""
+        ctx = self.ctx
+        self._attach()
+        ctx.task = self
+        self._counters = ctx.job_control.counters[ctx.task_slot]
+        self.remaining = self.num_inputs
+        self.last_signal = StopSignal(ctx.name, "no inputs") if self.remaining == 0 else StopSignal(ctx.name)
+        self.stage = "open"
+        self.operator.open()
+
+    def _attach(self) -> None:
+        self.ctx.attach()
+
+    def _start_clock(self) -> None:
+        self._started = time.perf_counter()
+        self._counters[_STARTED] = time.time()
+        self._last_flush = self._started
+
+    @property
+    def done(self) -> bool:
+        """True once one StopSignal has arrived from each input channel."""
+        return self.remaining == 0
+
+    def process_batch(self, items: list) -> None:
+        """Process what one `gate.read()` returned: Packets go through the operator, ChannelEnds count
+        down `remaining`. Flushes outputs every `flush_interval` on the way."""
+        ctx = self.ctx
+        op, router = self.operator, ctx.router
+        process = op.process
+        on_error = ctx.options.get("on_error", "fail")
+        perf = time.perf_counter
+        interval = self._interval
+        for item in items:
+            if type(item) is Packet:
+                ctx.current = item
+                self.records_in += 1
+                if on_error == "fail":
+                    process(item)
+                else:
+                    try:
+                        process(item)
+                    except Exception as exc:
+                        self._record_failed(exc, item.payload, on_error)
+                if perf() - self._last_flush >= interval:
+                    op.flush()
+                    router.flush()
+                    self._last_flush = perf()
+            else:
+                self.remaining -= 1
+                self.last_signal = item.signal
+                ctx.logger.debug("end of input channel %d (%d left)", item.slot, self.remaining)
+        ctx.current = None
+
+    def finish(self, signal: StopSignal) -> None:
+        """End of input: the operator finishes (handle_stop_signal, close), outputs flush, and one
+        StopSignal goes out on every output channel."""
+        ctx = self.ctx
         self.stage = "finish"
         self.operator.finish(signal)
         self.operator.flush()
@@ -83,25 +144,26 @@ class BaseTask:
         self._flush_dead_letters()
         self._publish()
         self._counters[_FINISHED] = time.time()
-        ctx.control.send(Stopped(ctx.name, self.metrics()))
-        ctx.logger.info("stopped: %d in, %d out (%s)", self.records_in, ctx.router.records_out, signal.reason)
 
     @property
     def num_inputs(self) -> int:
         return len(self.ctx.inbox.input_indices) if self.ctx.inbox is not None else 0
 
+    @property
+    def processed_count(self) -> int:
+        """Records this task has processed: taken off its inputs, or produced, for a source."""
+        if isinstance(self.operator, SourceOperator):
+            router = self.ctx.router
+            return router.records_out if router is not None else 0
+        return self.records_in
+
     def _consume(self) -> StopSignal:
         ctx = self.ctx
         gate, op, router = ctx.gate, self.operator, ctx.router
-        process = op.process
-        on_error = ctx.options.get("on_error", "fail")
         perf = time.perf_counter
-        interval = self._interval
-        remaining = self.num_inputs
-        last_signal = StopSignal(ctx.name)
-        if remaining == 0:
-            return StopSignal(ctx.name, "no inputs")
-        while remaining:
+        if self.remaining == 0:
+            return self.last_signal
+        while self.remaining:
             t0 = perf()
             items = gate.read(0)
             if not items:
@@ -111,28 +173,9 @@ class BaseTask:
                 self._publish()
                 items = gate.read(None)
             self.wait_s += perf() - t0
-            for item in items:
-                if type(item) is Packet:
-                    ctx.current = item
-                    self.records_in += 1
-                    if on_error == "fail":
-                        process(item)
-                    else:
-                        try:
-                            process(item)
-                        except Exception as exc:
-                            self._record_failed(exc, item.payload, on_error)
-                    if perf() - self._last_flush >= interval:
-                        op.flush()
-                        router.flush()
-                        self._last_flush = perf()
-                else:
-                    remaining -= 1
-                    last_signal = item.signal
-                    ctx.logger.debug("end of input channel %d (%d left)", item.slot, remaining)
-            ctx.current = None
+            self.process_batch(items)
             self._publish()
-        return last_signal
+        return self.last_signal
 
     def _tick(self, waited: float = 0.0) -> bool:
         """Called by sources every flush interval (and after a back-off); True when a stop was requested."""
@@ -189,4 +232,6 @@ class BaseTask:
             c[_FILL] = self.ctx.gate.fill()
 
     def metrics(self) -> dict:
-        return {name: float(self._counters[i]) for i, name in enumerate(FIELDS)}
+        row = {name: float(self._counters[i]) for i, name in enumerate(FIELDS)}
+        row["processed_count"] = self.processed_count
+        return row

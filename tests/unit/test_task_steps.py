@@ -1,0 +1,96 @@
+"""BaseTask's loop split into steps (open / process_batch / finish), driven in one process over the
+inline channel kind: no processes start here."""
+
+from __future__ import annotations
+
+from procflow.api.functions import CallableMap, FlatMapFunction
+from procflow.api.signals import StopSignal
+from procflow.backends.inline.channel import InlineInbox
+from procflow.backends.inline.executor import InlineJobControl
+from procflow.runtime.communication import codec
+from procflow.runtime.communication.packet import ChannelEnd, Packet
+from procflow.runtime.context.task_context import OutputSpec, TaskContext
+from procflow.runtime.task.base_task import BaseTask
+
+
+class _Control:
+    def __init__(self):
+        self.sent = []
+
+    def send(self, msg):
+        self.sent.append(msg)
+
+
+class _Task(BaseTask):
+    def _attach(self):
+        self.ctx.attach(job_control=InlineJobControl(1))
+
+
+def make_task(function, n_inputs=2, n_outputs=2, options=None, kind="flatmap"):
+    inbox = InlineInbox("in", tuple(range(n_inputs)))
+    outs = [InlineInbox(f"out{i}", (0,)) for i in range(n_outputs)]
+    ctx = TaskContext(name="t_0", operator_name="t", kind=kind, parallel_index=0, parallelism=1,
+                      job_id="j", env_dir="/nonexistent", task_slot=0, job_segment="", n_tasks=1, inbox=inbox,
+                      outputs=[OutputSpec("down", "broadcast", [o.edge(0) for o in outs])],
+                      options=options or {}, control=_Control())
+    writers = [inbox.edge(slot).open_writer() for slot in range(n_inputs)]
+    return _Task(ctx, function), writers, outs
+
+
+def send(writer, record):
+    writer.send_record(codec._packb(record), None)
+
+
+class Twice(FlatMapFunction):
+    def execute(self, record):
+        return [record, record]
+
+    def handle_stop_signal(self, signal):
+        return [("end", signal.reason)]
+
+
+def test_steps_count_stop_signals_per_input_channel_and_forward_one_per_output():
+    task, (w0, w1), outs = make_task(Twice())
+    task.open()
+    assert (task.remaining, task.done, task.processed_count, task.ctx.task) == (2, False, 0, task)
+    send(w0, 1)
+    w0.send_control(StopSignal("src_0"))
+    send(w1, 2)
+    w1.flush()
+    task.process_batch(task.ctx.gate.read(0))
+    assert (task.remaining, task.done, task.processed_count, task.ctx.processed_count) == (1, False, 2, 2)
+    assert task.ctx.current is None
+    w1.send_control(StopSignal("src_1", "stopped by request"))
+    task.process_batch(task.ctx.gate.read(0))
+    assert task.done and task.last_signal == StopSignal("src_1", "stopped by request")
+    task.finish(task.last_signal)
+    for out in outs:
+        items = out.open_gate().read(0)
+        assert [p.payload for p in items[:-1]] == [1, 1, 2, 2, ("end", "stopped by request")]
+        assert all(type(p) is Packet for p in items[:-1])
+        assert items[-1] == ChannelEnd(0, StopSignal("src_1", "stopped by request"))   # exactly one, last
+    assert task.stage == "finish"
+    assert task.metrics()["processed_count"] == 2 and task.metrics()["records_in"] == 2
+
+
+def test_process_batch_applies_on_error_skip():
+    def half(x):
+        return 10 // x
+
+    task, (w0,), outs = make_task(CallableMap(half), n_inputs=1, n_outputs=1, options={"on_error": "skip"},
+                                  kind="map")
+    task.open()
+    for x in (1, 0, 5):
+        send(w0, x)
+    w0.send_control(StopSignal("s"))
+    task.process_batch(task.ctx.gate.read(0))
+    assert task.done and task.errors == 1 and task.processed_count == 3
+    task.finish(task.last_signal)
+    assert [p.payload for p in outs[0].open_gate().read(0)[:-1]] == [10, 2]
+
+
+def test_a_task_without_inputs_is_done_at_once():
+    task, _, _ = make_task(Twice(), n_inputs=0, n_outputs=1)
+    task.ctx.inbox = None
+    task.open()
+    assert task.done and task.last_signal.reason == "no inputs"
