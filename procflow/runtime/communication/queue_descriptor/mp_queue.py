@@ -14,6 +14,7 @@ from typing import Any
 from procflow.runtime.communication.queue_descriptor.base import BatchDecoder, ChannelWriter, InputGate
 
 _RECORD, _SINGLE, _CONTROL = 0, 1, 2
+_READ_LIMIT = 4096
 
 
 class MpEdge:
@@ -137,6 +138,10 @@ class MpInputGate(InputGate):
                     decoder.single(memoryview(data), out)
                 else:
                     decoder.control(data, out)
+            # Take what is already there, but a bounded amount: a fast producer must not make one
+            # read pull the whole stream into memory (the queue bound is our backpressure).
+            if len(out) >= _READ_LIMIT:
+                return out
             try:
                 item = self._queue.get_nowait()
             except queue_mod.Empty:

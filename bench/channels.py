@@ -1,0 +1,561 @@
+"""Channel throughput and latency: one producer process feeding one consumer process.
+
+Contenders move the same records from one OS process to another:
+
+  procflow-shm   procflow pipeline  from_batch(source) -> sink, config {"queue": "shm"}
+  procflow-mp    the same pipeline with config {"queue": "mp"}
+  mp.Queue       multiprocessing.Queue, put/get per record (the baseline every ratio is taken against)
+  mp.Pipe        multiprocessing.Pipe, send/recv per record
+  faster-fifo    faster_fifo.Queue, put_many/get_many in batches
+
+Payloads: small dict records, 4 KiB bytes, 1 MiB float64 numpy arrays. Every consumer counts and
+checksums what it received (the same `Checker` code for all), and a wrong total raises.
+
+Throughput is timed from the producer's first record to the consumer seeing the end of the stream
+(both read time.perf_counter, which is one system-wide monotonic clock on Linux), so process start-up
+is excluded for everyone; bench/startup.py measures that separately.
+
+Also measured: single-core numpy.copyto bandwidth for 1 MiB arrays (the ceiling for moving a 1 MiB
+array at all), and one-record round-trip latency (ping-pong) over mp.Pipe, mp.Queue and procflow's
+shared-memory ring (through procflow.runtime.communication, when it exists).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import multiprocessing
+import os
+import shutil
+import statistics
+import struct
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+from bench import common
+
+try:  # the module must work (peers only) when procflow is missing or broken
+    from procflow import BatchFunction, SinkFunction
+except Exception:
+    BatchFunction = SinkFunction = object
+
+CTX = multiprocessing.get_context("fork")
+MIB = 1 << 20
+ARRAY_LEN = MIB // 8
+_I64 = struct.Struct("<q")
+_FILL_4K = bytes(range(256)) * 16
+JOIN_TIMEOUT = 120.0
+
+# name -> (records per run, records per run with --quick)
+SIZES = {"small": (50_000, 10_000), "4k": (20_000, 4_000), "1m": (500, 100)}
+
+
+# -- payloads and the shared checker -----------------------------------------------------------------
+
+def make_small(i: int) -> dict:
+    return {"id": i, "v": i * 0.5, "s": "abc"}
+
+
+def make_4k(i: int) -> bytes:
+    return _I64.pack(i) + _FILL_4K[8:]
+
+
+def make_1m(i: int) -> np.ndarray:
+    return np.full(ARRAY_LEN, float(i))
+
+
+MAKERS = {"small": make_small, "4k": make_4k, "1m": make_1m}
+
+
+def record_bytes(kind: str) -> int:
+    """Payload bytes per record, for MB/s. Small records count their msgpack size."""
+    if kind == "small":
+        import msgpack
+
+        return len(msgpack.packb(make_small(123456)))
+    return {"4k": 4096, "1m": MIB}[kind]
+
+
+class Checker:
+    """Counts and checksums received records. Every contender's consumer runs exactly this code."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.count = self.id_sum = self.nbytes = self.bad = 0
+        self.add = getattr(self, "_add_" + kind)
+
+    def _add_small(self, r: dict) -> None:
+        i = r["id"]
+        self.count += 1
+        self.id_sum += i
+        if r["v"] != i * 0.5 or r["s"] != "abc":
+            self.bad += 1
+
+    def _add_4k(self, r: bytes) -> None:
+        self.count += 1
+        self.id_sum += _I64.unpack_from(r, 0)[0]
+        self.nbytes += len(r)
+        if r[-1] != 255:
+            self.bad += 1
+
+    def _add_1m(self, r: np.ndarray) -> None:
+        i = int(r[0])
+        self.count += 1
+        self.id_sum += i
+        self.nbytes += r.nbytes
+        if r.shape != (ARRAY_LEN,) or r[-1] != i or r[ARRAY_LEN // 2] != i:
+            self.bad += 1
+
+    def summary(self) -> dict:
+        return {"count": self.count, "id_sum": self.id_sum, "nbytes": self.nbytes, "bad": self.bad}
+
+
+def check_summary(contender: str, kind: str, n: int, summary: dict) -> None:
+    common.verify(contender, "record count", summary["count"], n)
+    common.verify(contender, "id checksum", summary["id_sum"], n * (n - 1) // 2)
+    common.verify(contender, "corrupt records", summary["bad"], 0)
+    if kind != "small":
+        common.verify(contender, "byte total", summary["nbytes"], n * record_bytes(kind))
+
+
+# -- hand-written peers --------------------------------------------------------------------------------
+# Each peer is a producer function and a consumer function run in two forked processes. The producer
+# reports its start time and the consumer its end time and summary over a separate result pipe.
+
+def _queue_producer(kind, n, q, res):
+    make = MAKERS[kind]
+    res.send(time.perf_counter())
+    for i in range(n):
+        q.put(make(i))
+    q.put(None)
+    q.close()
+    q.join_thread()
+
+
+def _queue_consumer(kind, n, q, res):
+    chk = Checker(kind)
+    get, add = q.get, chk.add
+    while (r := get()) is not None:
+        add(r)
+    res.send((time.perf_counter(), chk.summary()))
+
+
+def _pipe_producer(kind, n, conn, res):
+    make, send = MAKERS[kind], conn.send
+    res.send(time.perf_counter())
+    for i in range(n):
+        send(make(i))
+    send(None)
+    conn.close()
+
+
+def _pipe_consumer(kind, n, conn, res):
+    chk = Checker(kind)
+    recv, add = conn.recv, chk.add
+    while (r := recv()) is not None:
+        add(r)
+    res.send((time.perf_counter(), chk.summary()))
+
+
+FF_BATCH = {"small": 512, "4k": 128, "1m": 4}
+
+
+def _ff_producer(kind, n, q, res):
+    make, batch = MAKERS[kind], FF_BATCH[kind]
+    res.send(time.perf_counter())
+    for start in range(0, n, batch):
+        q.put_many([make(i) for i in range(start, min(start + batch, n))], timeout=JOIN_TIMEOUT)
+    q.put_many([None], timeout=JOIN_TIMEOUT)
+
+
+def _ff_consumer(kind, n, q, res):
+    chk = Checker(kind)
+    add, batch = chk.add, FF_BATCH[kind] * 2
+    while True:
+        for r in q.get_many(timeout=JOIN_TIMEOUT, max_messages_to_get=batch):
+            if r is None:
+                res.send((time.perf_counter(), chk.summary()))
+                return
+            add(r)
+
+
+def _make_channel(peer: str, kind: str):
+    """Returns (producer fn, consumer fn, producer end, consumer end)."""
+    if peer == "mp.Queue":
+        q = CTX.Queue(maxsize=64 if kind == "1m" else 1024)
+        return _queue_producer, _queue_consumer, q, q
+    if peer == "mp.Pipe":
+        recv_end, send_end = CTX.Pipe(duplex=False)
+        return _pipe_producer, _pipe_consumer, send_end, recv_end
+    if peer == "faster-fifo":
+        import faster_fifo
+
+        q = faster_fifo.Queue(max_size_bytes=64 * MIB)
+        return _ff_producer, _ff_consumer, q, q
+    raise ValueError(peer)
+
+
+def run_peer(peer: str, kind: str, n: int) -> float:
+    """One verified run of a hand-written peer; returns first-record-to-last-record seconds."""
+    producer, consumer, p_end, c_end = _make_channel(peer, kind)
+    res_r, res_w = CTX.Pipe(duplex=False)
+    procs = [CTX.Process(target=consumer, args=(kind, n, c_end, res_w), daemon=True),
+             CTX.Process(target=producer, args=(kind, n, p_end, res_w), daemon=True)]
+    for p in procs:
+        p.start()
+    try:
+        got = [res_r.recv() if res_r.poll(JOIN_TIMEOUT) else None for _ in range(2)]
+    finally:
+        for p in procs:
+            p.join(JOIN_TIMEOUT)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        res_r.close()
+        res_w.close()
+    t0 = next((g for g in got if isinstance(g, float)), None)
+    end = next((g for g in got if isinstance(g, tuple)), None)
+    if t0 is None or end is None:
+        raise RuntimeError(f"{peer}: producer/consumer did not report (exit codes "
+                           f"{[p.exitcode for p in procs]})")
+    check_summary(peer, kind, n, end[1])
+    return end[0] - t0
+
+
+# -- procflow ------------------------------------------------------------------------------------------
+
+class GenSource(BatchFunction):
+    """Bounded source of `n` records; remembers when the first one left."""
+
+    def __init__(self, kind: str, n: int, path: str) -> None:
+        self.kind, self.n, self.path = kind, n, path
+
+    def open(self) -> None:
+        self.i, self.t0, self.make = 0, None, MAKERS[self.kind]
+
+    def execute(self):
+        i = self.i
+        if i >= self.n:
+            return None
+        if i == 0:
+            self.t0 = time.perf_counter()
+        self.i = i + 1
+        return self.make(i)
+
+    def close(self) -> None:
+        with open(self.path, "w") as f:
+            json.dump({"t0": self.t0}, f)
+
+
+class CheckSink(SinkFunction):
+    """Checksums in the sink task and writes the totals to a file the driver verifies."""
+
+    def __init__(self, kind: str, path: str) -> None:
+        self.kind, self.path = kind, path
+
+    def open(self) -> None:
+        self.chk = Checker(self.kind)
+
+    def execute(self, record) -> None:
+        self.chk.add(record)
+
+    def close(self) -> None:
+        with open(self.path, "w") as f:
+            json.dump({"t1": time.perf_counter(), **self.chk.summary()}, f)
+
+
+def run_procflow(queue: str, kind: str, n: int) -> float:
+    """One verified run of a procflow source -> sink pipeline; returns first-to-last-record seconds."""
+    import procflow
+
+    tmp = tempfile.mkdtemp(prefix="procflow_bench_")
+    contender = f"procflow-{queue}"
+    try:
+        src_path, sink_path = os.path.join(tmp, "src.json"), os.path.join(tmp, "sink.json")
+        env = procflow.LocalEnvironment(f"bench_channels_{queue}", config={"queue": queue})
+        try:
+            env.from_batch(GenSource, kind, n, src_path).sink(CheckSink, kind, sink_path)
+            common.submit_with_watchdog(env, JOIN_TIMEOUT)
+        finally:
+            env.close()
+        for path in (src_path, sink_path):
+            if not os.path.exists(path):
+                raise RuntimeError(f"{contender}: {os.path.basename(path)} missing: a close() did not run")
+        with open(src_path) as f:
+            t0 = json.load(f)["t0"]
+        with open(sink_path) as f:
+            summary = json.load(f)
+        check_summary(contender, kind, n, summary)
+        return summary["t1"] - t0
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- memcpy ceiling ------------------------------------------------------------------------------------
+
+def memcpy_bandwidth(reps: int, runs: int) -> dict:
+    """Single-core np.copyto of 1 MiB float64 arrays, MB/s.
+
+    `hot`: the same source and destination every time (cache-resident: the best any copy can do).
+    `streaming`: rotating over 128 MiB of buffers, so every copy comes from and goes to memory.
+    """
+    src = np.random.default_rng(0).random(ARRAY_LEN)
+    dst = np.empty_like(src)
+    pool = 64
+    srcs = [np.full(ARRAY_LEN, float(i)) for i in range(pool)]
+    dsts = [np.empty(ARRAY_LEN) for _ in range(pool)]
+
+    def hot() -> float:
+        t = time.perf_counter()
+        for _ in range(reps):
+            np.copyto(dst, src)
+        return time.perf_counter() - t
+
+    def streaming() -> float:
+        t = time.perf_counter()
+        for k in range(reps):
+            np.copyto(dsts[k % pool], srcs[k % pool])
+        return time.perf_counter() - t
+
+    out = {}
+    for name, fn in (("hot", hot), ("streaming", streaming)):
+        m = common.median_of(fn, runs, warmup=1)
+        m["mb_per_s"] = reps * MIB / m["median"] / 1e6
+        out[name] = m
+    if not np.array_equal(dst, src) or dsts[1][0] != 1.0:
+        raise common.VerificationError("memcpy: copy is wrong")
+    return out
+
+
+# -- latency (ping-pong) -------------------------------------------------------------------------------
+
+def _pipe_echo(conn, rounds):
+    for _ in range(rounds):
+        conn.send(conn.recv())
+    conn.close()
+
+
+def _queue_echo(qin, qout, rounds):
+    for _ in range(rounds):
+        qout.put(qin.get())
+
+
+def _pingpong(send, recv, rounds: int, contender: str) -> list[float]:
+    times = []
+    for i in range(rounds):
+        t = time.perf_counter()
+        send(i)
+        got = recv()
+        times.append(time.perf_counter() - t)
+        common.verify(contender, "echoed value", got, i)
+    return times
+
+
+def latency_pipe(rounds: int) -> list[float]:
+    a, b = CTX.Pipe()
+    p = CTX.Process(target=_pipe_echo, args=(b, rounds), daemon=True)
+    p.start()
+    try:
+        return _pingpong(a.send, a.recv, rounds, "mp.Pipe")
+    finally:
+        p.join(JOIN_TIMEOUT)
+        a.close()
+        b.close()
+
+
+def latency_queue(rounds: int) -> list[float]:
+    q1, q2 = CTX.Queue(), CTX.Queue()
+    p = CTX.Process(target=_queue_echo, args=(q1, q2, rounds), daemon=True)
+    p.start()
+    try:
+        return _pingpong(q1.put, q2.get, rounds, "mp.Queue")
+    finally:
+        p.join(JOIN_TIMEOUT)
+        for q in (q1, q2):
+            q.close()
+            q.join_thread()
+
+
+def _ring_endpoint(my_inbox, peer_inbox):
+    """(send, recv, close) over procflow's shm rings: write into the peer's inbox, read our own."""
+    import msgpack
+
+    writer = peer_inbox.edge(0).open_writer()
+    gate = my_inbox.open_gate()
+    pending: list = []
+
+    def send(value) -> None:
+        writer.send_record(msgpack.packb(value), None)
+        writer.flush()
+
+    def recv():
+        while not pending:
+            pending.extend(gate.read(None))
+        return pending.pop(0).payload
+
+    def close() -> None:
+        from procflow.runtime.communication.queue_descriptor import shm_queue
+
+        writer.close()
+        gate.close()
+        shm_queue.detach_all()
+
+    return send, recv, close
+
+
+def _ring_echo(my_inbox, peer_inbox, rounds):
+    send, recv, close = _ring_endpoint(my_inbox, peer_inbox)
+    for _ in range(rounds):
+        send(recv())
+    close()
+
+
+def latency_procflow_ring(rounds: int) -> list[float]:
+    """Ping-pong over two procflow shm inboxes (internal API: procflow.runtime.communication)."""
+    from procflow.runtime.communication import shm
+    from procflow.runtime.communication.queue_descriptor.shm_queue import ShmInbox
+
+    job = f"latency{os.getpid()}"
+    inboxes = [ShmInbox(shm.segment_name(job, role), (0,), 1 << 20) for role in ("ping", "pong")]
+    owners = [ib.create() for ib in inboxes]
+    try:
+        p = CTX.Process(target=_ring_echo, args=(inboxes[1], inboxes[0], rounds), daemon=True)
+        p.start()
+        send, recv, close = _ring_endpoint(inboxes[0], inboxes[1])
+        try:
+            return _pingpong(send, recv, rounds, "procflow-ring")
+        finally:
+            close()
+            p.join(JOIN_TIMEOUT)
+            if p.is_alive():
+                p.kill()
+                p.join()
+    finally:
+        for seg in owners:
+            seg.close()
+            seg.unlink()
+
+
+def _lat_summary(times: list[float]) -> dict:
+    s = sorted(times)
+    return {"median_us": statistics.median(s) * 1e6, "p99_us": s[int(len(s) * 0.99) - 1] * 1e6,
+            "rounds": len(s)}
+
+
+# -- main ----------------------------------------------------------------------------------------------
+
+PEERS = ("mp.Queue", "mp.Pipe", "faster-fifo")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = common.base_parser("python -m bench.channels", __doc__, default_runs=3)
+    parser.add_argument("--payloads", default="small,4k,1m", help="comma list of: small, 4k, 1m")
+    parser.add_argument("--no-procflow", action="store_true", help="run the peers only")
+    args = parser.parse_args(argv)
+    shm_before = common.shm_entries()
+
+    procflow_mod, why = (None, "disabled by --no-procflow") if args.no_procflow else common.import_procflow()
+    contenders = list(PEERS)
+    if procflow_mod is None:
+        print(f"NOTE: procflow contenders skipped ({why})")
+    else:
+        contenders = ["procflow-shm", "procflow-mp", *PEERS]
+
+    doc: dict[str, Any] = {"params": {"runs": args.runs, "quick": args.quick}, "payloads": {},
+                           "failed": {}, "skipped": {} if procflow_mod else {"procflow": why}}
+
+    # The ceiling first, so the 1 MiB table can show procflow as a share of it.
+    reps = 200 if args.quick else 2000
+    doc["memcpy"] = memcpy_bandwidth(reps, args.runs)
+    # Denominator for "% of memcpy": the streaming copy. A cross-process channel moves fresh data
+    # through memory; the cache-resident `hot` figure is shown for context only.
+    ceiling = doc["memcpy"]["streaming"]["mb_per_s"]
+    common.print_table("single-core numpy.copyto, 1 MiB float64", ["case", "MB/s"],
+                       [[k, v["mb_per_s"]] for k, v in doc["memcpy"].items()])
+
+    for kind in args.payloads.split(","):
+        n = SIZES[kind][1 if args.quick else 0]
+        nbytes = record_bytes(kind)
+        results: dict[str, Any] = {}
+        for name in contenders:
+            print(f"  {kind:5s} {name:13s} n={n} ...", end="", flush=True)
+            if name.startswith("procflow-"):
+                fn = functools.partial(run_procflow, name.split("-", 1)[1], kind, n)
+            else:
+                fn = functools.partial(run_peer, name, kind, n)
+            try:
+                m = common.median_of(fn, args.runs)
+            except common.VerificationError:
+                raise
+            except Exception as exc:  # a broken contender is reported, not timed
+                print(f" FAILED: {type(exc).__name__}: {exc}")
+                doc["failed"][f"{kind}/{name}"] = f"{type(exc).__name__}: {exc}"
+                continue
+            m["records_per_s"] = n / m["median"]
+            m["mb_per_s"] = n * nbytes / m["median"] / 1e6
+            results[name] = m
+            print(f" {common.fmt(m['records_per_s'])} rec/s")
+        base = results.get("mp.Queue", {}).get("records_per_s")
+        for m in results.values():
+            m["vs_mp_queue"] = common.ratio(m["records_per_s"], base)
+        if kind == "1m":
+            for m in results.values():
+                m["pct_of_memcpy"] = 100 * m["mb_per_s"] / ceiling
+        doc["payloads"][kind] = {"n": n, "record_bytes": nbytes, "contenders": results}
+        rows = [[name, m["records_per_s"], m["mb_per_s"], m["vs_mp_queue"], m.get("pct_of_memcpy")]
+                for name, m in results.items()]
+        common.print_table(f"payload {kind} ({nbytes} B/record, n={n}, median of {args.runs})",
+                           ["contender", "records/s", "MB/s", "x mp.Queue", "% memcpy"], rows)
+
+    rounds = 300 if args.quick else 3000
+    lat: dict[str, Any] = {"mp.Pipe": _lat_summary(latency_pipe(rounds)),
+                           "mp.Queue": _lat_summary(latency_queue(rounds))}
+    if procflow_mod is not None:
+        try:
+            lat["procflow-ring"] = _lat_summary(latency_procflow_ring(rounds))
+        except common.VerificationError:
+            raise
+        except Exception as exc:
+            lat["procflow-ring"] = None
+            doc["skipped"]["latency procflow-ring"] = f"{type(exc).__name__}: {exc}"
+            print(f"NOTE: procflow ring latency unavailable: {exc}")
+    doc["latency"] = lat
+    common.print_table(f"round-trip latency, one small record ({rounds} rounds)",
+                       ["contender", "median us", "p99 us"],
+                       [[k, v and v["median_us"], v and v["p99_us"]] for k, v in lat.items()])
+
+    doc["targets"] = targets(doc)
+    common.print_table("targets", ["target", "value", "goal", "status"],
+                       [[t["name"], t["value"], t["goal"], common.target_note(t["met"])]
+                        for t in doc["targets"]])
+    doc["leaks"] = common.leak_report(shm_before)
+    if not args.no_save:
+        common.write_result("channels", doc)
+    return doc
+
+
+def targets(doc: dict) -> list[dict]:
+    """The goals procflow's channels are held to, evaluated on this run."""
+    def get(kind, name, key):
+        return doc["payloads"].get(kind, {}).get("contenders", {}).get(name, {}).get(key)
+
+    lat = doc.get("latency", {})
+    pf_lat = (lat.get("procflow-ring") or {}).get("median_us")
+    pipe_lat = (lat.get("mp.Pipe") or {}).get("median_us")
+    rows = [("small records, shm vs mp.Queue", get("small", "procflow-shm", "vs_mp_queue"), 8.0, "x"),
+            ("1 MiB arrays, shm vs mp.Queue", get("1m", "procflow-shm", "vs_mp_queue"), 15.0, "x"),
+            ("1 MiB arrays, shm % of memcpy", get("1m", "procflow-shm", "pct_of_memcpy"), 40.0, "%")]
+    out = [{"name": name, "value": v, "goal": f">= {goal:g}{unit}", "met": None if v is None else v >= goal}
+           for name, v, goal, unit in rows]
+    out.append({"name": "latency, ring vs mp.Pipe (us)", "value": pf_lat,
+                "goal": f"<= {pipe_lat:.3g}" if pipe_lat else "<= Pipe",
+                "met": None if pf_lat is None or pipe_lat is None else pf_lat <= pipe_lat})
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,301 @@
+"""CPU scaling: N independent records, each a fixed amount of pure-Python work, spread over W workers.
+
+The work function `spin` is a loop whose count is calibrated at start-up so that one call takes the
+chosen grain (1 ms by default; the 20 us grain stresses per-record overhead instead of compute).
+
+Contenders (all use W worker processes, all results checked against the sequential run):
+
+  sequential        a list comprehension in this process: the baseline for every speed-up
+  mp.Pool.imap      multiprocessing.Pool(W).imap(fn, range(N), chunksize=N // (32 W))
+  mpire             mpire.WorkerPool(W).map(fn, range(N), chunk_size=N // (32 W))
+  ray               local ray.init(num_cpus=W); the faster of chunked tasks and W actors
+  procflow          LocalEnvironment: from_batch(range(N)).map(fn, parallelism=W).collect()
+  procflow-ray      RayEnvironment, same pipeline (skipped with a note when unavailable)
+
+Timings include creating and tearing down each contender's worker processes (a Pool, a WorkerPool, a
+procflow job), except Ray, whose cluster start (several seconds) is done once, outside the timings.
+Speed-up = sequential median / contender median; efficiency = speed-up / W.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+from typing import Any
+
+from bench import common
+
+CTX = multiprocessing.get_context("fork")
+# grain name -> (seconds per call, N, N with --quick)
+GRAINS = {"1ms": (1e-3, 20_000, 400), "20us": (20e-6, 100_000, 4_000)}
+JOB_TIMEOUT = 600.0
+MASK = (1 << 64) - 1
+
+
+def spin(x: int, loops: int) -> int:
+    """Pure-Python busy work (an LCG), deterministic in x so results can be checksummed."""
+    acc = x
+    for _ in range(loops):
+        acc = (acc * 1103515245 + 12345) & 0x7FFFFFFF
+    return acc
+
+
+def calibrate(grain_s: float) -> int:
+    """Loop count for which one `spin` call takes about `grain_s` in this process."""
+    probe = 200_000
+    per_loop = statistics.median(_time_spin(probe) for _ in range(5)) / probe
+    return max(1, round(grain_s / per_loop))
+
+
+def _time_spin(loops: int) -> float:
+    t = time.perf_counter()
+    spin(1, loops)
+    return time.perf_counter() - t
+
+
+def checksum(values) -> tuple[int, int]:
+    """(count, sum mod 2**64): order-independent, so unordered contenders compare equal."""
+    count = total = 0
+    for v in values:
+        count += 1
+        total += v
+    return count, total & MASK
+
+
+# -- contenders ----------------------------------------------------------------------------------------
+
+def run_sequential(fn, n, w):
+    return checksum(fn(x) for x in range(n))
+
+
+def chunksize(n: int, w: int) -> int:
+    """~32 chunks per worker: small enough to balance the tail, large enough to amortise IPC."""
+    return max(1, n // (32 * w))
+
+
+def run_pool(fn, n, w):
+    with CTX.Pool(w) as pool:
+        out = checksum(pool.imap(fn, range(n), chunksize=chunksize(n, w)))
+        pool.close()
+        pool.join()
+    return out
+
+
+def run_mpire(fn, n, w):
+    from mpire import WorkerPool
+
+    with WorkerPool(n_jobs=w, start_method="fork") as pool:
+        return checksum(pool.map(fn, range(n), chunk_size=chunksize(n, w), progress_bar=False))
+
+
+def _spin_range(lo: int, hi: int, loops: int) -> list[int]:
+    return [spin(x, loops) for x in range(lo, hi)]
+
+
+class _SpinActor:
+    def run(self, lo: int, hi: int, loops: int) -> list[int]:
+        return _spin_range(lo, hi, loops)
+
+
+def _chunks(n: int, w: int):
+    step = max(1, n // (8 * w))
+    return [(lo, min(lo + step, n)) for lo in range(0, n, step)]
+
+
+def run_ray_tasks(fn, n, w):
+    import ray
+
+    task = ray.remote(_spin_range)
+    refs = [task.remote(lo, hi, fn.keywords["loops"]) for lo, hi in _chunks(n, w)]
+    return checksum(v for part in ray.get(refs) for v in part)
+
+
+def run_ray_actors(fn, n, w):
+    import ray
+
+    actors = [ray.remote(_SpinActor).remote() for _ in range(w)]
+    try:
+        refs = [actors[i % w].run.remote(lo, hi, fn.keywords["loops"])
+                for i, (lo, hi) in enumerate(_chunks(n, w))]
+        return checksum(v for part in ray.get(refs) for v in part)
+    finally:
+        for a in actors:
+            ray.kill(a)
+
+
+def run_procflow(fn, n, w, env_cls_name="LocalEnvironment"):
+    import procflow
+
+    env = getattr(procflow, env_cls_name)("bench_cpu_scaling")
+    try:
+        res = env.from_batch(range(n)).map(fn, parallelism=w).collect()
+        common.submit_with_watchdog(env, JOB_TIMEOUT)
+        return checksum(res.results())
+    finally:
+        env.close()
+
+
+def run_procflow_ray(fn, n, w):
+    return run_procflow(fn, n, w, "RayEnvironment")
+
+
+# -- driver --------------------------------------------------------------------------------------------
+
+def measure(name: str, runner, fn, n: int, w: int, runs: int, want: list) -> dict:
+    """Median of `runs` verified runs of one contender.
+
+    `want` holds the reference (count, checksum); while empty, the first result becomes it (the
+    sequential contender runs first and so defines it).
+    """
+    def once():
+        got = runner(fn, n, w)
+        if not want and name != "sequential":
+            raise RuntimeError("no sequential reference result to verify against")
+        if not want:
+            want.append(got)
+        common.verify(name, "(count, checksum)", got, want[0])
+        return None
+
+    return common.median_of(once, runs)
+
+
+def ray_start(w: int) -> str | None:
+    """Start a private local Ray instance (never another host). Returns None or why it is unavailable."""
+    try:
+        import ray
+
+        ray.init(num_cpus=w, include_dashboard=False, address="local", log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": common.REPO_ROOT}})
+        return None
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def ray_stop() -> None:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except Exception as exc:
+        print(f"WARNING: ray.shutdown failed: {exc}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = common.base_parser("python -m bench.cpu_scaling", __doc__, default_runs=3)
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="W (default: os.cpu_count())")
+    parser.add_argument("--grains", default="1ms,20us", help="comma list of: 1ms, 20us")
+    parser.add_argument("--n", type=int, default=None, help="records per run (default: per grain)")
+    parser.add_argument("--no-ray", action="store_true", help="skip the Ray contenders")
+    parser.add_argument("--no-procflow", action="store_true", help="run the peers only")
+    args = parser.parse_args(argv)
+    w = args.workers
+    shm_before = common.shm_entries()
+
+    procflow_mod, why = (None, "disabled by --no-procflow") if args.no_procflow else common.import_procflow()
+    doc: dict[str, Any] = {"params": {"runs": args.runs, "quick": args.quick, "workers": w},
+                           "grains": {}, "skipped": {}, "failed": {}}
+    if procflow_mod is None:
+        doc["skipped"]["procflow"] = why
+        print(f"NOTE: procflow contenders skipped ({why})")
+
+    ray_why = "disabled by --no-ray" if args.no_ray else ray_start(w)
+    if ray_why:
+        doc["skipped"]["ray"] = ray_why
+        print(f"NOTE: Ray contenders skipped ({ray_why})")
+
+    try:
+        for grain in args.grains.split(","):
+            grain_s, n_full, n_quick = GRAINS[grain]
+            n = args.n or (n_quick if args.quick else n_full)
+            loops = calibrate(grain_s)
+            fn = functools.partial(spin, loops=loops)
+            print(f"\ngrain {grain}: {loops} loops per call, n={n}, W={w}")
+            doc["grains"][grain] = g = {"grain_s": grain_s, "loops": loops, "n": n, "contenders": {}}
+
+            want: list = []  # filled by the first sequential run; every contender must reproduce it
+            plan = [("sequential", run_sequential), ("mp.Pool.imap", run_pool), ("mpire", run_mpire)]
+            if not ray_why:
+                plan += [("ray-tasks", run_ray_tasks), ("ray-actors", run_ray_actors)]
+            if procflow_mod is not None:
+                plan.append(("procflow", run_procflow))
+                if not ray_why:
+                    plan.append(("procflow-ray", run_procflow_ray))
+            for name, runner in plan:
+                print(f"  {name:13s} ...", end="", flush=True)
+                try:
+                    m = measure(name, runner, fn, n, w, args.runs, want)
+                except common.VerificationError:
+                    raise
+                except NotImplementedError as exc:
+                    print(f" SKIPPED: not implemented in procflow yet ({exc})")
+                    doc["skipped"][f"{grain}/{name}"] = f"NotImplementedError: {exc}"
+                    continue
+                except Exception as exc:
+                    msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    print(f" FAILED/SKIPPED: {msg}")
+                    doc["failed"][f"{grain}/{name}"] = msg
+                    continue
+                g["contenders"][name] = m
+                print(f" {m['median']:.3f} s")
+            _derive(g, w)
+            _print_grain(grain, g, w, args.runs)
+    finally:
+        ray_stop()
+
+    doc["targets"] = targets(doc, w)
+    common.print_table("targets", ["target", "value", "goal", "status"],
+                       [[t["name"], t["value"], t["goal"], common.target_note(t["met"])]
+                        for t in doc["targets"]])
+    doc["leaks"] = common.leak_report(shm_before, grace=10.0)
+    if not args.no_save:
+        common.write_result("cpu_scaling", doc)
+    return doc
+
+
+def _derive(g: dict, w: int) -> None:
+    """Speed-ups; the two Ray variants collapse into 'ray' (the faster one), both kept in the json."""
+    c = g["contenders"]
+    ray_variants = [k for k in ("ray-tasks", "ray-actors") if k in c]
+    if ray_variants:
+        best = min(ray_variants, key=lambda k: c[k]["median"])
+        c["ray"] = {**c[best], "variant": best}
+    seq = c.get("sequential", {}).get("median")
+    for m in c.values():
+        m["speedup"] = common.ratio(seq, m["median"])
+        m["efficiency"] = common.ratio(m["speedup"], w)
+
+
+def _print_grain(grain: str, g: dict, w: int, runs: int) -> None:
+    rows = [[name, m["median"], m["speedup"], m["efficiency"]]
+            for name, m in g["contenders"].items() if name not in ("ray-tasks", "ray-actors")]
+    common.print_table(f"grain {grain}, n={g['n']}, W={w} (median of {runs})",
+                       ["contender", "seconds", "speed-up", "speed-up/W"], rows)
+
+
+PEER_NAMES = ("mp.Pool.imap", "mpire", "ray")
+
+
+def targets(doc: dict, w: int) -> list[dict]:
+    out = []
+    coarse = doc["grains"].get("1ms", {}).get("contenders", {})
+    su = coarse.get("procflow", {}).get("speedup")
+    out.append({"name": "1ms: procflow speed-up", "value": su, "goal": f">= {0.92 * w:.2f} (0.92 x W)",
+                "met": None if su is None else su >= 0.92 * w})
+    for grain, g in doc["grains"].items():
+        c = g["contenders"]
+        pf = c.get("procflow", {}).get("median")
+        peers = {k: c[k]["median"] for k in PEER_NAMES if k in c}
+        best = min(peers, key=peers.get) if peers else None
+        out.append({"name": f"{grain}: procflow vs fastest peer ({best})",
+                    "value": common.ratio(peers.get(best), pf), "goal": "> 1 (faster)",
+                    "met": None if pf is None or best is None else pf < peers[best]})
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

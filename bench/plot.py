@@ -1,0 +1,159 @@
+"""Turn bench/results/*.json into PNG plots and bench/results/TABLE.md (included by the README).
+
+Reads whatever result files exist; a benchmark that has not been run is left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from bench import common
+
+
+def load(name: str) -> dict | None:
+    path = os.path.join(common.RESULTS_DIR, f"{name}.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _md_table(headers: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(common.fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _targets_md(doc: dict) -> str:
+    rows = [[t["name"], t["value"], t["goal"], common.target_note(t["met"])] for t in doc.get("targets", [])]
+    return _md_table(["target", "value", "goal", "status"], rows) if rows else ""
+
+
+# -- per benchmark: (markdown, figure) ---------------------------------------------------------------------
+
+def channels(doc: dict, plt) -> str:
+    md = []
+    kinds = list(doc["payloads"])
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.5 * len(kinds), 3.6), squeeze=False)
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        p = doc["payloads"][kind]
+        names = list(p["contenders"])
+        ax.barh(names, [p["contenders"][k]["mb_per_s"] for k in names], color="tab:blue")
+        ax.set_title(f"{kind} ({p['record_bytes']} B/record)")
+        ax.set_xlabel("MB/s")
+        ax.invert_yaxis()
+        rows = [[k, m["records_per_s"], m["mb_per_s"], m["vs_mp_queue"], m.get("pct_of_memcpy")]
+                for k, m in p["contenders"].items()]
+        md.append(f"**{kind}** ({p['record_bytes']} B/record, n={p['n']})\n\n"
+                  + _md_table(["contender", "records/s", "MB/s", "x mp.Queue", "% memcpy"], rows))
+    fig.tight_layout()
+    _save(fig, "channels.png", plt)
+    mc = doc.get("memcpy", {})
+    md.append("numpy.copyto 1 MiB, MB/s: " + ", ".join(f"{k} {common.fmt(v['mb_per_s'])}" for k, v in mc.items()))
+    lat = doc.get("latency", {})
+    md.append(_md_table(["round trip", "median us", "p99 us"],
+                        [[k, v and v["median_us"], v and v["p99_us"]] for k, v in lat.items()]))
+    return "\n\n".join(md)
+
+
+def cpu_scaling(doc: dict, plt) -> str:
+    md = []
+    grains = list(doc["grains"])
+    w = doc["params"]["workers"]
+    fig, axes = plt.subplots(1, len(grains), figsize=(5 * len(grains), 3.6), squeeze=False)
+    for ax, grain in zip(axes[0], grains, strict=True):
+        c = {k: v for k, v in doc["grains"][grain]["contenders"].items() if k not in ("ray-tasks", "ray-actors")}
+        ax.barh(list(c), [v["speedup"] for v in c.values()], color="tab:green")
+        ax.axvline(w, color="grey", linestyle="--", linewidth=1)
+        ax.set_title(f"grain {grain}, W={w}")
+        ax.set_xlabel("speed-up over sequential")
+        ax.invert_yaxis()
+        rows = [[k, v["median"], v["speedup"], v["efficiency"]] for k, v in c.items()]
+        md.append(f"**grain {grain}** (n={doc['grains'][grain]['n']}, W={w})\n\n"
+                  + _md_table(["contender", "seconds", "speed-up", "speed-up/W"], rows))
+    fig.tight_layout()
+    _save(fig, "cpu_scaling.png", plt)
+    return "\n\n".join(md)
+
+
+def startup(doc: dict, plt) -> str:
+    s = doc["startup"]
+    fig, ax = plt.subplots(figsize=(5, 2.6))
+    ax.barh(list(s), [v["median"] for v in s.values()], color="tab:orange")
+    ax.set_xlabel("seconds (16 processes, start + tear-down)")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    _save(fig, "startup.png", plt)
+    md = [_md_table(["contender", "start-up + tear-down s"], [[k, v["median"]] for k, v in s.items()])]
+    md.append(_md_table(["process", "PSS MiB", "RSS MiB", "private MiB"],
+                        [[k, v["pss_median_kb"] / 1024, v["rss_median_kb"] / 1024, v["private_median_kb"] / 1024]
+                         for k, v in doc["memory"].items()]))
+    return "\n\n".join(md)
+
+
+def memory(doc: dict, plt) -> str:
+    cs = doc["contenders"]
+    fig, axes = plt.subplots(1, len(cs), figsize=(4.5 * len(cs), 3.2), squeeze=False, sharey=True)
+    for ax, (name, r) in zip(axes[0], cs.items(), strict=True):
+        for p in r["processes"].values():
+            ts, mbs = zip(*p["series"], strict=True)
+            ax.plot(ts, mbs, label=p["role"])
+        ax.set_title(name)
+        ax.set_xlabel("seconds")
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("RSS MiB")
+    fig.tight_layout()
+    _save(fig, "memory.png", plt)
+    prm = doc["params"]
+    return (f"{prm['n']} records of {prm['record_bytes'] // 1024} KiB, sink sleeps {prm['sleep_ms']} ms/record\n\n"
+            + _md_table(["contender", "max RSS growth MiB", "flat"],
+                        [[k, r["max_growth_mb"], r["flat"]] for k, r in cs.items()]))
+
+
+def _save(fig, name: str, plt) -> None:
+    path = os.path.join(common.RESULTS_DIR, name)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {os.path.relpath(path, common.REPO_ROOT)}")
+
+
+SECTIONS = [("channels", "Channels: one producer -> one consumer", channels),
+            ("cpu_scaling", "CPU scaling", cpu_scaling),
+            ("startup", "Start-up and memory per task", startup),
+            ("memory", "Back-pressure: RSS under a slow sink", memory)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(prog="python -m bench.plot", description=__doc__).parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parts, machine = [], None
+    for name, title, fn in SECTIONS:
+        doc = load(name)
+        if doc is None:
+            print(f"NOTE: no results/{name}.json; skipped")
+            continue
+        machine = machine or doc["machine"]
+        quick = " (--quick: smoke-run sizes, not a measurement)" if doc["params"].get("quick") else ""
+        body = fn(doc, plt)
+        targets = _targets_md(doc)
+        parts.append(f"### {title}{quick}\n\n![{name}]({name}.png)\n\n{body}"
+                     + (f"\n\nTargets:\n\n{targets}" if targets else ""))
+    if machine:
+        head = (f"Machine: {machine['cpu_model']}, {machine['cores']} cores, Python {machine['python']}, "
+                f"start method {machine['start_method']}.")
+        text = "<!-- generated by `python -m bench.plot`; do not edit -->\n\n" + head + "\n\n" + "\n\n".join(parts)
+        path = os.path.join(common.RESULTS_DIR, "TABLE.md")
+        with open(path, "w") as f:
+            f.write(text + "\n")
+        print(f"wrote {os.path.relpath(path, common.REPO_ROOT)}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
