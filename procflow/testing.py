@@ -42,6 +42,19 @@ def child_pids(pid: int | None = None) -> set[int]:
     return alive
 
 
+def mp_helper_pids() -> set[int]:
+    """Pids of multiprocess's own long-lived helpers (the resource tracker that spawn starts, the fork
+    server): children of this process by design, living until it exits, so never a leak."""
+    found = set()
+    from multiprocess import forkserver, resource_tracker
+
+    for pid in (getattr(resource_tracker._resource_tracker, "_pid", None),
+                getattr(forkserver._forkserver, "_forkserver_pid", None)):
+        if pid:
+            found.add(pid)
+    return found
+
+
 def own_segments(pid: int | None = None) -> set[str]:
     """procflow shared-memory segments created by `pid` (default: this process)."""
     prefix = f"procflow_{os.getpid() if pid is None else pid}_"

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from procflow.testing import child_pids, own_segments
+from procflow.testing import child_pids, mp_helper_pids, own_segments
 
 
 @pytest.fixture(autouse=True)
@@ -19,7 +19,7 @@ def no_leaks():
     deadline = time.monotonic() + 10
     delay = 0.01
     while True:
-        extra_children = child_pids() - before_children
+        extra_children = child_pids() - before_children - mp_helper_pids()
         extra_segments = own_segments() - before_segments
         if not extra_children and not extra_segments:
             return

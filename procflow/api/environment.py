@@ -163,6 +163,27 @@ class BaseEnvironment:
         except KeyboardInterrupt:
             self.job.kill("interrupted twice")
 
+    def _launch(self, graph: ExecutionGraph) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} cannot run pipelines; use LocalEnvironment")
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Ask the running job to stop: sources end, everything in flight drains, then tasks exit."""
+        if self.job is not None:
+            self.job.stop(timeout)
+
+    def close(self) -> None:
+        """Stop any running job and free every process and segment. Idempotent."""
+        if self.job is not None:
+            self.job.close()
+
+    def __enter__(self) -> BaseEnvironment:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if exc[0] is not None and self.job is not None:
+            self.job.kill("the with-block raised")
+        self.close()
+
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"{signal.Signals(signum).name} received")

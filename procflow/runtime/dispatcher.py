@@ -68,6 +68,7 @@ class Dispatcher:
         self._released = False
         self._thread: threading.Thread | None = None
         self._cleaned = False
+        self._aborted = False
         self._cleanup_lock = threading.Lock()
         self.job_control: JobControl | None = None
         self.service_manager: Any = None
@@ -157,7 +158,9 @@ class Dispatcher:
             self._thread = threading.Thread(target=self._monitor, name=f"procflow-monitor-{self.job_id}")
             self._thread.start()
         except BaseException:
-            # Interrupted (Ctrl-C) or failed half-way: no task may outlive this call.
+            # Interrupted (Ctrl-C) or failed half-way: no task may outlive this call, and the tasks
+            # already started wait for a start signal that will never come, so terminate them at once.
+            self._aborted = True
             if self._thread is not None:
                 self.request("kill", "interrupted while starting")
                 self._thread.join()
@@ -326,7 +329,7 @@ class Dispatcher:
         if self.service_manager is not None:
             self.service_manager.stop_all(grace)
             handles += self.service_manager.handles()
-        failed = self.manager.failure is not None
+        failed = self.manager.failure is not None or self._aborted
         if failed:
             for _, h in handles:
                 if h.is_alive():
