@@ -341,8 +341,13 @@ class DriverProcess:
         return self.proc.wait(timeout)
 
     def close(self) -> None:
+        """Interrupt the driver (so it frees its tasks and segments), SIGKILL it if that takes over 10 s."""
         if self.proc.poll() is None:
-            self.proc.kill()
+            os.kill(self.pid, signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
         self.proc.wait()
         for stream in (self.proc.stdout, self.proc.stderr):
             stream.close()

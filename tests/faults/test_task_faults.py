@@ -14,8 +14,8 @@ from procflow import JobFailedError, LocalEnvironment
 from procflow.errors import RemoteTraceback
 from procflow.testing import (
     EXIT_CODE,
-    Endless,
     EmitUnencodable,
+    Endless,
     FailingSource,
     FaultAt,
     Unencodable,
