@@ -15,7 +15,7 @@ from procflow import LocalEnvironment
 from procflow.runtime.communication.shm import SHM_DIR
 from procflow.testing import DriverProcess, child_pids, own_segments, wait_gone, wait_until
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(150)
 
 # Runs an endless job under submit(); the sink prints "running" once records flow. On KeyboardInterrupt
 # it reports what it still holds, then lets the interrupt end the interpreter (exit status 130).
@@ -38,10 +38,14 @@ except KeyboardInterrupt as exc:
 
 def start_driver(env_dir: str, start_method: str = "fork") -> tuple[DriverProcess, set[int], set[str]]:
     driver = DriverProcess(DRIVER, env_dir, start_method)
-    driver.expect("running")
-    tasks = child_pids(driver.pid)
-    segments = own_segments(driver.pid)
-    assert len(tasks) >= 3 and segments, "the running job should hold processes and segments"
+    try:
+        driver.expect("running", timeout=90)   # generous: spawn start-up on a loaded 2-core machine
+        tasks = child_pids(driver.pid)
+        segments = own_segments(driver.pid)
+        assert len(tasks) >= 3 and segments, "the running job should hold processes and segments"
+    except BaseException:
+        driver.close()
+        raise
     return driver, tasks, segments
 
 

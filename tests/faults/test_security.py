@@ -13,7 +13,7 @@ from procflow import LocalEnvironment
 from procflow.runtime.communication.shm import SHM_DIR
 from procflow.testing import DriverProcess, Endless, child_pids, inet_sockets_of, own_segments
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(150)
 
 
 def test_segments_are_private_with_unguessable_names(env_dir):
@@ -64,7 +64,7 @@ def test_socket_helper_sees_inet_sockets():
 def test_local_environment_opens_no_network_socket(env_dir, queue, start_method):
     # A fresh driver process, so that no socket inherited from this test process can blur the result.
     with DriverProcess(DRIVER, env_dir, queue, start_method) as driver:
-        driver.expect("running")
+        driver.expect("running", timeout=90)
         pids = {driver.pid, *child_pids(driver.pid)}
         assert len(pids) >= 6
         for pid in pids:

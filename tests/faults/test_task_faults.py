@@ -223,3 +223,26 @@ def test_function_that_cannot_be_shipped_under_spawn(env_dir):
     env = LocalEnvironment("faults", env_dir=env_dir)
     env.from_batch(range(3)).map(Unshippable, name="holder").sink(lambda r: None)
     assert env.submit().status == "finished"
+
+
+def test_user_exception_in_a_service(env_dir):
+    """Services are built by another issue; this runs once procflow.runtime.service.manager exists."""
+    pytest.importorskip("procflow.runtime.service.manager")
+    from procflow import BaseService, MapFunction
+
+    class Broken(BaseService):
+        def process(self, record):
+            raise KeyError(f"no entry for {record}")
+
+    class Caller(MapFunction):
+        def execute(self, record):
+            return self.call_service("broken", record, timeout=5)
+
+    env = LocalEnvironment("faults", env_dir=env_dir)
+    env.register_service("broken", Broken)
+    env.from_batch(range(10)).map(Caller, name="caller").sink(lambda r: None)
+    started = time.monotonic()
+    error, raised = fails(env)
+    assert raised - started < 10
+    assert error.task == "caller_0" and error.record == "0"
+    assert "broken" in str(error) and "no entry for 0" in remote_tb(error)
