@@ -2,12 +2,14 @@
 
     prepare()  sweep orphaned segments; create the job segment, one inbox per consuming task, one
                control pipe per task; build every TaskContext
-    start()    start every task through the TaskFactory; start the monitor thread
+    start()    start every task through the TaskFactory (SIGINT/SIGTERM blocked while forking); start the
+               monitor thread. Interrupted half-way: terminate what started, re-raise
     monitor    blocks on multiprocessing.connection.wait(control pipes + process sentinels + wake pipe):
                  Ready from every task  -> release the sources
                  Results / DeadLetter   -> hand to the collectors / the job
                  Stopped from every task -> done
-                 Failed, or a sentinel without Stopped -> fail the job, kill the rest
+                 Failed, or a sentinel without Stopped -> fail the job, kill the rest; a dead task's
+                   error carries its exit status, its last counters and faulthandler's stack if any
     cleanup()  SIGTERM, a grace period, SIGKILL (with a warning naming the task); join every process;
                unlink every segment; close every pipe. Idempotent.
 
