@@ -39,7 +39,8 @@ lint: $(STAMP)  ## ruff
 bench: $(STAMP)  ## benchmarks against the peers; writes bench/results/
 	$(PY) -m bench.run_all
 
-soak: $(STAMP)  ## 10 million records through a four-stage pipeline
+soak: $(STAMP)  ## 10 million records through a four-stage pipeline (and the short soak test)
+	PROCFLOW_SOAK=1 $(PY) -m pytest -q -m soak
 	$(PY) -m bench.soak
 
 clean:  ## remove the venv, caches and results

@@ -9,7 +9,7 @@ import time
 import multiprocess.resource_tracker
 import pytest
 
-from procflow.testing import child_pids, own_segments
+from procflow.testing import child_pids, mp_helper_pids, own_segments
 
 # A spawn job starts multiprocess's resource tracker, a helper process that lives as long as the
 # interpreter by design. Start it up front so the leak check counts it as already there.
@@ -24,7 +24,7 @@ def no_leaks():
     deadline = time.monotonic() + 10
     delay = 0.01
     while True:
-        extra_children = child_pids() - before_children
+        extra_children = child_pids() - before_children - mp_helper_pids()
         extra_segments = own_segments() - before_segments
         if not extra_children and not extra_segments:
             return

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import inspect
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -28,6 +30,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "progress": None,            # None: on when stderr is a terminal
 }
 _OPTION_NAMES = ("parallelism", "name", "on_error")
+INTERRUPT_GRACE = 1.0  # seconds a Ctrl-C'd job may drain before its tasks are killed
 _ON_ERROR = ("fail", "skip", "dead_letter")
 
 
@@ -148,13 +151,22 @@ class BaseEnvironment:
         self._check_services()
         for collector in self._collectors.values():
             collector._records.clear()
-        self.job = self._launch(graph)
-        if autostop:
+        if not autostop:
+            self.job = self._launch(graph)
+            return self.job
+        # While submit() blocks, SIGTERM means what Ctrl-C means: stop the job, free everything, and
+        # raise KeyboardInterrupt (a script then exits with 130). The previous handler comes back after.
+        previous = _install_sigterm()
+        try:
+            self.job = self._launch(graph)
             try:
                 self.job.wait()
             except KeyboardInterrupt:
-                self.job.kill("interrupted (Ctrl-C)")
+                self._interrupted()
                 raise
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         return self.job
 
     def _check_services(self) -> None:
@@ -169,6 +181,14 @@ class BaseEnvironment:
                     f"{where} calls service(s) {missing}, which are not registered; registered services: "
                     f"{sorted(self.services)}. Register them with env.register_service(name, ServiceClass) "
                     "before submit().")
+
+    def _interrupted(self) -> None:
+        """Ctrl-C: ask for a graceful stop (sources end, sinks close), but never wait long for it; a second
+        Ctrl-C, or a drain longer than INTERRUPT_GRACE seconds, kills every task at once."""
+        try:
+            self.job.stop(INTERRUPT_GRACE)
+        except KeyboardInterrupt:
+            self.job.kill("interrupted twice")
 
     def _launch(self, graph: ExecutionGraph) -> Any:
         raise NotImplementedError(f"{type(self).__name__} cannot run pipelines; use LocalEnvironment")
@@ -190,3 +210,19 @@ class BaseEnvironment:
         if exc[0] is not None and self.job is not None:
             self.job.kill("the with-block raised")
         self.close()
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"{signal.Signals(signum).name} received")
+
+
+def _install_sigterm() -> Any:
+    """Make SIGTERM raise KeyboardInterrupt in the main thread; returns the handler to restore (or None
+    when signals cannot be handled here: another thread, or SIGTERM deliberately ignored)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_IGN or previous is None:
+        return None
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    return previous

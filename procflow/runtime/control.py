@@ -47,13 +47,14 @@ class ErrorReport:
     error_type: str
     message: str
     traceback: str
+    context: str = ""   # where the task was in its stream, e.g. "after emitting 500 records"
 
     @classmethod
     def from_exception(cls, exc: BaseException, *, task: str, pid: int, function: str,
-                       record: Any = None, has_record: bool = False) -> ErrorReport:
+                       record: Any = None, has_record: bool = False, context: str = "") -> ErrorReport:
         return cls(task, pid, function, short_repr(record) if has_record else None,
                    type(exc).__name__, str(exc),
-                   "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+                   "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)), context)
 
 
 @dataclass(frozen=True)

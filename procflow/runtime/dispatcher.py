@@ -2,12 +2,14 @@
 
     prepare()  sweep orphaned segments; create the job segment, one inbox per consuming task, one
                control pipe per task; build every TaskContext
-    start()    start every task through the TaskFactory; start the monitor thread
+    start()    start every task through the TaskFactory (SIGINT/SIGTERM blocked while forking); start the
+               monitor thread. Interrupted half-way: terminate what started, re-raise
     monitor    blocks on multiprocessing.connection.wait(control pipes + process sentinels + wake pipe):
                  Ready from every task  -> release the sources
                  Results / DeadLetter   -> hand to the collectors / the job
                  Stopped from every task -> done
-                 Failed, or a sentinel without Stopped -> fail the job, kill the rest
+                 Failed, or a sentinel without Stopped -> fail the job, kill the rest; a dead task's
+                   error carries its exit status, its last counters and faulthandler's stack if any
     cleanup()  SIGTERM, a grace period, SIGKILL (with a warning naming the task); join every process;
                unlink every segment; close every pipe. Idempotent.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import signal
 import threading
 import time
 from typing import Any
@@ -35,7 +38,7 @@ from procflow.runtime.context.task_context import OutputSpec, TaskContext
 from procflow.runtime.control import DeadLetter, ErrorReport, Failed, Ready, Results, Stopped
 from procflow.runtime.job_control import JobControl
 from procflow.runtime.job_manager import JobManager
-from procflow.runtime.task.entry import task_main
+from procflow.runtime.task.entry import STARTUP_SIGNALS, crash_log_path, task_main
 
 log = logging.getLogger("procflow.dispatcher")
 
@@ -68,6 +71,7 @@ class Dispatcher:
         self._released = False
         self._thread: threading.Thread | None = None
         self._cleaned = False
+        self._aborted = False
         self._cleanup_lock = threading.Lock()
         self.job_control: JobControl | None = None
         self.service_manager: Any = None
@@ -141,20 +145,34 @@ class Dispatcher:
         try:
             if self.service_manager is not None:
                 self.service_manager.start()
-            for name, ctx in self.contexts.items():
-                handle = self.factory.start(name, task_main, (ctx, self.functions[name], parent))
-                self.handles[name] = handle
-                self.manager.tasks[name].pid = handle.pid
+            # Ctrl-C / SIGTERM stay blocked while tasks fork: a child inherits the mask and unblocks only
+            # after it has set its own handlers (entry.become_child), so a signal arriving during start-up
+            # reaches the driver (once the mask is restored) and never half-started children.
+            masked = signal.pthread_sigmask(signal.SIG_BLOCK, STARTUP_SIGNALS)
+            try:
+                for name, ctx in self.contexts.items():
+                    handle = self.factory.start(name, task_main, (ctx, self.functions[name], parent))
+                    self.handles[name] = handle
+                    self.manager.tasks[name].pid = handle.pid
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, masked)
+            # The driver keeps only the read ends: a task's writer closes with the task.
+            for writer in self._writers:
+                writer.close()
+            self._writers.clear()
+            self.manager.mark_running()
+            self._thread = threading.Thread(target=self._monitor, name=f"procflow-monitor-{self.job_id}")
+            self._thread.start()
         except BaseException:
-            self.cleanup()
+            # Interrupted (Ctrl-C) or failed half-way: no task may outlive this call, and the tasks
+            # already started wait for a start signal that will never come, so terminate them at once.
+            self._aborted = True
+            if self._thread is not None:
+                self.request("kill", "interrupted while starting")
+                self._thread.join()
+            else:
+                self.cleanup()
             raise
-        # The driver keeps only the read ends: a task's writer closes with the task.
-        for writer in self._writers:
-            writer.close()
-        self._writers.clear()
-        self.manager.mark_running()
-        self._thread = threading.Thread(target=self._monitor, name=f"procflow-monitor-{self.job_id}")
-        self._thread.start()
 
     def request(self, what: str, reason: str = "") -> None:
         """Ask the monitor thread to 'stop' (graceful) or 'kill' (now)."""
@@ -225,10 +243,34 @@ class Dispatcher:
         state = self.manager.tasks[name]
         state.exitcode = handle.exitcode
         if not state.stopped and self.manager.failure is None:
-            record = ""
-            self._fail(JobFailedError(
-                f"task {name} (pid {handle.pid}) {describe_exit(handle.exitcode)}{record}; the job was "
-                "stopped and every other task ended", task=name, exitcode=handle.exitcode))
+            crash = self._crash_report(name)
+            error = JobFailedError(
+                f"task {name} (pid {handle.pid}) {describe_exit(handle.exitcode)}, {self._progress(name)}; "
+                "the job was stopped and every other task ended" + ("; its Python stack is chained below"
+                                                                     if crash else ""),
+                task=name, exitcode=handle.exitcode, remote_traceback=crash)
+            if crash:
+                error.__cause__ = RemoteTraceback(crash)
+            self._fail(error)
+
+    def _progress(self, name: str) -> str:
+        """How far a dead task got. Tasks publish counters once per input batch or flush, not per record,
+        so this can lag the exact position; a dead process cannot tell us its record."""
+        try:
+            row = self.job_control.counters[self.manager.tasks[name].slot]
+            n_in, n_out = int(row[0]), int(row[1])
+        except (TypeError, IndexError, AttributeError):
+            return "its counters are unavailable"
+        return f"its last published counters showed {n_in} record(s) in, {n_out} out"
+
+    def _crash_report(self, name: str) -> str | None:
+        """The Python stack faulthandler wrote when the task died of a fatal signal (SIGSEGV, SIGABRT...)."""
+        try:
+            with open(crash_log_path(self.job_dir, name)) as f:
+                text = f.read().strip()
+        except OSError:
+            return None
+        return text or None
 
     def _on_message(self, msg: Any) -> None:
         manager = self.manager
@@ -293,7 +335,7 @@ class Dispatcher:
         if self.service_manager is not None:
             self.service_manager.stop_all(grace)
             handles += self.service_manager.handles()
-        failed = self.manager.failure is not None
+        failed = self.manager.failure is not None or self._aborted
         if failed:
             for _, h in handles:
                 if h.is_alive():
@@ -310,6 +352,13 @@ class Dispatcher:
                     h.close()
                 except ValueError:
                     pass
+        for name in self.handles:  # a task terminated by us leaves an empty crash log behind
+            path = crash_log_path(self.job_dir, name)
+            try:
+                if os.path.getsize(path) == 0:
+                    os.unlink(path)
+            except OSError:
+                pass
         for conn in list(self._readers):
             conn.close()
         for writer in self._writers:
@@ -336,6 +385,8 @@ class Dispatcher:
 
 def job_error(report: ErrorReport) -> JobFailedError:
     where = f" on record {report.record}" if report.record is not None else ""
+    if report.context:
+        where += f" ({report.context})" if where else f" {report.context}"
     error = JobFailedError(
         f"task {report.task} (pid {report.pid}) failed in {report.function}{where}: "
         f"{report.error_type}: {report.message}",

@@ -43,12 +43,12 @@ class LocalEnvironment(BaseEnvironment):
     def _launch(self, graph: ExecutionGraph) -> Job:
         if self.executor == "inline":
             return self._launch_inline(graph)
-        if getattr(self.task_factory, "start_method", self.start_method) != "fork":
-            _check_shippable(graph)
         dispatcher = Dispatcher(graph, config=self.config, env_dir=self.env_dir, factory=self.task_factory,
                                 collectors=self._collectors, services=self.services)
         try:
             dispatcher.prepare()
+            if getattr(self.task_factory, "start_method", self.start_method) != "fork":
+                _check_shippable(dispatcher)
         except BaseException:
             dispatcher.cleanup()
             dispatcher._close_log()
@@ -80,23 +80,29 @@ def _check_factory(factory: Any) -> None:
                         f"{type(factory).__name__} lacks {', '.join(missing) or 'a callable start/control_pipe'}")
 
 
-def _check_shippable(graph: ExecutionGraph) -> None:
-    """Under spawn every function is pickled (with dill); find the one that can't be, before starting."""
+def _check_shippable(dispatcher: Dispatcher) -> None:
+    """Under spawn every function is pickled (with dill) as built, with the state its constructor made:
+    find the one that can't be, after prepare() built them and before any process starts."""
     import dill
 
-    for t in graph.transformations.values():
-        things = [("function", t.function)]
-        for inp in t.inputs:
-            if inp.partitioning.key_selector is not None:
-                things.append(("key selector", inp.partitioning.key_selector))
-            if inp.partitioning.partitioner is not None:
-                things.append(("partitioner", inp.partitioning.partitioner))
+    seen: set[str] = set()
+    for name, ctx in dispatcher.contexts.items():
+        operator = ctx.operator_name
+        if operator in seen:
+            continue
+        seen.add(operator)
+        things = [("function", dispatcher.functions[name])]
+        for out in ctx.outputs:
+            if out.key_selector is not None:
+                things.append((f"key selector towards {out.target!r}", out.key_selector))
+            if out.partitioner is not None:
+                things.append((f"partitioner towards {out.target!r}", out.partitioner))
         for what, obj in things:
             try:
                 dill.dumps(obj)
             except Exception as exc:
                 raise TypeError(
-                    f"the {what} of operator {t.name!r} cannot be shipped to a spawned process: {exc}. "
+                    f"the {what} of operator {operator!r} cannot be shipped to a spawned process: {exc}. "
                     "Under start_method='spawn' every function and its constructor arguments must be "
                     "picklable; instead, create unpicklable resources (files, locks, sockets, "
                     "generators) in open(), or use start_method='fork'.") from exc

@@ -182,15 +182,20 @@ class RingReader:
         """Bytes published but not yet consumed: two loads, cheap enough to sample once per batch."""
         return self._write_word.value - self._read_word.value
 
-    def drain(self, handle) -> int:
+    def drain(self, handle, budget: int | None = None) -> int:
         """Call `handle(flags, body)` for every complete frame now in the ring, then free the space.
 
         `body` is a view into shared memory, valid only during the call: handlers copy what they keep.
+        `budget`: stop after about this many ring bytes, so that a consumer behind a full ring of tiny
+        records does not decode a whole ring into Python objects at once (issue 5 soak: that made every
+        middle stage's private memory grow by tens of MB).
         """
         wpos = self._write_word.value
         rpos = self._rpos
         if wpos == rpos:
             return 0
+        if budget is not None:
+            wpos = min(wpos, rpos + budget)
         cap, data, view = self._cap, self._data, self._view
         frames = 0
         while rpos < wpos:

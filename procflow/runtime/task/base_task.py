@@ -217,6 +217,14 @@ class BaseTask:
         packet = self.ctx.current
         return (packet is not None, packet.payload if packet is not None else None)
 
+    def progress(self) -> str:
+        """Where this task is in its stream, for error messages."""
+        router = self.ctx.router
+        out = router.records_out if router is not None else 0
+        if isinstance(self.operator, SourceOperator):
+            return f"after emitting {out} record(s)"
+        return f"after receiving {self.records_in} record(s) and emitting {out}"
+
     def _publish(self) -> None:
         c = self._counters
         router = self.ctx.router

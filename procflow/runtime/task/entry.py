@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import logging
 import os
 import signal
@@ -17,9 +18,25 @@ _PR_SET_PDEATHSIG = 1
 _LOG_FORMAT = "%(asctime)s %(levelname)-7s [%(name)s pid=%(process)d] %(message)s"
 
 
+# Signals the driver blocks while it starts tasks (see Dispatcher.start), so that a Ctrl-C during
+# start-up cannot hit a child before it has decided how to handle it.
+STARTUP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+
+
+def crash_log_path(log_dir: str, task: str) -> str:
+    """Where faulthandler writes the Python stack of a task that dies of a fatal signal (issue 5)."""
+    return os.path.join(log_dir, f"{task}_crash.log")
+
+
 def become_child(parent_pid: int) -> None:
-    """Ctrl-C goes to the driver, which stops the job; a child must never outlive its driver."""
+    """Ctrl-C goes to the driver, which stops the job; a child must never outlive its driver.
+
+    SIGTERM is the driver's "terminate now" at cleanup: under fork a child inherits the driver's Python
+    handler (submit() installs one while a job runs), so it is reset to the default action here.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STARTUP_SIGNALS)
     try:
         ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):  # not Linux: the driver's cleanup still reaps us
@@ -57,6 +74,11 @@ def task_main(ctx: TaskContext, function: Any, parent_pid: int) -> None:
 
     become_child(parent_pid)
     ctx.logger = logger = open_task_logger(ctx.name, ctx.log_dir, ctx.config.get("log_level", "INFO"))
+    # A segfault or abort in native code gives no Python exception to report; faulthandler leaves the
+    # stack in a file that the driver attaches to its error (the child's own stderr may be anywhere).
+    crash_path = crash_log_path(ctx.log_dir, ctx.name)
+    crash_file = open(crash_path, "w")  # stays open until the process ends
+    faulthandler.enable(crash_file, all_threads=False)
     task = BaseTask(ctx, function)
     code = 0
     try:
@@ -70,14 +92,26 @@ def task_main(ctx: TaskContext, function: Any, parent_pid: int) -> None:
         has_record, record = task.current_record()
         label = getattr(task.operator, "label", type(function).__name__)
         report = ErrorReport.from_exception(exc, task=ctx.name, pid=os.getpid(), function=label,
-                                            record=record, has_record=has_record)
+                                            record=record, has_record=has_record,
+                                            context=task.progress())
         logger.error("failed in %s while %s: %s: %s", label, task.stage, report.error_type, report.message)
         logger.debug("%s", report.traceback)
+        try:
+            # Records that failed under on_error="dead_letter" before this failure still reach the user.
+            task._flush_dead_letters()
+        except Exception:
+            logger.exception("could not ship the dead letters to the driver")
         try:
             ctx.control.send(Failed(report))
         except Exception:
             logger.exception("could not report the failure to the driver")
     finally:
+        faulthandler.disable()
+        crash_file.close()
+        try:
+            os.unlink(crash_path)
+        except OSError:
+            pass
         ctx.detach()
         shm_queue.detach_all()
         close_logger(logger)

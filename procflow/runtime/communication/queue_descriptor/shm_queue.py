@@ -183,6 +183,11 @@ class ShmChannelWriter(ChannelWriter):
         self._ring.close()
 
 
+# Ring bytes decoded per input channel per read(): bounds the Python objects a consumer holds at once
+# (a full 4 MiB ring of tiny records would otherwise become a million Packets in one list).
+READ_BUDGET = 128 << 10
+
+
 class ShmInputGate(InputGate):
     def __init__(self, segment: SharedSegment, input_indices: tuple[int, ...], capacity: int) -> None:
         self._doorbell = ringmod.Doorbell(segment)
@@ -202,7 +207,7 @@ class ShmInputGate(InputGate):
             seen = self._doorbell.seen()
             for reader, decoder in zip(self._readers, self._decoders):
                 if reader.has_data():
-                    reader.drain(lambda flags, body, d=decoder: self._handle(d, flags, body))
+                    reader.drain(lambda flags, body, d=decoder: self._handle(d, flags, body), READ_BUDGET)
             if self._out:
                 out, self._out = self._out, []
                 return out

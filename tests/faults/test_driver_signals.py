@@ -1,0 +1,133 @@
+"""Signals to the driver, driven from outside: a driver script runs in its own session, the test signals
+it and then checks that every task process and every shared-memory segment of that driver is gone."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import time
+
+import pytest
+
+from procflow import LocalEnvironment
+from procflow.runtime.communication.shm import SHM_DIR
+from procflow.testing import DriverProcess, child_pids, own_segments, wait_gone, wait_until
+
+pytestmark = pytest.mark.timeout(150)
+
+# Runs an endless job under submit(); the sink prints "running" once records flow. On KeyboardInterrupt
+# it reports what it still holds, then lets the interrupt end the interpreter (exit status 130).
+DRIVER = """
+import json, sys, time
+from procflow import LocalEnvironment
+from procflow.testing import AnnounceOnce, Endless, child_pids, mp_helper_pids, own_segments
+
+env = LocalEnvironment("driver", env_dir=sys.argv[1], start_method=sys.argv[2])
+env.from_source(Endless, name="src").map(lambda r: r, parallelism=2, name="map").sink(AnnounceOnce, name="sink")
+try:
+    env.submit()
+except KeyboardInterrupt as exc:
+    print(json.dumps({"interrupted": repr(exc), "status": env.job.status, "t": time.monotonic(),
+                      "children": sorted(child_pids() - mp_helper_pids()), "segments": sorted(own_segments())}),
+          flush=True)
+    raise
+"""
+
+
+def start_driver(env_dir: str, start_method: str = "fork") -> tuple[DriverProcess, set[int], set[str]]:
+    driver = DriverProcess(DRIVER, env_dir, start_method)
+    try:
+        driver.expect("running", timeout=90)   # generous: spawn start-up on a loaded 2-core machine
+        tasks = child_pids(driver.pid)
+        segments = own_segments(driver.pid)
+        assert len(tasks) >= 3 and segments, "the running job should hold processes and segments"
+    except BaseException:
+        driver.close()
+        raise
+    return driver, tasks, segments
+
+
+@pytest.mark.parametrize("signum, to_group", [
+    (signal.SIGINT, False),
+    (signal.SIGINT, True),    # what a terminal's Ctrl-C does: the whole foreground process group
+    (signal.SIGTERM, False),
+])
+def test_interrupting_the_driver_stops_the_job_and_frees_everything(env_dir, signum, to_group):
+    driver, tasks, _ = start_driver(env_dir)
+    with driver:
+        sent = time.monotonic()
+        if to_group:
+            os.killpg(driver.pid, signum)
+        else:
+            os.kill(driver.pid, signum)
+        report = json.loads(driver.expect("{", timeout=10))
+        assert report["t"] - sent < 2.0, "KeyboardInterrupt must leave submit() within 2 s"
+        assert report["interrupted"].startswith("KeyboardInterrupt")
+        assert report["status"] in ("stopped", "killed")
+        assert report["children"] == [] and report["segments"] == []
+        # An uncaught KeyboardInterrupt ends Python by SIGINT: a shell shows exit code 130.
+        assert driver.wait(10) == -signal.SIGINT
+    assert wait_gone(tasks, 5) == set()
+    assert own_segments(driver.pid) == set()
+
+
+def test_sigterm_handler_is_restored_after_submit(env_dir):
+    env = LocalEnvironment("t", env_dir=env_dir)
+    env.from_batch(range(10)).sink(lambda r: None)
+    before = signal.getsignal(signal.SIGTERM)
+    env.submit()
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def fake_segment(owner_pid: int) -> str:
+    name = f"procflow_{owner_pid}_fake_{secrets.token_hex(6)}"
+    fd = os.open(os.path.join(SHM_DIR, name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    os.close(fd)
+    return name
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_driver_killed_children_exit_and_orphans_are_swept(env_dir, start_method):
+    driver, tasks, segments = start_driver(env_dir, start_method)
+    with driver:
+        killed = driver.signal(signal.SIGKILL)
+        assert driver.wait(10) == -signal.SIGKILL
+        # The tasks notice on their own (PR_SET_PDEATHSIG), within a few seconds.
+        assert wait_gone(tasks, 5) == set(), "task processes outlived their killed driver"
+        assert time.monotonic() - killed < 3.0
+    # Whatever the dead driver left in /dev/shm is swept when the next job starts (possibly by another
+    # process's job first). A segment whose owner lives (this process) is never touched.
+    dead_owner = fake_segment(driver.pid)
+    live_owner = fake_segment(os.getpid())
+    try:
+        env = LocalEnvironment("next", env_dir=env_dir)
+        env.from_batch(range(10)).sink(lambda r: None)
+        env.submit()
+        assert own_segments(driver.pid) == set()
+        assert not os.path.exists(os.path.join(SHM_DIR, dead_owner))
+        assert os.path.exists(os.path.join(SHM_DIR, live_owner))
+    finally:
+        os.unlink(os.path.join(SHM_DIR, live_owner))
+    assert segments  # they existed while the driver lived
+
+
+def test_children_ignore_sigint(env_dir):
+    """Ctrl-C reaches every process of the foreground group; only the driver acts on it."""
+    from procflow.testing import Endless
+
+    env = LocalEnvironment("t", env_dir=env_dir)
+    env.from_source(Endless).map(lambda r: r).sink(lambda r: None)
+    job = env.submit(autostop=False)
+    try:
+        pids = [m["pid"] for m in job.metrics.values()]
+        for pid in pids:
+            os.kill(pid, signal.SIGINT)
+        # Nothing happens: observe that the job keeps running and records keep flowing.
+        seen = job.metrics["sink_0"]["records_in"]
+        assert wait_until(lambda: job.metrics["sink_0"]["records_in"] > seen, 10)
+        assert job.running and job.status == "running"
+    finally:
+        env.stop()
+    assert job.status == "stopped"
