@@ -289,7 +289,7 @@ class InlineExecutor:
             self.manager.dead_letters.extend(msg.entries)
 
     def _fail(self, task: InlineTask, exc: BaseException) -> None:
-        has_record, record = task.current_record()
+        has_record, record = task.current_record(exc)
         label = getattr(task.operator, "label", type(task.operator.function).__name__)
         report = ErrorReport.from_exception(exc, task=task.ctx.name, pid=os.getpid(), function=label,
                                             record=record, has_record=has_record)

@@ -94,7 +94,15 @@ def _array_from(view: memoryview, *, copy: bool) -> np.ndarray:
 
 
 class EncodeError(TypeError):
-    """Neither msgpack nor pickle could encode a record."""
+    """Neither msgpack nor pickle could encode a record.
+
+    Carries the record: channels encode batches after the fact, so the record being processed when
+    this is raised may be a later one than the culprit.
+    """
+
+    def __init__(self, message: str, record: Any = None) -> None:
+        super().__init__(message)
+        self.record = record
 
 
 def encode_body(record: Any) -> tuple[int, list]:
@@ -117,7 +125,7 @@ def encode_body(record: Any) -> tuple[int, list]:
         except Exception as exc:
             raise EncodeError(
                 f"cannot encode record of type {type(record).__name__}: {exc}. Records must be "
-                "msgpack-able data, numpy arrays or picklable objects.") from exc
+                "msgpack-able data, numpy arrays or picklable objects.", record) from exc
     raws = [b.raw() for b in buffers]
     head = _U32.pack(len(raws)) + b"".join(_U64.pack(r.nbytes) for r in raws)
     return PICKLED, [head, data, *raws]

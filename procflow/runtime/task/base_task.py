@@ -17,6 +17,7 @@ import traceback
 from typing import Any
 
 from procflow.api.signals import StopSignal
+from procflow.runtime.communication.codec import EncodeError
 from procflow.runtime.communication.packet import Packet
 from procflow.runtime.context.task_context import TaskContext
 from procflow.runtime.control import DeadLetter, Ready, Stopped, short_repr
@@ -209,8 +210,10 @@ class BaseTask:
                     e["record"] = short_repr(e["record"])
                 self.ctx.control.send(DeadLetter(self.ctx.name, entries))
 
-    def current_record(self) -> tuple[bool, Any]:
-        """(has_record, record) for error reports."""
+    def current_record(self, error: BaseException | None = None) -> tuple[bool, Any]:
+        """(has_record, record) for error reports; an encoding error knows its own record."""
+        if isinstance(error, EncodeError):
+            return True, error.record
         if isinstance(self.operator, SourceOperator):
             rec = self.operator.last_record
             return (rec is not NO_RECORD, None if rec is NO_RECORD else rec)

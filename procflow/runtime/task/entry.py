@@ -89,7 +89,7 @@ def task_main(ctx: TaskContext, function: Any, parent_pid: int) -> None:
             task._publish()   # the counters up to the failing record, for the job's summary
         except (AttributeError, TypeError):  # failed before the task was attached: nothing to publish
             pass
-        has_record, record = task.current_record()
+        has_record, record = task.current_record(exc)
         label = getattr(task.operator, "label", type(function).__name__)
         report = ErrorReport.from_exception(exc, task=ctx.name, pid=os.getpid(), function=label,
                                             record=record, has_record=has_record,
