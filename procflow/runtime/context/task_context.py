@@ -87,10 +87,15 @@ class TaskContext:
     # -- runtime -------------------------------------------------------------------------------------
 
     def attach(self) -> None:
-        """Open channels in this process (the child)."""
+        """Open channels in this process (the child).
+
+        A backend without the shared job segment (Ray) sets `job_control` to an object with the same
+        interface before calling this; otherwise the segment named `job_segment` is attached.
+        """
         from procflow.runtime.job_control import JobControl
 
-        self.job_control = JobControl.attach(self.job_segment, self.n_tasks)
+        if self.job_control is None:
+            self.job_control = JobControl.attach(self.job_segment, self.n_tasks)
         if self.inbox is not None:
             self.gate = self.inbox.open_gate()
         groups = []
