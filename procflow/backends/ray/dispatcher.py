@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -41,6 +42,37 @@ log = logging.getLogger("procflow.dispatcher.ray")
 
 _POLL_S = 2.0       # an actor's long-poll returns empty after this long
 _REQUEST_S = 0.1    # how often the monitor looks at stop/kill requests between control messages
+
+
+def _ship_by_value(functions: Any, contexts: Any) -> None:
+    """Ship user modules that live outside site-packages by value (cloudpickle), not by name.
+
+    Ray pickles module-level functions and classes by reference, so a worker must be able to import the
+    user's module; a script's helper module or a test module usually is not on the worker's path, and the
+    actor then dies in its constructor with ModuleNotFoundError. Modules under site-packages (installed,
+    so importable everywhere) and procflow itself keep travelling by reference.
+    """
+    from ray import cloudpickle
+
+    objs = list(functions)
+    for ctx in contexts:
+        objs += [o for spec in ctx.outputs for o in (spec.key_selector, spec.partitioner) if o is not None]
+    seen: set[str] = set()
+    for obj in objs:
+        for thing in (obj, type(obj), getattr(obj, "fn", None)):
+            name = getattr(thing, "__module__", None)
+            if not name or name in seen or name == "__main__" or name.split(".")[0] in ("procflow", "builtins"):
+                continue
+            seen.add(name)
+            module = sys.modules.get(name)
+            path = getattr(module, "__file__", None) or ""
+            if module is None or not path or "site-packages" in path or "dist-packages" in path \
+                    or path.startswith(sys.base_prefix):
+                continue
+            try:
+                cloudpickle.register_pickle_by_value(module)
+            except (ValueError, TypeError):  # a module cloudpickle refuses stays by reference
+                pass
 
 
 class RayJobView:
@@ -128,6 +160,7 @@ class RayDispatcher:
     # -- running -----------------------------------------------------------------------------------
 
     def start(self) -> None:
+        _ship_by_value(self.functions.values(), self.contexts.values())
         options = {"num_cpus": 0, "max_concurrency": 8, "scheduling_strategy": "SPREAD",
                    **self.actor_options}
         remote_cls = ray.remote(TaskActor)
