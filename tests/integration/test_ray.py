@@ -222,3 +222,32 @@ def test_register_service_is_not_there_yet(env_dir):
 def test_queue_kind_must_be_ray(env_dir):
     with pytest.raises(ValueError, match="LocalEnvironment"):
         RayEnvironment("q", {"queue": "shm"}, env_dir=env_dir)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(60)
+def test_kill_ends_the_job_and_every_actor(ray_instance, env_dir):
+    import time
+
+    with RayEnvironment("killed", env_dir=env_dir) as env:
+        env.from_source(Endless).map(lambda x: x, parallelism=2).collect()
+        job = env.submit(autostop=False)
+        deadline = time.monotonic() + 30
+        while job.metrics["source_0"]["records_out"] == 0:   # live counters, read from the actors
+            assert time.monotonic() < deadline, "the source never emitted"
+            time.sleep(0.05)
+        names = [job._dispatcher.actor_name(t) for t in job.metrics]
+        job.kill("test")
+        assert job.status == "killed"
+        with pytest.raises(JobFailedError, match="killed: test"):
+            job.wait()
+    deadline = time.monotonic() + 30
+    alive = set(names)
+    while alive:   # ray.kill is asynchronous: observe the actors go, with a deadline
+        for name in list(alive):
+            try:
+                ray.get_actor(name, namespace=env.namespace)
+            except ValueError:
+                alive.discard(name)
+        assert time.monotonic() < deadline, f"actors still alive: {alive}"
+        time.sleep(0.1)

@@ -42,6 +42,7 @@ log = logging.getLogger("procflow.dispatcher.ray")
 
 _POLL_S = 2.0       # an actor's long-poll returns empty after this long
 _REQUEST_S = 0.1    # how often the monitor looks at stop/kill requests between control messages
+_BROKEN_GRACE_S = 3.0   # how long a "consumer died" report waits for the consumer's own death to show
 
 
 def _ship_by_value(functions: Any, contexts: Any) -> None:
@@ -114,6 +115,7 @@ class RayDispatcher:
         self._where: dict[str, Any] = {}
         self._requests: list[tuple[str, str]] = []
         self._released = False
+        self._broken: tuple[float, JobFailedError] | None = None
         self._thread: threading.Thread | None = None
         self._cleaned = False
         self._cleanup_lock = threading.Lock()
@@ -231,6 +233,8 @@ class RayDispatcher:
                                                   "job was stopped", task=name))
                 else:
                     polls[self.actors[name].poll.remote(_POLL_S)] = name
+            if manager.failure is None and self._broken is not None and time.monotonic() > self._broken[0]:
+                self._fail(self._broken[1])
             if manager.failure is not None:
                 return
             if not self._released and manager.all_ready:
@@ -264,7 +268,14 @@ class RayDispatcher:
         elif isinstance(msg, DeadLetter):
             manager.dead_letters.extend(msg.entries)
         elif isinstance(msg, Failed):
-            self._fail(job_error(msg.report))
+            error = job_error(msg.report)
+            if msg.report.error_type == "BrokenChannelError":
+                # A producer noticed that its consumer died; the consumer's own death (reported by its
+                # poll) names the real culprit, so give it a moment to arrive first.
+                if self._broken is None:
+                    self._broken = (time.monotonic() + _BROKEN_GRACE_S, error)
+            else:
+                self._fail(error)
 
     def _fail(self, error: JobFailedError, status: str = "failed") -> None:
         if self.manager.fail(error, status):
