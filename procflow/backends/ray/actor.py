@@ -24,6 +24,7 @@ import numpy as np
 import ray
 
 from procflow.backends.ray import channel
+from procflow.runtime.communication.router import BaseRouter
 from procflow.runtime.context.task_context import TaskContext
 from procflow.runtime.control import ErrorReport, Failed
 from procflow.runtime.job_control import FIELDS
@@ -58,6 +59,20 @@ class ActorJobControl:
         pass  # the counters stay readable for the driver's last look
 
 
+class RayTaskContext(TaskContext):
+    """A TaskContext whose attach() uses the actor's ActorJobControl instead of the local job segment."""
+
+    actor_job_control: Any = None   # set by the TaskActor after the context arrives; never pickled
+
+    def attach(self, job_control: Any = None, router_class: type[BaseRouter] = BaseRouter) -> None:
+        super().attach(job_control if job_control is not None else self.actor_job_control, router_class)
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.pop("actor_job_control", None)
+        return state
+
+
 class Outbox:
     """The task's control channel: send() from the task thread, poll() long-polled by the driver."""
 
@@ -86,10 +101,10 @@ class Outbox:
 
 
 class TaskActor:
-    def __init__(self, ctx: TaskContext, function: Any) -> None:
+    def __init__(self, ctx: RayTaskContext, function: Any) -> None:
         self.ctx = ctx
         self.function = function
-        self.job_control = ActorJobControl(ctx.n_tasks)
+        self.job_control = ctx.actor_job_control = ActorJobControl(ctx.n_tasks)
         self.outbox = Outbox()
         self.gate = ctx.inbox.create_gate() if ctx.inbox is not None else None
 
@@ -122,7 +137,6 @@ class TaskActor:
 
         ctx, function = self.ctx, self.function
         channel.register_peers(peers)
-        ctx.job_control = self.job_control
         ctx.control = self.outbox
         ctx.logger = logger = open_task_logger(ctx.name, ctx.log_dir, ctx.config.get("log_level", "INFO"))
         task = BaseTask(ctx, function)

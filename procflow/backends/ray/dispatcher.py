@@ -28,11 +28,11 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayError
 
-from procflow.backends.ray.actor import TaskActor
+from procflow.backends.ray.actor import RayTaskContext, TaskActor
 from procflow.backends.ray.channel import RayInbox
 from procflow.errors import JobFailedError
 from procflow.graph.execution_graph import ExecutionGraph
-from procflow.runtime.context.task_context import OutputSpec, TaskContext
+from procflow.runtime.context.task_context import OutputSpec
 from procflow.runtime.control import DeadLetter, Failed, Ready, Results, Stopped
 from procflow.runtime.dispatcher import job_error, new_job_id
 from procflow.runtime.job_control import FIELDS
@@ -81,16 +81,23 @@ class RayJobView:
 
     def __init__(self, dispatcher: RayDispatcher) -> None:
         self._dispatcher = dispatcher
-        self.counters: Any = ()   # not None: Job.metrics asks for a snapshot while running
+        self.counters: Any = ()   # not None while the actors live: Job.metrics asks for a snapshot
+        self.closed = False
 
-    def snapshot(self) -> dict[int, dict[str, float]]:
+    def snapshot(self) -> dict[int, dict[str, float]] | None:
+        """Every task's counters, or None once the actors are gone (final figures are in the manager)."""
         d = self._dispatcher
         names = list(d.actors)
-        try:
-            rows = ray.get([d.actors[n].counters.remote() for n in names], timeout=5)
-        except (RayError, TimeoutError):
-            return {}
-        return {d.manager.tasks[n].slot: dict(zip(FIELDS, row)) for n, row in zip(names, rows)}
+        if self.closed:
+            return None
+        refs = [d.actors[n].counters.remote() for n in names]
+        out = {}
+        for name, ref in zip(names, refs):
+            try:   # one by one: a dead actor loses its own row, not everyone's
+                out[d.manager.tasks[name].slot] = dict(zip(FIELDS, ray.get(ref, timeout=5)))
+            except (RayError, TimeoutError):
+                continue
+        return out
 
 
 class RayDispatcher:
@@ -107,7 +114,7 @@ class RayDispatcher:
         self.env_dir = env_dir
         self.job_dir = os.path.join(env_dir, self.job_id)
         self.manager = JobManager(self.job_id, [(n.name, n.operator) for n in graph.nodes.values()])
-        self.contexts: dict[str, TaskContext] = {}
+        self.contexts: dict[str, RayTaskContext] = {}
         self.functions: dict[str, Any] = {}
         self.actors: dict[str, Any] = {}
         self.placement: dict[str, tuple[str, int]] = {}   # task -> (node id, pid), filled once ready
@@ -120,6 +127,7 @@ class RayDispatcher:
         self._cleaned = False
         self._cleanup_lock = threading.Lock()
         self.job_control = RayJobView(self)
+        self.service_manager = None     # services are not available on Ray yet
         self._log_handler: logging.Handler | None = None
 
     def actor_name(self, task: str) -> str:
@@ -143,7 +151,7 @@ class RayDispatcher:
                          for e in group.edges]
                 selector = part.key_selector.build() if part.key_selector is not None else None
                 outputs.append(OutputSpec(group.target, part.strategy, edges, selector, part.partitioner))
-            self.contexts[node.name] = TaskContext(
+            self.contexts[node.name] = RayTaskContext(
                 name=node.name, operator_name=node.operator, kind=node.kind, parallel_index=node.index,
                 parallelism=node.parallelism, job_id=self.job_id, env_dir=self.env_dir, task_slot=slot,
                 job_segment="", n_tasks=len(nodes), inbox=inboxes.get(node.name), outputs=outputs,
@@ -319,6 +327,10 @@ class RayDispatcher:
             # Finished normally: let run() close its logs before the actors go.
             ray.wait(list(self._runs.values()), num_returns=len(self._runs),
                      timeout=float(self.config.get("stop_timeout", 5.0)))
+        # Counters that outlive the actors (a failed task never sent its final metrics).
+        self.manager.last_counters = self.job_control.snapshot()
+        self.job_control.closed = True
+        self.job_control.counters = None
         for name, actor in self.actors.items():
             try:
                 ray.kill(actor, no_restart=True)

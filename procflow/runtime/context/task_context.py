@@ -86,16 +86,14 @@ class TaskContext:
 
     # -- runtime -------------------------------------------------------------------------------------
 
-    def attach(self) -> None:
-        """Open channels in this process (the child).
+    def attach(self, job_control: Any = None, router_class: type[BaseRouter] = BaseRouter) -> None:
+        """Open channels in this process (the child). The inline executor passes its in-process
+        `job_control` and router class instead of mapping the job segment."""
+        if job_control is None:
+            from procflow.runtime.job_control import JobControl
 
-        A backend without the shared job segment (Ray) sets `job_control` to an object with the same
-        interface before calling this; otherwise the segment named `job_segment` is attached.
-        """
-        from procflow.runtime.job_control import JobControl
-
-        if self.job_control is None:
-            self.job_control = JobControl.attach(self.job_segment, self.n_tasks)
+            job_control = JobControl.attach(self.job_segment, self.n_tasks)
+        self.job_control = job_control
         if self.inbox is not None:
             self.gate = self.inbox.open_gate()
         groups = []
@@ -104,7 +102,7 @@ class TaskContext:
             selector = spec.key_selector.execute if spec.key_selector is not None else None
             groups.append(OutputGroup(spec.target, spec.strategy, writers, selector, spec.partitioner,
                                       spec.queue_ids))
-        self.router = BaseRouter(groups, self.parallel_index)
+        self.router = router_class(groups, self.parallel_index)
         if self.service_directory is not None:
             self.services = self.service_directory.connect(self)
 
