@@ -1,19 +1,103 @@
-"""RayEnvironment: the same pipelines as Ray actors. Only this package imports ray."""
+"""RayEnvironment: the same pipelines as Ray actors. Only this package imports ray.
+
+    RayEnvironment(name, config, address=None)
+      submit() ─► (first time) ray.init: a local instance on this machine, or join `address`
+               ─► RayDispatcher: one TaskActor per task, `ray` channels between them ─► Job
+      close()  ─► stops the job; shuts Ray down only if this environment started it
+
+Operators, routing (stable hashing included), the stop protocol and user functions are the runtime's
+own code; only the task factory (actors) and the channel kind (batched actor calls) differ.
+"""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from procflow.api.environment import BaseEnvironment
+from procflow.graph.execution_graph import ExecutionGraph
+
+# `import procflow` must not need (or pay for) ray: it is an optional extra, imported at first submit().
+
+# Actor calls cost far more than a ring write, so batches are bigger and flushed less often than locally.
+RAY_DEFAULTS = {"queue": "ray", "batch_bytes": 256 << 10, "flush_interval": 0.005}
 
 
 class RayEnvironment(BaseEnvironment):
     backend = "ray"
 
     def __init__(self, name: str = "procflow", config: dict[str, Any] | None = None, *,
-                 address: str | None = None, env_dir: str | None = None) -> None:
-        super().__init__(name, config, env_dir=env_dir)
-        self.address = address
+                 address: str | None = None, env_dir: str | os.PathLike | None = None,
+                 num_cpus: int | None = None, credits: int = 8, actor_options: dict | None = None,
+                 init_options: dict | None = None) -> None:
+        """`address`: a Ray cluster to join ("auto", "ray://host:10001", ...); None starts a local instance
+        on this machine only (with `num_cpus`, and `init_options` passed on to `ray.init`).
 
-    def _launch(self, graph: Any) -> Any:
-        raise NotImplementedError("the Ray backend is not implemented yet")
+        `credits`: the most batches in flight per edge (backpressure). `actor_options` go to every task
+        actor's `.options()`: by default an actor reserves no CPU (num_cpus=0, like a local task process
+        that the OS schedules) and actors spread over the cluster's nodes (scheduling_strategy="SPREAD").
+        """
+        config = {**RAY_DEFAULTS, **(config or {})}
+        if config["queue"] != "ray":
+            raise ValueError(f"RayEnvironment moves records over Ray actor calls (queue='ray'); "
+                             f"queue={config['queue']!r} needs LocalEnvironment")
+        super().__init__(name, config, env_dir=env_dir)
+        if not isinstance(credits, int) or credits < 1:
+            raise ValueError(f"credits must be a positive int, got {credits!r}")
+        self.address = address
+        self.num_cpus = num_cpus
+        self.credits = credits
+        self.actor_options = dict(actor_options or {})
+        self.init_options = dict(init_options or {})
+        self.namespace = f"procflow-{name}"
+        self._started_ray = False
+
+    def register_service(self, name: str, service_class: Any, *args: Any, parallelism: int = 1,
+                         **kwargs: Any) -> None:
+        raise NotImplementedError(
+            "services are not available on the Ray backend yet; call the service's code from the function "
+            "itself (create the client in open()), or use LocalEnvironment")
+
+    def _connect(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            return
+        if self.address is not None:
+            ray.init(address=self.address, namespace=self.namespace, **self.init_options)
+        else:
+            # address="local" never joins another instance found on this machine or through RAY_ADDRESS.
+            options = {"include_dashboard": False, "log_to_driver": True, **self.init_options}
+            ray.init(address="local", num_cpus=self.num_cpus, namespace=self.namespace, **options)
+        self._started_ray = True
+
+    def _launch(self, graph: ExecutionGraph) -> Any:
+        from procflow.backends.ray.dispatcher import RayDispatcher
+        from procflow.runtime.job import Job
+
+        self._connect()
+        dispatcher = RayDispatcher(graph, config=self.config, env_dir=self.env_dir, collectors=self._collectors,
+                                   namespace=self.namespace, actor_options=self.actor_options,
+                                   credits=self.credits)
+        try:
+            dispatcher.prepare()
+        except BaseException:
+            dispatcher._close_log()
+            raise
+        dispatcher.start()
+        return Job(dispatcher)
+
+    def task_placement(self) -> dict[str, tuple[str, int]]:
+        """task -> (Ray node id, worker pid) of the last job's actors."""
+        if self.job is None:
+            return {}
+        return self.job._dispatcher.locate()
+
+    def close(self) -> None:
+        """Stop any running job, kill its actors and, if this environment started Ray, shut it down."""
+        super().close()
+        if self._started_ray:
+            import ray
+
+            self._started_ray = False
+            ray.shutdown()

@@ -1,0 +1,158 @@
+"""TaskActor: one Ray actor per task, running the same BaseTask loop as a local task process.
+
+    driver (RayDispatcher)                      TaskActor (threaded: several methods run at once)
+    TaskActor.remote(ctx, function) ─────────►  __init__: input gate registered (push may come early)
+    run.remote(peers) ───────────────────────►  run(): BaseTask.run() in this call's thread, like
+                                                 task_main(): Ready ... Stopped, or Failed on any error
+    poll.remote(t)  ◄── (messages, closed) ────  poll(): long-poll of the control outbox
+    release.remote() / request_stop.remote() ►  the start / stop words (threading.Events)
+    counters.remote() ◄──────────────────────── this task's live counters row
+    producers: push.remote(slot, seq, frames) ► push(): into the gate, never blocks
+
+The job-control segment of the local backend is shared memory on one machine; here the same object
+interface (`ActorJobControl`) is kept inside the actor and driven by actor calls.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from typing import Any
+
+import numpy as np
+import ray
+
+from procflow.backends.ray import channel
+from procflow.runtime.communication.router import BaseRouter
+from procflow.runtime.context.task_context import TaskContext
+from procflow.runtime.control import ErrorReport, Failed
+from procflow.runtime.job_control import FIELDS
+from procflow.runtime.task.entry import close_logger, open_task_logger
+
+
+class ActorJobControl:
+    """The JobControl interface (start/stop words, counters) for one task inside its actor."""
+
+    def __init__(self, n_tasks: int) -> None:
+        self.counters = np.zeros((max(n_tasks, 1), len(FIELDS)), dtype=np.float64)
+        self._start = threading.Event()
+        self._stop = threading.Event()
+
+    def release_sources(self) -> None:
+        self._start.set()
+
+    def wait_for_start(self) -> None:
+        self._start.wait()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def sleep_unless_stopped(self, seconds: float) -> None:
+        self._stop.wait(seconds)
+
+    def close(self) -> None:
+        pass  # the counters stay readable for the driver's last look
+
+
+class RayTaskContext(TaskContext):
+    """A TaskContext whose attach() uses the actor's ActorJobControl instead of the local job segment."""
+
+    actor_job_control: Any = None   # set by the TaskActor after the context arrives; never pickled
+
+    def attach(self, job_control: Any = None, router_class: type[BaseRouter] = BaseRouter) -> None:
+        super().attach(job_control if job_control is not None else self.actor_job_control, router_class)
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.pop("actor_job_control", None)
+        return state
+
+
+class Outbox:
+    """The task's control channel: send() from the task thread, poll() long-polled by the driver."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._messages: deque = deque()
+        self._closed = False
+
+    def send(self, message: Any) -> None:
+        with self._cond:
+            self._messages.append(message)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def poll(self, timeout: float) -> tuple[list, bool]:
+        """(messages, closed): closed means no message will ever follow these."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._messages or self._closed, timeout)
+            out = list(self._messages)
+            self._messages.clear()
+            return out, self._closed
+
+
+class TaskActor:
+    def __init__(self, ctx: RayTaskContext, function: Any) -> None:
+        self.ctx = ctx
+        self.function = function
+        self.job_control = ctx.actor_job_control = ActorJobControl(ctx.n_tasks)
+        self.outbox = Outbox()
+        self.gate = ctx.inbox.create_gate() if ctx.inbox is not None else None
+
+    # -- called by producers and the driver while run() is running ---------------------------------
+
+    def push(self, slot: int, seq: int, frames: list) -> None:
+        self.gate.push(slot, seq, frames)
+
+    def poll(self, timeout: float) -> tuple[list, bool]:
+        return self.outbox.poll(timeout)
+
+    def release(self) -> None:
+        self.job_control.release_sources()
+
+    def request_stop(self) -> None:
+        self.job_control.request_stop()
+
+    def counters(self) -> list[float]:
+        return self.job_control.counters[self.ctx.task_slot].tolist()
+
+    def where(self) -> tuple[str, int]:
+        """(node id, pid) this task runs on."""
+        return ray.get_runtime_context().get_node_id(), os.getpid()
+
+    # -- the task ------------------------------------------------------------------------------------
+
+    def run(self, peers: dict[str, Any]) -> None:
+        """What task_main() does in a local child, minus the process plumbing: the actor is the process."""
+        from procflow.runtime.task.base_task import BaseTask
+
+        ctx, function = self.ctx, self.function
+        channel.register_peers(peers)
+        ctx.control = self.outbox
+        ctx.logger = logger = open_task_logger(ctx.name, ctx.log_dir, ctx.config.get("log_level", "INFO"))
+        task = BaseTask(ctx, function)
+        try:
+            task.run()
+        except BaseException as exc:  # report everything, SystemExit from user code included
+            has_record, record = task.current_record()
+            label = getattr(task.operator, "label", type(function).__name__)
+            report = ErrorReport.from_exception(exc, task=ctx.name, pid=os.getpid(), function=label,
+                                                record=record, has_record=has_record)
+            logger.error("failed in %s while %s: %s: %s", label, task.stage, report.error_type, report.message)
+            logger.debug("%s", report.traceback)
+            self.outbox.send(Failed(report))
+        finally:
+            ctx.detach()
+            if ctx.inbox is not None:
+                ctx.inbox.release()
+            close_logger(logger)
+            self.outbox.close()

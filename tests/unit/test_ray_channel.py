@@ -1,0 +1,41 @@
+"""The Ray channel's input gate, in one process (no Ray instance): batches come back in send order per
+input slot even when a threaded actor runs the push() calls out of order, and the StopSignal stays last."""
+
+from __future__ import annotations
+
+import threading
+
+import msgpack
+import pytest
+
+from procflow.api.signals import StopSignal
+from procflow.runtime.communication.packet import ChannelEnd, Packet
+
+channel = pytest.importorskip("procflow.backends.ray.channel")
+
+
+def records(*values) -> tuple:
+    return (channel._RECORDS, b"".join(msgpack.packb(v) for v in values))
+
+
+def test_gate_reorders_batches_per_slot():
+    gate = channel.RayInputGate((0, 1))
+    gate.push(0, 2, [(channel._CONTROL, StopSignal("a"))])
+    gate.push(0, 1, [records(3, 4)])
+    gate.push(1, 0, [records("x")])
+    assert [p.payload for p in gate.read(0)] == ["x"]        # slot 0 still waits for its batch 0
+    gate.push(0, 0, [records(1, 2)])
+    out = gate.read(0)
+    assert [p.payload for p in out if isinstance(p, Packet)] == [1, 2, 3, 4]
+    assert isinstance(out[-1], ChannelEnd) and out[-1].slot == 0
+    assert all(p.input_index == 0 for p in out if isinstance(p, Packet))
+
+
+def test_gate_read_blocks_until_a_push():
+    gate = channel.RayInputGate((0,))
+    assert gate.read(0) == []
+    pusher = threading.Thread(target=gate.push, args=(0, 0, [records("late")]))
+    pusher.start()
+    got = gate.read(None)
+    pusher.join()
+    assert [p.payload for p in got] == ["late"]
