@@ -24,12 +24,12 @@ class LocalEnvironment(BaseEnvironment):
         self.task_factory = task_factory or ProcessFactory(start_method)
 
     def _launch(self, graph: ExecutionGraph) -> Job:
-        if self.start_method != "fork":
-            _check_shippable(graph)
         dispatcher = Dispatcher(graph, config=self.config, env_dir=self.env_dir, factory=self.task_factory,
                                 collectors=self._collectors, services=self.services)
         try:
             dispatcher.prepare()
+            if self.start_method != "fork":
+                _check_shippable(dispatcher)
         except BaseException:
             dispatcher.cleanup()
             dispatcher._close_log()
@@ -38,23 +38,28 @@ class LocalEnvironment(BaseEnvironment):
         return Job(dispatcher)
 
 
-def _check_shippable(graph: ExecutionGraph) -> None:
-    """Under spawn every function is pickled (with dill); find the one that can't be, before starting."""
+def _check_shippable(dispatcher: Dispatcher) -> None:
+    """Under spawn every function is pickled (with dill); find the one that can't be, before starting.
+
+    The objects checked are the very ones the tasks will receive: the functions as the driver built them
+    (a constructor may create unpicklable state) and the built key selectors and partitioners.
+    """
     import dill
 
-    for t in graph.transformations.values():
-        things = [("function", t.function)]
-        for inp in t.inputs:
-            if inp.partitioning.key_selector is not None:
-                things.append(("key selector", inp.partitioning.key_selector))
-            if inp.partitioning.partitioner is not None:
-                things.append(("partitioner", inp.partitioning.partitioner))
+    for name, function in dispatcher.functions.items():
+        node = dispatcher.graph.nodes[name]
+        things = [("function", function)]
+        for spec in dispatcher.contexts[name].outputs:
+            if spec.key_selector is not None:
+                things.append((f"key selector towards {spec.target!r}", spec.key_selector))
+            if spec.partitioner is not None:
+                things.append((f"partitioner towards {spec.target!r}", spec.partitioner))
         for what, obj in things:
             try:
                 dill.dumps(obj)
             except Exception as exc:
                 raise TypeError(
-                    f"the {what} of operator {t.name!r} cannot be shipped to a spawned process: {exc}. "
+                    f"the {what} of operator {node.operator!r} cannot be shipped to a spawned process: {exc}. "
                     "Under start_method='spawn' every function and its constructor arguments must be "
                     "picklable; instead, create unpicklable resources (files, locks, sockets, "
                     "generators) in open(), or use start_method='fork'.") from exc
