@@ -16,6 +16,20 @@ from procflow.testing import child_pids, mp_helper_pids, own_segments
 multiprocess.resource_tracker.ensure_running()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _resource_tracker():
+    """Start multiprocess's resource tracker once, up front.
+
+    The first spawn-started child makes `multiprocess` launch its resource tracker: one helper process
+    per driver that lives as long as the driver. Started here, it counts as already there, so the leak
+    check below sees only what a test itself left behind.
+    """
+    from multiprocess import resource_tracker
+
+    resource_tracker.ensure_running()
+    yield
+
+
 @pytest.fixture(autouse=True)
 def no_leaks():
     before_children = child_pids()

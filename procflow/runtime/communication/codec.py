@@ -34,10 +34,18 @@ _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
 
+def _raw_dtype(dtype: np.dtype) -> bool:
+    """Whether `dtype.str` alone rebuilds the dtype, so the array can travel as raw bytes.
+
+    Structured dtypes are excluded: their `.str` is a bare void ("|V12") that drops the field names.
+    """
+    return dtype.kind in "biufcSUV?" and not dtype.hasobject and dtype.names is None
+
+
 def _default(obj: Any) -> Any:
     if type(obj) is tuple:
         return msgpack.ExtType(_EXT_TUPLE, _packb(list(obj)))
-    if type(obj) is np.ndarray and obj.dtype.kind in "biufcSUV?" and not obj.dtype.hasobject:
+    if type(obj) is np.ndarray and _raw_dtype(obj.dtype):
         header = _packb([obj.dtype.str, list(obj.shape)])
         return msgpack.ExtType(_EXT_NDARRAY, _U32.pack(len(header)) + header + _array_bytes(obj))
     raise TypeError(f"msgpack cannot carry {type(obj).__name__}")
@@ -107,7 +115,7 @@ class EncodeError(TypeError):
 
 def encode_body(record: Any) -> tuple[int, list]:
     """Encode a record once; returns (kind, buffers). The buffers are concatenated on the wire."""
-    if type(record) is np.ndarray and not record.dtype.hasobject and record.dtype.kind in "biufcSUV?":
+    if type(record) is np.ndarray and _raw_dtype(record.dtype):
         header = _packb([record.dtype.str, list(record.shape)])
         return NDARRAY, [_U32.pack(len(header)) + header, _array_bytes(record)]
     try:

@@ -1,0 +1,310 @@
+"""Jobs end to end: processes, lifecycle hooks, stop, failures, validation before start, metrics."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from procflow import (
+    CoMapFunction,
+    JobFailedError,
+    MapFunction,
+    SinkFunction,
+    SourceFunction,
+)
+from procflow.backends.local.process_factory import ProcessFactory
+from procflow.testing import child_pids
+
+from .conftest import wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class SlowSink(SinkFunction):
+    """Writes what it received to a file at close(): proof that it drained everything."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def open(self):
+        self.got = []
+
+    def execute(self, record):
+        time.sleep(0.0005)      # a slow consumer, not synchronisation
+        self.got.append(record)
+
+    def close(self):
+        with open(f"{self.path}.{self.ctx.parallel_index}", "w") as f:
+            f.write(" ".join(map(str, self.got)))
+
+
+def test_a_slow_sink_behind_a_parallel_map_receives_every_record(make_env, mode, tmp_path):
+    env = make_env(mode)
+    env.from_batch(range(1000)).map(lambda x: x + 1, parallelism=3).sink(SlowSink, str(tmp_path / "sink"))
+    env.submit()
+    got = [int(x) for x in (tmp_path / "sink.0").read_text().split()]
+    assert sorted(got) == list(range(1, 1001))
+
+
+class Burn(MapFunction):
+    def execute(self, record):
+        started = time.monotonic()
+        x = 0
+        while time.monotonic() - started < 0.4:   # CPU-bound, holds the GIL
+            for i in range(1000):
+                x += i
+        return os.getpid(), started, time.monotonic()
+
+
+def test_cpu_bound_tasks_run_in_parallel_processes(make_env, mode):
+    env = make_env(mode)
+    result = env.from_batch(range(4)).map(Burn, parallelism=2).collect()
+    env.submit()
+    rows = result.results()
+    pids = {pid for pid, _, _ in rows}
+    assert len(pids) == 2 and os.getpid() not in pids
+    by_pid = {pid: [(a, b) for p, a, b in rows if p == pid] for pid in pids}
+    a, b = by_pid.values()
+    assert any(s1 < e2 and s2 < e1 for s1, e1 in a for s2, e2 in b), "busy intervals never overlapped"
+
+
+class Endless(SourceFunction):
+    """Ten records, then nothing for ever (it backs off); never ends by itself."""
+
+    def open(self):
+        self.i = 0
+
+    def execute(self):
+        if self.i < 10:
+            self.i += 1
+            return self.i
+        return None
+
+
+def test_autostop_false_runs_until_env_stop(make_env, mode):
+    env = make_env(mode)
+    result = env.from_source(Endless).map(lambda x: x * 2, parallelism=2).collect()
+    job = env.submit(autostop=False)
+    assert job.status == "running" and job.running
+    with pytest.raises(TimeoutError):
+        job.wait(0.3)        # it does not end on its own
+    assert job.status == "running"
+    env.stop()
+    assert job.status == "stopped" and not job.running
+    assert sorted(result.results()) == [2 * i for i in range(1, 11)]   # what was in flight drained
+    assert job.wait(1) is job
+
+
+class FailOn(MapFunction):
+    def __init__(self, bad):
+        self.bad = bad
+
+    def execute(self, record):
+        if record == self.bad:
+            raise ValueError(f"cannot handle {record}")
+        return record
+
+
+def test_an_exception_fails_the_job_naming_task_and_record(make_env, any_mode):
+    env = make_env(any_mode)
+    env.from_batch(range(100_000)).map(FailOn, 1234, parallelism=2).collect()
+    started = time.monotonic()
+    with pytest.raises(JobFailedError) as info:
+        env.submit()
+    elapsed = time.monotonic() - started
+    err = info.value
+    assert err.task in ("map_0", "map_1") and err.task in str(err)
+    assert err.record == "1234" and "1234" in str(err)
+    assert err.error_type == "ValueError" and "FailOn" in str(err)
+    assert "cannot handle 1234" in err.remote_traceback and "in execute" in err.remote_traceback
+    assert "cannot handle 1234" in str(err.__cause__)
+    assert env.job.status == "failed"
+    limit = 10 if any_mode[1] == "spawn" else 5   # spawn pays for starting interpreters first
+    assert elapsed < limit, f"failure took {elapsed:.1f}s to surface"
+
+
+def test_an_exception_in_open_or_a_source_fails_the_job(make_env, mode):
+    class BadOpen(MapFunction):
+        def open(self):
+            raise RuntimeError("no model file")
+
+        def execute(self, record):
+            return record
+
+    def broken_source():
+        raise KeyError("gone")
+
+    env = make_env(mode)
+    env.from_batch([1]).map(BadOpen).collect()
+    with pytest.raises(JobFailedError, match="no model file"):
+        env.submit()
+    env2 = make_env(mode)
+    env2.from_source(broken_source).collect()
+    with pytest.raises(JobFailedError, match="gone"):
+        env2.submit()
+
+
+class CountingFactory(ProcessFactory):
+    def __init__(self, start_method="fork"):
+        super().__init__(start_method)
+        self.started = 0
+
+    def start(self, name, target, args):
+        self.started += 1
+        return super().start(name, target, args)
+
+
+class OnlyMap0(CoMapFunction):
+    def map0(self, record):
+        return record
+
+
+def _bad_graphs():
+    def join_one_input(env):
+        a, b, c = env.from_batch([1]), env.from_batch([2]), env.from_batch([3])
+        a.connect(b, c).keyby(lambda x: x).join(lambda p, k, t: [p])
+
+    def join_unkeyed(env):
+        env.from_batch([1]).connect(env.from_batch([2])).join(lambda p, k, t: [p])
+
+    def comap_missing_map1(env):
+        env.from_batch([1]).connect(env.from_batch([2])).comap(OnlyMap0).collect()
+
+    def empty(env):
+        pass
+
+    return [join_one_input, join_unkeyed, comap_missing_map1, empty]
+
+
+@pytest.mark.parametrize("build", _bad_graphs(), ids=lambda f: f.__name__)
+def test_a_graph_that_cannot_work_fails_before_any_process_starts(env_dir, build):
+    from procflow import LocalEnvironment
+
+    factory = CountingFactory()
+    children = child_pids()
+    with LocalEnvironment("bad", env_dir=env_dir, task_factory=factory) as env:
+        build(env)
+        with pytest.raises(ValueError):
+            env.submit()
+    assert factory.started == 0 and child_pids() == children
+
+
+@pytest.mark.parametrize("bad", [0, -1, "2", 1.5])
+def test_bad_parallelism_fails_before_any_process_starts(env_dir, bad):
+    from procflow import LocalEnvironment
+
+    factory = CountingFactory()
+    with LocalEnvironment("bad", env_dir=env_dir, task_factory=factory) as env:
+        with pytest.raises((ValueError, TypeError)):
+            env.from_batch([1]).map(lambda x: x, parallelism=bad)
+        with pytest.raises(TypeError):
+            env.from_batch([1]).map(None)
+    assert factory.started == 0
+
+
+class HoldsALock(MapFunction):
+    def __init__(self):
+        self.gen = (i for i in range(3))     # a generator cannot be pickled, not even by dill
+
+    def execute(self, record):
+        return record
+
+
+def test_an_unpicklable_function_under_spawn_fails_before_start(env_dir):
+    from procflow import LocalEnvironment
+
+    factory = CountingFactory("spawn")
+    children = child_pids()
+    with LocalEnvironment("bad", env_dir=env_dir, start_method="spawn", task_factory=factory) as env:
+        env.from_batch([1, 2]).map(HoldsALock).collect()
+        with pytest.raises(TypeError, match="cannot be shipped") as info:
+            env.submit()
+    assert "map" in str(info.value) and "open()" in str(info.value)
+    assert factory.started == 0 and child_pids() == children
+
+
+class Lifecycle(MapFunction):
+    def __init__(self, path):
+        self.path = path
+
+    def open(self):
+        ctx = self.ctx
+        self._log(f"open {os.getpid()} {ctx.parallel_index} {ctx.parallelism} {ctx.name}")
+
+    def execute(self, record):
+        return record, os.getpid(), self.ctx.parallel_index, self.ctx.parallelism
+
+    def close(self):
+        self._log(f"close {os.getpid()} {self.ctx.parallel_index}")
+
+    def _log(self, line):
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
+
+
+def test_open_and_close_run_in_the_task_process_with_its_context(make_env, any_mode, tmp_path):
+    path = tmp_path / "hooks"
+    env = make_env(any_mode)
+    result = env.from_batch(range(20)).map(Lifecycle, str(path), parallelism=2).collect()
+    env.submit()
+    lines = sorted(path.read_text().split("\n")[:-1])
+    opens = [line.split() for line in lines if line.startswith("open")]
+    closes = [line.split() for line in lines if line.startswith("close")]
+    assert len(opens) == 2 and len(closes) == 2
+    pids = {int(o[1]) for o in opens}
+    assert os.getpid() not in pids and len(pids) == 2
+    assert {(int(o[2]), int(o[3]), o[4]) for o in opens} == {(0, 2, "map_0"), (1, 2, "map_1")}
+    assert {int(c[1]) for c in closes} == pids
+    rows = result.results()
+    assert sorted(r for r, *_ in rows) == list(range(20))
+    assert {(pid, idx, n) for _, pid, idx, n in rows} <= {(int(o[1]), int(o[2]), 2) for o in opens}
+
+
+def test_sink_returns_the_same_stream_and_print_writes_to_stdout(make_env, mode, capfd):
+    env = make_env(mode)
+    stream = env.from_batch(["alpha", "beta"])
+    assert stream.sink(lambda r: None) is stream
+    assert stream.print(prefix="rec: ") is stream
+    result = stream.map(str.upper).collect()
+    env.submit()
+    out = capfd.readouterr().out
+    assert "rec: alpha\n" in out and "rec: beta\n" in out
+    assert sorted(result.results()) == ["ALPHA", "BETA"]
+
+
+def test_metrics_count_records_in_and_out_exactly(make_env, mode):
+    env = make_env(mode)
+    (env.from_batch(range(1000)).filter(lambda x: x % 2 == 0, parallelism=2)
+     .flatmap(lambda x: [x, x], parallelism=1).collect())
+    job = env.submit()
+    m = job.metrics
+    assert m["batch_0"]["records_out"] == 1000 and m["batch_0"]["records_in"] == 0
+    assert m["filter_0"]["records_in"] + m["filter_1"]["records_in"] == 1000
+    assert m["filter_0"]["records_in"] == 500      # round-robin from one source
+    assert m["filter_0"]["records_out"] + m["filter_1"]["records_out"] == 500
+    assert m["flatmap_0"]["records_in"] == 500 and m["flatmap_0"]["records_out"] == 1000
+    assert m["collect_0"]["records_in"] == 1000
+    assert all(row["pid"] not in (None, os.getpid()) for row in m.values())
+    assert job.summary()["source_records"] == 1000
+
+
+def test_metrics_are_live_while_the_job_runs(make_env, mode):
+    env = make_env(mode)
+    env.from_source(Endless).map(lambda x: x).collect()
+    job = env.submit(autostop=False)
+    wait_for(lambda: job.metrics["collect_0"]["records_in"] == 10, what="live counters to reach 10")
+    env.stop()
+    assert job.metrics["map_0"]["records_out"] == 10
+
+
+def test_env_close_stops_a_running_job(make_env, mode):
+    env = make_env(mode)
+    env.from_source(Endless).collect()
+    job = env.submit(autostop=False)
+    closer = threading.Thread(target=env.close)
+    closer.start()
+    closer.join(30)
+    assert not closer.is_alive() and job.status == "stopped"

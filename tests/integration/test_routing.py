@@ -1,0 +1,215 @@
+"""Partitioning seen from inside the tasks: hash, round-robin, broadcast, custom; join and comap."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter, defaultdict
+
+import pytest
+
+from procflow import BatchFunction, CoMapFunction, JobFailedError, JoinFunction, MapFunction
+from procflow.runtime.communication.router import stable_hash
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+pytestmark = pytest.mark.timeout(60)
+
+WORDS = ["", "a", "b", "key", "é", "zz", "0", "hello world"]
+
+
+class WhereAmI(MapFunction):
+    """(record, this instance, the record's partition key)."""
+
+    def execute(self, record):
+        return record, self.ctx.parallel_index, self.ctx.get_key()
+
+
+class Tagged(BatchFunction):
+    """Emits (instance index, i) for i < count."""
+
+    def __init__(self, count):
+        self.count = count
+
+    def open(self):
+        self.i = 0
+
+    def execute(self):
+        if self.i == self.count:
+            return None
+        self.i += 1
+        return self.ctx.parallel_index, self.i
+
+
+def hash_placement(env, keys, parallelism=3):
+    records = [(k, i) for i in range(20) for k in keys]
+    result = (env.from_batch(records, parallelism=2).keyby(lambda r: r[0])
+              .map(WhereAmI, parallelism=parallelism).collect())
+    env.submit()
+    placement: dict = {}
+    for record, index, key in result.results():
+        assert key == record[0] and type(key) is type(record[0])
+        assert placement.setdefault(repr(key), index) == index, f"key {key!r} reached two instances"
+    assert len(result.results()) == len(records)
+    return placement
+
+
+def test_hash_sends_a_key_to_one_instance_under_every_mode(make_env, any_mode):
+    keys = WORDS + [0, False, (), None, 7, (1, "x")]
+    placement = hash_placement(make_env(any_mode), keys)
+    assert placement == {repr(k): stable_hash(k) % 3 for k in keys}
+    assert len(set(placement.values())) > 1
+
+
+def test_falsy_keys_are_keys(make_env, mode):
+    env = make_env(mode)
+    res = env.from_batch([0, "", ()] * 30).keyby(lambda r: r).map(WhereAmI, parallelism=4).collect()
+    env.submit()
+    by_key = defaultdict(set)
+    for record, index, key in res.results():
+        assert key == record and type(key) is type(record)
+        by_key[repr(key)].add(index)
+    assert {k: len(v) for k, v in by_key.items()} == {"0": 1, "''": 1, "()": 1}
+    assert by_key["0"] == {stable_hash(0) % 4}
+
+
+_RUN = """
+import json, sys
+from procflow import LocalEnvironment
+sys.path.insert(0, {tests!r})
+from integration.test_routing import WORDS, hash_placement
+if __name__ == "__main__":
+    with LocalEnvironment("hashrun", start_method=sys.argv[1], env_dir={env_dir!r}) as env:
+        print(json.dumps(hash_placement(env, WORDS)))
+"""
+
+
+@pytest.mark.timeout(120)
+def test_hash_placement_is_the_same_in_separate_runs(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(_RUN.format(tests=os.path.join(ROOT, "tests"), env_dir=str(tmp_path / "env")))
+    placements = []
+    for seed, method in (("1", "fork"), ("999", "fork")):
+        out = subprocess.run([sys.executable, str(script), method], capture_output=True, text=True, cwd=ROOT,
+                             env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": ROOT}, timeout=100)
+        assert out.returncode == 0, out.stderr[-3000:]
+        placements.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert placements[0] == placements[1]
+    assert placements[0] == {repr(k): stable_hash(k) % 3 for k in WORDS}
+
+
+def test_round_robin_is_even_per_upstream_instance(make_env, mode):
+    env = make_env(mode)
+    result = env.from_batch(Tagged, 1001, parallelism=2).map(WhereAmI, parallelism=3).collect()
+    env.submit()
+    counts = Counter((record[0], index) for record, index, _ in result.results())
+    for upstream in (0, 1):
+        per = [counts[(upstream, d)] for d in range(3)]
+        assert sum(per) == 1001 and max(per) - min(per) <= 1, per
+    assert all(key is None for _, _, key in result.results())
+
+
+def test_broadcast_reaches_every_instance(make_env, mode):
+    env = make_env(mode)
+    result = (env.from_batch(range(100)).keyby(lambda r: r, strategy="broadcast")
+              .map(WhereAmI, parallelism=3).collect())
+    env.submit()
+    per_instance = defaultdict(list)
+    for record, index, _ in result.results():
+        per_instance[index].append(record)
+    assert sorted(per_instance) == [0, 1, 2]
+    for records in per_instance.values():
+        assert sorted(records) == list(range(100))
+
+
+def _to_last(key, n):
+    return n - 1
+
+
+def _pairs(key, n):
+    return [0, 2] if key % 2 else [1]
+
+
+def _bad(key, n):
+    return n
+
+
+def test_custom_partitioners(make_env, mode):
+    env = make_env(mode)
+    one = env.from_batch(range(10)).keyby(lambda r: r, strategy=_to_last).map(WhereAmI, parallelism=3).collect()
+    many = env.from_batch(range(10)).keyby(lambda r: r, strategy=_pairs).map(WhereAmI, parallelism=3).collect()
+    env.submit()
+    assert {index for _, index, _ in one.results()} == {2} and len(one.results()) == 10
+    got = Counter((r, i) for r, i, _ in many.results())
+    assert got == Counter({(r, i): 1 for r in range(10) for i in _pairs(r, 3)})
+
+
+def test_custom_partitioner_out_of_range_fails_the_job(make_env, mode):
+    env = make_env(mode)
+    env.from_batch(range(10)).keyby(lambda r: r, strategy=_bad).map(WhereAmI, parallelism=2).collect()
+    with pytest.raises(JobFailedError, match="0..1"):
+        env.submit()
+
+
+class HashJoin(JoinFunction):
+    """Symmetric hash join; at end of input it reports how many records it saw from each side."""
+
+    def open(self):
+        self.sides = ({}, {})
+        self.seen = [0, 0]
+
+    def execute(self, payload, key, tag):
+        self.seen[tag] += 1
+        self.sides[tag].setdefault(key, []).append(payload)
+        other = self.sides[1 - tag].get(key, [])
+        return [(key, payload, o) if tag == 0 else (key, o, payload) for o in other]
+
+    def handle_stop_signal(self, signal):
+        return [("seen", self.ctx.parallel_index, tuple(self.seen))]
+
+
+def test_join_of_two_keyed_sources_is_exact_and_waits_for_both(make_env, mode):
+    orders = [(i % 50, f"order{i}") for i in range(3000)]            # a long input...
+    users = [(k, f"user{k}") for k in range(0, 60, 3)]                # ...and a short one that ends first
+    env = make_env(mode)
+    left = env.from_batch(orders, parallelism=2)
+    right = env.from_batch(users)
+    result = left.connect(right).keyby([lambda o: o[0], lambda u: u[0]]).join(HashJoin, parallelism=2).collect()
+    env.submit()
+    rows = result.results()
+    joined = sorted(r for r in rows if r[0] != "seen")
+    expected = sorted((o[0], o, u) for o in orders for u in users if o[0] == u[0])
+    assert joined == expected
+    seen = [r[2] for r in rows if r[0] == "seen"]
+    assert len(seen) == 2
+    # every instance saw its whole share of both inputs before it ended
+    assert sum(s[0] for s in seen) == len(orders) and sum(s[1] for s in seen) == len(users)
+
+
+class Sides(CoMapFunction):
+    def map0(self, record):
+        return ("left", record, self.ctx.parallel_index)
+
+    def map1(self, record):
+        return ("right", record, self.ctx.parallel_index)
+
+
+def test_comap_calls_map0_and_map1_by_input(make_env, mode):
+    env = make_env(mode)
+    a = env.from_batch(range(100))
+    b = env.from_batch([f"s{i}" for i in range(50)], parallelism=2)
+    result = a.connect(b).comap(Sides, parallelism=2).collect()
+    env.submit()
+    rows = result.results()
+    assert sorted(r for side, r, _ in rows if side == "left") == list(range(100))
+    assert sorted(r for side, r, _ in rows if side == "right") == sorted(f"s{i}" for i in range(50))
+    assert {i for _, _, i in rows} == {0, 1}
+
+
+def test_connected_map_is_a_union(make_env, mode):
+    env = make_env(mode)
+    a, b = env.from_batch([1, 2]), env.from_batch([3])
+    result = a.connect(b).map(lambda x: x * 10).collect()
+    env.submit()
+    assert sorted(result.results()) == [10, 20, 30]
