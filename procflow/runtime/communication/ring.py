@@ -183,47 +183,49 @@ class RingReader:
         return self._write_word.value - self._read_word.value
 
     def drain(self, handle, budget: int | None = None) -> int:
-        """Call `handle(flags, body)` for every complete frame now in the ring, then free the space.
+        """Call `handle(flags, body)` for the complete frames now in the ring, then free the space.
 
         `body` is a view into shared memory, valid only during the call: handlers copy what they keep.
-        `budget`: stop after about this many ring bytes, so that a consumer behind a full ring of tiny
-        records does not decode a whole ring into Python objects at once (issue 5 soak: that made every
-        middle stage's private memory grow by tens of MB).
+        `budget`: stop once about this many ring bytes were consumed, so that a consumer behind a full ring
+        of tiny records does not decode a whole ring into Python objects at once (issue 5 soak: that made
+        every middle stage's private memory grow by tens of MB).
+
+        Returns the number of ring bytes consumed. That can be non-zero with no frame handled (a wrap
+        marker, a fragment of a large body): the caller must then drain again rather than sleep, since
+        the producer has already rung the doorbell for those bytes.
         """
         wpos = self._write_word.value
-        rpos = self._rpos
+        start = rpos = self._rpos
         if wpos == rpos:
             return 0
-        if budget is not None:
-            wpos = min(wpos, rpos + budget)
+        limit = wpos if budget is None else min(wpos, rpos + budget)
         cap, data, view = self._cap, self._data, self._view
-        frames = 0
         while rpos < wpos:
             pos = rpos % cap
             length, flags = _FRAME.unpack_from(view, data + pos)
             if length == WRAP:
                 rpos += cap - pos
                 continue
-            start = data + pos + _FRAME.size
-            body = view[start:start + length]
+            body_start = data + pos + _FRAME.size
+            body = view[body_start:body_start + length]
             rpos += _FRAME.size + _align8(length)
             if flags & FLAG_MORE:
                 if self._partial is None:
                     self._partial = bytearray()
                 self._partial += body
-                continue
-            if self._partial is not None:
+            elif self._partial is not None:
                 self._partial += body
                 whole, self._partial = self._partial, None
                 handle(flags, memoryview(whole))
             else:
                 handle(flags, body)
-            frames += 1
             # Free space as we go so a producer blocked on a huge message can continue.
             if rpos - self._rpos >= cap // 8:
                 self._release(rpos)
+            if rpos >= limit:
+                break
         self._release(rpos)
-        return frames
+        return rpos - start
 
     def _release(self, rpos: int) -> None:
         self._rpos = rpos

@@ -90,11 +90,11 @@ class ShmChannelWriter(ChannelWriter):
         self._packer = msgpack.Packer(default=codec._default, strict_types=True, use_bin_type=True)
 
     def send_object(self, record: Any, key: Any, keyed: bool) -> None:
-        pending = self._pending
         if keyed is not self._pending_keyed:
-            if pending:
-                self._write_pending()
+            if self._pending:
+                self._write_pending()   # replaces self._pending: read it only after this
             self._pending_keyed = keyed
+        pending = self._pending
         if keyed:
             pending.append(key)
         pending.append(record)
@@ -205,12 +205,18 @@ class ShmInputGate(InputGate):
         spins = 0
         while True:
             seen = self._doorbell.seen()
+            progressed = False
             for reader, decoder in zip(self._readers, self._decoders):
                 if reader.has_data():
-                    reader.drain(lambda flags, body, d=decoder: self._handle(d, flags, body), READ_BUDGET)
+                    progressed |= reader.drain(lambda flags, body, d=decoder: self._handle(d, flags, body),
+                                               READ_BUDGET) > 0
             if self._out:
                 out, self._out = self._out, []
                 return out
+            if progressed:
+                # Bytes consumed without a record (a wrap marker, a fragment): the producer already rang
+                # for what follows, so sleeping on `seen` now could miss it until the timeout.
+                continue
             if spins < ringmod.SPIN_CHECKS and deadline is None:
                 spins += 1
                 continue

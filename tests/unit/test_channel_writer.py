@@ -1,0 +1,75 @@
+"""The shm channel's writer and gate in one process: batching paths and waking rules."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from procflow.runtime.communication import codec
+from procflow.runtime.communication.packet import ChannelEnd, Packet
+from procflow.runtime.communication.queue_descriptor import shm_queue
+from procflow.runtime.communication.queue_descriptor.shm_queue import ShmInbox
+
+
+@pytest.fixture
+def inbox():
+    box = ShmInbox(f"procflow_{os.getpid()}_unit_{time.monotonic_ns()}", (0,), 1 << 20)
+    owner = box.create()
+    yield box
+    shm_queue.detach_all()
+    owner.close()
+    owner.unlink()
+
+
+def read_all(gate) -> list:
+    got = []
+    while True:
+        items = gate.read(5.0)
+        assert items, "the gate slept through published data"
+        for item in items:
+            if isinstance(item, ChannelEnd):
+                return got
+            got.append(item)
+
+
+def test_switching_between_keyed_and_unkeyed_records_loses_nothing(inbox):
+    # Regression: the record that switched the batch's keyedness was appended to the batch just
+    # written, and vanished (a join's end-of-input records after its keyed output).
+    writer = inbox.edge(0).open_writer()
+    gate = inbox.open_gate()
+    writer.send_object("k1", "a", True)
+    writer.send_object("plain", None, False)
+    writer.send_object("k2", 0, True)
+    writer.send_control("stop")
+    got = [(p.payload, p.keyed, p.partition_key) for p in read_all(gate)]
+    assert got == [("k1", True, "a"), ("plain", False, None), ("k2", True, 0)]
+    writer.close()
+    gate.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_record_larger_than_the_ring_arrives_without_stalls(inbox):
+    # Regression: a bounded read that consumed only fragments returned nothing, and the gate then
+    # slept on a doorbell the producer had already rung, once per fragment (about 1 s each).
+    array = np.arange(6 << 20 >> 3, dtype=np.float64)   # 6 MiB through a 1 MiB ring
+    writer = inbox.edge(0).open_writer()
+    gate = inbox.open_gate()
+
+    def produce() -> None:
+        writer.send_single(*codec.encode(array))
+        writer.send_control("stop")
+
+    thread = threading.Thread(target=produce)
+    started = time.monotonic()
+    thread.start()
+    got = read_all(gate)
+    elapsed = time.monotonic() - started
+    thread.join()
+    assert len(got) == 1 and isinstance(got[0], Packet) and np.array_equal(got[0].payload, array)
+    assert elapsed < 2.0, f"took {elapsed:.1f}s: the gate waited on a stale doorbell"
+    writer.close()
+    gate.close()
