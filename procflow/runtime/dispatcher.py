@@ -38,6 +38,7 @@ from procflow.runtime.context.task_context import OutputSpec, TaskContext
 from procflow.runtime.control import DeadLetter, ErrorReport, Failed, Ready, Results, Stopped
 from procflow.runtime.job_control import JobControl
 from procflow.runtime.job_manager import JobManager
+from procflow.runtime.job_monitor import JobMonitor
 from procflow.runtime.task.entry import STARTUP_SIGNALS, crash_log_path, task_main
 
 log = logging.getLogger("procflow.dispatcher")
@@ -47,7 +48,9 @@ def new_job_id() -> str:
     return secrets.token_hex(4)
 
 
-class Dispatcher:
+class Dispatcher(JobMonitor):
+    log = log  # Dispatcher.log of this backend
+
     def __init__(self, graph: ExecutionGraph, *, config: dict, env_dir: str, factory: Any,
                  collectors: dict, services: dict | None = None, job_id: str | None = None) -> None:
         self.graph = graph
@@ -130,13 +133,6 @@ class Dispatcher:
         self._owners.append(owner)
         return inbox
 
-    def _open_log(self) -> None:
-        handler = logging.FileHandler(os.path.join(self.job_dir, "Dispatcher.log"))
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.DEBUG)
-        log.propagate = False
-        self._log_handler = handler
 
     # -- running -----------------------------------------------------------------------------------
 
@@ -161,15 +157,14 @@ class Dispatcher:
                 writer.close()
             self._writers.clear()
             self.manager.mark_running()
-            self._thread = threading.Thread(target=self._monitor, name=f"procflow-monitor-{self.job_id}")
-            self._thread.start()
+            self.start_monitor("procflow-monitor")
         except BaseException:
             # Interrupted (Ctrl-C) or failed half-way: no task may outlive this call, and the tasks
             # already started wait for a start signal that will never come, so terminate them at once.
             self._aborted = True
             if self._thread is not None:
                 self.request("kill", "interrupted while starting")
-                self._thread.join()
+                self.join_monitor()
             else:
                 self.cleanup()
             raise
@@ -181,24 +176,6 @@ class Dispatcher:
             os.write(self._wake_w, b"x")
         except OSError:
             pass
-
-    def join_monitor(self, timeout: float | None = None) -> bool:
-        if self._thread is not None:
-            self._thread.join(timeout)
-            return not self._thread.is_alive()
-        return True
-
-    def _monitor(self) -> None:
-        try:
-            self._watch()
-        except BaseException as exc:  # a bug here must fail the job, never hang it
-            log.exception("monitor crashed")
-            self.manager.fail(JobFailedError(f"procflow's job monitor crashed: {exc!r}"))
-        finally:
-            self.cleanup()
-            self.manager.finish()
-            log.info("job %s %s after %.3fs", self.job_id, self.manager.status, self.manager.elapsed)
-            self._close_log()
 
     def _watch(self) -> None:
         manager = self.manager
@@ -294,17 +271,6 @@ class Dispatcher:
         else:
             self.service_manager.on_message(msg)
 
-    def _fail(self, error: JobFailedError, status: str = "failed") -> None:
-        if self.manager.fail(error, status):
-            log.error("%s", error)
-            try:
-                with open(os.path.join(self.job_dir, "Error.log"), "a") as f:
-                    f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {error}\n")
-                    if error.remote_traceback:
-                        f.write(error.remote_traceback + "\n")
-            except OSError:
-                pass
-
     def _handle_requests(self) -> bool:
         if not self._requests:
             return False
@@ -376,11 +342,6 @@ class Dispatcher:
             except OSError:
                 pass
 
-    def _close_log(self) -> None:
-        if self._log_handler is not None:
-            log.removeHandler(self._log_handler)
-            self._log_handler.close()
-            self._log_handler = None
 
 
 def job_error(report: ErrorReport) -> JobFailedError:

@@ -37,6 +37,7 @@ from procflow.runtime.control import DeadLetter, Failed, Ready, Results, Stopped
 from procflow.runtime.dispatcher import job_error, new_job_id
 from procflow.runtime.job_control import FIELDS
 from procflow.runtime.job_manager import JobManager
+from procflow.runtime.job_monitor import JobMonitor
 
 log = logging.getLogger("procflow.dispatcher.ray")
 
@@ -100,7 +101,9 @@ class RayJobView:
         return out
 
 
-class RayDispatcher:
+class RayDispatcher(JobMonitor):
+    log = log  # Dispatcher.log of this backend
+
     def __init__(self, graph: ExecutionGraph, *, config: dict, env_dir: str, collectors: dict,
                  namespace: str, actor_options: dict | None = None, credits: int = 8,
                  job_id: str | None = None) -> None:
@@ -159,13 +162,6 @@ class RayDispatcher:
             self.functions[node.name] = t.function.build()
         log.info("job %s prepared: %d task actors, %d channels", self.job_id, len(nodes), len(self.graph.edges))
 
-    def _open_log(self) -> None:
-        handler = logging.FileHandler(os.path.join(self.job_dir, "Dispatcher.log"))
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.DEBUG)
-        log.propagate = False
-        self._log_handler = handler
 
     # -- running -----------------------------------------------------------------------------------
 
@@ -188,30 +184,11 @@ class RayDispatcher:
             self._close_log()
             raise
         self.manager.mark_running()
-        self._thread = threading.Thread(target=self._monitor, name=f"procflow-ray-monitor-{self.job_id}")
-        self._thread.start()
+        self.start_monitor("procflow-ray-monitor")
 
     def request(self, what: str, reason: str = "") -> None:
         """Ask the monitor thread to 'stop' (graceful) or 'kill' (now)."""
         self._requests.append((what, reason))
-
-    def join_monitor(self, timeout: float | None = None) -> bool:
-        if self._thread is not None:
-            self._thread.join(timeout)
-            return not self._thread.is_alive()
-        return True
-
-    def _monitor(self) -> None:
-        try:
-            self._watch()
-        except BaseException as exc:  # a bug here must fail the job, never hang it
-            log.exception("monitor crashed")
-            self.manager.fail(JobFailedError(f"procflow's Ray job monitor crashed: {exc!r}"))
-        finally:
-            self.cleanup()
-            self.manager.finish()
-            log.info("job %s %s after %.3fs", self.job_id, self.manager.status, self.manager.elapsed)
-            self._close_log()
 
     def _watch(self) -> None:
         manager = self.manager
@@ -285,17 +262,6 @@ class RayDispatcher:
             else:
                 self._fail(error)
 
-    def _fail(self, error: JobFailedError, status: str = "failed") -> None:
-        if self.manager.fail(error, status):
-            log.error("%s", error)
-            try:
-                with open(os.path.join(self.job_dir, "Error.log"), "a") as f:
-                    f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {error}\n")
-                    if error.remote_traceback:
-                        f.write(error.remote_traceback + "\n")
-            except OSError:
-                pass
-
     def _handle_requests(self) -> bool:
         while self._requests:
             what, reason = self._requests.pop(0)
@@ -338,8 +304,3 @@ class RayDispatcher:
                 log.warning("could not kill the actor of task %s: %s", name, exc)
         self._runs.clear()
 
-    def _close_log(self) -> None:
-        if self._log_handler is not None:
-            log.removeHandler(self._log_handler)
-            self._log_handler.close()
-            self._log_handler = None

@@ -1,0 +1,81 @@
+"""What every backend's dispatcher shares: the job's log files and the monitor thread's lifecycle.
+
+    _open_log()       Dispatcher.log in the job directory (a logger per backend)
+    start_monitor()   one non-daemon thread runs the backend's `_watch()`, joined by `join_monitor()`
+    _monitor()        whatever happens in `_watch()`, the job ends: cleanup, final status, log closed
+    _fail()           the first failure wins; it goes to Dispatcher.log and Error.log
+
+A backend subclass provides `_watch()`, `cleanup()`, and the attributes `manager`, `job_id`, `job_dir`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from procflow.errors import JobFailedError
+
+
+class JobMonitor:
+    log: logging.Logger = logging.getLogger("procflow.dispatcher")
+    manager: Any
+    job_id: str
+    job_dir: str
+    _thread: threading.Thread | None = None
+    _log_handler: logging.Handler | None = None
+
+    def _open_log(self) -> None:
+        handler = logging.FileHandler(os.path.join(self.job_dir, "Dispatcher.log"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s"))
+        self.log.addHandler(handler)
+        self.log.setLevel(logging.DEBUG)
+        self.log.propagate = False
+        self._log_handler = handler
+
+    def _close_log(self) -> None:
+        if self._log_handler is not None:
+            self.log.removeHandler(self._log_handler)
+            self._log_handler.close()
+            self._log_handler = None
+
+    def start_monitor(self, name: str) -> None:
+        self._thread = threading.Thread(target=self._monitor, name=f"{name}-{self.job_id}")
+        self._thread.start()
+
+    def join_monitor(self, timeout: float | None = None) -> bool:
+        if self._thread is not None:
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
+
+    def _watch(self) -> None:
+        raise NotImplementedError
+
+    def cleanup(self) -> None:
+        raise NotImplementedError
+
+    def _monitor(self) -> None:
+        try:
+            self._watch()
+        except BaseException as exc:  # a bug here must fail the job, never hang it
+            self.log.exception("monitor crashed")
+            self.manager.fail(JobFailedError(f"procflow's job monitor crashed: {exc!r}"))
+        finally:
+            self.cleanup()
+            self.manager.finish()
+            self.log.info("job %s %s after %.3fs", self.job_id, self.manager.status, self.manager.elapsed)
+            self._close_log()
+
+    def _fail(self, error: JobFailedError, status: str = "failed") -> None:
+        if self.manager.fail(error, status):
+            self.log.error("%s", error)
+            try:
+                with open(os.path.join(self.job_dir, "Error.log"), "a") as f:
+                    f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {error}\n")
+                    if error.remote_traceback:
+                        f.write(error.remote_traceback + "\n")
+            except OSError:
+                pass
