@@ -153,6 +153,26 @@ def main(argv: list[str] | None = None) -> None:
         with open(path, "w") as f:
             f.write(text + "\n")
         print(f"wrote {os.path.relpath(path, common.REPO_ROOT)}")
+        _update_readme(text)
+
+
+def _update_readme(table: str) -> None:
+    """Put the table between the README's bench-table markers, so its figures are never typed by hand."""
+    readme = os.path.join(common.REPO_ROOT, "README.md")
+    start, end = "<!-- bench-table -->", "<!-- /bench-table -->"
+    try:
+        with open(readme) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return
+    if start not in text or end not in text:
+        return
+    body = table.replace("](", "](bench/results/").replace("### ", "#### ")
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    with open(readme, "w") as f:
+        f.write(f"{head}{start}\n{body}\n{end}{tail}")
+    print("updated README.md")
 
 
 if __name__ == "__main__":

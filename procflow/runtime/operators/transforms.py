@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from procflow.runtime.control import Results
@@ -33,26 +34,39 @@ class SinkOperator(Operator):
 
 
 class CollectOperator(Operator):
-    """Ships records to the driver over the control pipe, in batches."""
+    """Ships records to the driver over the control pipe, in batches.
+
+    The task flushes whenever its input runs dry, which with slow upstream functions is after every
+    record; a message to the driver per record cost a pipe write, a driver wake-up and an unpickle each,
+    CPU taken from the workers (the 1 ms CPU-scaling bench ran 40% slower). So results travel when
+    BATCH records are waiting or SEND_INTERVAL has passed, and all of them at end of input.
+    """
 
     BATCH = 2048
+    SEND_INTERVAL = 0.1
 
     def open(self) -> None:
         self.router = self.ctx.router
         self._buffer: list = []
+        self._last_send = time.monotonic()
 
     def process(self, packet: Any) -> None:
         self._buffer.append(packet.payload)
         if len(self._buffer) >= self.BATCH:
-            self.flush()
+            self._send()
 
     def flush(self) -> None:
+        if self._buffer and time.monotonic() - self._last_send >= self.SEND_INTERVAL:
+            self._send()
+
+    def _send(self) -> None:
         if self._buffer:
             batch, self._buffer = self._buffer, []
             self.ctx.control.send(Results(self.ctx.operator_name, batch))
+        self._last_send = time.monotonic()
 
     def finish(self, signal: Any) -> None:
-        self.flush()
+        self._send()
 
 
 class ReduceOperator(Operator):
