@@ -157,10 +157,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     with env:
         built = build_pipeline(env, build, args.parallelism)
         job = env.submit(autostop=False)
-        print(f"procflow: job {job.job_id} running {len(job.metrics)} tasks; logs in {job.log_dir}",
-              file=sys.stderr, flush=True)
         code, error = EXIT_OK, None
         try:
+            # Inside the try: a Ctrl-C right after this line must still stop the job and print the summary.
+            print(f"procflow: job {job.job_id} running {len(job.metrics)} tasks; logs in {job.log_dir}",
+                  file=sys.stderr, flush=True)
             if args.dashboard:
                 from procflow.dashboard import Dashboard
 
