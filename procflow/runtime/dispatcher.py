@@ -34,7 +34,7 @@ from procflow.graph.execution_graph import ExecutionGraph
 from procflow.runtime.communication.queue_descriptor.mp_queue import MpInbox
 from procflow.runtime.communication.queue_descriptor.shm_queue import ShmInbox
 from procflow.runtime.communication.shm import segment_name, sweep_orphans
-from procflow.runtime.context.task_context import OutputSpec, TaskContext
+from procflow.runtime.context.task_context import TaskContext, output_specs
 from procflow.runtime.control import DeadLetter, ErrorReport, Failed, Ready, Results, Stopped
 from procflow.runtime.job_control import JobControl
 from procflow.runtime.job_manager import JobManager
@@ -99,12 +99,7 @@ class Dispatcher(JobMonitor):
             self.service_manager.prepare()
         for slot, node in enumerate(nodes):
             t = self.graph.transformations[node.transformation_id]
-            outputs = []
-            for group in node.out_groups:
-                part = group.partitioning
-                edges = [inboxes[e.dst].edge(e.slot) for e in group.edges]
-                selector = part.key_selector.build() if part.key_selector is not None else None
-                outputs.append(OutputSpec(group.target, part.strategy, edges, selector, part.partitioner))
+            outputs = output_specs(node, lambda e: inboxes[e.dst].edge(e.slot))
             reader, writer = self.factory.control_pipe()
             self._readers[reader] = node.name
             self._writers.append(writer)

@@ -31,7 +31,7 @@ from procflow.api.signals import StopSignal
 from procflow.errors import JobFailedError
 from procflow.graph.execution_graph import ExecutionGraph
 from procflow.runtime.communication.router import BaseRouter
-from procflow.runtime.context.task_context import OutputSpec, TaskContext
+from procflow.runtime.context.task_context import TaskContext, output_specs
 from procflow.runtime.control import DeadLetter, ErrorReport, Results
 from procflow.runtime.dispatcher import job_error, new_job_id
 from procflow.runtime.job_control import FIELDS
@@ -175,12 +175,7 @@ class InlineExecutor:
         log_level = self.config.get("log_level", "INFO")
         for slot, node in enumerate(nodes):
             t = self.graph.transformations[node.transformation_id]
-            outputs = []
-            for group in node.out_groups:
-                part = group.partitioning
-                edges = [inboxes[e.dst].edge(e.slot) for e in group.edges]
-                selector = part.key_selector.build() if part.key_selector is not None else None
-                outputs.append(OutputSpec(group.target, part.strategy, edges, selector, part.partitioner))
+            outputs = output_specs(node, lambda e: inboxes[e.dst].edge(e.slot))
             ctx = TaskContext(
                 name=node.name, operator_name=node.operator, kind=node.kind, parallel_index=node.index,
                 parallelism=node.parallelism, job_id=self.job_id, env_dir=self.env_dir, task_slot=slot,

@@ -32,7 +32,7 @@ from procflow.backends.ray.actor import RayTaskContext, TaskActor
 from procflow.backends.ray.channel import RayInbox
 from procflow.errors import JobFailedError
 from procflow.graph.execution_graph import ExecutionGraph
-from procflow.runtime.context.task_context import OutputSpec
+from procflow.runtime.context.task_context import output_specs
 from procflow.runtime.control import DeadLetter, Failed, Ready, Results, Stopped
 from procflow.runtime.dispatcher import job_error, new_job_id
 from procflow.runtime.job_control import FIELDS
@@ -147,13 +147,8 @@ class RayDispatcher(JobMonitor):
                    for n in nodes if n.in_edges}
         for slot, node in enumerate(nodes):
             t = self.graph.transformations[node.transformation_id]
-            outputs = []
-            for group in node.out_groups:
-                part = group.partitioning
-                edges = [inboxes[e.dst].edge(e.slot, self.namespace, batch_bytes, self.credits)
-                         for e in group.edges]
-                selector = part.key_selector.build() if part.key_selector is not None else None
-                outputs.append(OutputSpec(group.target, part.strategy, edges, selector, part.partitioner))
+            outputs = output_specs(
+                node, lambda e: inboxes[e.dst].edge(e.slot, self.namespace, batch_bytes, self.credits))
             self.contexts[node.name] = RayTaskContext(
                 name=node.name, operator_name=node.operator, kind=node.kind, parallel_index=node.index,
                 parallelism=node.parallelism, job_id=self.job_id, env_dir=self.env_dir, task_slot=slot,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,20 @@ class OutputSpec:
     @property
     def queue_ids(self) -> list[str]:
         return [f"{getattr(e, 'inbox', getattr(e, 'kind', '?'))}#{getattr(e, 'slot', '?')}" for e in self.edges]
+
+
+def output_specs(node: Any, edge_descriptor: Callable[[Any], Any]) -> list[OutputSpec]:
+    """A task's output groups, with a freshly built key selector per task (selectors may keep state).
+
+    `edge_descriptor(edge)` returns the channel descriptor of one graph edge for the backend at hand.
+    """
+    outputs = []
+    for group in node.out_groups:
+        part = group.partitioning
+        edges = [edge_descriptor(e) for e in group.edges]
+        selector = part.key_selector.build() if part.key_selector is not None else None
+        outputs.append(OutputSpec(group.target, part.strategy, edges, selector, part.partitioner))
+    return outputs
 
 
 @dataclass
