@@ -15,7 +15,6 @@ like the tasks' counters in job_control.py.
 from __future__ import annotations
 
 import os
-import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from procflow.runtime.service.client import (
     dumps,
     loads,
 )
-from procflow.runtime.task.entry import become_child, close_logger, open_task_logger
+from procflow.runtime.task.entry import become_child, end_child, open_task_logger
 
 METRIC_FIELDS = ("calls", "errors", "busy_s")
 # Hooks of BaseService that are lifecycle, not callable methods.
@@ -214,11 +213,4 @@ def service_main(ctx: ServiceContext, service: Any, parent_pid: int) -> None:
             ctx.services.close()
         if replica is not None:
             replica.close()
-        close_logger(logger)
-        try:
-            ctx.control.close()
-        except Exception:
-            pass
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    end_child(logger, ctx.control, code)

@@ -69,6 +69,19 @@ def close_logger(logger: logging.Logger) -> None:
         handler.close()
 
 
+def end_child(logger: logging.Logger, control: Any, code: int) -> None:
+    """The last steps of every task and service process: close the logs and the control pipe, flush, and
+    leave with os._exit so that nothing inherited from the driver (atexit hooks, pytest) runs here."""
+    close_logger(logger)
+    try:
+        control.close()
+    except Exception:
+        pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def task_main(ctx: TaskContext, function: Any, parent_pid: int) -> None:
     from procflow.runtime.task.base_task import BaseTask
 
@@ -114,11 +127,4 @@ def task_main(ctx: TaskContext, function: Any, parent_pid: int) -> None:
             pass
         ctx.detach()
         shm_queue.detach_all()
-        close_logger(logger)
-        try:
-            ctx.control.close()
-        except Exception:
-            pass
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    end_child(logger, ctx.control, code)
