@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from procflow.runtime.communication import codec
+from procflow.runtime.communication import ring as ringmod
 from procflow.runtime.communication.packet import ChannelEnd, Packet
 from procflow.runtime.communication.queue_descriptor import shm_queue
 from procflow.runtime.communication.queue_descriptor.shm_queue import ShmInbox
@@ -71,5 +72,44 @@ def test_a_record_larger_than_the_ring_arrives_without_stalls(inbox):
     thread.join()
     assert len(got) == 1 and isinstance(got[0], Packet) and np.array_equal(got[0].payload, array)
     assert elapsed < 2.0, f"took {elapsed:.1f}s: the gate waited on a stale doorbell"
+    writer.close()
+    gate.close()
+
+
+def test_spin_policy_grows_after_short_sleeps_and_stops_after_long_ones():
+    policy = ringmod.SpinPolicy(budget=0)
+    for _ in range(8):
+        policy.slept(ringmod.SHORT_SLEEP / 10)
+    assert policy.budget == ringmod.SPIN_CHECKS      # quick answers: spin the full budget
+    for _ in range(8):
+        policy.slept(ringmod.SHORT_SLEEP * 10)
+    assert policy.budget == 0                        # slow producer: sleep at once, burn nothing
+
+
+@pytest.mark.timeout(30)
+def test_a_gate_behind_a_slow_producer_stops_spinning(inbox):
+    # A consumer woken every few milliseconds (a collector behind 1 ms-per-record maps) that spun before
+    # each sleep took a quarter of a core from the maps on a 2-core machine.
+    writer = inbox.edge(0).open_writer()
+    gate = inbox.open_gate()
+    assert gate._spin.budget == ringmod.SPIN_CHECKS
+    stop = threading.Event()
+
+    def produce() -> None:
+        i = 0
+        while not stop.wait(0.003):        # a slow producer: one record per 3 ms
+            writer.send_object(i, None, False)
+            writer.flush()
+            i += 1
+
+    thread = threading.Thread(target=produce)
+    thread.start()
+    try:
+        for _ in range(10):
+            assert gate.read(None)
+    finally:
+        stop.set()
+        thread.join()
+    assert gate._spin.budget == 0
     writer.close()
     gate.close()

@@ -195,6 +195,7 @@ class ShmInputGate(InputGate):
         self._decoders = [BatchDecoder(slot, idx) for slot, idx in enumerate(input_indices)]
         self._out: list = []
         self._capacity = capacity * max(len(input_indices), 1)
+        self._spin = ringmod.SpinPolicy()
 
     def fill(self) -> float:
         """Bytes waiting in all of this task's rings, as a fraction of their total capacity."""
@@ -217,15 +218,17 @@ class ShmInputGate(InputGate):
                 # Bytes consumed without a record (a wrap marker, a fragment): the producer already rang
                 # for what follows, so sleeping on `seen` now could miss it until the timeout.
                 continue
-            if spins < ringmod.SPIN_CHECKS and deadline is None:
-                spins += 1
-                continue
             if deadline is None:
-                wait = 1.0
-            else:
-                wait = deadline - time.monotonic()
-                if wait <= 0:
-                    return []
+                if spins < self._spin.budget:
+                    spins += 1
+                    continue
+                started = time.perf_counter()
+                self._doorbell.wait(seen, 1.0)
+                self._spin.slept(time.perf_counter() - started)
+                continue
+            wait = deadline - time.monotonic()
+            if wait <= 0:
+                return []
             self._doorbell.wait(seen, wait)
 
     def _handle(self, decoder: BatchDecoder, flags: int, body) -> None:
