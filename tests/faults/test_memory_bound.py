@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import msgpack
 
-from procflow.runtime.communication.packet import Packet
+from procflow.runtime.communication.packet import RecordBatch
 from procflow.runtime.communication.queue_descriptor.shm_queue import READ_BUDGET, ShmInbox
 from procflow.runtime.communication.shm import segment_name
 
@@ -26,10 +26,10 @@ def test_gate_reads_a_full_ring_in_bounded_slices():
         got, reads, largest = 0, 0, 0
         while got < n:
             items = gate.read(0)
-            assert items and all(type(p) is Packet for p in items)
-            got += len(items)
+            assert items and all(type(b) is RecordBatch for b in items)
+            got += sum(len(b) for b in items)
             reads += 1
-            largest = max(largest, len(items))
+            largest = max(largest, sum(len(b) for b in items))
         assert got == n
         assert reads > 1
         assert largest <= READ_BUDGET + (32 << 10)   # one ring byte holds at most one such record

@@ -56,7 +56,7 @@ def test_a_task_waiting_on_empty_input_burns_no_cpu(make_env, mode, tmp_path):
     env.from_source(Nothing, str(src_file)).map(PidMap, str(map_file)).collect()
     job = env.submit(autostop=False)
     consumer = int(wait_for(lambda: map_file.exists() and map_file.read_text(), what="the map's pid"))
-    source = int(src_file.read_text())
+    source = int(wait_for(lambda: src_file.exists() and src_file.read_text(), what="the source's pid"))
     wait_for(lambda: job.metrics["map_0"]["started"] > 0, what="the map to start")
     c0, s0, t0 = cpu_seconds(consumer), cpu_seconds(source), time.monotonic()
     time.sleep(3.0)          # the measurement window, not synchronisation

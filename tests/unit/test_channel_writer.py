@@ -11,7 +11,7 @@ import pytest
 
 from procflow.runtime.communication import codec
 from procflow.runtime.communication import ring as ringmod
-from procflow.runtime.communication.packet import ChannelEnd, Packet
+from procflow.runtime.communication.packet import ChannelEnd, Packet, packets
 from procflow.runtime.communication.queue_descriptor import shm_queue
 from procflow.runtime.communication.queue_descriptor.shm_queue import ShmInbox
 
@@ -31,7 +31,7 @@ def read_all(gate) -> list:
     while True:
         items = gate.read(5.0)
         assert items, "the gate slept through published data"
-        for item in items:
+        for item in packets(items):
             if isinstance(item, ChannelEnd):
                 return got
             got.append(item)

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from procflow.runtime.communication import codec
+from procflow.runtime.communication.packet import packets
 from procflow.runtime.communication.queue_descriptor.base import BatchDecoder, ChannelWriter
 from procflow.runtime.communication.router import BaseRouter, OutputGroup
 
@@ -69,7 +70,7 @@ def batch_trip(values):
     router = BaseRouter([OutputGroup("down", "round_robin", [writer])])
     for v in values:
         router.route(v, None, False)
-    return [p.payload for p in writer.out]
+    return [p.payload for p in packets(writer.out)]
 
 
 def assert_same(got, want):

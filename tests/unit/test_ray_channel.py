@@ -9,7 +9,7 @@ import msgpack
 import pytest
 
 from procflow.api.signals import StopSignal
-from procflow.runtime.communication.packet import ChannelEnd, Packet
+from procflow.runtime.communication.packet import ChannelEnd, Packet, packets
 
 channel = pytest.importorskip("procflow.backends.ray.channel")
 
@@ -23,9 +23,9 @@ def test_gate_reorders_batches_per_slot():
     gate.push(0, 2, [(channel._CONTROL, StopSignal("a"))])
     gate.push(0, 1, [records(3, 4)])
     gate.push(1, 0, [records("x")])
-    assert [p.payload for p in gate.read(0)] == ["x"]        # slot 0 still waits for its batch 0
+    assert [p.payload for p in packets(gate.read(0))] == ["x"]        # slot 0 still waits for its batch 0
     gate.push(0, 0, [records(1, 2)])
-    out = gate.read(0)
+    out = list(packets(gate.read(0)))
     assert [p.payload for p in out if isinstance(p, Packet)] == [1, 2, 3, 4]
     assert isinstance(out[-1], ChannelEnd) and out[-1].slot == 0
     assert all(p.input_index == 0 for p in out if isinstance(p, Packet))
@@ -38,4 +38,4 @@ def test_gate_read_blocks_until_a_push():
     pusher.start()
     got = gate.read(None)
     pusher.join()
-    assert [p.payload for p in got] == ["late"]
+    assert [p.payload for p in packets(got)] == ["late"]

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from procflow.runtime.communication import codec
+from procflow.runtime.communication.packet import packets
 from procflow.runtime.communication.queue_descriptor.base import BatchDecoder, ChannelWriter
 from procflow.runtime.communication.router import BaseRouter, OutputGroup, stable_hash
 
@@ -23,20 +24,20 @@ class RecordingWriter(ChannelWriter):
     """Decodes what the router sends, the way a receiving input gate would."""
 
     def __init__(self) -> None:
-        self.packets: list = []
+        self.items: list = []
         self.controls: list = []
         self._decoder = BatchDecoder(0, 0)
 
     def send_record(self, packed, key_packed):
         if key_packed is None:
-            self._decoder.batch(packed, False, self.packets)
+            self._decoder.batch(packed, False, self.items)
         else:
-            self._decoder.batch(key_packed + packed, True, self.packets)
+            self._decoder.batch(key_packed + packed, True, self.items)
 
     def send_single(self, parts, nbytes):
         data = b"".join(bytes(p) for p in parts)
         assert len(data) == nbytes
-        self._decoder.single(memoryview(data), self.packets)
+        self._decoder.single(memoryview(data), self.items)
 
     def send_control(self, signal):
         self.controls.append(signal)
@@ -50,6 +51,10 @@ class RecordingWriter(ChannelWriter):
 
     def close(self):
         pass
+
+    @property
+    def packets(self) -> list:
+        return list(packets(self.items))
 
     @property
     def records(self):

@@ -8,7 +8,7 @@ from procflow.api.signals import StopSignal
 from procflow.backends.inline.channel import InlineInbox
 from procflow.backends.inline.executor import InlineJobControl
 from procflow.runtime.communication import codec
-from procflow.runtime.communication.packet import ChannelEnd, Packet
+from procflow.runtime.communication.packet import ChannelEnd, Packet, packets
 from procflow.runtime.context.task_context import OutputSpec, TaskContext
 from procflow.runtime.task.base_task import BaseTask
 
@@ -59,13 +59,13 @@ def test_steps_count_stop_signals_per_input_channel_and_forward_one_per_output()
     w1.flush()
     task.process_batch(task.ctx.gate.read(0))
     assert (task.remaining, task.done, task.processed_count, task.ctx.processed_count) == (1, False, 2, 2)
-    assert task.ctx.current is None
+    assert task.ctx.current_keyed is False and task.ctx.get_key() is None
     w1.send_control(StopSignal("src_1", "stopped by request"))
     task.process_batch(task.ctx.gate.read(0))
     assert task.done and task.last_signal == StopSignal("src_1", "stopped by request")
     task.finish(task.last_signal)
     for out in outs:
-        items = out.open_gate().read(0)
+        items = list(packets(out.open_gate().read(0)))
         assert [p.payload for p in items[:-1]] == [1, 1, 2, 2, ("end", "stopped by request")]
         assert all(type(p) is Packet for p in items[:-1])
         assert items[-1] == ChannelEnd(0, StopSignal("src_1", "stopped by request"))   # exactly one, last
@@ -86,7 +86,7 @@ def test_process_batch_applies_on_error_skip():
     task.process_batch(task.ctx.gate.read(0))
     assert task.done and task.errors == 1 and task.processed_count == 3
     task.finish(task.last_signal)
-    assert [p.payload for p in outs[0].open_gate().read(0)[:-1]] == [10, 2]
+    assert [p.payload for p in list(packets(outs[0].open_gate().read(0)))[:-1]] == [10, 2]
 
 
 def test_a_task_without_inputs_is_done_at_once():

@@ -2,7 +2,7 @@
 
     producer task (same process)             consumer task (same process)
     InlineEdge.open_writer()                 InlineInbox.open_gate()
-        send_record / send_single  ──deque──►    read(0) -> [Packet | ChannelEnd]
+        send_record / send_single  ──deque──►    read(0) -> [RecordBatch | ChannelEnd]
         send_control / flush                     (never blocks: the scheduler only reads when it
                                                   has run the producers)
 

@@ -5,7 +5,7 @@
       send_record: msgpack bytes appended to a batch        └─► RayInputGate: per-slot reorder buffer
       send_single / send_control: frames of their own            ─► deque + threading.Condition
       flush(): ONE actor call push.remote(slot, seq, frames) BaseTask thread: gate.read(timeout)
-      > credits calls in flight: ray.wait on the oldest        └─► BatchDecoder ─► [Packet | ChannelEnd]
+      > credits calls in flight: ray.wait on the oldest        └─► BatchDecoder ─► [RecordBatch | ChannelEnd]
 
 - Backpressure: each edge keeps at most `credits` push calls in flight; the writer blocks in `ray.wait` on
   the oldest one (counted as `blocked_seconds`), so a slow consumer slows its producers and memory stays

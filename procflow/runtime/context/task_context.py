@@ -71,12 +71,17 @@ class TaskContext:
         self.gate: Any = None
         self.job_control: Any = None
         self.services: Any = None
-        self.current: Any = None   # the Packet being processed
+        # The record being processed: its partition key (valid when `current_keyed`) and which logical
+        # input it came on. Set by the task loop, read by operators and `get_key()`.
+        self.current_key: Any = None
+        self.current_keyed = False
+        self.current_input = 0
         self.task: Any = None      # the BaseTask running this context (set by the task)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for key in ("logger", "router", "gate", "job_control", "services", "current", "task"):
+        for key in ("logger", "router", "gate", "job_control", "services", "current_key", "current_keyed",
+                    "current_input", "task"):
             state.pop(key, None)
         return state
 
@@ -88,8 +93,7 @@ class TaskContext:
 
     def get_key(self) -> Any:
         """The partition key of the record being processed, or None on an unkeyed stream."""
-        packet = self.current
-        return packet.partition_key if packet is not None and packet.keyed else None
+        return self.current_key if self.current_keyed else None
 
     def get_routing_info(self) -> list[dict]:
         """Downstream connections and queue ids, for tools and visualisation."""

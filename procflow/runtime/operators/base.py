@@ -1,7 +1,8 @@
-"""Operators adapt a user function to the task loop: `process(packet)` in, `emit(record)` out.
+"""Operators adapt a user function to the task loop: `process(record)` in, `emit(record)` out.
 
-The task sets `ctx.current` to the packet being processed before calling `process`, so an emitted record
-inherits that packet's key, and an error can name the record.
+The task sets `ctx.current_key` / `ctx.current_keyed` / `ctx.current_input` for the record being
+processed before calling `process`, so an emitted record inherits that record's key and a multi-input
+operator knows which input it came on.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from procflow.runtime.context.task_context import TaskContext
 
 
 class Operator:
+    # True for operators that take a whole list of records at once (`process_all`): no per-record call.
+    bulk = False
+
     def __init__(self, function: BaseFunction, ctx: TaskContext) -> None:
         self.function = function
         self.ctx = ctx
@@ -24,13 +28,14 @@ class Operator:
         self.function.open()
 
     def emit(self, record: Any) -> None:
-        packet = self.ctx.current
-        if packet is not None:
-            self.router.route(record, packet.partition_key, packet.keyed)
-        else:
-            self.router.route(record, None, False)
+        ctx = self.ctx
+        self.router.route(record, ctx.current_key, ctx.current_keyed)
 
-    def process(self, packet: Any) -> None:
+    def process(self, record: Any) -> None:
+        raise NotImplementedError
+
+    def process_all(self, records: list) -> None:
+        """Bulk operators only: every record of one input batch."""
         raise NotImplementedError
 
     def flush(self) -> None:
@@ -38,7 +43,7 @@ class Operator:
 
     def finish(self, signal: Any) -> None:
         """End of every input: let the function flush state, then close it."""
-        self.ctx.current = None
+        self.ctx.current_key, self.ctx.current_keyed = None, False
         handler = getattr(self.function, "handle_stop_signal", None)
         if handler is not None:
             produced = handler(signal)

@@ -12,17 +12,18 @@ class CoMapOperator(Operator):
         super().open()
         self._methods: dict[int, Any] = {}
 
-    def process(self, packet: Any) -> None:
-        index = packet.input_index
+    def process(self, record: Any) -> None:
+        index = self.ctx.current_input
         method = self._methods.get(index)
         if method is None:
             method = self._methods[index] = getattr(self.function, f"map{index}")
-        self.emit(method(packet.payload))
+        self.emit(method(record))
 
 
 class JoinOperator(Operator):
-    def process(self, packet: Any) -> None:
-        produced = self.function.execute(packet.payload, packet.partition_key, packet.input_index)
+    def process(self, record: Any) -> None:
+        ctx = self.ctx
+        produced = self.function.execute(record, ctx.current_key, ctx.current_input)
         if produced is not None:
-            for record in produced:
-                self.emit(record)
+            for out in produced:
+                self.emit(out)

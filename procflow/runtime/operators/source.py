@@ -24,28 +24,34 @@ class SourceOperator(Operator):
     last_record: Any = NO_RECORD
 
     def run(self, tick) -> str:
+        # This loop runs once per record, so the record being emitted lives in a local and reaches
+        # `last_record` (for the error report) only when an exception leaves the loop.
         fn = self.function
         control = self.ctx.job_control
         emit = self.router.route
         perf = time.perf_counter
         interval = float(self.ctx.config.get("flush_interval", 0.001))
         due = perf() + interval
+        self.last_record = NO_RECORD
         if isinstance(fn, IterableBatch):
             n, i = self.ctx.parallelism, self.ctx.parallel_index
             items = iter(fn.iterable) if n == 1 else itertools.islice(fn.iterable, i, None, n)
             for record in items:
-                self.last_record = record
-                emit(record, None, False)
+                try:
+                    emit(record, None, False)
+                except BaseException:
+                    self.last_record = record
+                    raise
                 if perf() >= due:
                     if tick():
                         return "stopped by request"
                     due = perf() + interval
             return "end of input"
+        execute = fn.execute
         unbounded = isinstance(fn, SourceFunction)
         backoff = _BACKOFF_MIN
         while True:
-            self.last_record = NO_RECORD
-            record = fn.execute()
+            record = execute()    # raising here names no record: the function had not produced one
             if record is None:
                 if not unbounded:
                     return "end of input"
@@ -62,12 +68,15 @@ class SourceOperator(Operator):
             if type(record) is StopSignal:
                 return record.reason or "end of input"
             backoff = _BACKOFF_MIN
-            self.last_record = record
-            emit(record, None, False)
+            try:
+                emit(record, None, False)
+            except BaseException:
+                self.last_record = record
+                raise
             if perf() >= due:
                 if tick():
                     return "stopped by request"
                 due = perf() + interval
 
-    def process(self, packet: Any) -> None:  # pragma: no cover - sources have no inputs
+    def process(self, record: Any) -> None:  # pragma: no cover - sources have no inputs
         raise AssertionError("a source has no input")

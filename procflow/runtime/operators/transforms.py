@@ -10,27 +10,34 @@ from procflow.runtime.operators.base import Operator
 
 
 class MapOperator(Operator):
-    def process(self, packet: Any) -> None:
-        self.emit(self.function.execute(packet.payload))
+    def open(self) -> None:
+        super().open()
+        self._execute = self.function.execute
+        self._route = self.router.route
+
+    def process(self, record: Any) -> None:
+        ctx = self.ctx
+        self._route(self._execute(record), ctx.current_key, ctx.current_keyed)
 
 
 class FilterOperator(Operator):
-    def process(self, packet: Any) -> None:
-        if self.function.execute(packet.payload):
-            self.emit(packet.payload)
+    def process(self, record: Any) -> None:
+        if self.function.execute(record):
+            self.emit(record)
 
 
 class FlatMapOperator(Operator):
-    def process(self, packet: Any) -> None:
-        produced = self.function.execute(packet.payload)
+    def process(self, record: Any) -> None:
+        produced = self.function.execute(record)
         if produced is not None:
-            for record in produced:
-                self.emit(record)
+            for out in produced:
+                self.emit(out)
 
 
 class SinkOperator(Operator):
-    def process(self, packet: Any) -> None:
-        self.function.execute(packet.payload)
+    def open(self) -> None:
+        super().open()
+        self.process = self.function.execute   # nothing to add per record: call the function directly
 
 
 class CollectOperator(Operator):
@@ -44,14 +51,18 @@ class CollectOperator(Operator):
 
     BATCH = 2048
     SEND_INTERVAL = 0.1
+    bulk = True
 
     def open(self) -> None:
         self.router = self.ctx.router
         self._buffer: list = []
         self._last_send = time.monotonic()
 
-    def process(self, packet: Any) -> None:
-        self._buffer.append(packet.payload)
+    def process(self, record: Any) -> None:
+        self.process_all([record])
+
+    def process_all(self, records: list) -> None:
+        self._buffer += records
         if len(self._buffer) >= self.BATCH:
             self._send()
 
@@ -77,13 +88,13 @@ class ReduceOperator(Operator):
         self._state: dict = {}
         self._running = self.ctx.options.get("emit", "final") == "running"
 
-    def process(self, packet: Any) -> None:
-        key = packet.partition_key
+    def process(self, record: Any) -> None:
+        key = self.ctx.current_key
         state = self._state
         if key in state:
-            value = self.function.execute(state[key], packet.payload)
+            value = self.function.execute(state[key], record)
         else:
-            value = packet.payload
+            value = record
         state[key] = value
         if self._running:
             self.emit((key, value))

@@ -18,7 +18,7 @@ from typing import Any
 
 from procflow.api.signals import StopSignal
 from procflow.runtime.communication.codec import EncodeError
-from procflow.runtime.communication.packet import Packet
+from procflow.runtime.communication.packet import RecordBatch
 from procflow.runtime.context.task_context import TaskContext
 from procflow.runtime.control import DeadLetter, Ready, Stopped, short_repr
 from procflow.runtime.job_control import FIELDS
@@ -56,6 +56,8 @@ class BaseTask:
         self.stage = "starting"
         self.remaining = 0
         self.last_signal = StopSignal(ctx.name)
+        self._on_error = ctx.options.get("on_error", "fail")
+        self._failed: tuple = ()       # (record,) when a record's processing raised
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -104,34 +106,80 @@ class BaseTask:
         return self.remaining == 0
 
     def process_batch(self, items: list) -> None:
-        """Process what one `gate.read()` returned: Packets go through the operator, ChannelEnds count
-        down `remaining`. Flushes outputs every `flush_interval` on the way."""
+        """Process what one `gate.read()` returned: RecordBatches go through the operator, ChannelEnds
+        count down `remaining`. Flushes outputs every `flush_interval` on the way."""
         ctx = self.ctx
-        op, router = self.operator, ctx.router
-        process = op.process
-        on_error = ctx.options.get("on_error", "fail")
-        perf = time.perf_counter
-        interval = self._interval
         for item in items:
-            if type(item) is Packet:
-                ctx.current = item
-                self.records_in += 1
-                if on_error == "fail":
-                    process(item)
+            if type(item) is RecordBatch:
+                ctx.current_input = item.input_index
+                keys = item.keys
+                ctx.current_key, ctx.current_keyed = None, keys is not None
+                if self.operator.bulk:
+                    self.operator.process_all(item.records)
+                    self.records_in += len(item.records)
+                    if time.perf_counter() - self._last_flush >= self._interval:
+                        self._flush_outputs()
+                elif self._on_error == "fail":
+                    self._process_records(item.records, keys)
                 else:
-                    try:
-                        process(item)
-                    except Exception as exc:
-                        self._record_failed(exc, item.payload, on_error)
-                if perf() - self._last_flush >= interval:
-                    op.flush()
-                    router.flush()
-                    self._last_flush = perf()
+                    self._process_records_guarded(item.records, keys)
             else:
                 self.remaining -= 1
                 self.last_signal = item.signal
                 ctx.logger.debug("end of input channel %d (%d left)", item.slot, self.remaining)
-        ctx.current = None
+        ctx.current_key, ctx.current_keyed = None, False
+
+    def _process_records(self, records: list, keys: list | None) -> None:
+        """The hot loop: one call into the operator per record, a clock read to flush on time."""
+        ctx = self.ctx
+        process = self.operator.process
+        perf = time.perf_counter
+        interval = self._interval
+        done = self.records_in
+        due = self._last_flush + interval
+        i = 0
+        try:
+            if keys is None:
+                for i, record in enumerate(records):
+                    process(record)
+                    if perf() >= due:
+                        self.records_in = done + i + 1
+                        self._flush_outputs()
+                        due = self._last_flush + interval
+            else:
+                for i, record in enumerate(records):
+                    ctx.current_key = keys[i]
+                    process(record)
+                    if perf() >= due:
+                        self.records_in = done + i + 1
+                        self._flush_outputs()
+                        due = self._last_flush + interval
+        except BaseException:
+            self.records_in = done + i + 1
+            self._failed = (records[i],)
+            raise
+        self.records_in = done + len(records)
+
+    def _process_records_guarded(self, records: list, keys: list | None) -> None:
+        """on_error="skip" / "dead_letter": a failing record is set aside and the loop goes on."""
+        ctx = self.ctx
+        process = self.operator.process
+        policy = self._on_error
+        for i, record in enumerate(records):
+            if keys is not None:
+                ctx.current_key = keys[i]
+            self.records_in += 1
+            try:
+                process(record)
+            except Exception as exc:
+                self._record_failed(exc, record, policy)
+            if time.perf_counter() - self._last_flush >= self._interval:
+                self._flush_outputs()
+
+    def _flush_outputs(self) -> None:
+        self.operator.flush()
+        self.ctx.router.flush()
+        self._last_flush = time.perf_counter()
 
     def finish(self, signal: StopSignal) -> None:
         """End of input: the operator finishes (handle_stop_signal, close), outputs flush, and one
@@ -160,7 +208,7 @@ class BaseTask:
 
     def _consume(self) -> StopSignal:
         ctx = self.ctx
-        gate, op, router = ctx.gate, self.operator, ctx.router
+        gate = ctx.gate
         perf = time.perf_counter
         if self.remaining == 0:
             return self.last_signal
@@ -168,9 +216,7 @@ class BaseTask:
             t0 = perf()
             items = gate.read(0)
             if not items:
-                op.flush()
-                router.flush()
-                self._last_flush = perf()
+                self._flush_outputs()
                 self._publish()
                 items = gate.read(None)
             self.wait_s += perf() - t0
@@ -217,8 +263,9 @@ class BaseTask:
         if isinstance(self.operator, SourceOperator):
             rec = self.operator.last_record
             return (rec is not NO_RECORD, None if rec is NO_RECORD else rec)
-        packet = self.ctx.current
-        return (packet is not None, packet.payload if packet is not None else None)
+        if self._failed:
+            return True, self._failed[0]
+        return False, None
 
     def progress(self) -> str:
         """Where this task is in its stream, for error messages."""

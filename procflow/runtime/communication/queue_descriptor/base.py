@@ -2,7 +2,7 @@
 
     driver                         producer task                     consumer task
     InboxDescriptor.create()       inbox.edge(slot).open_writer()    inbox.open_gate()
-        (allocates)                   send_record / send_single          read(timeout) -> [Packet |
+        (allocates)                   send_record / send_single          read(timeout) -> [RecordBatch |
     InboxDescriptor.unlink()          send_control / flush                               ChannelEnd]
         (frees, once)
 
@@ -18,13 +18,17 @@ from typing import Any
 import msgpack
 
 from procflow.runtime.communication import codec
-from procflow.runtime.communication.packet import ChannelEnd, Packet
+from procflow.runtime.communication.packet import ChannelEnd, RecordBatch
 
 
 class ChannelWriter(ABC):
     """Producer end of one edge. Batches records; `flush()` makes everything visible downstream."""
 
     blocked_seconds: float = 0.0
+    # True when `send_object` takes any record (numpy arrays included) and counts them in
+    # `objects_sent`: a router with this one channel then calls `send_object` directly.
+    sends_anything = False
+    objects_sent = 0
 
     def send_object(self, record: Any, key: Any, keyed: bool) -> None:
         """A record bound for this channel alone: kinds may defer encoding to batch it cheaply."""
@@ -68,7 +72,7 @@ class InputGate(ABC):
 
     @abstractmethod
     def read(self, timeout: float | None) -> list:
-        """Block until something arrives (or `timeout`); returns Packets and ChannelEnds in order."""
+        """Block until something arrives (or `timeout`); returns RecordBatches and ChannelEnds in order."""
 
     def fill(self) -> float:
         """How full the input channels are, 0.0 (empty) to 1.0 (full); for metrics. 0.0 if unknown."""
@@ -79,7 +83,7 @@ class InputGate(ABC):
 
 
 class BatchDecoder:
-    """Turns received frames into Packets for one input slot; shared by the channel kinds."""
+    """Turns received frames into RecordBatches for one input slot; shared by the channel kinds."""
 
     def __init__(self, slot: int, input_index: int) -> None:
         self.slot = slot
@@ -88,32 +92,23 @@ class BatchDecoder:
                                           max_buffer_size=1 << 31)
 
     def batch(self, body, keyed: bool, out: list) -> None:
-        unpacker = self._unpacker
-        unpacker.feed(body)
-        index = self.input_index
-        if keyed:
-            it = iter(unpacker)
-            for key in it:
-                out.append(Packet(next(it), index, key, True))
-        else:
-            for record in unpacker:
-                out.append(Packet(record, index, None, False))
+        """A frame of msgpack records one after another (keys interleaved when keyed)."""
+        self._unpacker.feed(body)
+        self._append(list(self._unpacker), keyed, out)
 
     def array(self, body, keyed: bool, out: list) -> None:
         """A frame holding one msgpack array of records (keys interleaved when keyed)."""
-        items = codec._unpackb(body)
-        index = self.input_index
+        self._append(codec._unpackb(body), keyed, out)
+
+    def _append(self, items: list, keyed: bool, out: list) -> None:
         if keyed:
-            it = iter(items)
-            for key in it:
-                out.append(Packet(next(it), index, key, True))
+            out.append(RecordBatch(items[1::2], items[0::2], self.input_index))
         else:
-            for record in items:
-                out.append(Packet(record, index, None, False))
+            out.append(RecordBatch(items, None, self.input_index))
 
     def single(self, body, out: list) -> None:
         record, key, keyed = codec.decode(body)
-        out.append(Packet(record, self.input_index, key, keyed))
+        out.append(RecordBatch([record], [key] if keyed else None, self.input_index))
 
     def control(self, signal: Any, out: list) -> None:
         out.append(ChannelEnd(self.slot, signal))

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+import numpy as np
 
 from procflow.runtime.communication import codec
 from procflow.runtime.communication import ring as ringmod
@@ -78,6 +79,7 @@ class ShmChannelWriter(ChannelWriter):
     """
 
     _MAX_PENDING = 1024
+    sends_anything = True
 
     def __init__(self, ring: ringmod.RingWriter, batch_bytes: int) -> None:
         self._ring = ring
@@ -87,13 +89,14 @@ class ShmChannelWriter(ChannelWriter):
         self._pending: list = []
         self._pending_keyed = False
         self._pending_limit = 64
+        self._sent = 0                  # objects already packed; `objects_sent` adds the pending ones
         self._packer = msgpack.Packer(default=codec._default, strict_types=True, use_bin_type=True)
 
     def send_object(self, record: Any, key: Any, keyed: bool) -> None:
-        if keyed is not self._pending_keyed:
-            if self._pending:
-                self._write_pending()   # replaces self._pending: read it only after this
-            self._pending_keyed = keyed
+        # The hot path of every source and map: keep it to an append and a length check.
+        if keyed is not self._pending_keyed or type(record) is np.ndarray:
+            self._send_unusual(record, key, keyed)
+            return
         pending = self._pending
         if keyed:
             pending.append(key)
@@ -101,9 +104,27 @@ class ShmChannelWriter(ChannelWriter):
         if len(pending) >= self._pending_limit:
             self._write_pending()
 
+    def _send_unusual(self, record: Any, key: Any, keyed: bool) -> None:
+        """A switch between keyed and unkeyed records, or an array (raw bytes, never batched)."""
+        if self._pending:
+            self._write_pending()
+        if type(record) is np.ndarray:
+            self._sent += 1
+            kind, body = codec.encode_body(record)
+            self.send_single(*codec.frame(kind, body, codec.encode_key(key) if keyed else None))
+            return
+        self._pending_keyed = keyed
+        self.send_object(record, key, keyed)
+
+    @property
+    def objects_sent(self) -> int:  # type: ignore[override]
+        pending = len(self._pending)
+        return self._sent + (pending // 2 if self._pending_keyed else pending)
+
     def _write_pending(self) -> None:
         pending, keyed = self._pending, self._pending_keyed
         self._pending = []
+        self._sent += len(pending) // 2 if keyed else len(pending)
         try:
             packed = self._packer.pack(pending)
         except (TypeError, ValueError, OverflowError):
@@ -184,7 +205,7 @@ class ShmChannelWriter(ChannelWriter):
 
 
 # Ring bytes decoded per input channel per read(): bounds the Python objects a consumer holds at once
-# (a full 4 MiB ring of tiny records would otherwise become a million Packets in one list).
+# (a full 4 MiB ring of tiny records would otherwise become a million records in one list).
 READ_BUDGET = 128 << 10
 
 
