@@ -113,3 +113,28 @@ def test_a_gate_behind_a_slow_producer_stops_spinning(inbox):
     assert gate._spin.budget == 0
     writer.close()
     gate.close()
+
+
+def test_a_router_with_one_shm_channel_sends_straight_to_it_and_counts_every_record(inbox):
+    from procflow.runtime.communication.router import BaseRouter, OutputGroup
+
+    writer = inbox.edge(0).open_writer()
+    gate = inbox.open_gate()
+    router = BaseRouter([OutputGroup("down", "round_robin", [writer])])
+    assert router.route == writer.send_object          # no routing layer per record
+    sent = [{"a": 1}, np.arange(3), ("t", 1), {"k": 2}, np.zeros((2, 2), dtype=np.float32), "end"]
+    keys = [None, None, None, "key", 7, None]
+    for i, (record, key) in enumerate(zip(sent, keys)):
+        router.route(record, key, key is not None)
+        assert router.records_out == i + 1               # pending records count too
+    writer.send_control("stop")
+    got = read_all(gate)
+    assert len(got) == len(sent) == router.records_out
+    for packet, record, key in zip(got, sent, keys):
+        assert (packet.keyed, packet.partition_key) == (key is not None, key)
+        if isinstance(record, np.ndarray):
+            assert packet.payload.dtype == record.dtype and np.array_equal(packet.payload, record)
+        else:
+            assert packet.payload == record and type(packet.payload) is type(record)
+    writer.close()
+    gate.close()
