@@ -16,6 +16,8 @@ from procflow.runtime.context.task_context import TaskContext
 class Operator:
     # True for operators that take a whole list of records at once (`process_all`): no per-record call.
     bulk = False
+    # > 0 for operators that need no prompt wake-up when input arrives: the task polls this often.
+    poll_period = 0.0
 
     def __init__(self, function: BaseFunction, ctx: TaskContext) -> None:
         self.function = function

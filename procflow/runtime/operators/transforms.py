@@ -52,6 +52,7 @@ class CollectOperator(Operator):
     BATCH = 2048
     SEND_INTERVAL = 0.1
     bulk = True
+    poll_period = 0.005
 
     def open(self) -> None:
         self.router = self.ctx.router
