@@ -16,18 +16,21 @@ asked.
 
 Who reads the response inbox (one reader at a time, the "reader role", guarded by `_lock`)::
 
-    call()        registers a Future; if nobody reads, the calling thread takes the role and reads until
-                  its own answer arrived (no thread hop on the hot path), answering other calls on the way
+    call()        if nobody reads, the calling thread takes the role and reads until its own answer
+                  arrived (no Future, no thread hop: it polls its inbox briefly, then sleeps on the
+                  doorbell, see waiting.py), answering other calls on the way; if another thread reads,
+                  it registers a Future and waits on that
     call_async()  registers a Future; if nobody reads, hands the role to the client's reader thread
     leaving       a sync reader leaving with calls still pending hands the role to the reader thread
 Invariant: while any call is pending, some thread holds the role. The reader thread is started on first
-need and joined by close().
+need and joined by close(). Whoever pops a call from `_pending` resolves it, exactly once.
 """
 
 from __future__ import annotations
 
 import itertools
 import pickle
+import struct
 import threading
 import time
 from concurrent.futures import Future, InvalidStateError
@@ -38,8 +41,12 @@ from typing import Any
 from procflow.errors import RemoteTraceback, ServiceError, ServiceTimeoutError, UnknownServiceError
 from procflow.runtime.communication import ring as ringmod
 from procflow.runtime.communication.shm import SharedSegment
+from procflow.runtime.service.waiting import Waiter
 
-OK, ERROR, NO_METHOD = 0, 1, 2
+OK, ERROR, NO_METHOD = 0, 1, 2           # statuses of an answer frame
+_TIMEOUT, _ABANDONED = -1, -2           # ...and of a call that got none
+_NEVER = float("inf")
+_FRAME_HEADER = struct.Struct("<II")    # ring.py's frame header: body length, flags
 
 
 class EncodeError(TypeError):
@@ -77,6 +84,28 @@ class CallRingReader(ringmod.RingReader):
         super()._release(rpos)
 
 
+class CallRingWriter(ringmod.RingWriter):
+    """A RingWriter with a lean path for the one-frame-then-commit pattern of calls and answers: the
+    frame header and body go straight into the ring (same wire format as RingWriter.write). A frame that
+    must wrap, be fragmented or wait for space takes the general path."""
+
+    def send(self, data: bytes) -> None:
+        """Write `data` as one frame and commit it (publish and ring the doorbell)."""
+        n = len(data)
+        size = _FRAME_HEADER.size + ((n + 7) & ~7)
+        wpos = self._wpos
+        pos = wpos % self._cap
+        if n > self.max_body or self._cap - pos < size or self._cap - (wpos - self._rpos) < size:
+            self.write([data], n, 0)
+        else:
+            off = self._data + pos
+            buf = self._buf
+            _FRAME_HEADER.pack_into(buf, off, n, 0)
+            buf[off + _FRAME_HEADER.size:off + _FRAME_HEADER.size + n] = data
+            self._wpos = wpos + size
+        self.commit()
+
+
 @dataclass(frozen=True)
 class ServiceInfo:
     name: str
@@ -104,14 +133,22 @@ class ServiceDirectory:
         return ServiceClient(self, self.callers[ctx.name], ctx.name)
 
 
-@dataclass
 class _Call:
-    future: Future
-    service: str
-    method: str
-    replica: int
-    deadline: float
-    timeout: float
+    """One call in flight. A sync call whose own thread reads the answers has no Future: the reader
+    stores `value` and then `status`, and the calling thread sees them right away."""
+
+    __slots__ = ("service", "method", "replica", "deadline", "timeout", "future", "status", "value")
+
+    def __init__(self, service: str, method: str, replica: int, deadline: float, timeout: float,
+                 future: Future | None) -> None:
+        self.service = service
+        self.method = method
+        self.replica = replica
+        self.deadline = deadline
+        self.timeout = timeout
+        self.future = future
+        self.status: int | None = None
+        self.value: Any = None
 
 
 class ServiceClient:
@@ -124,19 +161,22 @@ class ServiceClient:
         self._cap = directory.capacity
         self._segment = SharedSegment(directory.response_inboxes[caller])
         self._doorbell = ringmod.Doorbell(self._segment)
+        self._bell_word = self._segment.u32(0)   # the doorbell's futex word (ring.py layout), polled
         self._readers = [CallRingReader(self._segment, r, self._cap) for r in range(directory.n_replicas)]
         self._req_segments: dict[int, SharedSegment] = {}
-        self._writers: dict[int, ringmod.RingWriter] = {}
+        self._writers: dict[int, CallRingWriter] = {}
         self._send_locks = [threading.Lock() for _ in range(directory.n_replicas)]
         self._open_lock = threading.Lock()
         self._turns = {name: itertools.count(caller) for name in directory.services}
         self._ids = itertools.count(1)
         self._pending: dict[int, _Call] = {}
+        self._nearest = _NEVER      # no pending deadline is earlier (may be stale-early, never late)
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._reading = False       # some thread holds the reader role
         self._thread_turn = False   # ...and it is the reader thread
         self._thread: threading.Thread | None = None
+        self._waiter = Waiter()     # the sync reader's poll window (one sync reader at a time)
         self._closing = False
         self._closed = False
 
@@ -144,14 +184,20 @@ class ServiceClient:
 
     def call(self, name: str, method: str, args: tuple, kwargs: dict, timeout: float) -> Any:
         cid, call, reader = self._submit(name, method, args, kwargs, timeout, sync=True)
-        fut = call.future
         if reader:
             try:
-                self._read(until=fut, deadline=call.deadline)
+                self._await(call)
             finally:
                 self._leave()
+            status = call.status
+            if status == OK:
+                return call.value
+            if status is None:   # close() from another thread while we waited
+                status = _ABANDONED
+            raise self._error(call, status, call.value)
+        fut = call.future
         try:
-            return fut.result(timeout=None if fut.done() else max(call.deadline - time.monotonic(), 0.0))
+            return fut.result(timeout=max(call.deadline - time.monotonic(), 0.0))
         except FutureTimeout:
             with self._lock:
                 self._pending.pop(cid, None)
@@ -185,17 +231,21 @@ class ServiceClient:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         replica = info.first + next(self._turns[name]) % info.parallelism
         cid = next(self._ids)
-        call = _Call(Future(), name, method, replica, time.monotonic() + timeout, timeout)
         data = dumps((cid, method, tuple(args), dict(kwargs)))
+        deadline = time.monotonic() + timeout
         reader = False
         with self._lock:
+            if sync and not self._reading:
+                self._reading = reader = True
+                call = _Call(name, method, replica, deadline, timeout, None)
+            else:
+                call = _Call(name, method, replica, deadline, timeout, Future())
             self._pending[cid] = call
+            if deadline < self._nearest:
+                self._nearest = deadline
             if not self._reading:
                 self._reading = True
-                if sync:
-                    reader = True
-                else:
-                    self._hand_to_thread()
+                self._hand_to_thread()
         try:
             self._send(replica, data)
         except BaseException:
@@ -211,21 +261,55 @@ class ServiceClient:
         if writer is None:
             writer = self._open_writer(replica)
         with self._send_locks[replica]:
-            writer.write([data], len(data), 0)
-            writer.commit()
+            writer.send(data)
 
-    def _open_writer(self, replica: int) -> ringmod.RingWriter:
+    def _open_writer(self, replica: int) -> CallRingWriter:
         with self._open_lock:
             writer = self._writers.get(replica)
             if writer is None:
                 seg = self._req_segments[replica] = SharedSegment(self._dir.request_inboxes[replica])
-                writer = self._writers[replica] = ringmod.RingWriter(seg, self._caller, self._cap)
+                writer = self._writers[replica] = CallRingWriter(seg, self._caller, self._cap)
             return writer
 
     # -- reading answers ---------------------------------------------------------------------------
 
-    def _read(self, until: Future | None, deadline: float | None) -> None:
-        """Drain answers until `until` is done (or, with until=None, nothing is pending), or the deadline."""
+    def _await(self, call: _Call) -> None:
+        """The sync reader's loop: read answers until `call` has its own, timed out, or the client closes.
+
+        Event-count protocol (futex.py): read the doorbell word, then look at the rings, then poll or sleep
+        only while the word still has the value read first. Only the answering replica's ring is looked at
+        while this is the only call pending: answers for nobody (calls that timed out) may then wait in
+        other rings until a later read, and any answer for a call registered later rings the doorbell
+        after its registration, so that read comes.
+        """
+        word = self._bell_word
+        own = self._readers[call.replica]
+        on_answer = self._on_answer
+        waiter = self._waiter
+        while True:
+            seen = word.value
+            if own.has_data():
+                own.drain(on_answer)
+                if call.status is not None:
+                    return
+            if len(self._pending) > 1:
+                for reader in self._readers:
+                    if reader.has_data():
+                        reader.drain(on_answer)
+                if call.status is not None:
+                    return
+            now = time.monotonic()
+            if now >= self._nearest:
+                self._expire(now)
+                if call.status is not None:
+                    return
+            if self._closing:
+                return
+            if not waiter.poll(word, seen):
+                self._doorbell.wait(seen, min(self._nearest - now, 1.0))
+
+    def _read(self) -> None:
+        """The reader thread's loop: drain answers until nothing is pending or the client closes."""
         bell = self._doorbell
         while True:
             seen = bell.seen()
@@ -234,11 +318,7 @@ class ServiceClient:
                     reader.drain(self._on_answer)
             now = time.monotonic()
             wake = self._expire(now)
-            if until is not None:
-                if until.done() or now >= deadline:
-                    return
-                wake = deadline if wake is None else min(wake, deadline)
-            elif self._closing or wake is None:
+            if self._closing or wake is None:
                 return
             bell.wait(seen, min(wake - now, 1.0))
 
@@ -246,32 +326,37 @@ class ServiceClient:
         cid, status, value = loads(body)
         with self._lock:
             call = self._pending.pop(cid, None)
-        if call is None:
-            return  # the caller gave up (timeout) before the answer came
+        if call is not None:   # else the caller gave up (timeout) before the answer came
+            self._resolve(call, status, value)
+
+    def _resolve(self, call: _Call, status: int, value: Any) -> None:
+        fut = call.future
+        if fut is None:
+            call.value = value
+            call.status = status   # last: the calling thread returns as soon as it sees a status
+            return
         try:
             if status == OK:
-                call.future.set_result(value)
+                fut.set_result(value)
             else:
-                call.future.set_exception(self._remote_error(call, status, value))
+                fut.set_exception(self._error(call, status, value))
         except InvalidStateError:  # the user cancelled the future
             pass
 
     def _expire(self, now: float) -> float | None:
         """Fail pending calls past their deadline; returns the next deadline, or None if none pending."""
         expired = []
-        nearest = None
+        nearest = _NEVER
         with self._lock:
             for cid, call in list(self._pending.items()):
                 if call.deadline <= now:
                     expired.append(self._pending.pop(cid))
-                elif nearest is None or call.deadline < nearest:
+                elif call.deadline < nearest:
                     nearest = call.deadline
+            self._nearest = nearest
         for call in expired:
-            try:
-                call.future.set_exception(self._timeout_error(call))
-            except InvalidStateError:
-                pass
-        return nearest
+            self._resolve(call, _TIMEOUT, None)
+        return None if nearest == _NEVER else nearest
 
     def _leave(self) -> None:
         with self._lock:
@@ -296,7 +381,7 @@ class ServiceClient:
                     self._cond.wait()
                 if self._closing:
                     return
-            self._read(until=None, deadline=None)
+            self._read()
             with self._cond:
                 if not self._pending or self._closing:
                     self._thread_turn = False
@@ -315,6 +400,14 @@ class ServiceClient:
             f"{self._caller_name} got no answer within {call.timeout:g}s; it waited on the "
             f"{self._queue_names(call)}. The service may be busy or stuck: see its "
             f"{call.service}_debug.log, or pass a larger timeout=", service=call.service)
+
+    def _error(self, call: _Call, status: int, value: Any) -> ServiceError:
+        if status == _TIMEOUT:
+            return self._timeout_error(call)
+        if status == _ABANDONED:
+            return ServiceError(f"call to service {call.service!r} abandoned: {self._caller_name} closed its "
+                                "service client before the answer came", service=call.service)
+        return self._remote_error(call, status, value)
 
     def _remote_error(self, call: _Call, status: int, value: Any) -> ServiceError:
         if status == NO_METHOD:
@@ -341,19 +434,14 @@ class ServiceClient:
         with self._lock:
             left, self._pending = list(self._pending.values()), {}
         for call in left:
-            try:
-                call.future.set_exception(ServiceError(
-                    f"call to service {call.service!r} abandoned: {self._caller_name} closed its service "
-                    "client before the answer came", service=call.service))
-            except InvalidStateError:
-                pass
+            self._resolve(call, _ABANDONED, None)
         for writer in self._writers.values():
             writer.close()
         for reader in self._readers:
             reader.close()
         self._writers.clear()
         self._readers = []
-        self._doorbell = None
+        self._doorbell = self._bell_word = None
         for seg in (*self._req_segments.values(), self._segment):
             seg.close()
         self._req_segments.clear()
