@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import itertools
 import pickle
-import struct
 import threading
 import time
 from concurrent.futures import Future, InvalidStateError
@@ -41,12 +40,12 @@ from typing import Any
 from procflow.errors import RemoteTraceback, ServiceError, ServiceTimeoutError, UnknownServiceError
 from procflow.runtime.communication import ring as ringmod
 from procflow.runtime.communication.shm import SharedSegment
+from procflow.runtime.service.rings import CallRingReader, CallRingWriter, asleep_word
 from procflow.runtime.service.waiting import Waiter
 
 OK, ERROR, NO_METHOD = 0, 1, 2           # statuses of an answer frame
 _TIMEOUT, _ABANDONED = -1, -2           # ...and of a call that got none
 _NEVER = float("inf")
-_FRAME_HEADER = struct.Struct("<II")    # ring.py's frame header: body length, flags
 
 
 class EncodeError(TypeError):
@@ -68,42 +67,6 @@ def dumps(obj: Any) -> bytes:
 def loads(body: Any) -> Any:
     """Decode a frame body; copies out of the ring, so nothing keeps a reference into it."""
     return pickle.loads(body)
-
-
-class CallRingReader(ringmod.RingReader):
-    """A RingReader that skips the space wake-up (a syscall, several microseconds here) when no producer
-    can be waiting for space: a producer sleeps only on a ring more than about half full, since no frame
-    is larger than half the ring. A producer that filled the ring after our drain began rang the doorbell
-    as it committed, so the next drain sees the ring full and wakes it."""
-
-    def _release(self, rpos: int) -> None:
-        if rpos - self._rpos < self._cap // 2 - 64 and self._write_word.value - self._rpos < self._cap // 2 - 64:
-            self._rpos = rpos
-            self._read_word.value = rpos
-            return
-        super()._release(rpos)
-
-
-class CallRingWriter(ringmod.RingWriter):
-    """A RingWriter with a lean path for the one-frame-then-commit pattern of calls and answers: the
-    frame header and body go straight into the ring (same wire format as RingWriter.write). A frame that
-    must wrap, be fragmented or wait for space takes the general path."""
-
-    def send(self, data: bytes) -> None:
-        """Write `data` as one frame and commit it (publish and ring the doorbell)."""
-        n = len(data)
-        size = _FRAME_HEADER.size + ((n + 7) & ~7)
-        wpos = self._wpos
-        pos = wpos % self._cap
-        if n > self.max_body or self._cap - pos < size or self._cap - (wpos - self._rpos) < size:
-            self.write([data], n, 0)
-        else:
-            off = self._data + pos
-            buf = self._buf
-            _FRAME_HEADER.pack_into(buf, off, n, 0)
-            buf[off + _FRAME_HEADER.size:off + _FRAME_HEADER.size + n] = data
-            self._wpos = wpos + size
-        self.commit()
 
 
 @dataclass(frozen=True)
@@ -161,8 +124,8 @@ class ServiceClient:
         self._cap = directory.capacity
         self._segment = SharedSegment(directory.response_inboxes[caller])
         self._doorbell = ringmod.Doorbell(self._segment)
-        self._bell_word = self._segment.u32(0)   # the doorbell's futex word (ring.py layout), polled
-        self._readers = [CallRingReader(self._segment, r, self._cap) for r in range(directory.n_replicas)]
+        n = directory.n_replicas
+        self._readers = [CallRingReader(self._segment, r, self._cap, n) for r in range(n)]
         self._req_segments: dict[int, SharedSegment] = {}
         self._writers: dict[int, CallRingWriter] = {}
         self._send_locks = [threading.Lock() for _ in range(directory.n_replicas)]
@@ -176,7 +139,8 @@ class ServiceClient:
         self._reading = False       # some thread holds the reader role
         self._thread_turn = False   # ...and it is the reader thread
         self._thread: threading.Thread | None = None
-        self._waiter = Waiter()     # the sync reader's poll window (one sync reader at a time)
+        # Polls and sleeps for whichever thread holds the reader role (one at a time).
+        self._waiter = Waiter(self._doorbell, asleep_word(self._segment, n, self._cap))
         self._closing = False
         self._closed = False
 
@@ -268,7 +232,8 @@ class ServiceClient:
             writer = self._writers.get(replica)
             if writer is None:
                 seg = self._req_segments[replica] = SharedSegment(self._dir.request_inboxes[replica])
-                writer = self._writers[replica] = CallRingWriter(seg, self._caller, self._cap)
+                writer = self._writers[replica] = CallRingWriter(seg, self._caller, self._cap,
+                                                                 self._dir.n_callers)
             return writer
 
     # -- reading answers ---------------------------------------------------------------------------
@@ -276,18 +241,19 @@ class ServiceClient:
     def _await(self, call: _Call) -> None:
         """The sync reader's loop: read answers until `call` has its own, timed out, or the client closes.
 
-        Event-count protocol (futex.py): read the doorbell word, then look at the rings, then poll or sleep
-        only while the word still has the value read first. Only the answering replica's ring is looked at
-        while this is the only call pending: answers for nobody (calls that timed out) may then wait in
-        other rings until a later read, and any answer for a call registered later rings the doorbell
-        after its registration, so that read comes.
+        Only the answering replica's ring is looked at while this is the only call pending: answers for
+        nobody (calls that timed out) may then wait in other rings until a later read. A call that
+        another thread registers meanwhile makes `_pending` longer before its request is even sent, so
+        its answer cannot slip past `ready()` (rings.py: a consumer about to sleep sees every ring whose
+        producer skipped the wake-up).
         """
-        word = self._bell_word
         own = self._readers[call.replica]
         on_answer = self._on_answer
-        waiter = self._waiter
+
+        def ready() -> bool:
+            return own.has_data() or (len(self._pending) > 1 and self._any_data())
+
         while True:
-            seen = word.value
             if own.has_data():
                 own.drain(on_answer)
                 if call.status is not None:
@@ -305,14 +271,17 @@ class ServiceClient:
                     return
             if self._closing:
                 return
-            if not waiter.poll(word, seen):
-                self._doorbell.wait(seen, min(self._nearest - now, 1.0))
+            self._waiter.wait(ready, min(self._nearest - now, 1.0))
+
+    def _any_data(self) -> bool:
+        for reader in self._readers:
+            if reader.has_data():
+                return True
+        return False
 
     def _read(self) -> None:
         """The reader thread's loop: drain answers until nothing is pending or the client closes."""
-        bell = self._doorbell
         while True:
-            seen = bell.seen()
             for reader in self._readers:
                 if reader.has_data():
                     reader.drain(self._on_answer)
@@ -320,7 +289,7 @@ class ServiceClient:
             wake = self._expire(now)
             if self._closing or wake is None:
                 return
-            bell.wait(seen, min(wake - now, 1.0))
+            self._waiter.sleep(self._any_data, min(wake - now, 1.0))
 
     def _on_answer(self, flags: int, body: Any) -> None:
         cid, status, value = loads(body)
@@ -441,7 +410,7 @@ class ServiceClient:
             reader.close()
         self._writers.clear()
         self._readers = []
-        self._doorbell = self._bell_word = None
+        self._doorbell = self._waiter = None
         for seg in (*self._req_segments.values(), self._segment):
             seg.close()
         self._req_segments.clear()

@@ -30,13 +30,12 @@ from procflow.runtime.service.client import (
     ERROR,
     NO_METHOD,
     OK,
-    CallRingReader,
-    CallRingWriter,
     EncodeError,
     ServiceDirectory,
     dumps,
     loads,
 )
+from procflow.runtime.service.rings import CallRingReader, CallRingWriter, asleep_word
 from procflow.runtime.service.waiting import Waiter
 from procflow.runtime.task.entry import become_child, end_child, open_task_logger
 
@@ -98,8 +97,8 @@ class Replica:
         self._cap = d.capacity
         self._inbox = SharedSegment(d.request_inboxes[ctx.replica])
         self._doorbell = ringmod.Doorbell(self._inbox)
-        self._bell_word = self._inbox.u32(0)   # the doorbell's futex word (ring.py layout), polled
-        self._readers = [CallRingReader(self._inbox, c, self._cap) for c in range(d.n_callers)]
+        self._readers = [CallRingReader(self._inbox, c, self._cap, d.n_callers) for c in range(d.n_callers)]
+        self._waiter = Waiter(self._doorbell, asleep_word(self._inbox, d.n_callers, self._cap))
         self._answer_segments: dict[int, SharedSegment] = {}
         self._writers: dict[int, CallRingWriter] = {}
         self._metrics_seg = SharedSegment(ctx.metrics_segment)
@@ -112,21 +111,24 @@ class Replica:
         self.busy = 0.0
 
     def serve(self) -> None:
-        bell = self._doorbell
-        word = self._bell_word
-        waiter = Waiter()
         readers = list(enumerate(self._readers))
         on_request = self._on_request
+        wait = self._waiter.wait
+
+        def ready() -> bool:
+            for _, reader in readers:
+                if reader.has_data():
+                    return True
+            return False
+
         while True:
-            seen = word.value
             for caller, reader in readers:
                 if reader.has_data():
                     self._caller = caller
                     reader.drain(on_request)
             if self._stopping:
                 return
-            if not waiter.poll(word, seen):
-                bell.wait(seen, 1.0)
+            wait(ready, 1.0)
 
     def _on_request(self, flags: int, body: Any) -> None:
         if flags & ringmod.FLAG_CONTROL:
@@ -165,7 +167,8 @@ class Replica:
         writer = self._writers.get(caller)
         if writer is None:
             seg = self._answer_segments[caller] = SharedSegment(self.ctx.directory.response_inboxes[caller])
-            writer = self._writers[caller] = CallRingWriter(seg, self.ctx.replica, self._cap)
+            writer = self._writers[caller] = CallRingWriter(seg, self.ctx.replica, self._cap,
+                                                            self.ctx.directory.n_replicas)
         writer.send(data)
 
     def metrics(self) -> dict:
@@ -178,7 +181,7 @@ class Replica:
             reader.close()
         self._writers.clear()
         self._readers = []
-        self._doorbell = self._bell_word = None
+        self._doorbell = self._waiter = None
         self.counters = None
         for seg in (*self._answer_segments.values(), self._inbox, self._metrics_seg):
             seg.close()

@@ -1,14 +1,13 @@
-"""Waiting for the other end of a service round trip: poll a futex word briefly, then sleep on it.
+"""Waiting for the other end of a service round trip: poll the rings briefly, then sleep on the doorbell.
 
-    caller:   write request, commit ─► Waiter.wait(response doorbell) ─► read answer
-    replica:  answer, commit ─► Waiter.wait(request doorbell) ─► read next request
+    caller:   write request, commit ─► Waiter.wait(its answer ring has data) ─► read answer
+    replica:  answer, commit ─► Waiter.wait(any request ring has data) ─► read next request
 
 A synchronous call is a ping-pong, and the answer to a small call comes back within a few tens of
 microseconds. A futex sleep and wake-up costs more than that here: on a VM the wake of an idle vCPU alone
-measured 30-70 us, and the sleeper pays the same again to get going. So a waiter first polls the word for
-up to `window` seconds and only then sleeps on the futex, with the usual event-count protocol (futex.py):
-the caller read `seen`, re-checked its rings, and sleeps only if the word still equals `seen`, so no
-wake-up is lost whether the other side commits during the poll or during the sleep.
+measured 30-70 us, and the sleeper pays the same again to get going. So a waiter first polls `ready()`
+for up to `window` seconds and only then sleeps on the doorbell futex, flagging itself `asleep` first so
+that producers know to wake it (rings.py has the protocol and why no wake-up can be lost).
 
 The poll calls sched_yield() between checks rather than spinning on the CPU. With more busy processes
 than cores (4 callers and 4 replicas on 2 cores, or a core taken by other work) the process that must
@@ -27,6 +26,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
+
+from procflow.runtime.communication.ring import Doorbell
+from procflow.runtime.service.rings import fence
 
 MIN_WINDOW = 20e-6
 MAX_WINDOW = 250e-6
@@ -35,24 +38,27 @@ _yield = os.sched_yield
 
 
 class Waiter:
-    """Poll-then-sleep on a futex word, with an adaptive poll window. One per waiting thread role."""
+    """Poll-then-sleep on one call inbox, with an adaptive poll window. One per consumer role."""
 
-    __slots__ = ("window",)
+    __slots__ = ("window", "_bell", "_asleep")
 
-    def __init__(self, window: float = 100e-6) -> None:
-        self.window = window
+    def __init__(self, bell: Doorbell, asleep) -> None:
+        self.window = 100e-6
+        self._bell = bell
+        self._asleep = asleep   # the inbox's `asleep` flag (rings.py), written by this consumer only
 
-    def poll(self, word, seen: int) -> bool:
-        """Yield-poll the ctypes word until it differs from `seen`, for at most the window.
+    def wait(self, ready: Callable[[], bool], timeout: float) -> None:
+        """Return once `ready()` may be true, or after about `timeout` seconds; callers re-check."""
+        if not self.poll(ready):
+            self.sleep(ready, timeout)
 
-        True if it changed (the caller re-checks its rings); False if the window ran out and the caller
-        should sleep on the futex with the same `seen`.
-        """
+    def poll(self, ready: Callable[[], bool]) -> bool:
+        """Yield-poll `ready()` for at most the window; True if it became true."""
         started = _perf()
         end = started + self.window
-        while word.value == seen:
+        while not ready():
             _yield()
-            if word.value != seen:
+            if ready():
                 break
             if _perf() >= end:
                 self.window = max(self.window * 0.5, MIN_WINDOW)
@@ -61,3 +67,13 @@ class Waiter:
         if took * 2 > self.window:
             self.window = min(took * 2, MAX_WINDOW)
         return True
+
+    def sleep(self, ready: Callable[[], bool], timeout: float) -> None:
+        """Sleep on the doorbell until a producer that saw the `asleep` flag rings it (or the timeout)."""
+        asleep = self._asleep
+        asleep.value = 1
+        fence()
+        seen = self._bell.seen()
+        if not ready():
+            self._bell.wait(seen, timeout)
+        asleep.value = 0
