@@ -271,7 +271,7 @@ class ServiceClient:
                     return
             if self._closing:
                 return
-            self._waiter.wait(ready, min(self._nearest - now, 1.0))
+            self._waiter.wait(ready, self._nearest - now)
 
     def _any_data(self) -> bool:
         for reader in self._readers:
@@ -289,7 +289,7 @@ class ServiceClient:
             wake = self._expire(now)
             if self._closing or wake is None:
                 return
-            self._waiter.sleep(self._any_data, min(wake - now, 1.0))
+            self._waiter.sleep(self._any_data, wake - now)
 
     def _on_answer(self, flags: int, body: Any) -> None:
         cid, status, value = loads(body)

@@ -128,7 +128,7 @@ class Replica:
                     reader.drain(on_request)
             if self._stopping:
                 return
-            wait(ready, 1.0)
+            wait(ready)
 
     def _on_request(self, flags: int, body: Any) -> None:
         if flags & ringmod.FLAG_CONTROL:

@@ -52,8 +52,8 @@ from procflow.runtime.communication.shm import SharedSegment
 _FRAME_HEADER = struct.Struct("<II")    # ring.py's frame header: body length, flags
 _ASLEEP = 0
 _BLOCKED = 64
-# A producer waiting for room re-checks at least this often (as ring.py's writer does).
-_SAFETY_WAIT = 0.25
+# A producer waiting for room re-checks at least this often (as ring.py's writer does); tests raise it.
+SAFETY_WAIT = 0.25
 
 _fence_lock = threading.Lock()
 _fence_acquire = _fence_lock.acquire
@@ -144,7 +144,7 @@ class CallRingWriter(ringmod.RingWriter):
             self._rpos = self._read_word.value
             if cap - (self._wpos - self._rpos) >= need:
                 break
-            futex.wait(self._space_addr, seen, _SAFETY_WAIT)
+            futex.wait(self._space_addr, seen, SAFETY_WAIT)
         blocked.value = 0
         self.blocked_seconds += time.perf_counter() - started
 

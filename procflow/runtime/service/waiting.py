@@ -33,6 +33,9 @@ from procflow.runtime.service.rings import fence
 
 MIN_WINDOW = 20e-6
 MAX_WINDOW = 250e-6
+# A sleeper re-checks at least this often: a lost wake-up (which the protocol rules out) would cost
+# latency, never a hang. Tests raise it, so that a lost wake-up shows as a hang instead.
+SAFETY_WAIT = 1.0
 _perf = time.perf_counter
 _yield = os.sched_yield
 
@@ -47,7 +50,7 @@ class Waiter:
         self._bell = bell
         self._asleep = asleep   # the inbox's `asleep` flag (rings.py), written by this consumer only
 
-    def wait(self, ready: Callable[[], bool], timeout: float) -> None:
+    def wait(self, ready: Callable[[], bool], timeout: float | None = None) -> None:
         """Return once `ready()` may be true, or after about `timeout` seconds; callers re-check."""
         if not self.poll(ready):
             self.sleep(ready, timeout)
@@ -68,12 +71,12 @@ class Waiter:
             self.window = min(took * 2, MAX_WINDOW)
         return True
 
-    def sleep(self, ready: Callable[[], bool], timeout: float) -> None:
+    def sleep(self, ready: Callable[[], bool], timeout: float | None = None) -> None:
         """Sleep on the doorbell until a producer that saw the `asleep` flag rings it (or the timeout)."""
         asleep = self._asleep
         asleep.value = 1
         fence()
         seen = self._bell.seen()
         if not ready():
-            self._bell.wait(seen, timeout)
+            self._bell.wait(seen, SAFETY_WAIT if timeout is None else min(timeout, SAFETY_WAIT))
         asleep.value = 0
