@@ -195,7 +195,8 @@ class ServiceClient:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         replica = info.first + next(self._turns[name]) % info.parallelism
         cid = next(self._ids)
-        data = dumps((cid, method, tuple(args), dict(kwargs)))
+        data = dumps((cid, method, args if type(args) is tuple else tuple(args),
+                      kwargs if type(kwargs) is dict else dict(kwargs)))
         deadline = time.monotonic() + timeout
         reader = False
         with self._lock:
@@ -293,8 +294,7 @@ class ServiceClient:
 
     def _on_answer(self, flags: int, body: Any) -> None:
         cid, status, value = loads(body)
-        with self._lock:
-            call = self._pending.pop(cid, None)
+        call = self._pending.pop(cid, None)   # one atomic dict operation: no lock needed
         if call is not None:   # else the caller gave up (timeout) before the answer came
             self._resolve(call, status, value)
 
