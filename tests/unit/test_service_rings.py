@@ -204,3 +204,17 @@ def test_poll_window_grows_with_quick_answers_and_halves_when_they_do_not_come(m
     assert waiter.window > waiting.MIN_WINDOW
     assert waiter.window <= waiting.MAX_WINDOW
     assert waiter.poll(lambda: True) is True
+
+
+def test_a_sleep_that_ended_soon_widens_the_window(make_inbox):
+    """Two sides whose windows shrank must not stay in the sleep/wake-up regime for good."""
+    inbox = make_inbox(4096)
+
+    class WokenAtOnce(Waiter):
+        def sleep(self, ready, timeout=None):   # as if the other side answered right after the poll
+            pass
+
+    waiter = WokenAtOnce(inbox.doorbell, inbox.asleep)
+    waiter.window = waiting.MIN_WINDOW
+    waiter.wait(lambda: False)
+    assert waiter.window >= 2 * waiting.MIN_WINDOW

@@ -17,9 +17,9 @@ with yields, 160 us with a pure spin). On a core nobody else wants, sched_yield(
 (about a microsecond), so the poll stays fine-grained.
 
 The window adapts, as an adaptive mutex's spin count does: it grows towards twice the wait that the
-poll caught, and halves whenever the poll ran out (a slow method, an idle caller), so a process that
-waits on something slow soon sleeps at once and burns almost no CPU. It never drops below MIN_WINDOW, so
-it recovers when answers become quick again.
+poll caught, or that poll and sleep took together when that was under MAX_WINDOW, and halves whenever
+the poll ran out (a slow method, an idle caller), so a process that waits on something slow soon sleeps
+at once and burns almost no CPU.
 """
 
 from __future__ import annotations
@@ -52,8 +52,16 @@ class Waiter:
 
     def wait(self, ready: Callable[[], bool], timeout: float | None = None) -> None:
         """Return once `ready()` may be true, or after about `timeout` seconds; callers re-check."""
-        if not self.poll(ready):
-            self.sleep(ready, timeout)
+        started = _perf()
+        if self.poll(ready):
+            return
+        self.sleep(ready, timeout)
+        took = _perf() - started
+        if took < MAX_WINDOW:
+            # Woken soon after all: the window was too short. Without this, two sides whose windows
+            # shrank (a hiccup) would each sleep, each find the other asleep, and stay in the slow
+            # sleep/wake-up regime for good: a wake-up of a sleeper takes longer than MIN_WINDOW.
+            self.window = min(max(self.window, took * 2), MAX_WINDOW)
 
     def poll(self, ready: Callable[[], bool]) -> bool:
         """Yield-poll `ready()` for at most the window; True if it became true."""
