@@ -4,6 +4,7 @@ wake-up shows as a hang (pytest-timeout) instead of a short delay."""
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
@@ -187,7 +188,10 @@ def test_a_producer_waiting_for_room_is_always_woken(make_inbox):
     assert inbox.w._blocked.value == 0
 
 
-def test_poll_window_grows_with_quick_answers_and_halves_when_they_do_not_come(make_inbox):
+def test_poll_window_grows_with_quick_answers_and_halves_when_they_do_not_come(make_inbox, monkeypatch):
+    ticks = itertools.count()
+    monkeypatch.setattr(waiting, "_perf", lambda: next(ticks) * 1e-6)   # 1 us per reading: deterministic
+    monkeypatch.setattr(waiting, "_yield", lambda: None)
     inbox = make_inbox(4096)
     waiter = inbox.waiter
     waiter.window = waiting.MAX_WINDOW
@@ -195,14 +199,9 @@ def test_poll_window_grows_with_quick_answers_and_halves_when_they_do_not_come(m
         assert waiter.poll(lambda: False) is False
     assert waiter.window == waiting.MIN_WINDOW
 
-    calls = iter(range(1_000_000))
-
-    def after_a_while() -> bool:   # true after some polls: a wait the window can catch
-        return next(calls) > 20
-
-    assert waiter.poll(after_a_while) is True
-    assert waiter.window > waiting.MIN_WINDOW
-    assert waiter.window <= waiting.MAX_WINDOW
+    calls = itertools.count()
+    assert waiter.poll(lambda: next(calls) >= 30) is True   # caught after ~15 us: more than half the window
+    assert waiting.MIN_WINDOW < waiter.window <= waiting.MAX_WINDOW
     assert waiter.poll(lambda: True) is True
 
 
