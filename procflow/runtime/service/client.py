@@ -1,6 +1,7 @@
 """Calling services: the picklable ServiceDirectory and the per-process ServiceClient it connects.
 
-Queues (all shared-memory rings, see communication/ring.py; one segment = one inbox with one doorbell)::
+Queues (shared-memory rings, see communication/ring.py; one segment = one inbox with one doorbell, plus
+the asleep/blocked flags of rings.py that let each side skip wake-ups nobody needs)::
 
     request inbox of replica r     one ring per caller c      written by c only, read by replica r
     response inbox of caller c     one ring per replica r     written by r only, read by c only
