@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import threading
 import time
 
 import numpy as np
@@ -288,3 +289,114 @@ def test_replica_that_dies_fails_job_at_once(env_dir):
             env.submit()
     assert time.monotonic() - started < 20   # not the caller's 30 s timeout
 
+
+
+# -- the synchronous fast path and the wake-up protocol (rings.py, waiting.py) --------------------------
+
+
+@pytest.fixture
+def no_safety_net(monkeypatch):
+    """Raise the bounded waits that back up the wake-up protocol (forked children inherit this), so that a
+    lost wake-up shows as a ServiceTimeoutError or a hang instead of a short delay."""
+    from procflow.runtime.service import rings, waiting
+
+    monkeypatch.setattr(waiting, "SAFETY_WAIT", 300.0)
+    monkeypatch.setattr(rings, "SAFETY_WAIT", 300.0)
+
+
+class IdleAndSlowCaller(MapFunction):
+    def execute(self, x):
+        out = []
+        for i in range(30):
+            # Idle longer than any poll window, so the replica is asleep when the next request comes;
+            # then a call slower than the caller's window, so the caller is asleep when its answer comes.
+            time.sleep(0.003 if i % 2 else 0.0)
+            out.append(self.call_service("sleepy", i, delay=0.003 if i % 3 == 0 else 0.0))
+        return out
+
+
+def test_sleeping_callers_and_replicas_are_woken(env_dir, no_safety_net):
+    with LocalEnvironment("svc-wake", env_dir=env_dir) as env:
+        env.register_service("sleepy", Sleepy, parallelism=2)
+        result = env.from_batch(range(3)).map(IdleAndSlowCaller, parallelism=3).collect()
+        env.submit()
+    assert result.results() == [[i * 10 for i in range(30)]] * 3
+
+
+class Echo(BaseService):
+    def process(self, x):
+        return x
+
+    def slow(self, x, seconds):
+        time.sleep(seconds)
+        return ("late", x)
+
+
+class ThreadedCaller(MapFunction):
+    def execute(self, x):
+        errors: list = []
+        results: dict = {}
+
+        def work(t):
+            try:
+                futures = [self.call_service_async("echo", (t, -i)) for i in range(20)]
+                results[t] = [self.call_service("echo", (t, i)) for i in range(200)]
+                results[t] += [f.result(timeout=10) for f in futures]
+            except BaseException as exc:  # reported below, in the task
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        return results
+
+
+def test_threads_of_one_task_call_at_once(env_dir, no_safety_net):
+    with LocalEnvironment("svc-threads", env_dir=env_dir) as env:
+        env.register_service("echo", Echo, parallelism=2)
+        result = env.from_batch([0]).map(ThreadedCaller).collect()
+        env.submit()
+    [results] = result.results()
+    for t in range(4):
+        assert results[t] == [(t, i) for i in range(200)] + [(t, -i) for i in range(20)]
+
+
+class LateAnswerCaller(MapFunction):
+    def execute(self, x):
+        try:
+            self.call_service("echo", 1, 0.3, method="slow", timeout=0.05)
+        except ServiceTimeoutError:
+            pass
+        else:
+            return "no timeout"
+        # The answer to the timed-out call arrives while this one waits: it must be dropped.
+        return [self.call_service("echo", i) for i in range(5)]
+
+
+def test_a_late_answer_to_a_timed_out_call_is_not_taken_for_a_later_one(env_dir):
+    with LocalEnvironment("svc-late", env_dir=env_dir) as env:
+        env.register_service("echo", Echo)
+        result = env.from_batch([0]).map(LateAnswerCaller).collect()
+        env.submit()
+    assert result.results() == [[0, 1, 2, 3, 4]]
+
+
+class BigCaller(MapFunction):
+    def execute(self, x):
+        arrays = [np.full(400_000, float(i + x)) for i in range(4)]   # 3.2 MB each, rings are 1 MB
+        futures = [self.call_service_async("echo", a) for a in arrays]
+        direct = self.call_service("echo", arrays[0])
+        back = [f.result(timeout=20) for f in futures]
+        return all(np.array_equal(a, b) for a, b in zip(arrays, back)) and np.array_equal(direct, arrays[0])
+
+
+def test_arguments_and_results_larger_than_the_rings(env_dir, no_safety_net):
+    with LocalEnvironment("svc-big", env_dir=env_dir) as env:
+        env.register_service("echo", Echo)
+        result = env.from_batch(range(2)).map(BigCaller, parallelism=2).collect()
+        env.submit()
+    assert result.results() == [True, True]

@@ -1,6 +1,7 @@
 """Calling services: the picklable ServiceDirectory and the per-process ServiceClient it connects.
 
-Queues (all shared-memory rings, see communication/ring.py; one segment = one inbox with one doorbell)::
+Queues (shared-memory rings, see communication/ring.py; one segment = one inbox with one doorbell, plus
+the asleep/blocked flags of rings.py that let each side skip wake-ups nobody needs)::
 
     request inbox of replica r     one ring per caller c      written by c only, read by replica r
     response inbox of caller c     one ring per replica r     written by r only, read by c only
@@ -16,12 +17,14 @@ asked.
 
 Who reads the response inbox (one reader at a time, the "reader role", guarded by `_lock`)::
 
-    call()        registers a Future; if nobody reads, the calling thread takes the role and reads until
-                  its own answer arrived (no thread hop on the hot path), answering other calls on the way
+    call()        if nobody reads, the calling thread takes the role and reads until its own answer
+                  arrived (no Future, no thread hop: it polls its inbox briefly, then sleeps on the
+                  doorbell, see waiting.py), answering other calls on the way; if another thread reads,
+                  it registers a Future and waits on that
     call_async()  registers a Future; if nobody reads, hands the role to the client's reader thread
     leaving       a sync reader leaving with calls still pending hands the role to the reader thread
 Invariant: while any call is pending, some thread holds the role. The reader thread is started on first
-need and joined by close().
+need and joined by close(). Whoever pops a call from `_pending` resolves it, exactly once.
 """
 
 from __future__ import annotations
@@ -38,8 +41,12 @@ from typing import Any
 from procflow.errors import RemoteTraceback, ServiceError, ServiceTimeoutError, UnknownServiceError
 from procflow.runtime.communication import ring as ringmod
 from procflow.runtime.communication.shm import SharedSegment
+from procflow.runtime.service.rings import CallRingReader, CallRingWriter, asleep_word
+from procflow.runtime.service.waiting import Waiter
 
-OK, ERROR, NO_METHOD = 0, 1, 2
+OK, ERROR, NO_METHOD = 0, 1, 2           # statuses of an answer frame
+_TIMEOUT, _ABANDONED = -1, -2           # ...and of a call that got none
+_NEVER = float("inf")
 
 
 class EncodeError(TypeError):
@@ -61,20 +68,6 @@ def dumps(obj: Any) -> bytes:
 def loads(body: Any) -> Any:
     """Decode a frame body; copies out of the ring, so nothing keeps a reference into it."""
     return pickle.loads(body)
-
-
-class CallRingReader(ringmod.RingReader):
-    """A RingReader that skips the space wake-up (a syscall, several microseconds here) when no producer
-    can be waiting for space: a producer sleeps only on a ring more than about half full, since no frame
-    is larger than half the ring. A producer that filled the ring after our drain began rang the doorbell
-    as it committed, so the next drain sees the ring full and wakes it."""
-
-    def _release(self, rpos: int) -> None:
-        if rpos - self._rpos < self._cap // 2 - 64 and self._write_word.value - self._rpos < self._cap // 2 - 64:
-            self._rpos = rpos
-            self._read_word.value = rpos
-            return
-        super()._release(rpos)
 
 
 @dataclass(frozen=True)
@@ -104,14 +97,22 @@ class ServiceDirectory:
         return ServiceClient(self, self.callers[ctx.name], ctx.name)
 
 
-@dataclass
 class _Call:
-    future: Future
-    service: str
-    method: str
-    replica: int
-    deadline: float
-    timeout: float
+    """One call in flight. A sync call whose own thread reads the answers has no Future: the reader
+    stores `value` and then `status`, and the calling thread sees them right away."""
+
+    __slots__ = ("service", "method", "replica", "deadline", "timeout", "future", "status", "value")
+
+    def __init__(self, service: str, method: str, replica: int, deadline: float, timeout: float,
+                 future: Future | None) -> None:
+        self.service = service
+        self.method = method
+        self.replica = replica
+        self.deadline = deadline
+        self.timeout = timeout
+        self.future = future
+        self.status: int | None = None
+        self.value: Any = None
 
 
 class ServiceClient:
@@ -124,19 +125,23 @@ class ServiceClient:
         self._cap = directory.capacity
         self._segment = SharedSegment(directory.response_inboxes[caller])
         self._doorbell = ringmod.Doorbell(self._segment)
-        self._readers = [CallRingReader(self._segment, r, self._cap) for r in range(directory.n_replicas)]
+        n = directory.n_replicas
+        self._readers = [CallRingReader(self._segment, r, self._cap, n) for r in range(n)]
         self._req_segments: dict[int, SharedSegment] = {}
-        self._writers: dict[int, ringmod.RingWriter] = {}
+        self._writers: dict[int, CallRingWriter] = {}
         self._send_locks = [threading.Lock() for _ in range(directory.n_replicas)]
         self._open_lock = threading.Lock()
         self._turns = {name: itertools.count(caller) for name in directory.services}
         self._ids = itertools.count(1)
         self._pending: dict[int, _Call] = {}
+        self._nearest = _NEVER      # no pending deadline is earlier (may be stale-early, never late)
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._reading = False       # some thread holds the reader role
         self._thread_turn = False   # ...and it is the reader thread
         self._thread: threading.Thread | None = None
+        # Polls and sleeps for whichever thread holds the reader role (one at a time).
+        self._waiter = Waiter(self._doorbell, asleep_word(self._segment, n, self._cap))
         self._closing = False
         self._closed = False
 
@@ -144,14 +149,20 @@ class ServiceClient:
 
     def call(self, name: str, method: str, args: tuple, kwargs: dict, timeout: float) -> Any:
         cid, call, reader = self._submit(name, method, args, kwargs, timeout, sync=True)
-        fut = call.future
         if reader:
             try:
-                self._read(until=fut, deadline=call.deadline)
+                self._await(call)
             finally:
                 self._leave()
+            status = call.status
+            if status == OK:
+                return call.value
+            if status is None:   # close() from another thread while we waited
+                status = _ABANDONED
+            raise self._error(call, status, call.value)
+        fut = call.future
         try:
-            return fut.result(timeout=None if fut.done() else max(call.deadline - time.monotonic(), 0.0))
+            return fut.result(timeout=max(call.deadline - time.monotonic(), 0.0))
         except FutureTimeout:
             with self._lock:
                 self._pending.pop(cid, None)
@@ -185,17 +196,22 @@ class ServiceClient:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         replica = info.first + next(self._turns[name]) % info.parallelism
         cid = next(self._ids)
-        call = _Call(Future(), name, method, replica, time.monotonic() + timeout, timeout)
-        data = dumps((cid, method, tuple(args), dict(kwargs)))
+        data = dumps((cid, method, args if type(args) is tuple else tuple(args),
+                      kwargs if type(kwargs) is dict else dict(kwargs)))
+        deadline = time.monotonic() + timeout
         reader = False
         with self._lock:
+            if sync and not self._reading:
+                self._reading = reader = True
+                call = _Call(name, method, replica, deadline, timeout, None)
+            else:
+                call = _Call(name, method, replica, deadline, timeout, Future())
             self._pending[cid] = call
+            if deadline < self._nearest:
+                self._nearest = deadline
             if not self._reading:
                 self._reading = True
-                if sync:
-                    reader = True
-                else:
-                    self._hand_to_thread()
+                self._hand_to_thread()
         try:
             self._send(replica, data)
         except BaseException:
@@ -211,67 +227,106 @@ class ServiceClient:
         if writer is None:
             writer = self._open_writer(replica)
         with self._send_locks[replica]:
-            writer.write([data], len(data), 0)
-            writer.commit()
+            writer.send(data)
 
-    def _open_writer(self, replica: int) -> ringmod.RingWriter:
+    def _open_writer(self, replica: int) -> CallRingWriter:
         with self._open_lock:
             writer = self._writers.get(replica)
             if writer is None:
                 seg = self._req_segments[replica] = SharedSegment(self._dir.request_inboxes[replica])
-                writer = self._writers[replica] = ringmod.RingWriter(seg, self._caller, self._cap)
+                writer = self._writers[replica] = CallRingWriter(seg, self._caller, self._cap,
+                                                                 self._dir.n_callers)
             return writer
 
     # -- reading answers ---------------------------------------------------------------------------
 
-    def _read(self, until: Future | None, deadline: float | None) -> None:
-        """Drain answers until `until` is done (or, with until=None, nothing is pending), or the deadline."""
-        bell = self._doorbell
+    def _await(self, call: _Call) -> None:
+        """The sync reader's loop: read answers until `call` has its own, timed out, or the client closes.
+
+        Only the answering replica's ring is looked at while this is the only call pending: answers for
+        nobody (calls that timed out) may then wait in other rings until a later read. A call that
+        another thread registers meanwhile makes `_pending` longer before its request is even sent, so
+        its answer cannot slip past `ready()` (rings.py: a consumer about to sleep sees every ring whose
+        producer skipped the wake-up).
+        """
+        own = self._readers[call.replica]
+        on_answer = self._on_answer
+
+        def ready() -> bool:
+            return own.has_data() or (len(self._pending) > 1 and self._any_data())
+
         while True:
-            seen = bell.seen()
+            if own.has_data():
+                own.drain(on_answer)
+                if call.status is not None:
+                    return
+            if len(self._pending) > 1:
+                for reader in self._readers:
+                    if reader.has_data():
+                        reader.drain(on_answer)
+                if call.status is not None:
+                    return
+            now = time.monotonic()
+            if now >= self._nearest:
+                self._expire(now)
+                if call.status is not None:
+                    return
+            if self._closing:
+                return
+            self._waiter.wait(ready, self._nearest - now)
+
+    def _any_data(self) -> bool:
+        for reader in self._readers:
+            if reader.has_data():
+                return True
+        return False
+
+    def _read(self) -> None:
+        """The reader thread's loop: drain answers until nothing is pending or the client closes."""
+        while True:
             for reader in self._readers:
                 if reader.has_data():
                     reader.drain(self._on_answer)
             now = time.monotonic()
             wake = self._expire(now)
-            if until is not None:
-                if until.done() or now >= deadline:
-                    return
-                wake = deadline if wake is None else min(wake, deadline)
-            elif self._closing or wake is None:
+            if self._closing or wake is None:
                 return
-            bell.wait(seen, min(wake - now, 1.0))
+            self._waiter.sleep(self._any_data, wake - now)
 
     def _on_answer(self, flags: int, body: Any) -> None:
         cid, status, value = loads(body)
-        with self._lock:
-            call = self._pending.pop(cid, None)
-        if call is None:
-            return  # the caller gave up (timeout) before the answer came
+        call = self._pending.pop(cid, None)   # one atomic dict operation: no lock needed
+        if call is not None:   # else the caller gave up (timeout) before the answer came
+            self._resolve(call, status, value)
+
+    def _resolve(self, call: _Call, status: int, value: Any) -> None:
+        fut = call.future
+        if fut is None:
+            call.value = value
+            call.status = status   # last: the calling thread returns as soon as it sees a status
+            return
         try:
             if status == OK:
-                call.future.set_result(value)
+                fut.set_result(value)
             else:
-                call.future.set_exception(self._remote_error(call, status, value))
+                fut.set_exception(self._error(call, status, value))
         except InvalidStateError:  # the user cancelled the future
             pass
 
     def _expire(self, now: float) -> float | None:
         """Fail pending calls past their deadline; returns the next deadline, or None if none pending."""
         expired = []
-        nearest = None
+        nearest = _NEVER
         with self._lock:
             for cid, call in list(self._pending.items()):
                 if call.deadline <= now:
                     expired.append(self._pending.pop(cid))
-                elif nearest is None or call.deadline < nearest:
+                elif call.deadline < nearest:
                     nearest = call.deadline
+            self._nearest = nearest
         for call in expired:
-            try:
-                call.future.set_exception(self._timeout_error(call))
-            except InvalidStateError:
-                pass
-        return nearest
+            self._resolve(call, _TIMEOUT, None)
+        return None if nearest == _NEVER else nearest
 
     def _leave(self) -> None:
         with self._lock:
@@ -296,7 +351,7 @@ class ServiceClient:
                     self._cond.wait()
                 if self._closing:
                     return
-            self._read(until=None, deadline=None)
+            self._read()
             with self._cond:
                 if not self._pending or self._closing:
                     self._thread_turn = False
@@ -315,6 +370,14 @@ class ServiceClient:
             f"{self._caller_name} got no answer within {call.timeout:g}s; it waited on the "
             f"{self._queue_names(call)}. The service may be busy or stuck: see its "
             f"{call.service}_debug.log, or pass a larger timeout=", service=call.service)
+
+    def _error(self, call: _Call, status: int, value: Any) -> ServiceError:
+        if status == _TIMEOUT:
+            return self._timeout_error(call)
+        if status == _ABANDONED:
+            return ServiceError(f"call to service {call.service!r} abandoned: {self._caller_name} closed its "
+                                "service client before the answer came", service=call.service)
+        return self._remote_error(call, status, value)
 
     def _remote_error(self, call: _Call, status: int, value: Any) -> ServiceError:
         if status == NO_METHOD:
@@ -341,19 +404,14 @@ class ServiceClient:
         with self._lock:
             left, self._pending = list(self._pending.values()), {}
         for call in left:
-            try:
-                call.future.set_exception(ServiceError(
-                    f"call to service {call.service!r} abandoned: {self._caller_name} closed its service "
-                    "client before the answer came", service=call.service))
-            except InvalidStateError:
-                pass
+            self._resolve(call, _ABANDONED, None)
         for writer in self._writers.values():
             writer.close()
         for reader in self._readers:
             reader.close()
         self._writers.clear()
         self._readers = []
-        self._doorbell = None
+        self._doorbell = self._waiter = None
         for seg in (*self._req_segments.values(), self._segment):
             seg.close()
         self._req_segments.clear()

@@ -1,7 +1,8 @@
 """ServiceManager: the driver's side of services. The Dispatcher calls it at fixed points:
 
     prepare()     (before task contexts) one request inbox per replica (a ring per caller), one response
-                  inbox per caller (a ring per replica), a counters segment, a control pipe per replica;
+                  inbox per caller (a ring per replica), both call inboxes (rings.py), a counters segment,
+                  a control pipe per replica;
                   every segment is handed to the Dispatcher, which unlinks it at cleanup
     directory     put into every TaskContext; connect(ctx) there gives the task its ServiceClient
     start()       (before tasks) one process per replica through the task factory
@@ -31,6 +32,7 @@ from procflow.runtime.communication.shm import SharedSegment, segment_name
 from procflow.runtime.control import Failed, Stopped
 from procflow.runtime.service.client import ServiceDirectory, ServiceInfo
 from procflow.runtime.service.replica import METRIC_FIELDS, ServiceContext, public_methods, service_main
+from procflow.runtime.service.rings import CallRingWriter, call_inbox_size
 
 log = logging.getLogger("procflow.dispatcher")
 
@@ -73,10 +75,10 @@ class ServiceManager:
                 replicas.append(name)
         callers = [*d.graph.nodes, *replicas]
         n_callers = len(callers) + 1  # the driver's ring is the last one of each request inbox
-        self._request_segments = [self._segment("svcreq", ringmod.inbox_size(n_callers, RING_BYTES))
+        self._request_segments = [self._segment("svcreq", call_inbox_size(n_callers, RING_BYTES))
                                   for _ in replicas]
         request_names = [seg.name for seg in self._request_segments]
-        response_names = [self._segment("svcans", ringmod.inbox_size(len(replicas), RING_BYTES)).name
+        response_names = [self._segment("svcans", call_inbox_size(len(replicas), RING_BYTES)).name
                           for _ in callers]
         self._metrics_segment = self._segment("svcmet", 8 * len(METRIC_FIELDS) * len(replicas))
         self.directory = ServiceDirectory(
@@ -156,9 +158,9 @@ class ServiceManager:
         if self.directory is not None:
             driver_slot = self.directory.n_callers - 1
             for seg in self._request_segments:
-                writer = ringmod.RingWriter(seg, driver_slot, RING_BYTES)
+                writer = CallRingWriter(seg, driver_slot, RING_BYTES, self.directory.n_callers)
                 writer.write([b""], 0, ringmod.FLAG_CONTROL)
-                writer.close()
+                writer.close()   # commits: wakes the replica if it sleeps
         failed = self.dispatcher.manager.failure is not None
         deadline = time.monotonic() + (min(grace, 0.5) if failed else grace)
         readers = {r: n for r, n in self._readers.items() if n in self._handles and n not in self._stopped}

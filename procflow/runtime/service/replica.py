@@ -3,10 +3,11 @@
     attach ─► service.setup() ─► Ready ─► serve ─► (stop frame from the driver) ─► stop() ─► cleanup()
            ─► Stopped(metrics) ─► exit
 
-Serve loop: sleep on the inbox doorbell (a futex, no CPU while idle); on wake-up drain every caller's
-request ring, run each call, and write the answer into the caller's response ring at once (callers are
-waiting). An exception in a method becomes an error answer, never a dead replica; only an exception in
-setup/stop/cleanup (or a BaseException) ends the replica, reported as Failed.
+Serve loop: drain every caller's request ring, run each call, and write the answer into the caller's
+response ring at once (callers are waiting); then wait on the inbox doorbell: a short adaptive poll, since
+a synchronous caller sends its next request a few microseconds after our answer, then a futex sleep
+(no CPU while idle), see waiting.py. An exception in a method becomes an error answer, never a dead
+replica; only an exception in setup/stop/cleanup (or a BaseException) ends the replica, reported as Failed.
 
 Counters (calls, errors, busy seconds) live in a small shared segment the driver reads at any moment,
 like the tasks' counters in job_control.py.
@@ -29,12 +30,13 @@ from procflow.runtime.service.client import (
     ERROR,
     NO_METHOD,
     OK,
-    CallRingReader,
     EncodeError,
     ServiceDirectory,
     dumps,
     loads,
 )
+from procflow.runtime.service.rings import CallRingReader, CallRingWriter, asleep_word
+from procflow.runtime.service.waiting import Waiter
 from procflow.runtime.task.entry import become_child, end_child, open_task_logger
 
 METRIC_FIELDS = ("calls", "errors", "busy_s")
@@ -95,9 +97,10 @@ class Replica:
         self._cap = d.capacity
         self._inbox = SharedSegment(d.request_inboxes[ctx.replica])
         self._doorbell = ringmod.Doorbell(self._inbox)
-        self._readers = [CallRingReader(self._inbox, c, self._cap) for c in range(d.n_callers)]
+        self._readers = [CallRingReader(self._inbox, c, self._cap, d.n_callers) for c in range(d.n_callers)]
+        self._waiter = Waiter(self._doorbell, asleep_word(self._inbox, d.n_callers, self._cap))
         self._answer_segments: dict[int, SharedSegment] = {}
-        self._writers: dict[int, ringmod.RingWriter] = {}
+        self._writers: dict[int, CallRingWriter] = {}
         self._metrics_seg = SharedSegment(ctx.metrics_segment)
         self.counters = np.ndarray((d.n_replicas, len(METRIC_FIELDS)), dtype=np.float64,
                                    buffer=self._metrics_seg.buf)[ctx.replica]
@@ -108,15 +111,24 @@ class Replica:
         self.busy = 0.0
 
     def serve(self) -> None:
-        bell = self._doorbell
-        while not self._stopping:
-            seen = bell.seen()
-            for caller, reader in enumerate(self._readers):
+        readers = list(enumerate(self._readers))
+        on_request = self._on_request
+        wait = self._waiter.wait
+
+        def ready() -> bool:
+            for _, reader in readers:
+                if reader.has_data():
+                    return True
+            return False
+
+        while True:
+            for caller, reader in readers:
                 if reader.has_data():
                     self._caller = caller
-                    reader.drain(self._on_request)
-            if not self._stopping:
-                bell.wait(seen, 1.0)
+                    reader.drain(on_request)
+            if self._stopping:
+                return
+            wait(ready)
 
     def _on_request(self, flags: int, body: Any) -> None:
         if flags & ringmod.FLAG_CONTROL:
@@ -155,9 +167,9 @@ class Replica:
         writer = self._writers.get(caller)
         if writer is None:
             seg = self._answer_segments[caller] = SharedSegment(self.ctx.directory.response_inboxes[caller])
-            writer = self._writers[caller] = ringmod.RingWriter(seg, self.ctx.replica, self._cap)
-        writer.write([data], len(data), 0)
-        writer.commit()
+            writer = self._writers[caller] = CallRingWriter(seg, self.ctx.replica, self._cap,
+                                                            self.ctx.directory.n_replicas)
+        writer.send(data)
 
     def metrics(self) -> dict:
         return {"calls": self.calls, "errors": self.errors, "busy_s": self.busy}
@@ -169,7 +181,7 @@ class Replica:
             reader.close()
         self._writers.clear()
         self._readers = []
-        self._doorbell = None
+        self._doorbell = self._waiter = None
         self.counters = None
         for seg in (*self._answer_segments.values(), self._inbox, self._metrics_seg):
             seg.close()
