@@ -277,9 +277,9 @@ def fmt(value: Any, digits: int = 3) -> str:
     v = float(value)
     if 1000 <= abs(v) < 1e4:
         return f"{v:.0f}"
-    for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e4, "k")):
+    for limit, unit, suffix in ((1e9, 1e9, "G"), (1e6, 1e6, "M"), (1e4, 1e3, "k")):
         if abs(v) >= limit:
-            return f"{v / limit:.{digits}g}{suffix}"
+            return f"{v / unit:.{digits}g}{suffix}"
     return f"{v:.{digits}g}"
 
 
