@@ -394,8 +394,9 @@ def _ring_endpoint(my_inbox, peer_inbox):
 
     def recv():
         while not pending:
-            pending.extend(gate.read(None))
-        return pending.pop(0).payload
+            for batch in gate.read(None):
+                pending.extend(batch.records)
+        return pending.pop(0)
 
     def close() -> None:
         from procflow.runtime.communication.queue_descriptor import shm_queue

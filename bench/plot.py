@@ -113,6 +113,26 @@ def memory(doc: dict, plt) -> str:
                         [[k, r["max_growth_mb"], r["flat"]] for k, r in cs.items()]))
 
 
+def services(doc: dict, plt) -> str:
+    entries = doc["callers"]
+    fig, ax = plt.subplots(figsize=(5, 3))
+    labels = [f"{c} caller(s)" for c in entries]
+    xs = range(len(labels))
+    ax.bar([x - 0.2 for x in xs], [e["procflow"]["rt_per_s"] for e in entries.values()], 0.4, label="procflow")
+    ax.bar([x + 0.2 for x in xs], [e["manager"]["rt_per_s"] for e in entries.values()], 0.4,
+           label="multiprocessing.Manager")
+    ax.set_xticks(list(xs), labels)
+    ax.set_ylabel("round trips / s")
+    ax.legend()
+    fig.tight_layout()
+    _save(fig, "services.png", plt)
+    rows = [[c, e["procflow"]["rt_per_s"], e["manager"]["rt_per_s"], e["ratio"], e["procflow"]["cpu_us_per_call"],
+             e["manager"]["cpu_us_per_call"]] for c, e in entries.items()]
+    return (f"{doc['params']['calls']} synchronous calls per caller task\n\n"
+            + _md_table(["callers", "procflow rt/s", "Manager rt/s", "x Manager", "procflow CPU us/call",
+                         "Manager CPU us/call"], rows))
+
+
 def _save(fig, name: str, plt) -> None:
     path = os.path.join(common.RESULTS_DIR, name)
     fig.savefig(path, dpi=110)
@@ -123,7 +143,8 @@ def _save(fig, name: str, plt) -> None:
 SECTIONS = [("channels", "Channels: one producer -> one consumer", channels),
             ("cpu_scaling", "CPU scaling", cpu_scaling),
             ("startup", "Start-up and memory per task", startup),
-            ("memory", "Back-pressure: RSS under a slow sink", memory)]
+            ("memory", "Back-pressure: RSS under a slow sink", memory),
+            ("services", "Services: synchronous round trips", services)]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,7 +13,7 @@ import time
 
 from bench import common
 
-BENCHMARKS = ("channels", "cpu_scaling", "startup", "memory")
+BENCHMARKS = ("channels", "cpu_scaling", "startup", "memory", "services")
 
 
 def main(argv: list[str] | None = None) -> int:

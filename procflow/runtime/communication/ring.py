@@ -58,13 +58,14 @@ class SpinPolicy:
     So the budget doubles after a short sleep and halves after a long one, like an adaptive mutex.
     """
 
-    __slots__ = ("budget",)
+    __slots__ = ("budget", "short_sleep")
 
-    def __init__(self, budget: int = SPIN_CHECKS) -> None:
+    def __init__(self, budget: int = SPIN_CHECKS, short_sleep: float = SHORT_SLEEP) -> None:
         self.budget = budget
+        self.short_sleep = short_sleep
 
     def slept(self, seconds: float) -> None:
-        if seconds < SHORT_SLEEP:
+        if seconds < self.short_sleep:
             self.budget = min(SPIN_CHECKS, self.budget * 2 + 4)
         else:
             self.budget >>= 1
@@ -96,7 +97,9 @@ class RingWriter:
         self._rpos = self._read_word.value
         self.max_body = capacity // 2 - _FRAME.size
         self.blocked_seconds = 0.0
-        self._spin = SpinPolicy()
+        # Blocked on a full ring means the consumer is draining it, and frees space every cap/8 bytes:
+        # a wait is one such chunk, so judge sleeps against the time to copy it, not a fixed 200 us.
+        self._spin = SpinPolicy(short_sleep=max(SHORT_SLEEP, capacity / 8 / 1e9 * 4))
 
     # -- writing ---------------------------------------------------------------------------------
 
