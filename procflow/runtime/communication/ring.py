@@ -164,15 +164,20 @@ class RingWriter:
                 self.blocked_seconds += time.perf_counter() - started
                 return
         sleep_started = time.perf_counter()
+        self._sleep_for_room(need)
+        now = time.perf_counter()
+        self._spin.slept(now - sleep_started)
+        self.blocked_seconds += now - started
+
+    def _sleep_for_room(self, need: int) -> None:
+        """Sleep on the space futex until `need` bytes are free (the consumer bumps it as it frees)."""
+        cap = self._cap
         while True:
             seen = self._space_word.value
             self._rpos = self._read_word.value
             if cap - (self._wpos - self._rpos) >= need:
-                break
+                return
             futex.wait(self._space_addr, seen, _SAFETY_WAIT)
-        now = time.perf_counter()
-        self._spin.slept(now - sleep_started)
-        self.blocked_seconds += now - started
 
     def commit(self) -> None:
         """Publish every frame written so far and ring the consumer's doorbell."""

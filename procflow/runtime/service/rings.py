@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import struct
 import threading
-import time
 
 from procflow.runtime.communication import futex
 from procflow.runtime.communication import ring as ringmod
@@ -97,6 +96,9 @@ class CallRingWriter(ringmod.RingWriter):
         trailer = _trailer(slots, capacity)
         self._asleep = segment.u32(trailer + _ASLEEP)
         self._blocked = segment.u32(trailer + _BLOCKED + 4 * slot)
+        # Always spin the full budget before sleeping for room: a call ring is full only while its
+        # consumer is draining it, which frees room within microseconds.
+        self._spin = ringmod.SpinPolicy(short_sleep=float("inf"))
 
     def send(self, data: bytes) -> None:
         """Write `data` as one frame and commit it."""
@@ -121,21 +123,9 @@ class CallRingWriter(ringmod.RingWriter):
             if self._asleep.value:
                 futex.bump_and_wake(self._doorbell_addr)
 
-    def _reserve(self, need: int) -> None:
+    def _sleep_for_room(self, need: int) -> None:
+        """RingWriter's wait for room, flagged so the consumer makes the wake-up call only then."""
         cap = self._cap
-        if cap - (self._wpos - self._rpos) >= need:
-            return
-        self._rpos = self._read_word.value
-        if cap - (self._wpos - self._rpos) >= need:
-            return
-        # Full: publish what we have so the consumer can drain it, then sleep until it frees room.
-        self.commit()
-        started = time.perf_counter()
-        for _ in range(ringmod.SPIN_CHECKS):   # a consumer that is draining frees room within microseconds
-            if cap - (self._wpos - self._read_word.value) >= need:
-                self._rpos = self._read_word.value
-                self.blocked_seconds += time.perf_counter() - started
-                return
         blocked = self._blocked
         while True:
             blocked.value = 1
@@ -146,7 +136,6 @@ class CallRingWriter(ringmod.RingWriter):
                 break
             futex.wait(self._space_addr, seen, SAFETY_WAIT)
         blocked.value = 0
-        self.blocked_seconds += time.perf_counter() - started
 
     def close(self) -> None:
         super().close()
