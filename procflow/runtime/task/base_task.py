@@ -212,8 +212,7 @@ class BaseTask:
         perf = time.perf_counter
         if self.remaining == 0:
             return self.last_signal
-        if hasattr(gate, "poll_period"):
-            gate.poll_period = self.operator.poll_period
+        gate.poll_period = self.operator.poll_period
         while self.remaining:
             t0 = perf()
             items = gate.read(0)

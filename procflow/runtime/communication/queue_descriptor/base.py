@@ -70,6 +70,10 @@ _packer = msgpack.Packer(default=codec._default, strict_types=True, use_bin_type
 class InputGate(ABC):
     """Consumer side of all of a task's input channels."""
 
+    # Set by the task: > 0 when its operator needs no prompt wake-up on input (see ShmInputGate);
+    # kinds that cannot poll cheaply ignore it.
+    poll_period: float = 0.0
+
     @abstractmethod
     def read(self, timeout: float | None) -> list:
         """Block until something arrives (or `timeout`); returns RecordBatches and ChannelEnds in order."""

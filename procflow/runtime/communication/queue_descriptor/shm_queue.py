@@ -217,10 +217,9 @@ class ShmInputGate(InputGate):
         self._out: list = []
         self._capacity = capacity * max(len(input_indices), 1)
         self._spin = ringmod.SpinPolicy()
-        # > 0: a consumer that needs no prompt wake-ups (collect batches results for 100 ms anyway)
-        # polls its rings this often instead of sleeping on the doorbell, which every producer commit
-        # rings: behind two 1 ms-flushing maps that was 2000 wake-ups a second on a 2-core machine.
-        self.poll_period = 0.0
+        # poll_period > 0 (InputGate): a consumer that needs no prompt wake-ups (collect batches results
+        # for 100 ms anyway) polls its rings this often instead of sleeping on the doorbell, which every
+        # producer commit rings: behind two 1 ms-flushing maps, 2000 wake-ups a second on 2 cores.
 
     def fill(self) -> float:
         """Bytes waiting in all of this task's rings, as a fraction of their total capacity."""
