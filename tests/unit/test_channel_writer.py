@@ -138,3 +138,37 @@ def test_a_router_with_one_shm_channel_sends_straight_to_it_and_counts_every_rec
             assert packet.payload == record and type(packet.payload) is type(record)
     writer.close()
     gate.close()
+
+
+def test_send_many_keeps_order_through_arrays_and_keyed_records_and_bounds_each_frame(inbox):
+    writer = inbox.edge(0).open_writer()
+    gate = inbox.open_gate()
+    sent: list = []
+    writer.send_object("keyed", "k", True)          # a keyed batch in progress
+    sent.append(("keyed", "k"))
+    chunks = [list(range(5000)), [{"a": 1}, np.arange(4), "after-array"], [], list(range(5000, 5300))]
+    for chunk in chunks:
+        writer.send_many(chunk)
+        sent += [(r, None) for r in chunk]
+        assert len(writer._pending) < writer._pending_limit    # whole frames leave as soon as they fill
+    writer.send_control("stop")
+    batches = []
+    got = []
+    while True:
+        items = gate.read(5.0)
+        assert items, "the gate slept through published data"
+        batches += [len(i) for i in items if not isinstance(i, ChannelEnd)]
+        expanded = list(packets(items))
+        got += [p for p in expanded if not isinstance(p, ChannelEnd)]
+        if any(isinstance(p, ChannelEnd) for p in expanded):
+            break
+    assert len(got) == len(sent) == writer.objects_sent
+    for packet, (record, key) in zip(got, sent):
+        assert packet.partition_key == key
+        if isinstance(record, np.ndarray):
+            assert np.array_equal(packet.payload, record)
+        else:
+            assert packet.payload == record
+    assert max(batches) <= shm_queue.ShmChannelWriter._MAX_PENDING
+    writer.close()
+    gate.close()

@@ -61,11 +61,31 @@ class RecordingWriter(ChannelWriter):
         return [p.payload for p in self.packets]
 
 
-def make_router(n, strategy, *, selector=None, partitioner=None, parallel_index=0, groups=1):
+class BatchingWriter(RecordingWriter):
+    """Takes any object and counts them, like the shm channel: what lets a router hand it slices."""
+
+    sends_anything = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.objects_sent = 0
+        self.many_calls = 0
+
+    def send_object(self, record, key, keyed):
+        self.objects_sent += 1
+        super().send_object(record, key, keyed)
+
+    def send_many(self, records):
+        self.many_calls += 1
+        super().send_many(records)
+
+
+def make_router(n, strategy, *, selector=None, partitioner=None, parallel_index=0, groups=1,
+                writer=RecordingWriter):
     all_writers = []
     specs = []
     for g in range(groups):
-        writers = [RecordingWriter() for _ in range(n)]
+        writers = [writer() for _ in range(n)]
         all_writers.append(writers)
         specs.append(OutputGroup(f"down{g}", strategy, writers, selector, partitioner))
     return BaseRouter(specs, parallel_index), all_writers if groups > 1 else all_writers[0]
@@ -180,6 +200,40 @@ def test_each_group_partitions_independently():
         router.route(i, None, False)
     assert [w.records for w in g0] == [[0, 2], [1, 3]]
     assert [w.records for w in g1] == [[0, 2], [1, 3]]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+@pytest.mark.parametrize("upstream_index", [0, 2])
+@pytest.mark.parametrize("strategy", ["round_robin", "hash"])
+def test_route_many_places_records_exactly_as_route_one_by_one(n, upstream_index, strategy):
+    # unkeyed records on a hash edge are spread round robin, so both strategies take slices
+    chunked, chunked_writers = make_router(n, strategy, parallel_index=upstream_index, writer=BatchingWriter)
+    single, single_writers = make_router(n, strategy, parallel_index=upstream_index, writer=BatchingWriter)
+    assert chunked.routes_many
+    chunks = [[], [0], list(range(1, 8)), [8, 9], list(range(10, 200)), [None, {"a": 1}, ("t",)]]
+    for chunk in chunks:
+        chunked.route_many(chunk)
+        for record in chunk:
+            single.route(record, None, False)
+    assert [w.records for w in chunked_writers] == [w.records for w in single_writers]
+    assert chunked.records_out == single.records_out == sum(len(c) for c in chunks)
+    # a slice per channel per chunk, not a call per record
+    assert sum(w.many_calls for w in chunked_writers) <= n * len(chunks)
+
+
+@pytest.mark.parametrize("case", ["broadcast", "custom", "selector", "two groups", "plain writer"])
+def test_route_many_is_off_where_a_record_needs_its_own_routing_decision(case):
+    # a key selector or partitioner is user code: an error in it must name its record, so the
+    # caller routes record by record there
+    kwargs = {"broadcast": dict(strategy="broadcast"),
+              "custom": dict(strategy="custom", partitioner=lambda k, n: 0),
+              "selector": dict(strategy="hash", selector=lambda r: r),
+              "two groups": dict(strategy="round_robin", groups=2),
+              "plain writer": dict(strategy="round_robin", writer=RecordingWriter)}[case]
+    strategy = kwargs.pop("strategy")
+    kwargs.setdefault("writer", BatchingWriter)
+    router, _ = make_router(2, strategy, **kwargs)
+    assert not router.routes_many
 
 
 def test_send_stop_puts_one_signal_on_every_channel():

@@ -89,6 +89,14 @@ class BaseRouter:
                 and type(self).route is BaseRouter.route):
             self._direct = groups[0].writers[0]
             self.route = self._direct.send_object   # type: ignore[method-assign]
+        # `route_many` can hand whole slices to the channels when placement needs no per-record decision:
+        # one downstream operator, spread round robin (or by hash, which spreads unkeyed records the same
+        # way), no key selector to run, channels that batch any object, and no subclass hooking `route`.
+        group = groups[0] if len(groups) == 1 else None
+        self.routes_many = (
+            group is not None and not self._fan_out and group.key_selector is None
+            and group.strategy in (ROUND_ROBIN, HASH) and all(w.sends_anything for w in group.writers)
+            and type(self).route is BaseRouter.route)
 
     @property
     def records_out(self) -> int:
@@ -111,6 +119,25 @@ class BaseRouter:
                 target = group._next
                 group._next = target + 1 if target + 1 < len(group.writers) else 0
             group.writers[target].send_object(payload, gkey, gkeyed)
+
+    def route_many(self, records: list) -> None:
+        """Unkeyed records in emission order, placed exactly as `route` would place them one by one.
+
+        Only when `routes_many` is True (the caller routes record by record otherwise, so that an error
+        in a key selector or a partitioner names its record). Round robin over n channels sends
+        records[k::n] to the k-th channel after the current one: per-record work drops to a list slice.
+        """
+        if self._direct is not None:
+            self._direct.send_many(records)
+            return
+        self._routed += len(records)
+        group = self.groups[0]
+        writers = group.writers
+        n = len(writers)
+        start = group._next
+        for k in range(min(n, len(records))):
+            writers[(start + k) % n].send_many(records[k::n])
+        group._next = (start + len(records)) % n
 
     def _route_encoded(self, payload: Any, key: Any, keyed: bool) -> None:
         """Several channels (or an array) get one record: encode it once, copy the bytes to each."""

@@ -18,6 +18,10 @@ class Operator:
     bulk = False
     # > 0 for operators that need no prompt wake-up when input arrives: the task polls this often.
     poll_period = 0.0
+    # True for operators that can take unkeyed records a chunk at a time (`process_many`).
+    chunked = False
+    # After `process_many` raised: how many records of the chunk were done before the failing one.
+    completed = 0
 
     def __init__(self, function: BaseFunction, ctx: TaskContext) -> None:
         self.function = function
@@ -38,6 +42,11 @@ class Operator:
 
     def process_all(self, records: list) -> None:
         """Bulk operators only: every record of one input batch."""
+        raise NotImplementedError
+
+    def process_many(self, records: list) -> None:
+        """Chunked operators only: unkeyed records of one input, as `process` on each would. On an
+        exception, `completed` tells the task which record failed."""
         raise NotImplementedError
 
     def flush(self) -> None:

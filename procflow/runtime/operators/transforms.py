@@ -14,10 +14,26 @@ class MapOperator(Operator):
         super().open()
         self._execute = self.function.execute
         self._route = self.router.route
+        self.chunked = self.router.routes_many
 
     def process(self, record: Any) -> None:
         ctx = self.ctx
         self._route(self._execute(record), ctx.current_key, ctx.current_keyed)
+
+    def process_many(self, records: list) -> None:
+        # The function's results go downstream as one list: no per-record routing call.
+        execute = self._execute
+        out: list = []
+        append = out.append
+        try:
+            for record in records:
+                append(execute(record))
+        except BaseException:
+            self.completed = len(out)
+            if out:   # what was done before the failure leaves, as it would record by record
+                self.router.route_many(out)
+            raise
+        self.router.route_many(out)
 
 
 class FilterOperator(Operator):

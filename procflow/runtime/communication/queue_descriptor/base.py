@@ -41,6 +41,12 @@ class ChannelWriter(ABC):
             return
         self.send_record(packed, key_packed)
 
+    def send_many(self, records: list) -> None:
+        """Unkeyed records bound for this channel, in order: the same as `send_object` on each.
+        Kinds that batch Python objects override it to take the whole list at once."""
+        for record in records:
+            self.send_object(record, None, False)
+
     @abstractmethod
     def send_record(self, packed: bytes, key_packed: bytes | None) -> None:
         """A msgpack-encoded record (and msgpack-encoded key for keyed streams), batched."""

@@ -104,6 +104,19 @@ class ShmChannelWriter(ChannelWriter):
         if len(pending) >= self._pending_limit:
             self._write_pending()
 
+    def send_many(self, records: list) -> None:
+        # A source emitting a chunk: extend the pending batch a frame's worth at a time.
+        if self._pending_keyed or np.ndarray in map(type, records):
+            ChannelWriter.send_many(self, records)
+            return
+        pos, total = 0, len(records)
+        while pos < total:
+            room = max(1, self._pending_limit - len(self._pending))
+            self._pending += records[pos:pos + room]
+            pos += room
+            if len(self._pending) >= self._pending_limit:
+                self._write_pending()
+
     def _send_unusual(self, record: Any, key: Any, keyed: bool) -> None:
         """A switch between keyed and unkeyed records, or an array (raw bytes, never batched)."""
         if self._pending:
