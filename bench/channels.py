@@ -11,6 +11,9 @@ Contenders move the same records from one OS process to another:
 Payloads: small dict records, 4 KiB bytes, 1 MiB float64 numpy arrays. Every consumer counts and
 checksums what it received (the same `Checker` code for all), and a wrong total raises.
 
+Contenders run in rounds, each once per round (see bench.common.interleaved), so that the drift of
+a shared machine spreads over all of them rather than landing on one.
+
 Throughput is timed from the producer's first record to the consumer seeing the end of the stream
 (both read time.perf_counter, which is one system-wide monotonic clock on Linux), so process start-up
 is excluded for everyone; bench/startup.py measures that separately.
@@ -50,8 +53,9 @@ _I64 = struct.Struct("<q")
 _FILL_4K = bytes(range(256)) * 16
 JOIN_TIMEOUT = 120.0
 
-# name -> (records per run, records per run with --quick)
-SIZES = {"small": (50_000, 10_000), "4k": (20_000, 4_000), "1m": (500, 100)}
+# name -> (records per run, records per run with --quick). Runs of procflow last 0.2-0.5 s: shorter ones
+# (50,000 small records took 0.08 s) measured start-up jitter as much as throughput.
+SIZES = {"small": (200_000, 10_000), "4k": (100_000, 4_000), "1m": (1_500, 100)}
 
 
 # -- payloads and the shared checker -----------------------------------------------------------------
@@ -475,7 +479,7 @@ PEERS = ("mp.Queue", "mp.Pipe", "faster-fifo")
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = common.base_parser("python -m bench.channels", __doc__, default_runs=3)
+    parser = common.base_parser("python -m bench.channels", __doc__, default_runs=5)
     parser.add_argument("--payloads", default="small,4k,1m", help="comma list of: small, 4k, 1m")
     parser.add_argument("--no-procflow", action="store_true", help="run the peers only")
     args = parser.parse_args(argv)
@@ -503,25 +507,21 @@ def main(argv: list[str] | None = None) -> dict:
     for kind in args.payloads.split(","):
         n = SIZES[kind][1 if args.quick else 0]
         nbytes = record_bytes(kind)
-        results: dict[str, Any] = {}
+        fns = {}
         for name in contenders:
-            print(f"  {kind:5s} {name:13s} n={n} ...", end="", flush=True)
             if name.startswith("procflow-"):
-                fn = functools.partial(run_procflow, name.split("-", 1)[1], kind, n)
+                fns[name] = functools.partial(run_procflow, name.split("-", 1)[1], kind, n)
             else:
-                fn = functools.partial(run_peer, name, kind, n)
-            try:
-                m = common.median_of(fn, args.runs)
-            except common.VerificationError:
-                raise
-            except Exception as exc:  # a broken contender is reported, not timed
-                print(f" FAILED: {type(exc).__name__}: {exc}")
-                doc["failed"][f"{kind}/{name}"] = f"{type(exc).__name__}: {exc}"
-                continue
+                fns[name] = functools.partial(run_peer, name, kind, n)
+        print(f"payload {kind}, n={n}: {args.runs} round(s) of {', '.join(contenders)}")
+        results, failures = common.interleaved(fns, args.runs)
+        for name, exc in failures.items():   # a broken contender is reported, not timed
+            print(f"  {kind:5s} {name:13s} FAILED: {type(exc).__name__}: {exc}")
+            doc["failed"][f"{kind}/{name}"] = f"{type(exc).__name__}: {exc}"
+        for name, m in results.items():
             m["records_per_s"] = n / m["median"]
             m["mb_per_s"] = n * nbytes / m["median"] / 1e6
-            results[name] = m
-            print(f" {common.fmt(m['records_per_s'])} rec/s")
+            print(f"  {kind:5s} {name:13s} {common.fmt(m['records_per_s'])} rec/s")
         base = results.get("mp.Queue", {}).get("records_per_s")
         for m in results.values():
             m["vs_mp_queue"] = common.ratio(m["records_per_s"], base)

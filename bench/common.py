@@ -105,6 +105,46 @@ def median_of(fn: Callable[[], float | None], runs: int, warmup: int = 0) -> dic
     return {"times": times, "median": statistics.median(times)}
 
 
+def interleaved(fns: dict[str, Callable[[], float | None]], runs: int, *,
+                progress: Callable[[int, str, float | None], None] | None = None,
+                ) -> tuple[dict[str, dict[str, Any]], dict[str, Exception]]:
+    """`median_of` for several contenders at once, run in rounds: every contender once per round.
+
+    Running each contender's runs back to back lets slow drift of a shared machine (another tenant, the
+    host's clock speed) land on one contender and not the next, which made ratios swing by a third
+    between two runs of the same bench. Rounds spread the drift over all of them, and each round starts
+    one contender later so none always runs first or after the same neighbour.
+
+    Returns (results, failures): a contender that raises anything but VerificationError is dropped and
+    its exception kept in `failures`; a VerificationError (a wrong result) propagates.
+    """
+    names = list(fns)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    failures: dict[str, Exception] = {}
+    for r in range(runs):
+        order = names[r % len(names):] + names[:r % len(names)] if names else []
+        for name in order:
+            if name in failures:
+                continue
+            started = time.perf_counter()
+            try:
+                measured = fns[name]()
+            except VerificationError:
+                raise
+            except Exception as exc:
+                failures[name] = exc
+                if progress is not None:
+                    progress(r, name, None)
+                continue
+            elapsed = time.perf_counter() - started if measured is None else measured
+            times[name].append(elapsed)
+            if progress is not None:
+                progress(r, name, elapsed)
+    results = {name: {"times": t, "median": statistics.median(t)}
+               for name, t in times.items() if name not in failures and t}
+    return results, failures
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b == 0:
         return None
@@ -235,11 +275,13 @@ def rss_kb(pid: int) -> int | None:
 
 # -- CLI, results, tables -----------------------------------------------------------------------------
 
-def base_parser(prog: str, description: str, default_runs: int = 3) -> argparse.ArgumentParser:
+def base_parser(prog: str, description: str, default_runs: int | None = 3) -> argparse.ArgumentParser:
+    """`default_runs=None`: the bench picks the number of runs per case (shown in its description)."""
     parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    shown = "per case" if default_runs is None else default_runs
     parser.add_argument("--runs", type=int, default=default_runs,
-                        help=f"timed runs per contender; the median is reported (default {default_runs})")
+                        help=f"timed runs per contender; the median is reported (default {shown})")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes: a smoke run that checks every contender works, not a measurement")
     parser.add_argument("--no-save", action="store_true", help="print only; do not write bench/results/")

@@ -14,7 +14,9 @@ Contenders (all use W worker processes, all results checked against the sequenti
 
 Timings include creating and tearing down each contender's worker processes (a Pool, a WorkerPool, a
 procflow job), except Ray, whose cluster start (several seconds) is done once, outside the timings.
-Speed-up = sequential median / contender median; efficiency = speed-up / W.
+Contenders run in rounds (each once per round, the order rotating), so that the drift of a shared
+machine spreads over all of them. Speed-up = sequential median / contender median; efficiency =
+speed-up / W.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from typing import Any
 from bench import common
 
 CTX = multiprocessing.get_context("fork")
-# grain name -> (seconds per call, N, N with --quick)
-GRAINS = {"1ms": (1e-3, 20_000, 400), "20us": (20e-6, 100_000, 4_000)}
+# grain name -> (seconds per call, N, N with --quick, runs). The 20 us runs last about a second each, so
+# they take more of them: at that length a run is at the mercy of the machine's moment-to-moment noise.
+GRAINS = {"1ms": (1e-3, 20_000, 400, 3), "20us": (20e-6, 100_000, 4_000, 7)}
 JOB_TIMEOUT = 600.0
 MASK = (1 << 64) - 1
 
@@ -145,11 +148,11 @@ def run_procflow_ray(fn, n, w):
 
 # -- driver --------------------------------------------------------------------------------------------
 
-def measure(name: str, runner, fn, n: int, w: int, runs: int, want: list) -> dict:
-    """Median of `runs` verified runs of one contender.
+def verified(name: str, runner, fn, n: int, w: int, want: list):
+    """One run of a contender as a no-argument callable, its result checked against the reference.
 
     `want` holds the reference (count, checksum); while empty, the first result becomes it (the
-    sequential contender runs first and so defines it).
+    sequential contender runs first in the first round and so defines it).
     """
     def once():
         got = runner(fn, n, w)
@@ -160,7 +163,12 @@ def measure(name: str, runner, fn, n: int, w: int, runs: int, want: list) -> dic
         common.verify(name, "(count, checksum)", got, want[0])
         return None
 
-    return common.median_of(once, runs)
+    return once
+
+
+def _report(round_index: int, name: str, seconds: float | None) -> None:
+    shown = "failed" if seconds is None else f"{seconds:.3f} s"
+    print(f"  round {round_index + 1}  {name:13s} {shown}", flush=True)
 
 
 def ray_start(w: int) -> str | None:
@@ -186,7 +194,7 @@ def ray_stop() -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = common.base_parser("python -m bench.cpu_scaling", __doc__, default_runs=3)
+    parser = common.base_parser("python -m bench.cpu_scaling", __doc__, default_runs=None)
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="W (default: os.cpu_count())")
     parser.add_argument("--grains", default="1ms,20us", help="comma list of: 1ms, 20us")
     parser.add_argument("--n", type=int, default=None, help="records per run (default: per grain)")
@@ -210,7 +218,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     try:
         for grain in args.grains.split(","):
-            grain_s, n_full, n_quick = GRAINS[grain]
+            grain_s, n_full, n_quick, grain_runs = GRAINS[grain]
+            runs = args.runs or (1 if args.quick else grain_runs)
             n = args.n or (n_quick if args.quick else n_full)
             loops = calibrate(grain_s)
             fn = functools.partial(spin, loops=loops)
@@ -225,25 +234,20 @@ def main(argv: list[str] | None = None) -> dict:
                 plan.append(("procflow", run_procflow))
                 if not ray_why:
                     plan.append(("procflow-ray", run_procflow_ray))
-            for name, runner in plan:
-                print(f"  {name:13s} ...", end="", flush=True)
-                try:
-                    m = measure(name, runner, fn, n, w, args.runs, want)
-                except common.VerificationError:
-                    raise
-                except NotImplementedError as exc:
-                    print(f" SKIPPED: not implemented in procflow yet ({exc})")
+            fns = {name: verified(name, runner, fn, n, w, want) for name, runner in plan}
+            results, failures = common.interleaved(fns, runs, progress=_report)
+            g["runs"] = runs
+            g["contenders"].update(results)
+            for name, exc in failures.items():
+                if isinstance(exc, NotImplementedError):
+                    print(f"  {name}: SKIPPED: not implemented in procflow yet ({exc})")
                     doc["skipped"][f"{grain}/{name}"] = f"NotImplementedError: {exc}"
-                    continue
-                except Exception as exc:
+                else:
                     msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                    print(f" FAILED/SKIPPED: {msg}")
+                    print(f"  {name}: FAILED/SKIPPED: {msg}")
                     doc["failed"][f"{grain}/{name}"] = msg
-                    continue
-                g["contenders"][name] = m
-                print(f" {m['median']:.3f} s")
             _derive(g, w)
-            _print_grain(grain, g, w, args.runs)
+            _print_grain(grain, g, w, runs)
     finally:
         ray_stop()
 

@@ -1,0 +1,53 @@
+"""bench.common.interleaved: contenders run in rotating rounds, failures are dropped, wrong results stop."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import common
+
+
+def test_contenders_run_in_rounds_with_a_rotating_order():
+    calls = []
+
+    def contender(name, seconds):
+        def run():
+            calls.append(name)
+            return seconds
+        return run
+
+    results, failures = common.interleaved({"a": contender("a", 1.0), "b": contender("b", 2.0),
+                                            "c": contender("c", 3.0)}, runs=4)
+    assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b", "a", "b", "c"]
+    assert failures == {}
+    assert {name: m["median"] for name, m in results.items()} == {"a": 1.0, "b": 2.0, "c": 3.0}
+    assert results["a"]["times"] == [1.0] * 4
+
+
+def test_a_failing_contender_is_dropped_and_reported_and_the_rest_go_on():
+    runs = {"ok": 0, "broken": 0}
+
+    def ok():
+        runs["ok"] += 1
+        return 0.5
+
+    def broken():
+        runs["broken"] += 1
+        raise RuntimeError("no such peer")
+
+    results, failures = common.interleaved({"broken": broken, "ok": ok}, runs=3)
+    assert runs == {"ok": 3, "broken": 1}
+    assert list(results) == ["ok"] and str(failures["broken"]) == "no such peer"
+
+
+def test_a_wrong_result_stops_the_bench():
+    def wrong():
+        common.verify("peer", "count", 1, 2)
+
+    with pytest.raises(common.VerificationError):
+        common.interleaved({"peer": wrong}, runs=2)
+
+
+def test_a_contender_timed_by_the_harness_when_it_reports_no_time():
+    results, _ = common.interleaved({"x": lambda: None}, runs=2)
+    assert len(results["x"]["times"]) == 2 and all(t >= 0 for t in results["x"]["times"])
