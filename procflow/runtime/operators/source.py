@@ -12,7 +12,7 @@ from procflow.runtime.operators.base import Operator
 
 NO_RECORD = object()
 _BACKOFF_MIN, _BACKOFF_MAX = 0.0005, 0.05
-# Most records an iterable source pulls and routes at once (see `_run_chunked`).
+# Most records a source gathers before routing them together (see `_send`).
 _CHUNK_MAX = 256
 
 
@@ -20,79 +20,46 @@ class SourceOperator(Operator):
     """Emits until the function ends the batch or the driver asks to stop.
 
     The task's `tick()` runs at least every `flush_interval`: it flushes outputs, publishes counters and
-    returns True once the driver has asked the job to stop. Between ticks a record costs one clock read.
+    returns True once the driver has asked the job to stop.
+
+    Records leave in chunks: routing them one call at a time cost a source about 1 us per record, the
+    bottleneck of a pipeline of cheap operators. A chunk goes out whenever it is full and before every
+    tick, so no record waits longer than it did when each was routed at once (outputs only ever flushed
+    on a tick).
     """
 
     last_record: Any = NO_RECORD
 
     def run(self, tick) -> str:
-        # This loop runs once per record, so the record being emitted lives in a local and reaches
-        # `last_record` (for the error report) only when an exception leaves the loop.
-        fn = self.function
-        control = self.ctx.job_control
-        emit = self.router.route
-        perf = time.perf_counter
-        interval = float(self.ctx.config.get("flush_interval", 0.001))
-        due = perf() + interval
         self.last_record = NO_RECORD
+        interval = float(self.ctx.config.get("flush_interval", 0.001))
+        fn = self.function
         if isinstance(fn, IterableBatch):
             n, i = self.ctx.parallelism, self.ctx.parallel_index
             items = iter(fn.iterable) if n == 1 else itertools.islice(fn.iterable, i, None, n)
-            if self.router.routes_many:
-                return self._run_chunked(items, tick, interval)
-            for record in items:
-                try:
-                    emit(record, None, False)
-                except BaseException:
-                    self.last_record = record
-                    raise
-                if perf() >= due:
-                    if tick():
-                        return "stopped by request"
-                    due = perf() + interval
-            return "end of input"
-        execute = fn.execute
-        unbounded = isinstance(fn, SourceFunction)
-        backoff = _BACKOFF_MIN
-        while True:
-            record = execute()    # raising here names no record: the function had not produced one
-            if record is None:
-                if not unbounded:
-                    return "end of input"
-                if control.stop_requested:
-                    return "stopped by request"
-                # Nothing right now: publish what we have and back off, waking at once on a stop.
-                self.router.flush()
-                started = time.perf_counter()
-                control.sleep_unless_stopped(backoff)
-                tick(waited=time.perf_counter() - started)
-                due = perf() + interval
-                backoff = min(backoff * 2, _BACKOFF_MAX)
-                continue
-            if type(record) is StopSignal:
-                return record.reason or "end of input"
-            backoff = _BACKOFF_MIN
+            return self._run_iterable(items, tick, interval)
+        return self._run_function(fn, tick, interval)
+
+    def _send(self, chunk: list) -> None:
+        """Route a chunk: in one call where placement runs no user code, else record by record so that
+        an error in a key selector or partitioner names its record."""
+        router = self.router
+        if router.routes_many:
+            router.route_many(chunk)
+            return
+        route = router.route
+        for record in chunk:
             try:
-                emit(record, None, False)
+                route(record, None, False)
             except BaseException:
                 self.last_record = record
                 raise
-            if perf() >= due:
-                if tick():
-                    return "stopped by request"
-                due = perf() + interval
 
-    def _run_chunked(self, items, tick, interval: float) -> str:
-        """An iterable whose records need no per-record routing decision: pull and route them in chunks.
-
-        Routing one record at a time cost a source about 1 us per record, the bottleneck of a pipeline of
-        cheap maps. A chunk grows while pulling it takes well under a flush interval and shrinks when it
-        takes longer, so a slow generator (a file, a network read) still sends each record within about
-        one interval. Emitting a chunk can only fail on a record that cannot be encoded, and that error
-        names its record; if the iterable itself raises, the records of the chunk being pulled are lost
-        with the job that fails.
-        """
-        route_many = self.router.route_many
+    def _run_iterable(self, items, tick, interval: float) -> str:
+        """Pull chunks with islice. A chunk grows while pulling it takes well under a flush interval and
+        shrinks when it takes longer, so a slow generator (a file, a network read) still sends each
+        record within about one interval. If the iterable raises, the records of the chunk being pulled
+        are lost with the job that fails."""
         perf = time.perf_counter
         size = 1
         due = perf() + interval
@@ -100,7 +67,7 @@ class SourceOperator(Operator):
             started = perf()
             chunk = list(itertools.islice(items, size))
             if chunk:
-                route_many(chunk)
+                self._send(chunk)
             now = perf()
             if len(chunk) < size:
                 return "end of input"
@@ -112,6 +79,54 @@ class SourceOperator(Operator):
                 if tick():
                     return "stopped by request"
                 due = perf() + interval
+
+    def _run_function(self, fn, tick, interval: float) -> str:
+        """Call `execute()` until it ends the batch (None / StopSignal) or, for an unbounded source, back
+        off on None. This loop runs once per record: a record costs a call, two checks, an append and
+        a clock read."""
+        control = self.ctx.job_control
+        perf = time.perf_counter
+        execute = fn.execute
+        unbounded = isinstance(fn, SourceFunction)
+        backoff = _BACKOFF_MIN
+        chunk: list = []
+        append = chunk.append
+        due = perf() + interval
+        while True:
+            try:
+                record = execute()    # raising here names no record: the function had not produced one
+            except BaseException:
+                self._send(chunk)     # what it produced before failing still leaves, and counts
+                raise
+            if record is None:
+                self._send(chunk)
+                chunk.clear()
+                if not unbounded:
+                    return "end of input"
+                if control.stop_requested:
+                    return "stopped by request"
+                # Nothing right now: publish what we have and back off, waking at once on a stop.
+                self.router.flush()
+                started = perf()
+                control.sleep_unless_stopped(backoff)
+                tick(waited=perf() - started)
+                due = perf() + interval
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+                continue
+            if type(record) is StopSignal:
+                self._send(chunk)
+                return record.reason or "end of input"
+            backoff = _BACKOFF_MIN
+            append(record)
+            if perf() >= due:
+                self._send(chunk)
+                chunk.clear()
+                if tick():
+                    return "stopped by request"
+                due = perf() + interval
+            elif len(chunk) >= _CHUNK_MAX:
+                self._send(chunk)
+                chunk.clear()
 
     def process(self, record: Any) -> None:  # pragma: no cover - sources have no inputs
         raise AssertionError("a source has no input")
