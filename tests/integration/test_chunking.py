@@ -94,18 +94,45 @@ class RecordingRouter:
         raise AssertionError("unkeyed chunks must not be routed record by record")
 
 
-def test_process_many_sends_what_was_done_before_a_failure_and_names_the_failing_record():
-    def half(x):
-        if x == 3:
-            raise ValueError("bad record")
-        return x / 2
+def _fails_at_3(x):
+    if x == 3:
+        raise ValueError("bad record")
+    return x
 
+
+@pytest.mark.parametrize("kind, function, sent_before_failure", [
+    ("map", lambda x: _fails_at_3(x) / 2, [0.0, 1.0, 2.0, 3.0]),
+    ("filter", lambda x: _fails_at_3(x) % 4 == 0, [0, 4]),
+    ("flatmap", lambda x: [_fails_at_3(x)] * 2, [0, 0, 2, 2, 4, 4, 6, 6]),
+    ("sink", _fails_at_3, []),
+])
+def test_process_many_sends_what_was_done_before_a_failure_and_names_the_failing_record(
+        kind, function, sent_before_failure):
+    from procflow.api.functions import CallableFilter, CallableFlatMap, CallableSink
+    from procflow.runtime.operators.transforms import FilterOperator, FlatMapOperator, SinkOperator
+
+    operator_class, wrapper = {"map": (MapOperator, CallableMap), "filter": (FilterOperator, CallableFilter),
+                               "flatmap": (FlatMapOperator, CallableFlatMap),
+                               "sink": (SinkOperator, CallableSink)}[kind]
     router = RecordingRouter()
-    op = MapOperator(CallableMap(half), SimpleNamespace(router=router))
+    op = operator_class(wrapper(function), SimpleNamespace(router=router))
     op.open()
     assert op.chunked
     op.process_many([0, 2])
     with pytest.raises(ValueError):
         op.process_many([4, 6, 3, 8])
     assert op.completed == 2                        # records 4 and 6 were done, 3 failed
-    assert router.sent == [0.0, 1.0, 2.0, 3.0]      # and their results still left
+    assert router.sent == sent_before_failure       # and their results still left
+
+
+def test_one_huge_flatmap_expansion_leaves_in_bounded_lists():
+    from procflow.api.functions import CallableFlatMap
+    from procflow.runtime.operators.transforms import FlatMapOperator
+
+    sizes = []
+    router = RecordingRouter()
+    router.route_many = lambda records: sizes.append(len(records))
+    op = FlatMapOperator(CallableFlatMap(range), SimpleNamespace(router=router))
+    op.open()
+    op.process_many([10_000, 5])
+    assert sum(sizes) == 10_005 and max(sizes) <= FlatMapOperator._SEND_AT

@@ -30,30 +30,90 @@ class MapOperator(Operator):
                 append(execute(record))
         except BaseException:
             self.completed = len(out)
-            if out:   # what was done before the failure leaves, as it would record by record
-                self.router.route_many(out)
             raise
-        self.router.route_many(out)
+        finally:
+            if out:   # also what was done before a failure leaves, as it would record by record
+                self.router.route_many(out)
 
 
 class FilterOperator(Operator):
+    def open(self) -> None:
+        super().open()
+        self.chunked = self.router.routes_many
+
     def process(self, record: Any) -> None:
         if self.function.execute(record):
             self.emit(record)
 
+    def process_many(self, records: list) -> None:
+        execute = self.function.execute
+        kept: list = []
+        i = 0
+        try:
+            for i, record in enumerate(records):  # noqa: B007 (i names the failing record)
+                if execute(record):
+                    kept.append(record)
+        except BaseException:
+            self.completed = i
+            raise
+        finally:
+            if kept:
+                self.router.route_many(kept)
+
 
 class FlatMapOperator(Operator):
+    # A record may expand into many: results leave in lists of at most this many, so one huge
+    # expansion still meets back-pressure instead of piling up in memory.
+    _SEND_AT = 1024
+
+    def open(self) -> None:
+        super().open()
+        self.chunked = self.router.routes_many
+
     def process(self, record: Any) -> None:
         produced = self.function.execute(record)
         if produced is not None:
             for out in produced:
                 self.emit(out)
 
+    def process_many(self, records: list) -> None:
+        execute = self.function.execute
+        route_many = self.router.route_many
+        out: list = []
+        i = 0
+        try:
+            for i, record in enumerate(records):  # noqa: B007 (i names the failing record)
+                produced = execute(record)
+                if produced is not None:
+                    for item in produced:
+                        out.append(item)
+                        if len(out) >= self._SEND_AT:
+                            full, out = out, []
+                            route_many(full)
+        except BaseException:
+            self.completed = i
+            raise
+        finally:
+            if out:
+                route_many(out)
+
 
 class SinkOperator(Operator):
+    chunked = True     # nothing to route: a chunk is one loop over the function
+
     def open(self) -> None:
         super().open()
         self.process = self.function.execute   # nothing to add per record: call the function directly
+
+    def process_many(self, records: list) -> None:
+        execute = self.function.execute
+        i = 0
+        try:
+            for i, record in enumerate(records):  # noqa: B007 (i names the failing record)
+                execute(record)
+        except BaseException:
+            self.completed = i
+            raise
 
 
 class CollectOperator(Operator):
