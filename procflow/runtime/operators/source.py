@@ -8,12 +8,11 @@ from typing import Any
 
 from procflow.api.functions import IterableBatch, SourceFunction
 from procflow.api.signals import StopSignal
+from procflow.runtime.chunking import CHUNK_MAX, HOLD_S, ChunkSize
 from procflow.runtime.operators.base import Operator
 
 NO_RECORD = object()
 _BACKOFF_MIN, _BACKOFF_MAX = 0.0005, 0.05
-# Most records a source gathers before routing them together (see `_send`).
-_CHUNK_MAX = 256
 
 
 class SourceOperator(Operator):
@@ -56,14 +55,14 @@ class SourceOperator(Operator):
                 raise
 
     def _run_iterable(self, items, tick, interval: float) -> str:
-        """Pull chunks with islice. A chunk grows while pulling it takes well under a flush interval and
-        shrinks when it takes longer, so a slow generator (a file, a network read) still sends each
-        record within about one interval. If the iterable raises, the records of the chunk being pulled
-        are lost with the job that fails."""
+        """Pull chunks with islice, sized by `ChunkSize` so that a slow generator (a file, a network
+        read) still sends each record within about one interval. If the iterable raises, the records of
+        the chunk being pulled are lost with the job that fails."""
         perf = time.perf_counter
-        size = 1
+        chunk_size = ChunkSize(interval)
         due = perf() + interval
         while True:
+            size = chunk_size.size
             started = perf()
             chunk = list(itertools.islice(items, size))
             if chunk:
@@ -71,10 +70,7 @@ class SourceOperator(Operator):
             now = perf()
             if len(chunk) < size:
                 return "end of input"
-            if now - started < interval / 8:
-                size = min(size * 2, _CHUNK_MAX)
-            elif now - started > interval and size > 1:
-                size //= 2
+            chunk_size.took(now - started)
             if now >= due:
                 if tick():
                     return "stopped by request"
@@ -82,8 +78,12 @@ class SourceOperator(Operator):
 
     def _run_function(self, fn, tick, interval: float) -> str:
         """Call `execute()` until it ends the batch (None / StopSignal) or, for an unbounded source, back
-        off on None. This loop runs once per record: a record costs a call, two checks, an append and
-        a clock read."""
+        off on None. This loop runs once per record: a call, two checks, an append and a clock read.
+
+        The chunk leaves when it is full or HOLD_S after the previous one left: a source of big records
+        (1 MiB arrays, ~100 us each to make) sends each one at once, so the consumer copies one while
+        the next is being made.
+        """
         control = self.ctx.job_control
         perf = time.perf_counter
         execute = fn.execute
@@ -92,6 +92,7 @@ class SourceOperator(Operator):
         chunk: list = []
         append = chunk.append
         due = perf() + interval
+        release = perf() + HOLD_S
         while True:
             try:
                 record = execute()    # raising here names no record: the function had not produced one
@@ -118,15 +119,15 @@ class SourceOperator(Operator):
                 return record.reason or "end of input"
             backoff = _BACKOFF_MIN
             append(record)
-            if perf() >= due:
+            now = perf()
+            if now >= release or len(chunk) >= CHUNK_MAX:
                 self._send(chunk)
                 chunk.clear()
-                if tick():
-                    return "stopped by request"
-                due = perf() + interval
-            elif len(chunk) >= _CHUNK_MAX:
-                self._send(chunk)
-                chunk.clear()
+                if now >= due:
+                    if tick():
+                        return "stopped by request"
+                    due = perf() + interval
+                release = perf() + HOLD_S
 
     def process(self, record: Any) -> None:  # pragma: no cover - sources have no inputs
         raise AssertionError("a source has no input")

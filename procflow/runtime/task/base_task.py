@@ -17,6 +17,7 @@ import traceback
 from typing import Any
 
 from procflow.api.signals import StopSignal
+from procflow.runtime.chunking import ChunkSize
 from procflow.runtime.communication.codec import EncodeError
 from procflow.runtime.communication.packet import RecordBatch
 from procflow.runtime.context.task_context import TaskContext
@@ -39,8 +40,6 @@ OPERATORS: dict[str, type[Operator]] = {
     "flatmap": FlatMapOperator, "sink": SinkOperator, "collect": CollectOperator,
     "reduce": ReduceOperator, "comap": CoMapOperator, "join": JoinOperator,
 }
-# Most records per `process_many` call: beyond this the per-chunk cost is already negligible.
-CHUNK_MAX = 256
 _IN, _OUT, _BUSY, _WAIT, _BLOCKED, _ERRORS, _STARTED, _FINISHED, _FILL = range(len(FIELDS))
 
 
@@ -60,7 +59,7 @@ class BaseTask:
         self.last_signal = StopSignal(ctx.name)
         self._on_error = ctx.options.get("on_error", "fail")
         self._failed: tuple = ()       # (record,) when a record's processing raised
-        self._chunk = 1                # records per `process_many` call, adapted (see _process_chunks)
+        self._chunk = ChunkSize(self._interval)   # records per `process_many` call
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -167,18 +166,15 @@ class BaseTask:
         self.records_in = done + len(records)
 
     def _process_chunks(self, records: list) -> None:
-        """Unkeyed records through a chunked operator: one call per chunk instead of per record.
-
-        The chunk grows while one takes well under a flush interval and shrinks when one takes longer, so
-        outputs still flush about every interval however slow the function (cheap maps get chunks of
-        hundreds of records, a 1 ms function one record at a time).
-        """
+        """Unkeyed records through a chunked operator: one call per chunk (sized by `ChunkSize`) instead
+        of one per record, and a flush check per chunk."""
         process_many = self.operator.process_many
         perf = time.perf_counter
         interval = self._interval
-        size = self._chunk
+        chunk_size = self._chunk
         pos, total = 0, len(records)
         while pos < total:
+            size = chunk_size.size
             chunk = records if pos == 0 and size >= total else records[pos:pos + size]
             started = perf()
             try:
@@ -191,14 +187,9 @@ class BaseTask:
             pos += len(chunk)
             self.records_in += len(chunk)
             now = perf()
-            took = now - started
-            if took < interval / 8:
-                size = min(size * 2, CHUNK_MAX)
-            elif took > interval and size > 1:
-                size //= 2
+            chunk_size.took(now - started)
             if now - self._last_flush >= interval:
                 self._flush_outputs()
-        self._chunk = size
 
     def _process_records_guarded(self, records: list, keys: list | None) -> None:
         """on_error="skip" / "dead_letter": a failing record is set aside and the loop goes on."""

@@ -1,0 +1,83 @@
+"""Chunk sizing: chunks grow while cheap, shrink when one outlasts the flush interval, and a function
+source lets a chunk wait at most HOLD_S for its next record."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from procflow import BatchFunction
+from procflow.runtime.chunking import CHUNK_MAX, HOLD_S, ChunkSize
+from procflow.runtime.operators import source
+
+
+def test_cheap_chunks_grow_to_the_cap_and_stay_there():
+    sizes = ChunkSize(interval=0.001)
+    assert sizes.size == 1            # the first record never waits for a chunk
+    for _ in range(20):
+        sizes.took(1e-6)
+    assert sizes.size == CHUNK_MAX
+
+
+def test_a_chunk_longer_than_the_interval_halves_the_size_down_to_one():
+    sizes = ChunkSize(interval=0.001)
+    for _ in range(6):
+        sizes.took(1e-6)
+    assert sizes.size == 64
+    sizes.took(0.002)
+    assert sizes.size == 32
+    for _ in range(10):
+        sizes.took(0.002)
+    assert sizes.size == 1
+
+
+def test_a_chunk_between_the_hold_and_one_interval_keeps_the_size():
+    sizes = ChunkSize(interval=0.001)
+    for _ in range(3):
+        sizes.took(1e-6)
+    sizes.took(HOLD_S * 2)        # slower than a record should wait, faster than an interval
+    assert sizes.size == 8
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+class TimedRecords(BatchFunction):
+    """A bounded source whose records take `cost` seconds each on a fake clock."""
+
+    def __init__(self, clock, n, cost):
+        self.clock, self.left, self.cost = clock, n, cost
+
+    def execute(self):
+        if self.left == 0:
+            return None
+        self.left -= 1
+        self.clock.now += self.cost
+        return self.left
+
+
+def run_source(monkeypatch, cost, n=600):
+    clock = FakeClock()
+    monkeypatch.setattr(source.time, "perf_counter", clock)
+    chunks = []
+    router = SimpleNamespace(routes_many=True, route_many=lambda records: chunks.append(len(records)))
+    function = TimedRecords(clock, n, cost)
+    ctx = SimpleNamespace(config={"flush_interval": 0.001}, job_control=SimpleNamespace(stop_requested=False))
+    op = source.SourceOperator(function, ctx)
+    op.router = router
+    assert op._run_function(function, lambda waited=0.0: False, 0.001) == "end of input"
+    return chunks
+
+
+def test_a_function_source_sends_slow_records_one_by_one(monkeypatch):
+    chunks = run_source(monkeypatch, cost=HOLD_S * 2)     # a 1 MiB array takes about this long to make
+    assert sum(chunks) == 600 and max(chunks) == 1
+
+
+def test_a_function_source_gathers_cheap_records_into_chunks(monkeypatch):
+    chunks = run_source(monkeypatch, cost=1e-7)
+    assert sum(chunks) == 600 and max(chunks) == CHUNK_MAX
