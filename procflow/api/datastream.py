@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from procflow.api import functions as fx
 from procflow.graph.transformation import (
+    BALANCE,
     BROADCAST,
     CUSTOM,
     HASH,
@@ -98,6 +99,21 @@ class DataStream(Generic[T]):
         if parallelism is not None:
             source = self.map(_identity, parallelism=parallelism, name=f"keyby_{self.name}")
         return DataStream(self.env, source.transformation, part)
+
+    def balance(self) -> DataStream:
+        """Send each record to whichever instance of the next operator has the least work queued.
+
+        Round robin (the default) gives every instance the same number of records, so a job lasts as
+        long as its slowest instance; with records of uneven cost, or cores shared with other work, the
+        others then sit idle at the end. Balanced, an instance that works faster gets more records, and
+        per-instance counts differ. For unkeyed streams on the shm channels (the local default);
+        elsewhere, and when the stream also feeds another operator, records go round robin.
+        """
+        if self.partitioning.keyed or self.partitioning.strategy != ROUND_ROBIN:
+            raise ValueError(f"balance() spreads an unkeyed stream by load, but {self.name!r} is already "
+                             f"partitioned ({self.partitioning.strategy}); call balance() on the stream "
+                             "before keyby(), or leave it out to keep equal keys together")
+        return DataStream(self.env, self.transformation, Partitioning(BALANCE))
 
     def reduce(self, fn: Callable[[Any, Any], Any] | type[fx.ReduceFunction], *args: Any,
                emit: str = "final", **kwargs: Any) -> DataStream:

@@ -13,7 +13,7 @@ from procflow.api import functions as fx
 _ids = itertools.count()
 
 SOURCE_KINDS = ("source", "batch")
-ROUND_ROBIN, HASH, BROADCAST, CUSTOM = "round_robin", "hash", "broadcast", "custom"
+ROUND_ROBIN, HASH, BROADCAST, CUSTOM, BALANCE = "round_robin", "hash", "broadcast", "custom", "balance"
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections import Counter, defaultdict
 
 import pytest
@@ -108,6 +109,45 @@ def test_round_robin_is_even_per_upstream_instance(make_env, mode):
         per = [counts[(upstream, d)] for d in range(3)]
         assert sum(per) == 1001 and max(per) - min(per) <= 1, per
     assert all(key is None for _, _, key in result.results())
+
+
+class SlowOnInstanceZero(MapFunction):
+    """Instance 0 takes 2 ms a record (slow work, not synchronisation); the others take none."""
+
+    def execute(self, record):
+        if self.ctx.parallel_index == 0:
+            time.sleep(0.002)
+        return record, self.ctx.parallel_index
+
+
+def test_balance_sends_more_records_to_the_instance_that_works_faster(make_env):
+    env = make_env()
+    result = env.from_batch(range(600)).balance().map(SlowOnInstanceZero, parallelism=2).collect()
+    job = env.submit()
+    assert sorted(r for r, _ in result.results()) == list(range(600))     # each record exactly once
+    per = Counter(index for _, index in result.results())
+    # round robin would give the slow instance 300 records (0.6 s of sleeping): balanced, it gets
+    # about its first credit's worth while the fast one takes the rest
+    assert per[0] < 150 and per[0] + per[1] == 600, per
+    assert job.metrics["map_0"]["records_in"] == per[0]
+
+
+@pytest.mark.parametrize("queue", ["mp", "shm"])
+def test_balance_keeps_every_record_through_fan_in_and_per_record_routing(make_env, queue):
+    # two balancing upstream instances into three, and a flatmap whose outputs (tuples of keys
+    # carried by nobody) go record by record where needed; mp channels fall back to round robin
+    env = make_env((queue, "fork"))
+    result = (env.from_batch(Tagged, 500, parallelism=2).balance()
+              .flatmap(lambda r: [r, r], parallelism=3).balance().map(WhereAmI, parallelism=2).collect())
+    env.submit()
+    records = sorted(record for record, _, _ in result.results())
+    assert records == sorted([(u, i) for u in (0, 1) for i in range(1, 501)] * 2)
+
+
+def test_balance_refuses_a_keyed_stream(make_env):
+    env = make_env()
+    with pytest.raises(ValueError, match="balance"):
+        env.from_batch(range(3)).keyby(lambda r: r).balance()
 
 
 def test_broadcast_reaches_every_instance(make_env, mode):

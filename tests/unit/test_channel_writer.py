@@ -172,3 +172,17 @@ def test_send_many_keeps_order_through_arrays_and_keyed_records_and_bounds_each_
     assert max(batches) <= shm_queue.ShmChannelWriter._MAX_PENDING
     writer.close()
     gate.close()
+
+
+def test_the_gate_publishes_what_it_took_and_what_the_task_finished(inbox):
+    writer = inbox.edge(0).open_writer()
+    gate = inbox.open_gate()
+    writer.send_many(list(range(10)))
+    assert writer.progress() == (10, 0, 0)
+    writer.flush()
+    assert sum(len(b) for b in gate.read(5.0)) == 10
+    assert writer.progress() == (10, 10, 0)       # taken, still being processed
+    assert gate.read(0) == []                     # asking again means the last batch is finished
+    assert writer.progress() == (10, 10, 10)
+    writer.close()
+    gate.close()

@@ -5,6 +5,8 @@ Layout of one inbox segment (one per consuming task; one ring per incoming edge)
     0      doorbell   u32 futex word; every producer bumps it after publishing, the consumer sleeps on it
     64     ring 0:    +0 write_pos u64 (producer only)   +64 read_pos u64 (consumer only)
                       +128 space  u32 futex word; the consumer bumps it after freeing space
+                      +136 taken  u64 records the consumer has taken out (consumer only; see balance.py)
+                      +144 done   u64 records the consumer has finished processing (consumer only)
                       +192 data   `capacity` bytes of frames
     ...    ring 1, ring 2, ...
 
@@ -28,7 +30,7 @@ from procflow.runtime.communication.shm import SharedSegment
 
 INBOX_HEADER = 64
 RING_HEADER = 192
-_WRITE_POS, _READ_POS, _SPACE, _DATA = 0, 64, 128, 192
+_WRITE_POS, _READ_POS, _SPACE, _TAKEN, _DONE, _DATA = 0, 64, 128, 136, 144, 192
 
 _FRAME = struct.Struct("<II")
 WRAP = 0xFFFFFFFF
@@ -92,6 +94,8 @@ class RingWriter:
         self._read_word = segment.u64(base + _READ_POS)
         self._space_word = segment.u32(base + _SPACE)
         self._space_addr = segment.address + base + _SPACE
+        self._taken_word = segment.u64(base + _TAKEN)
+        self._done_word = segment.u64(base + _DONE)
         self._doorbell_addr = segment.address
         self._wpos = self._committed = self._write_word.value
         self._rpos = self._read_word.value
@@ -190,10 +194,16 @@ class RingWriter:
     def pending_bytes(self) -> int:
         return self._wpos - self._committed
 
+    def consumer_progress(self) -> tuple[int, int]:
+        """(records the consumer has taken out, records it has finished), as it last published. Done is
+        read first: both only grow and done never passes taken, so the pair is never inverted."""
+        done = self._done_word.value
+        return self._taken_word.value, done
+
     def close(self) -> None:
         self.commit()
         self._buf = None
-        self._write_word = self._read_word = self._space_word = None
+        self._write_word = self._read_word = self._space_word = self._taken_word = self._done_word = None
 
 
 class RingReader:
@@ -208,6 +218,9 @@ class RingReader:
         self._read_word = segment.u64(base + _READ_POS)
         self._space_word = segment.u32(base + _SPACE)
         self._space_addr = segment.address + base + _SPACE
+        self._taken_word = segment.u64(base + _TAKEN)
+        self._done_word = segment.u64(base + _DONE)
+        self._taken = self._done = self._taken_word.value
         self._rpos = self._read_word.value
         self._partial: bytearray | None = None
         self._partial_flags = 0
@@ -270,9 +283,20 @@ class RingReader:
         self._space_word.value = (self._space_word.value + 1) & 0xFFFFFFFF
         futex.wake(self._space_addr)
 
+    def publish_taken(self, records: int) -> None:
+        """Tell the producer `records` more records were taken out: a balancing producer refills the
+        rings of the consumers that take sooner. One aligned store; only this side writes the word."""
+        self._taken += records
+        self._taken_word.value = self._taken
+
+    def publish_done(self) -> None:
+        """Everything taken so far is finished (the task asks for more only when it is)."""
+        if self._done != self._taken:
+            self._done = self._done_word.value = self._taken
+
     def close(self) -> None:
         self._view.release()
-        self._write_word = self._read_word = self._space_word = None
+        self._write_word = self._read_word = self._space_word = self._taken_word = self._done_word = None
 
 
 class Doorbell:

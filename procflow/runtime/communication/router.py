@@ -3,6 +3,9 @@
 A task has one OutputGroup per downstream operator. Each group partitions independently:
 
     round_robin  the default; every upstream instance starts at its own offset, so counts stay even
+    balance      to whichever instance has the least work queued, by credits (see balance.py); round
+                 robin where the channels cannot report what was taken (mp queues, Ray, inline) or
+                 when the stream also feeds another operator
     hash         a *stable* hash of the key (crc32 of its msgpack bytes), identical in every process, run
                  and backend; every value, falsy ones included, is a key
     broadcast    every instance
@@ -23,9 +26,10 @@ import msgpack
 import numpy as np
 
 from procflow.runtime.communication import codec
+from procflow.runtime.communication.balance import Balancer, can_balance
 from procflow.runtime.communication.queue_descriptor.base import ChannelWriter
 
-ROUND_ROBIN, HASH, BROADCAST, CUSTOM = "round_robin", "hash", "broadcast", "custom"
+ROUND_ROBIN, HASH, BROADCAST, CUSTOM, BALANCE = "round_robin", "hash", "broadcast", "custom", "balance"
 
 
 def stable_hash(key: Any) -> int:
@@ -51,6 +55,11 @@ class OutputGroup:
     partitioner: Callable[[Any, int], Any] | None = None
     queue_ids: Sequence[str] = ()
     _next: int = field(default=0)
+    balancer: Balancer | None = None
+
+    def flush(self) -> None:
+        for w in self.writers:
+            w.flush()
 
 
 def _custom_targets(partitioner: Callable[[Any, int], Any], key: Any, n: int) -> Sequence[int]:
@@ -81,11 +90,15 @@ class BaseRouter:
         self._routed = 0
         # Records that may reach several channels take the encode-once path.
         self._fan_out = len(groups) > 1 or any(g.strategy in (BROADCAST, CUSTOM) for g in groups)
+        for group in groups:
+            if group.strategy == BALANCE and len(group.writers) > 1 and not self._fan_out \
+                    and can_balance(group.writers):
+                group.balancer = Balancer(group.writers)
         # One downstream instance, nothing to choose: `route` is that channel's own `send_object`, which
         # batches any record and counts them. Half the per-record cost of a source on small records.
         self._direct: ChannelWriter | None = None
         if (len(groups) == 1 and len(groups[0].writers) == 1 and groups[0].key_selector is None
-                and groups[0].strategy in (ROUND_ROBIN, HASH) and groups[0].writers[0].sends_anything
+                and groups[0].strategy in (ROUND_ROBIN, HASH, BALANCE) and groups[0].writers[0].sends_anything
                 and type(self).route is BaseRouter.route):
             self._direct = groups[0].writers[0]
             self.route = self._direct.send_object   # type: ignore[method-assign]
@@ -95,7 +108,7 @@ class BaseRouter:
         group = groups[0] if len(groups) == 1 else None
         self.routes_many = (
             group is not None and not self._fan_out and group.key_selector is None
-            and group.strategy in (ROUND_ROBIN, HASH) and all(w.sends_anything for w in group.writers)
+            and group.strategy in (ROUND_ROBIN, HASH, BALANCE) and all(w.sends_anything for w in group.writers)
             and type(self).route is BaseRouter.route)
 
     @property
@@ -115,6 +128,8 @@ class BaseRouter:
                 gkey, gkeyed = key, keyed
             if gkeyed and group.strategy == HASH:
                 target = stable_hash(gkey) % len(group.writers)
+            elif group.balancer is not None:
+                target = group.balancer.pick(group.flush)
             else:
                 target = group._next
                 group._next = target + 1 if target + 1 < len(group.writers) else 0
@@ -132,6 +147,9 @@ class BaseRouter:
             return
         self._routed += len(records)
         group = self.groups[0]
+        if group.balancer is not None:
+            group.balancer.send_many(records, group.flush)
+            return
         writers = group.writers
         n = len(writers)
         start = group._next
@@ -172,7 +190,7 @@ class BaseRouter:
     def _targets(self, group: OutputGroup, key: Any, keyed: bool) -> Sequence[int]:
         n = len(group.writers)
         strategy = group.strategy
-        if strategy == ROUND_ROBIN or (strategy == HASH and not keyed):
+        if strategy in (ROUND_ROBIN, BALANCE) or (strategy == HASH and not keyed):
             i = group._next
             group._next = (i + 1) % n
             return (i,)
@@ -199,7 +217,9 @@ class BaseRouter:
 
     @property
     def blocked_seconds(self) -> float:
-        return sum(w.blocked_seconds for g in self.groups for w in g.writers)
+        """Seconds spent waiting on downstream: full rings, and balanced groups with no room."""
+        return sum(w.blocked_seconds for g in self.groups for w in g.writers) + \
+            sum(g.balancer.waited_s for g in self.groups if g.balancer is not None)
 
     def get_connections_info(self) -> list[dict]:
         return [{"target": g.target, "strategy": g.strategy, "instances": len(g.writers),

@@ -12,6 +12,7 @@ import numpy as np
 
 from procflow.runtime.communication import codec
 from procflow.runtime.communication import ring as ringmod
+from procflow.runtime.communication.packet import RecordBatch
 from procflow.runtime.communication.queue_descriptor.base import BatchDecoder, ChannelWriter, InputGate
 from procflow.runtime.communication.shm import SharedSegment
 
@@ -134,6 +135,11 @@ class ShmChannelWriter(ChannelWriter):
         pending = len(self._pending)
         return self._sent + (pending // 2 if self._pending_keyed else pending)
 
+    def progress(self) -> tuple[int, int, int]:
+        """(records sent, taken by the consumer, finished by it); sent counts pending records too."""
+        taken, done = self._ring.consumer_progress()
+        return self.objects_sent, taken, done
+
     def _write_pending(self) -> None:
         pending, keyed = self._pending, self._pending_keyed
         self._pending = []
@@ -239,17 +245,24 @@ class ShmInputGate(InputGate):
         return sum(r.queued_bytes() for r in self._readers) / self._capacity
 
     def read(self, timeout: float | None) -> list:
+        for reader in self._readers:   # the task asks again only once it has processed the last batch
+            reader.publish_done()
         deadline = None if timeout is None else time.monotonic() + timeout
         spins = 0
+        out = self._out
         while True:
             seen = self._doorbell.seen()
             progressed = False
             for reader, decoder in zip(self._readers, self._decoders):
                 if reader.has_data():
+                    before = len(out)
                     progressed |= reader.drain(lambda flags, body, d=decoder: self._handle(d, flags, body),
                                                READ_BUDGET) > 0
-            if self._out:
-                out, self._out = self._out, []
+                    taken = sum(len(b) for b in out[before:] if type(b) is RecordBatch)
+                    if taken:   # for a balancing producer (balance.py)
+                        reader.publish_taken(taken)
+            if out:
+                self._out = []
                 return out
             if progressed:
                 # Bytes consumed without a record (a wrap marker, a fragment): the producer already rang
