@@ -47,7 +47,8 @@ def channels(doc: dict, plt) -> str:
         ax.invert_yaxis()
         rows = [[k, m["records_per_s"], m["mb_per_s"], m["vs_mp_queue"], m.get("pct_of_memcpy")]
                 for k, m in p["contenders"].items()]
-        md.append(f"**{kind}** ({p['record_bytes']} B/record, n={p['n']})\n\n"
+        runs = doc.get("params", {}).get("runs")
+        md.append(f"**{kind}** ({p['record_bytes']} B/record, n={p['n']}, median of {runs} rounds)\n\n"
                   + _md_table(["contender", "records/s", "MB/s", "x mp.Queue", "% memcpy"], rows))
     fig.tight_layout()
     _save(fig, "channels.png", plt)
@@ -72,7 +73,8 @@ def cpu_scaling(doc: dict, plt) -> str:
         ax.set_xlabel("speed-up over sequential")
         ax.invert_yaxis()
         rows = [[k, v["median"], v["speedup"], v["efficiency"]] for k, v in c.items()]
-        md.append(f"**grain {grain}** (n={doc['grains'][grain]['n']}, W={w})\n\n"
+        runs = doc["grains"][grain].get("runs", doc["params"].get("runs"))
+        md.append(f"**grain {grain}** (n={doc['grains'][grain]['n']}, W={w}, median of {runs} rounds)\n\n"
                   + _md_table(["contender", "seconds", "speed-up", "speed-up/W"], rows))
     fig.tight_layout()
     _save(fig, "cpu_scaling.png", plt)
