@@ -105,8 +105,36 @@ def median_of(fn: Callable[[], float | None], runs: int, warmup: int = 0) -> dic
     return {"times": times, "median": statistics.median(times)}
 
 
+def _cpu_times() -> tuple[int, int]:
+    """(idle, total) jiffies of all CPUs since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return fields[3] + fields[4], sum(fields)
+
+
+def wait_for_quiet(idle_share: float = 0.9, window: float = 0.2, timeout: float = 10.0) -> float:
+    """Wait until the machine's CPUs are at least `idle_share` idle over `window` seconds.
+
+    A contender must not start while the last one is still winding down: Ray, for one, restarts its
+    worker processes after actors are killed, and whoever ran next lost a core to that for a second or
+    two. Returns the seconds waited (at most `timeout`, after which we go on regardless). Linux only;
+    elsewhere returns at once.
+    """
+    if not os.path.exists("/proc/stat"):
+        return 0.0
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        idle0, total0 = _cpu_times()
+        time.sleep(window)   # sampling the CPU counters over a window, not synchronisation
+        idle1, total1 = _cpu_times()
+        if total1 > total0 and (idle1 - idle0) / (total1 - total0) >= idle_share:
+            break
+    return time.monotonic() - started
+
+
 def interleaved(fns: dict[str, Callable[[], float | None]], runs: int, *,
                 progress: Callable[[int, str, float | None], None] | None = None,
+                settle: Callable[[], object] | None = wait_for_quiet,
                 ) -> tuple[dict[str, dict[str, Any]], dict[str, Exception]]:
     """`median_of` for several contenders at once, run in rounds: every contender once per round.
 
@@ -114,6 +142,8 @@ def interleaved(fns: dict[str, Callable[[], float | None]], runs: int, *,
     host's clock speed) land on one contender and not the next, which made ratios swing by a third
     between two runs of the same bench. Rounds spread the drift over all of them, and each round starts
     one contender later so none always runs first or after the same neighbour.
+
+    `settle` runs before every run (by default: wait until the CPUs are quiet).
 
     Returns (results, failures): a contender that raises anything but VerificationError is dropped and
     its exception kept in `failures`; a VerificationError (a wrong result) propagates.
@@ -126,6 +156,8 @@ def interleaved(fns: dict[str, Callable[[], float | None]], runs: int, *,
         for name in order:
             if name in failures:
                 continue
+            if settle is not None:
+                settle()
             started = time.perf_counter()
             try:
                 measured = fns[name]()

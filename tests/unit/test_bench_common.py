@@ -16,8 +16,11 @@ def test_contenders_run_in_rounds_with_a_rotating_order():
             return seconds
         return run
 
+    settled = []
     results, failures = common.interleaved({"a": contender("a", 1.0), "b": contender("b", 2.0),
-                                            "c": contender("c", 3.0)}, runs=4)
+                                            "c": contender("c", 3.0)}, runs=4,
+                                           settle=lambda: settled.append(len(calls)))
+    assert settled == list(range(12))          # before every run
     assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b", "a", "b", "c"]
     assert failures == {}
     assert {name: m["median"] for name, m in results.items()} == {"a": 1.0, "b": 2.0, "c": 3.0}
@@ -35,7 +38,7 @@ def test_a_failing_contender_is_dropped_and_reported_and_the_rest_go_on():
         runs["broken"] += 1
         raise RuntimeError("no such peer")
 
-    results, failures = common.interleaved({"broken": broken, "ok": ok}, runs=3)
+    results, failures = common.interleaved({"broken": broken, "ok": ok}, runs=3, settle=None)
     assert runs == {"ok": 3, "broken": 1}
     assert list(results) == ["ok"] and str(failures["broken"]) == "no such peer"
 
@@ -45,9 +48,15 @@ def test_a_wrong_result_stops_the_bench():
         common.verify("peer", "count", 1, 2)
 
     with pytest.raises(common.VerificationError):
-        common.interleaved({"peer": wrong}, runs=2)
+        common.interleaved({"peer": wrong}, runs=2, settle=None)
 
 
 def test_a_contender_timed_by_the_harness_when_it_reports_no_time():
-    results, _ = common.interleaved({"x": lambda: None}, runs=2)
+    results, _ = common.interleaved({"x": lambda: None}, runs=2, settle=None)
     assert len(results["x"]["times"]) == 2 and all(t >= 0 for t in results["x"]["times"])
+
+
+def test_waiting_for_a_quiet_machine_returns_within_its_timeout():
+    waited = common.wait_for_quiet(idle_share=1.01, window=0.05, timeout=0.2)   # never quiet enough
+    assert 0.2 <= waited < 1.0
+    assert common.wait_for_quiet(idle_share=0.0, window=0.05) < 0.5               # always quiet enough

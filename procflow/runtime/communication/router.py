@@ -104,7 +104,8 @@ class BaseRouter:
             self.route = self._direct.send_object   # type: ignore[method-assign]
         # `route_many` can hand whole slices to the channels when placement needs no per-record decision:
         # one downstream operator, spread round robin (or by hash, which spreads unkeyed records the same
-        # way), no key selector to run, channels that batch any object, and no subclass hooking `route`.
+        # way) or balanced, no key selector to run, channels that batch any object, and no subclass
+        # hooking `route`.
         group = groups[0] if len(groups) == 1 else None
         self.routes_many = (
             group is not None and not self._fan_out and group.key_selector is None
@@ -136,11 +137,12 @@ class BaseRouter:
             group.writers[target].send_object(payload, gkey, gkeyed)
 
     def route_many(self, records: list) -> None:
-        """Unkeyed records in emission order, placed exactly as `route` would place them one by one.
+        """Unkeyed records in emission order.
 
         Only when `routes_many` is True (the caller routes record by record otherwise, so that an error
-        in a key selector or a partitioner names its record). Round robin over n channels sends
-        records[k::n] to the k-th channel after the current one: per-record work drops to a list slice.
+        in a key selector or a partitioner names its record). Round robin places them exactly as `route`
+        would one by one: over n channels, records[k::n] go to the k-th channel after the current one,
+        so per-record work drops to a list slice. A balanced group hands out slices by room.
         """
         if self._direct is not None:
             self._direct.send_many(records)
