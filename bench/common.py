@@ -16,6 +16,7 @@ import json
 import multiprocessing
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -123,12 +124,12 @@ def wait_for_quiet(idle_share: float = 0.9, window: float = 0.2, timeout: float 
     if not os.path.exists("/proc/stat"):
         return 0.0
     started = time.monotonic()
-    while time.monotonic() - started < timeout:
+    quiet = 0
+    while time.monotonic() - started < timeout and quiet < 2:   # two quiet windows in a row
         idle0, total0 = _cpu_times()
         time.sleep(window)   # sampling the CPU counters over a window, not synchronisation
         idle1, total1 = _cpu_times()
-        if total1 > total0 and (idle1 - idle0) / (total1 - total0) >= idle_share:
-            break
+        quiet = quiet + 1 if total1 > total0 and (idle1 - idle0) / (total1 - total0) >= idle_share else 0
     return time.monotonic() - started
 
 
@@ -140,8 +141,10 @@ def interleaved(fns: dict[str, Callable[[], float | None]], runs: int, *,
 
     Running each contender's runs back to back lets slow drift of a shared machine (another tenant, the
     host's clock speed) land on one contender and not the next, which made ratios swing by a third
-    between two runs of the same bench. Rounds spread the drift over all of them, and each round starts
-    one contender later so none always runs first or after the same neighbour.
+    between two runs of the same bench. Rounds spread the drift over all of them. The first round keeps
+    the given order (a reference contender can go first); later rounds are shuffled (seeded, so runs
+    repeat), because a fixed order gives each contender a fixed predecessor, and on this VM a run
+    right after another contender's burned up to 15% more CPU than the same run after its own.
 
     `settle` runs before every run (by default: wait until the CPUs are quiet).
 
@@ -152,7 +155,9 @@ def interleaved(fns: dict[str, Callable[[], float | None]], runs: int, *,
     times: dict[str, list[float]] = {name: [] for name in names}
     failures: dict[str, Exception] = {}
     for r in range(runs):
-        order = names[r % len(names):] + names[:r % len(names)] if names else []
+        order = list(names)
+        if r:
+            random.Random(r).shuffle(order)
         for name in order:
             if name in failures:
                 continue

@@ -16,7 +16,7 @@ Contenders (all use W worker processes, all results checked against the sequenti
 
 Timings include creating and tearing down each contender's worker processes (a Pool, a WorkerPool, a
 procflow job), except Ray, whose cluster start (several seconds) is done once, outside the timings.
-Contenders run in rounds (each once per round, the order rotating), so that the drift of a shared
+Contenders run in rounds (each once per round, in shuffled order), so that the drift of a shared
 machine spreads over all of them. Speed-up = sequential median / contender median; efficiency =
 speed-up / W.
 """

@@ -1,4 +1,4 @@
-"""bench.common.interleaved: contenders run in rotating rounds, failures are dropped, wrong results stop."""
+"""bench.common.interleaved: contenders run in shuffled rounds, failures are dropped, wrong results stop."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from bench import common
 
 
-def test_contenders_run_in_rounds_with_a_rotating_order():
+def test_contenders_run_in_rounds_the_first_in_the_given_order_then_shuffled():
     calls = []
 
     def contender(name, seconds):
@@ -21,7 +21,10 @@ def test_contenders_run_in_rounds_with_a_rotating_order():
                                             "c": contender("c", 3.0)}, runs=4,
                                            settle=lambda: settled.append(len(calls)))
     assert settled == list(range(12))          # before every run
-    assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b", "a", "b", "c"]
+    assert calls[:3] == ["a", "b", "c"]                       # the reference contender first
+    rounds = [calls[i:i + 3] for i in range(0, 12, 3)]
+    assert all(sorted(r) == ["a", "b", "c"] for r in rounds)  # everyone once per round
+    assert len({tuple(r) for r in rounds}) > 1                # not one fixed order
     assert failures == {}
     assert {name: m["median"] for name, m in results.items()} == {"a": 1.0, "b": 2.0, "c": 3.0}
     assert results["a"]["times"] == [1.0] * 4
