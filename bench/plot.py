@@ -57,6 +57,7 @@ def channels(doc: dict, plt) -> str:
     lat = doc.get("latency", {})
     md.append(_md_table(["round trip", "median us", "p99 us"],
                         [[k, v and v["median_us"], v and v["p99_us"]] for k, v in lat.items()]))
+    md += _failures_md(doc)
     return "\n\n".join(md)
 
 
@@ -78,7 +79,14 @@ def cpu_scaling(doc: dict, plt) -> str:
                   + _md_table(["contender", "seconds", "speed-up", "speed-up/W"], rows))
     fig.tight_layout()
     _save(fig, "cpu_scaling.png", plt)
+    md += _failures_md(doc)
     return "\n\n".join(md)
+
+
+def _failures_md(doc: dict) -> list[str]:
+    """A contender that failed or was skipped in this run is named, not silently left out."""
+    lines = [f"- {what}: {why}" for kind in ("failed", "skipped") for what, why in doc.get(kind, {}).items()]
+    return ["Not measured in this run:\n\n" + "\n".join(lines)] if lines else []
 
 
 def startup(doc: dict, plt) -> str:
