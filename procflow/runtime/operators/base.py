@@ -20,6 +20,9 @@ class Operator:
     poll_period = 0.0
     # True for operators that can take unkeyed records a chunk at a time (`process_many`).
     chunked = False
+    # Operators whose `process_many` sends its results on as lists: chunked exactly when the router can
+    # take lists (`routes_many`), decided at open().
+    chunks_when_routing_lists = False
     # After `process_many` raised: how many records of the chunk were done before the failing one.
     completed = 0
 
@@ -30,6 +33,8 @@ class Operator:
 
     def open(self) -> None:
         self.router = self.ctx.router
+        if self.chunks_when_routing_lists:
+            self.chunked = self.router.routes_many
         self.function.ctx = self.ctx
         self.function.open()
 

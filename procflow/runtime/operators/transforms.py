@@ -10,11 +10,12 @@ from procflow.runtime.operators.base import Operator
 
 
 class MapOperator(Operator):
+    chunks_when_routing_lists = True
+
     def open(self) -> None:
         super().open()
         self._execute = self.function.execute
         self._route = self.router.route
-        self.chunked = self.router.routes_many
 
     def process(self, record: Any) -> None:
         ctx = self.ctx
@@ -37,9 +38,7 @@ class MapOperator(Operator):
 
 
 class FilterOperator(Operator):
-    def open(self) -> None:
-        super().open()
-        self.chunked = self.router.routes_many
+    chunks_when_routing_lists = True
 
     def process(self, record: Any) -> None:
         if self.function.execute(record):
@@ -65,10 +64,7 @@ class FlatMapOperator(Operator):
     # A record may expand into many: results leave in lists of at most this many, so one huge
     # expansion still meets back-pressure instead of piling up in memory.
     _SEND_AT = 1024
-
-    def open(self) -> None:
-        super().open()
-        self.chunked = self.router.routes_many
+    chunks_when_routing_lists = True
 
     def process(self, record: Any) -> None:
         produced = self.function.execute(record)
