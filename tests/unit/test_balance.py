@@ -74,3 +74,64 @@ def test_pick_waits_for_room_and_flushes_first():
 def test_only_channels_that_report_progress_can_balance():
     assert can_balance([FakeChannel(), FakeChannel()])
     assert not can_balance([object()]) and not can_balance([])
+
+
+class FakeClock:
+    """Time that passes only when the balancer sleeps, so waits can be summed exactly."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = FakeClock()
+    monkeypatch.setattr(balance.time, "perf_counter", fake.perf_counter)
+    monkeypatch.setattr(balance.time, "sleep", fake.sleep)
+    return fake
+
+
+def test_caps_ramp_up_with_short_waits_while_consumers_keep_up(clock):
+    # Consumers that finish whatever they are given at once: each wait finds room again, so the
+    # producer must not sleep long between doublings (at WAIT_MAX_S a step, a ramp of ten doublings
+    # cost cheap records 40 ms at the start of every job).
+    a, b = FakeChannel(), FakeChannel()
+
+    def consume():
+        a.consume_all()
+        b.consume_all()
+
+    balancer = Balancer([a, b])
+    clock.now += 0.005           # the consumers' processes take a while to start: no rate to learn here
+    balancer.send_many(list(range(4000)), flush=consume)
+    assert min(balancer.caps) >= 512
+    assert all(s == balance.WAIT_MIN_S for s in clock.sleeps)
+    assert sum(clock.sleeps) < 20 * balance.WAIT_MIN_S
+
+
+def test_a_producer_facing_busy_consumers_backs_off_to_the_longest_wait(clock):
+    a, b = FakeChannel(), FakeChannel()
+    balancer = Balancer([a, b])
+    waits = 0
+
+    def consume_after_a_while():
+        nonlocal waits
+        waits += 1
+        if waits == 12:          # the consumers were busy with their first records all this time
+            consume_all()
+
+    def consume_all():
+        a.consume_all()
+        b.consume_all()
+
+    balancer.send_many(list(range(2 * CAP_START + 1)), flush=consume_after_a_while)
+    expected = [min(balance.WAIT_MIN_S * 2 ** k, balance.WAIT_MAX_S) for k in range(12)]
+    assert clock.sleeps == pytest.approx(expected)

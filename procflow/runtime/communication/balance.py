@@ -12,7 +12,11 @@ worker is free; balance does the same over single-producer rings, with credits:
   most room left, and waits when every ring is at its cap;
 - a ring's cap is about TARGET_S of work at its consumer's measured rate. A consumer found idle (all
   it took is done, its ring empty) was starved: its cap doubles, which is how caps grow from CAP_START
-  to the thousands that cheap records need within a few milliseconds.
+  to the thousands that cheap records need within a few milliseconds, and its rate is forgotten (it
+  measured how little the consumer got, not how fast it works);
+- a producer with no room anywhere sleeps about half the time its quickest consumer needs for a cap's
+  worth; while some consumer's rate is unknown it backs off from WAIT_MIN_S instead, so a ramp from
+  CAP_START costs microseconds a step (waiting WAIT_MAX_S a step, 2000 cheap records took 40 ms).
 
 So a consumer finds its next batch queued while it works through the one in hand, and at the end no
 instance holds more than about two TARGET_S of work that another could have done. A consumer of 1 s
@@ -30,10 +34,8 @@ TARGET_S = 0.008
 # A rate is measured over at least this long (consumers finish records in batches, not one by one).
 RATE_WINDOW_S = 0.004
 CAP_START, CAP_MIN, CAP_MAX = 2, 2, 1 << 20
-# A producer with no room anywhere sleeps half the time its quickest consumer needs for a cap's worth
-# (that consumer still has its batch in hand to work on), within these bounds: longer only starves
-# that consumer, shorter takes CPU from all of them (at a fixed 1 ms, the source of a 1.5 s job burned
-# 0.1 s on wake-ups).
+# Bounds of a producer's sleep when every ring is full: longer only starves the consumers, shorter takes
+# CPU from all of them (at a fixed 1 ms, the source of a 1.5 s job burned 0.1 s on wake-ups).
 WAIT_MIN_S, WAIT_MAX_S = 100e-6, TARGET_S / 2
 
 
@@ -49,13 +51,13 @@ class Balancer:
         self.writers = list(writers)
         n = len(self.writers)
         self.caps = [CAP_START] * n
-        self.rates = [0.0] * n
+        self.rates = [0.0] * n    # records/s while busy; 0 while unknown
         now = time.perf_counter()
         done = [w.progress()[2] for w in self.writers]
         self._windows = [(d, now) for d in done]   # (records done, time) when each rate window opened
         self._seen_done = done
-        self._starved = [False] * n
         self._next = 0
+        self._backoff = WAIT_MIN_S
         self.waited_s = 0.0
 
     def send_many(self, records: list, flush: Callable[[], None]) -> None:
@@ -66,6 +68,7 @@ class Balancer:
             if room <= 0:
                 self._wait(flush)
                 continue
+            self._backoff = WAIT_MIN_S
             take = min(room, total - pos)
             self.writers[i].send_many(records if take == total else records[pos:pos + take])
             pos += take
@@ -75,6 +78,7 @@ class Balancer:
         while True:
             i, room = self._roomiest()
             if room > 0:
+                self._backoff = WAIT_MIN_S
                 return i
             self._wait(flush)
 
@@ -92,14 +96,13 @@ class Balancer:
                 self._seen_done[i] = done
                 if done == taken and queued <= 0:      # finished all it had, nothing waiting: starved
                     caps[i] = min(caps[i] * 2, CAP_MAX)
-                    self._starved[i] = True
+                    self.rates[i] = 0.0
+                    self._windows[i] = (done, now)     # the next window starts as it gets work again
             old_done, opened = self._windows[i]
             if done > old_done and now - opened >= RATE_WINDOW_S:
                 self.rates[i] = (done - old_done) / (now - opened)
-                if not self._starved[i]:   # a starved consumer's rate says how little it got, not how fast it is
-                    caps[i] = max(CAP_MIN, int(self.rates[i] * TARGET_S))
+                caps[i] = max(CAP_MIN, int(self.rates[i] * TARGET_S))
                 self._windows[i] = (done, now)
-                self._starved[i] = False
             room = caps[i] - queued
             if room > best_room:
                 best, best_room = i, room
@@ -111,7 +114,11 @@ class Balancer:
         # that), then give the consumers time to take some.
         flush()
         known = [cap / rate for cap, rate in zip(self.caps, self.rates) if rate > 0]
-        wait = min(max(min(known) / 2, WAIT_MIN_S), WAIT_MAX_S) if known else WAIT_MIN_S
+        wait = min(known) / 2 if known else WAIT_MAX_S
+        if len(known) < len(self.rates):
+            wait = min(wait, self._backoff)
+            self._backoff = min(self._backoff * 2, WAIT_MAX_S)
+        wait = min(max(wait, WAIT_MIN_S), WAIT_MAX_S)
         started = time.perf_counter()
         time.sleep(wait)
         self.waited_s += time.perf_counter() - started
