@@ -121,3 +121,20 @@ def _validate(t: Transformation) -> None:
                              f"{', '.join(missing)} method; a CoMapFunction needs map0..map{len(t.inputs) - 1}")
         if not issubclass(cls, fx.CoMapFunction):
             raise TypeError(f"{where}: comap needs a CoMapFunction subclass, got {cls.__name__}")
+
+
+def driver_side_collects(graph: ExecutionGraph) -> set[str]:
+    """The collect nodes whose records the upstream tasks can ship to the driver themselves.
+
+    A collect with one instance and unkeyed input decides nothing: every record it receives goes to the
+    driver as it is. A keyed input runs its key selector (user code, whose errors must name their
+    record) on the way, so such a collect keeps its task, as does one with several instances.
+    """
+    names = set()
+    for node in graph.nodes.values():
+        if node.kind != "collect" or node.parallelism != 1:
+            continue
+        inputs = graph.transformations[node.transformation_id].inputs
+        if all(not i.partitioning.keyed and i.partitioning.key_selector is None for i in inputs):
+            names.add(node.name)
+    return names

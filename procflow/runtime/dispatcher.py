@@ -30,7 +30,8 @@ import multiprocess
 from multiprocess import connection
 
 from procflow.errors import JobFailedError, RemoteTraceback, describe_exit
-from procflow.graph.execution_graph import ExecutionGraph
+from procflow.graph.execution_graph import ExecutionGraph, driver_side_collects
+from procflow.runtime.communication.queue_descriptor.driver import DriverCollect, DriverEdge
 from procflow.runtime.communication.queue_descriptor.mp_queue import MpInbox
 from procflow.runtime.communication.queue_descriptor.shm_queue import ShmInbox
 from procflow.runtime.communication.shm import segment_name, sweep_orphans
@@ -91,15 +92,29 @@ class Dispatcher(JobMonitor):
         nodes = list(self.graph.nodes.values())
         self.job_control = JobControl.create(segment_name(self.job_id, "job"), len(nodes))
         self.owned_segments.append(self.job_control.segment)
-        inboxes = {node.name: self._make_inbox(node) for node in nodes if node.in_edges}
+        # Collects that decide nothing run here: their upstream tasks ship records to us directly.
+        self.in_driver = {self.graph.nodes[name].operator: DriverCollect(name, self.manager.tasks[name].slot)
+                          for name in driver_side_collects(self.graph)}
+        driver_nodes = {c.task for c in self.in_driver.values()}
+        inboxes = {node.name: self._make_inbox(node) for node in nodes
+                   if node.in_edges and node.name not in driver_nodes}
         if self.service_specs:
             from procflow.runtime.service.manager import ServiceManager
 
             self.service_manager = ServiceManager(self, self.service_specs)
             self.service_manager.prepare()
+
+        def edge_descriptor(edge):
+            if edge.dst in driver_nodes:
+                return DriverEdge(self.graph.nodes[edge.dst].operator, edge.slot)
+            return inboxes[edge.dst].edge(edge.slot)
+
         for slot, node in enumerate(nodes):
+            if node.name in driver_nodes:
+                self.manager.mark_ready(node.name, os.getpid())
+                continue
             t = self.graph.transformations[node.transformation_id]
-            outputs = output_specs(node, lambda e: inboxes[e.dst].edge(e.slot))
+            outputs = output_specs(node, edge_descriptor)
             reader, writer = self.factory.control_pipe()
             self._readers[reader] = node.name
             self._writers.append(writer)
@@ -111,8 +126,9 @@ class Dispatcher(JobMonitor):
                 config=dict(self.config), control=writer,
                 service_directory=self.service_manager.directory if self.service_manager else None)
             self.functions[node.name] = t.function.build()
-        log.info("job %s prepared: %d tasks, %d channels, queue=%s", self.job_id, len(nodes),
-                 len(self.graph.edges), self.config["queue"])
+        log.info("job %s prepared: %d tasks, %d channels, queue=%s%s", self.job_id, len(nodes),
+                 len(self.graph.edges), self.config["queue"],
+                 f"; run by the driver: {', '.join(sorted(driver_nodes))}" if driver_nodes else "")
 
     def _make_inbox(self, node) -> Any:
         indices = tuple(e.input_index for e in node.in_edges)
@@ -248,6 +264,9 @@ class Dispatcher(JobMonitor):
         manager = self.manager
         if isinstance(msg, Results):
             self.collectors[msg.task]._extend(msg.records)
+            collect = self.in_driver.get(msg.task)
+            if collect is not None:
+                collect.received(len(msg.records), self.job_control)
         elif isinstance(msg, Ready):
             if self.service_manager is not None and self.service_manager.owns(msg.task):
                 self.service_manager.mark_ready(msg.task)
@@ -259,12 +278,22 @@ class Dispatcher(JobMonitor):
             else:
                 manager.mark_stopped(msg.task, msg.metrics)
                 log.info("%s stopped: %s", msg.task, msg.metrics)
+                self._stop_driver_collects()
         elif isinstance(msg, DeadLetter):
             manager.dead_letters.extend(msg.entries)
         elif isinstance(msg, Failed):
             self._fail(job_error(msg.report))
         else:
             self.service_manager.on_message(msg)
+
+    def _stop_driver_collects(self) -> None:
+        """A collect run here has ended once every task feeding it has: each ships its last results
+        before its Stopped message, on the same pipe."""
+        for collect in self.in_driver.values():
+            state = self.manager.tasks[collect.task]
+            if not state.stopped and all(self.manager.tasks[e.src].stopped
+                                         for e in self.graph.nodes[collect.task].in_edges):
+                self.manager.mark_stopped(collect.task, collect.finish(self.job_control))
 
     def _handle_requests(self) -> bool:
         if not self._requests:

@@ -124,6 +124,9 @@ class TaskContext:
         groups = []
         for spec in self.outputs:
             writers = [edge.open_writer() for edge in spec.edges]
+            for writer in writers:
+                if hasattr(writer, "bind_control"):   # an edge into a collect run by the driver
+                    writer.bind_control(self.control)
             selector = spec.key_selector.execute if spec.key_selector is not None else None
             groups.append(OutputGroup(spec.target, spec.strategy, writers, selector, spec.partitioner,
                                       spec.queue_ids))
