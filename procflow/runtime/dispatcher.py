@@ -18,6 +18,7 @@ Only the monitor thread reads control pipes. Other threads talk to it through th
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import secrets
@@ -150,19 +151,15 @@ class Dispatcher(JobMonitor):
     def start(self) -> None:
         parent = os.getpid()
         try:
-            if self.service_manager is not None:
-                self.service_manager.start()
-            # Ctrl-C / SIGTERM stay blocked while tasks fork: a child inherits the mask and unblocks only
-            # after it has set its own handlers (entry.become_child), so a signal arriving during start-up
-            # reaches the driver (once the mask is restored) and never half-started children.
-            masked = signal.pthread_sigmask(signal.SIG_BLOCK, STARTUP_SIGNALS)
+            # What the driver holds stays out of its children's garbage collection (gc.freeze), so that
+            # no finaliser of the driver's objects runs in a task or service: a Ray ObjectRef or actor
+            # handle the driver had dropped, collected in a forked task, spoke to the Ray cluster over
+            # the driver's own connections and left the driver's next Ray call hanging for 60 s.
+            gc.freeze()
             try:
-                for name, ctx in self.contexts.items():
-                    handle = self.factory.start(name, task_main, (ctx, self.functions[name], parent))
-                    self.handles[name] = handle
-                    self.manager.tasks[name].pid = handle.pid
+                self._fork_children(parent)
             finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, masked)
+                gc.unfreeze()
             # The driver keeps only the read ends: a task's writer closes with the task.
             for writer in self._writers:
                 writer.close()
@@ -179,6 +176,21 @@ class Dispatcher(JobMonitor):
             else:
                 self.cleanup()
             raise
+
+    def _fork_children(self, parent: int) -> None:
+        if self.service_manager is not None:
+            self.service_manager.start()
+        # Ctrl-C / SIGTERM stay blocked while tasks fork: a child inherits the mask and unblocks only
+        # after it has set its own handlers (entry.become_child), so a signal arriving during start-up
+        # reaches the driver (once the mask is restored) and never half-started children.
+        masked = signal.pthread_sigmask(signal.SIG_BLOCK, STARTUP_SIGNALS)
+        try:
+            for name, ctx in self.contexts.items():
+                handle = self.factory.start(name, task_main, (ctx, self.functions[name], parent))
+                self.handles[name] = handle
+                self.manager.tasks[name].pid = handle.pid
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, masked)
 
     def request(self, what: str, reason: str = "") -> None:
         """Ask the monitor thread to 'stop' (graceful) or 'kill' (now)."""
