@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from procflow.runtime.communication.queue_descriptor.driver import BATCH, SEND_INTERVAL
-from procflow.runtime.control import Results
+from procflow.runtime.communication.queue_descriptor.driver import DriverWriter
 from procflow.runtime.operators.base import Operator
 
 
@@ -114,45 +112,34 @@ class SinkOperator(Operator):
 
 
 class CollectOperator(Operator):
-    """Ships records to the driver over the control pipe, in batches (see driver.BATCH / SEND_INTERVAL).
+    """A collect task: ships what it receives to the driver through a DriverWriter (batched by count and
+    time, all at end of input), as upstream tasks do where the driver runs the collect itself.
 
     Only where a collect has something to decide (keyed input, several instances) or a backend runs
-    every operator as a task; the local backend otherwise lets the upstream tasks ship the records
-    themselves (queue_descriptor/driver.py). The task flushes whenever its input runs dry, which with
-    slow upstream functions is after every record; a message to the driver per record cost the 1 ms
-    CPU-scaling bench 40% of its speed.
+    every operator as a task (queue_descriptor/driver.py). The task flushes whenever its input runs dry,
+    which with slow upstream functions is after every record; a message to the driver per record cost
+    the 1 ms CPU-scaling bench 40% of its speed, hence the batching.
     """
 
-    BATCH = BATCH
-    SEND_INTERVAL = SEND_INTERVAL
     bulk = True
     poll_period = 0.005
 
     def open(self) -> None:
         self.router = self.ctx.router
-        self._buffer: list = []
-        self._last_send = time.monotonic()
+        self._to_driver = DriverWriter(self.ctx.operator_name)
+        self._to_driver.bind_control(self.ctx.control)
 
     def process(self, record: Any) -> None:
-        self.process_all([record])
+        self._to_driver.send_object(record, None, False)
 
     def process_all(self, records: list) -> None:
-        self._buffer += records
-        if len(self._buffer) >= self.BATCH:
-            self._send()
+        self._to_driver.send_many(records)
 
     def flush(self) -> None:
-        if self._buffer and time.monotonic() - self._last_send >= self.SEND_INTERVAL:
-            self._send()
-
-    def _send(self) -> None:
-        if self._buffer:
-            batch, self._buffer = self._buffer, []
-            self.ctx.control.send(Results(self.ctx.operator_name, batch))
-        self._last_send = time.monotonic()
+        self._to_driver.flush()
 
     def finish(self, signal: Any) -> None:
-        self._send()
+        self._to_driver.send_control(signal)
 
 
 class ReduceOperator(Operator):
