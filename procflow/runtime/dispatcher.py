@@ -31,8 +31,8 @@ import multiprocess
 from multiprocess import connection
 
 from procflow.errors import JobFailedError, RemoteTraceback, describe_exit
-from procflow.graph.execution_graph import ExecutionGraph, driver_side_collects
-from procflow.runtime.communication.queue_descriptor.driver import DriverCollect, DriverEdge
+from procflow.graph.execution_graph import ExecutionGraph
+from procflow.runtime.communication.queue_descriptor.driver import DriverCollects
 from procflow.runtime.communication.queue_descriptor.mp_queue import MpInbox
 from procflow.runtime.communication.queue_descriptor.shm_queue import ShmInbox
 from procflow.runtime.communication.shm import segment_name, sweep_orphans
@@ -94,9 +94,8 @@ class Dispatcher(JobMonitor):
         self.job_control = JobControl.create(segment_name(self.job_id, "job"), len(nodes))
         self.owned_segments.append(self.job_control.segment)
         # Collects that decide nothing run here: their upstream tasks ship records to us directly.
-        self.in_driver = {self.graph.nodes[name].operator: DriverCollect(name, self.manager.tasks[name].slot)
-                          for name in driver_side_collects(self.graph)}
-        driver_nodes = {c.task for c in self.in_driver.values()}
+        self.in_driver = DriverCollects(self.graph, self.manager, self.job_control.counters)
+        driver_nodes = self.in_driver.tasks
         inboxes = {node.name: self._make_inbox(node) for node in nodes
                    if node.in_edges and node.name not in driver_nodes}
         if self.service_specs:
@@ -104,18 +103,11 @@ class Dispatcher(JobMonitor):
 
             self.service_manager = ServiceManager(self, self.service_specs)
             self.service_manager.prepare()
-
-        def edge_descriptor(edge):
-            if edge.dst in driver_nodes:
-                return DriverEdge(self.graph.nodes[edge.dst].operator, edge.slot)
-            return inboxes[edge.dst].edge(edge.slot)
-
         for slot, node in enumerate(nodes):
             if node.name in driver_nodes:
-                self.manager.mark_ready(node.name, os.getpid())
                 continue
             t = self.graph.transformations[node.transformation_id]
-            outputs = output_specs(node, edge_descriptor)
+            outputs = output_specs(node, lambda e: self.in_driver.edge(e, lambda e: inboxes[e.dst].edge(e.slot)))
             reader, writer = self.factory.control_pipe()
             self._readers[reader] = node.name
             self._writers.append(writer)
@@ -276,9 +268,7 @@ class Dispatcher(JobMonitor):
         manager = self.manager
         if isinstance(msg, Results):
             self.collectors[msg.task]._extend(msg.records)
-            collect = self.in_driver.get(msg.task)
-            if collect is not None:
-                collect.received(len(msg.records), self.job_control)
+            self.in_driver.received(msg)
         elif isinstance(msg, Ready):
             if self.service_manager is not None and self.service_manager.owns(msg.task):
                 self.service_manager.mark_ready(msg.task)
@@ -290,22 +280,13 @@ class Dispatcher(JobMonitor):
             else:
                 manager.mark_stopped(msg.task, msg.metrics)
                 log.info("%s stopped: %s", msg.task, msg.metrics)
-                self._stop_driver_collects()
+                self.in_driver.task_stopped()
         elif isinstance(msg, DeadLetter):
             manager.dead_letters.extend(msg.entries)
         elif isinstance(msg, Failed):
             self._fail(job_error(msg.report))
         else:
             self.service_manager.on_message(msg)
-
-    def _stop_driver_collects(self) -> None:
-        """A collect run here has ended once every task feeding it has: each ships its last results
-        before its Stopped message, on the same pipe."""
-        for collect in self.in_driver.values():
-            state = self.manager.tasks[collect.task]
-            if not state.stopped and all(self.manager.tasks[e.src].stopped
-                                         for e in self.graph.nodes[collect.task].in_edges):
-                self.manager.mark_stopped(collect.task, collect.finish(self.job_control))
 
     def _handle_requests(self) -> bool:
         if not self._requests:

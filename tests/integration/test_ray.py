@@ -122,6 +122,20 @@ def test_map_filter_flatmap(make_env):
     assert sorted(result.results()) == sorted(["A", "B", "D", "E", "F"] * 25)
 
 
+def test_a_plain_collect_runs_in_the_driver_and_a_keyed_one_in_a_task(make_env):
+    # Nothing to decide: no task (on Ray, no actor: seconds of start-up on a small machine) and the
+    # upstream tasks ship to the driver; a keyed input runs its selector in a collect task.
+    env = make_env()
+    stream = env.from_batch(range(300)).map(lambda x: x + 1, parallelism=2)
+    plain = stream.collect()
+    keyed = stream.keyby(lambda x: x % 3).collect()
+    job = env.submit()
+    assert sorted(plain.results()) == sorted(keyed.results()) == list(range(1, 301))
+    metrics = job.metrics
+    assert metrics["collect_0"]["pid"] == os.getpid() and metrics["collect_0"]["records_in"] == 300
+    assert metrics["collect2_0"]["pid"] != os.getpid() and metrics["collect2_0"]["records_in"] == 300
+
+
 @pytest.mark.timeout(60)
 def test_same_key_reaches_the_same_instance_as_local(make_env):
     """keyby(hash): the instance is stable_hash(key) % n on every backend (the local param checks that

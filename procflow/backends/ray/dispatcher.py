@@ -32,6 +32,7 @@ from procflow.backends.ray.actor import RayTaskContext, TaskActor
 from procflow.backends.ray.channel import RayInbox
 from procflow.errors import JobFailedError
 from procflow.graph.execution_graph import ExecutionGraph
+from procflow.runtime.communication.queue_descriptor.driver import DriverCollects
 from procflow.runtime.context.task_context import output_specs
 from procflow.runtime.control import DeadLetter, Failed, Ready, Results, Stopped
 from procflow.runtime.dispatcher import job_error, new_job_id
@@ -92,7 +93,7 @@ class RayJobView:
         if self.closed:
             return None
         refs = [d.actors[n].counters.remote() for n in names]
-        out = {}
+        out = d.in_driver.rows()
         for name, ref in zip(names, refs):
             try:   # one by one: a dead actor loses its own row, not everyone's
                 out[d.manager.tasks[name].slot] = dict(zip(FIELDS, ray.get(ref, timeout=5)))
@@ -117,6 +118,8 @@ class RayDispatcher(JobMonitor):
         self.env_dir = env_dir
         self.job_dir = os.path.join(env_dir, self.job_id)
         self.manager = JobManager(self.job_id, [(n.name, n.operator) for n in graph.nodes.values()])
+        # Collects that decide nothing run here: their upstream actors ship records to the driver directly.
+        self.in_driver = DriverCollects(graph, self.manager)
         self.contexts: dict[str, RayTaskContext] = {}
         self.functions: dict[str, Any] = {}
         self.actors: dict[str, Any] = {}
@@ -144,18 +147,25 @@ class RayDispatcher(JobMonitor):
         nodes = list(self.graph.nodes.values())
         batch_bytes = int(self.config["batch_bytes"])
         inboxes = {n.name: RayInbox(self.actor_name(n.name), tuple(e.input_index for e in n.in_edges))
-                   for n in nodes if n.in_edges}
+                   for n in nodes if n.in_edges and n.name not in self.in_driver.tasks}
+
+        def ray_edge(e: Any) -> Any:
+            return inboxes[e.dst].edge(e.slot, self.namespace, batch_bytes, self.credits)
+
         for slot, node in enumerate(nodes):
+            if node.name in self.in_driver.tasks:
+                continue
             t = self.graph.transformations[node.transformation_id]
-            outputs = output_specs(
-                node, lambda e: inboxes[e.dst].edge(e.slot, self.namespace, batch_bytes, self.credits))
+            outputs = output_specs(node, lambda e: self.in_driver.edge(e, ray_edge))
             self.contexts[node.name] = RayTaskContext(
                 name=node.name, operator_name=node.operator, kind=node.kind, parallel_index=node.index,
                 parallelism=node.parallelism, job_id=self.job_id, env_dir=self.env_dir, task_slot=slot,
                 job_segment="", n_tasks=len(nodes), inbox=inboxes.get(node.name), outputs=outputs,
                 options=dict(t.options), config=dict(self.config))
             self.functions[node.name] = t.function.build()
-        log.info("job %s prepared: %d task actors, %d channels", self.job_id, len(nodes), len(self.graph.edges))
+        log.info("job %s prepared: %d task actors, %d channels%s", self.job_id, len(self.contexts),
+                 len(self.graph.edges), f"; run by the driver: {', '.join(sorted(self.in_driver.tasks))}"
+                 if self.in_driver.tasks else "")
 
 
     # -- running -----------------------------------------------------------------------------------
@@ -171,7 +181,7 @@ class RayDispatcher(JobMonitor):
                     name=self.actor_name(name), namespace=self.namespace, **options).remote(ctx, self.functions[name])
             for name in self.contexts:
                 peers = {self.actor_name(e.dst): self.actors[e.dst]
-                         for g in self.graph.nodes[name].out_groups for e in g.edges}
+                         for g in self.graph.nodes[name].out_groups for e in g.edges if e.dst in self.actors}
                 self._runs[name] = self.actors[name].run.remote(peers)
                 self._where[name] = self.actors[name].where.remote()
         except BaseException:
@@ -240,11 +250,13 @@ class RayDispatcher(JobMonitor):
         manager = self.manager
         if isinstance(msg, Results):
             self.collectors[msg.task]._extend(msg.records)
+            self.in_driver.received(msg)
         elif isinstance(msg, Ready):
             manager.mark_ready(msg.task, msg.pid)
         elif isinstance(msg, Stopped):
             manager.mark_stopped(msg.task, msg.metrics)
             log.info("%s stopped: %s", msg.task, msg.metrics)
+            self.in_driver.task_stopped()
         elif isinstance(msg, DeadLetter):
             manager.dead_letters.extend(msg.entries)
         elif isinstance(msg, Failed):

@@ -115,8 +115,8 @@ class CollectOperator(Operator):
     """A collect task: ships what it receives to the driver through a DriverWriter (batched by count and
     time, all at end of input), as upstream tasks do where the driver runs the collect itself.
 
-    Only where a collect has something to decide (keyed input, several instances) or a backend runs
-    every operator as a task (queue_descriptor/driver.py). The task flushes whenever its input runs dry,
+    Only where a collect has something to decide (keyed input, several instances), or under the inline
+    executor (queue_descriptor/driver.py). The task flushes whenever its input runs dry,
     which with slow upstream functions is after every record; a message to the driver per record cost
     the 1 ms CPU-scaling bench 40% of its speed, hence the batching.
     """
