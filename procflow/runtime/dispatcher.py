@@ -32,12 +32,12 @@ from multiprocess import connection
 
 from procflow.errors import JobFailedError, RemoteTraceback, describe_exit
 from procflow.graph.execution_graph import ExecutionGraph
-from procflow.runtime.communication.queue_descriptor.driver import DriverCollects
 from procflow.runtime.communication.queue_descriptor.mp_queue import MpInbox
 from procflow.runtime.communication.queue_descriptor.shm_queue import ShmInbox
 from procflow.runtime.communication.shm import segment_name, sweep_orphans
 from procflow.runtime.context.task_context import TaskContext, output_specs
 from procflow.runtime.control import DeadLetter, ErrorReport, Failed, Ready, Results, Stopped
+from procflow.runtime.driver_collects import DriverCollects
 from procflow.runtime.job_control import JobControl
 from procflow.runtime.job_manager import JobManager
 from procflow.runtime.job_monitor import JobMonitor

@@ -32,10 +32,10 @@ from procflow.backends.ray.actor import RayTaskContext, TaskActor
 from procflow.backends.ray.channel import RayInbox
 from procflow.errors import JobFailedError
 from procflow.graph.execution_graph import ExecutionGraph
-from procflow.runtime.communication.queue_descriptor.driver import DriverCollects
 from procflow.runtime.context.task_context import output_specs
 from procflow.runtime.control import DeadLetter, Failed, Ready, Results, Stopped
 from procflow.runtime.dispatcher import job_error, new_job_id
+from procflow.runtime.driver_collects import DriverCollects
 from procflow.runtime.job_control import FIELDS
 from procflow.runtime.job_manager import JobManager
 from procflow.runtime.job_monitor import JobMonitor
