@@ -103,11 +103,15 @@ class Dispatcher(JobMonitor):
 
             self.service_manager = ServiceManager(self, self.service_specs)
             self.service_manager.prepare()
+
+        def ring_edge(e: Any) -> Any:
+            return inboxes[e.dst].edge(e.slot)
+
         for slot, node in enumerate(nodes):
             if node.name in driver_nodes:
                 continue
             t = self.graph.transformations[node.transformation_id]
-            outputs = output_specs(node, lambda e: self.in_driver.edge(e, lambda e: inboxes[e.dst].edge(e.slot)))
+            outputs = output_specs(node, lambda e: self.in_driver.edge(e, ring_edge))
             reader, writer = self.factory.control_pipe()
             self._readers[reader] = node.name
             self._writers.append(writer)

@@ -33,14 +33,11 @@ class DriverCollects:
         self._manager = manager
         self._shared = shared_counters
         names = driver_side_collects(graph)
+        self.tasks = frozenset(names)    # the collect task names that get no task
         self._by_operator = {graph.nodes[n].operator: n for n in names}
         self._rows = {n: [0.0] * len(FIELDS) for n in names}
         for name in names:
             manager.mark_ready(name, os.getpid())
-
-    @property
-    def tasks(self) -> set[str]:
-        return set(self._rows)
 
     def edge(self, edge: Any, other: Callable[[Any], Any]) -> Any:
         """The descriptor of a graph edge: a DriverEdge into a collect run here, else `other(edge)`."""
