@@ -16,24 +16,21 @@ Contenders (all use W worker processes, all results checked against the sequenti
 
 Timings include creating and tearing down each contender's worker processes (a Pool, a WorkerPool, a
 procflow job), except Ray, whose cluster start (several seconds) is done once, outside the timings.
-The Ray contenders run in a process of their own (`RayDriver`), the only one that connects to Ray: a
-process that has called ray.init holds Ray's threads and gigabytes of address space, and forking from it
-cost 2.9 ms instead of 1 ms here, which charged every fork-based contender (Pool, mpire, procflow) for a
-cluster that a user of those tools would not be running in their process.
-Contenders run in rounds (each once per round, in shuffled order), so that the drift of a shared
-machine spreads over all of them. Speed-up = sequential median / contender median; efficiency =
-speed-up / W.
+Each Ray run gets a Ray instance of its own, in a freshly spawned process (`ray_runner`): started and
+warmed up before its clock starts, shut down after it stops. So the other contenders neither share the
+machine with Ray's idle daemons nor fork their workers from a process that has called ray.init.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import multiprocessing
 import os
 import statistics
 import sys
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from bench import common
 
@@ -169,12 +166,15 @@ def verified(name: str, runner, fn, n: int, w: int, want: list):
     """
     def once():
         got = runner(fn, n, w)
+        seconds = None  # timed by the caller, unless the run was timed where it ran
+        if isinstance(got, Measured):
+            got, seconds = got
         if not want and name != "sequential":
             raise RuntimeError("no sequential reference result to verify against")
         if not want:
             want.append(got)
         common.verify(name, "(count, checksum)", got, want[0])
-        return None
+        return seconds
 
     return once
 
@@ -209,68 +209,78 @@ def ray_stop() -> None:
 RAY_RUNNERS = {"ray-tasks": run_ray_tasks, "ray-actors": run_ray_actors, "procflow-ray": run_procflow_ray}
 
 
+class Measured(NamedTuple):
+    """A result timed where it ran (in the Ray process), so that the timing leaves out Ray's start."""
+    value: Any
+    seconds: float
+
+
+def _warm_up_ray(w: int) -> None:
+    """Start Ray's W worker processes now (outside the timing): the issue times Ray with a warm cluster."""
+    import ray
+
+    ray.get([ray.remote(_spin_range).remote(0, 1, 1) for _ in range(2 * w)])
+
+
 def _ray_driver_main(conn, w: int) -> None:
-    """The Ray driver process: starts Ray, then runs one contender per request until told to stop."""
+    """The Ray driver process: start Ray, warm it up, run one contender when asked, shut Ray down."""
     # Run as `python -m bench.cpu_scaling`, this process knows this module as __mp_main__, a name Ray's
     # workers cannot import; the functions shipped to them must come from its importable name.
     from bench import cpu_scaling
 
     why = ray_start(w)
-    conn.send(why)
     try:
-        while why is None:
-            request = conn.recv()
-            if request is None:
-                break
+        if why is None:
+            cpu_scaling._warm_up_ray(w)
+        conn.send(why)
+        request = None if why else conn.recv()
+        if request is not None:
             name, loops, n = request
-            runner = cpu_scaling.RAY_RUNNERS[name]
+            fn = functools.partial(cpu_scaling.spin, loops=loops)
             try:
-                conn.send(("ok", runner(functools.partial(cpu_scaling.spin, loops=loops), n, w)))
+                started = time.perf_counter()
+                value = cpu_scaling.RAY_RUNNERS[name](fn, n, w)
+                conn.send(("ok", Measured(value, time.perf_counter() - started)))
             except Exception as exc:
                 conn.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
         ray_stop()
 
 
-class RayDriver:
-    """Runs the Ray contenders in a separate, freshly spawned interpreter that alone connects to Ray.
+def ray_runner(name: str):
+    """A Ray contender with the local ones' signature, run in a freshly spawned interpreter.
 
-    The rounds still interleave Ray and non-Ray contenders (the cluster's idle daemons are there for
-    all of them alike); only the process that forks Pool, mpire and procflow workers stays free of Ray.
+    Each run gets its own Ray instance, started (and its workers warmed up) before the clock starts and
+    shut down after it stops, in a process of its own. So no local contender shares the machine with
+    Ray's daemons (an idle local Ray instance kept 3% of this 2-core VM busy), and none forks from a
+    process that called ray.init (which holds Ray's threads and gigabytes of address space: a fork
+    there took 2.9 ms instead of 1 ms, a cost no user of Pool, mpire or procflow pays).
     """
-
-    def __init__(self, w: int) -> None:
+    def run(fn, n, w):
         ctx = multiprocessing.get_context("spawn")
-        self._conn, child_conn = ctx.Pipe()
-        self._process = ctx.Process(target=_ray_driver_main, args=(child_conn, w), daemon=True,
-                                    name="bench-ray-driver")
-        self._process.start()
+        conn, child_conn = ctx.Pipe()
+        process = ctx.Process(target=_ray_driver_main, args=(child_conn, w), daemon=True,
+                              name=f"bench-ray-{name}")
+        process.start()
         child_conn.close()
         try:
-            self.unavailable: str | None = self._conn.recv()
+            why = conn.recv()
+            if why:
+                raise RuntimeError(f"Ray did not start: {why}")
+            conn.send((name, fn.keywords["loops"], n))
+            status, value = conn.recv()
         except EOFError:
-            self.unavailable = f"the Ray driver process exited with code {self._process.exitcode}"
+            raise RuntimeError(f"the Ray driver process exited with code {process.exitcode}") from None
+        finally:
+            process.join(120)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        if status != "ok":
+            raise RuntimeError(value)
+        return value
 
-    def runner(self, name: str):
-        """A contender runner with the local ones' signature, executed in the Ray process."""
-        def run(fn, n, w):
-            self._conn.send((name, fn.keywords["loops"], n))
-            status, value = self._conn.recv()
-            if status != "ok":
-                raise RuntimeError(value)
-            return value
-
-        return run
-
-    def close(self) -> None:
-        try:
-            self._conn.send(None)
-        except OSError:
-            pass
-        self._process.join(60)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join()
+    return run
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -291,47 +301,43 @@ def main(argv: list[str] | None = None) -> dict:
         doc["skipped"]["procflow"] = why
         print(f"NOTE: procflow contenders skipped ({why})")
 
-    ray_driver = None if args.no_ray else RayDriver(w)
-    ray_why = "disabled by --no-ray" if ray_driver is None else ray_driver.unavailable
+    ray_why = "disabled by --no-ray" if args.no_ray else (
+        None if importlib.util.find_spec("ray") else "ray is not installed (pip install -e '.[ray]')")
     if ray_why:
         doc["skipped"]["ray"] = ray_why
         print(f"NOTE: Ray contenders skipped ({ray_why})")
 
-    try:
-        for grain in args.grains.split(","):
-            grain_s, n_full, n_quick, grain_runs = GRAINS[grain]
-            runs = args.runs or (1 if args.quick else grain_runs)
-            n = args.n or (n_quick if args.quick else n_full)
-            loops = calibrate(grain_s)
-            fn = functools.partial(spin, loops=loops)
-            print(f"\ngrain {grain}: {loops} loops per call, n={n}, W={w}")
-            doc["grains"][grain] = g = {"grain_s": grain_s, "loops": loops, "n": n, "contenders": {}}
+    for grain in args.grains.split(","):
+        grain_s, n_full, n_quick, grain_runs = GRAINS[grain]
+        runs = args.runs or (1 if args.quick else grain_runs)
+        n = args.n or (n_quick if args.quick else n_full)
+        loops = calibrate(grain_s)
+        fn = functools.partial(spin, loops=loops)
+        print(f"\ngrain {grain}: {loops} loops per call, n={n}, W={w}")
+        doc["grains"][grain] = g = {"grain_s": grain_s, "loops": loops, "n": n, "contenders": {}}
 
-            want: list = []  # filled by the first sequential run; every contender must reproduce it
-            plan = [("sequential", run_sequential), ("mp.Pool.imap", run_pool), ("mpire", run_mpire)]
+        want: list = []  # filled by the first sequential run; every contender must reproduce it
+        plan = [("sequential", run_sequential), ("mp.Pool.imap", run_pool), ("mpire", run_mpire)]
+        if not ray_why:
+            plan += [(name, ray_runner(name)) for name in ("ray-tasks", "ray-actors")]
+        if procflow_mod is not None:
+            plan += [("procflow", run_procflow), ("procflow-balance", run_procflow_balance)]
             if not ray_why:
-                plan += [(name, ray_driver.runner(name)) for name in ("ray-tasks", "ray-actors")]
-            if procflow_mod is not None:
-                plan += [("procflow", run_procflow), ("procflow-balance", run_procflow_balance)]
-                if not ray_why:
-                    plan.append(("procflow-ray", ray_driver.runner("procflow-ray")))
-            fns = {name: verified(name, runner, fn, n, w, want) for name, runner in plan}
-            results, failures = common.interleaved(fns, runs, progress=_report)
-            g["runs"] = runs
-            g["contenders"].update(results)
-            for name, exc in failures.items():
-                if isinstance(exc, NotImplementedError):
-                    print(f"  {name}: SKIPPED: not implemented in procflow yet ({exc})")
-                    doc["skipped"][f"{grain}/{name}"] = f"NotImplementedError: {exc}"
-                else:
-                    msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                    print(f"  {name}: FAILED/SKIPPED: {msg}")
-                    doc["failed"][f"{grain}/{name}"] = msg
-            _derive(g, w)
-            _print_grain(grain, g, w, runs)
-    finally:
-        if ray_driver is not None:
-            ray_driver.close()
+                plan.append(("procflow-ray", ray_runner("procflow-ray")))
+        fns = {name: verified(name, runner, fn, n, w, want) for name, runner in plan}
+        results, failures = common.interleaved(fns, runs, progress=_report)
+        g["runs"] = runs
+        g["contenders"].update(results)
+        for name, exc in failures.items():
+            if isinstance(exc, NotImplementedError):
+                print(f"  {name}: SKIPPED: not implemented in procflow yet ({exc})")
+                doc["skipped"][f"{grain}/{name}"] = f"NotImplementedError: {exc}"
+            else:
+                msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                print(f"  {name}: FAILED/SKIPPED: {msg}")
+                doc["failed"][f"{grain}/{name}"] = msg
+        _derive(g, w)
+        _print_grain(grain, g, w, runs)
 
     doc["targets"] = targets(doc, w)
     common.print_table("targets", ["target", "value", "goal", "status"],
