@@ -232,6 +232,9 @@ def _ray_driver_main(conn, w: int) -> None:
     try:
         if why is None:
             cpu_scaling._warm_up_ray(w)
+            # Ray's own processes are busy for a while after ray.init: let them finish first, as the
+            # caller let the previous contender's processes finish.
+            common.wait_for_quiet()
         conn.send(why)
         request = None if why else conn.recv()
         if request is not None:
