@@ -68,19 +68,29 @@ def cpu_scaling(doc: dict, plt) -> str:
     fig, axes = plt.subplots(1, len(grains), figsize=(5 * len(grains), 3.6), squeeze=False)
     for ax, grain in zip(axes[0], grains, strict=True):
         c = {k: v for k, v in doc["grains"][grain]["contenders"].items() if k not in ("ray-tasks", "ray-actors")}
-        ax.barh(list(c), [v["speedup"] for v in c.values()], color="tab:green")
+        # Whiskers: the speed-ups of the contender's slowest and fastest runs (against the sequential
+        # median), because on a shared machine the spread says as much as the median.
+        seq = c.get("sequential", {}).get("median")
+        spread = [[v["speedup"] - seq / max(v["times"]), seq / min(v["times"]) - v["speedup"]]
+                  if seq and v.get("times") and v.get("speedup") else [0, 0] for v in c.values()]
+        ax.barh(list(c), [v["speedup"] for v in c.values()], color="tab:green",
+                xerr=list(map(list, zip(*spread, strict=True))) if spread else None, capsize=3)
         ax.axvline(w, color="grey", linestyle="--", linewidth=1)
         ax.set_title(f"grain {grain}, W={w}")
         ax.set_xlabel("speed-up over sequential")
         ax.invert_yaxis()
-        rows = [[k, v["median"], v["speedup"], v["efficiency"]] for k, v in c.items()]
+        rows = [[k, v["median"], _run_range(v.get("times")), v["speedup"], v["efficiency"]] for k, v in c.items()]
         runs = doc["grains"][grain].get("runs", doc["params"].get("runs"))
         md.append(f"**grain {grain}** (n={doc['grains'][grain]['n']}, W={w}, median of {runs} rounds)\n\n"
-                  + _md_table(["contender", "seconds", "speed-up", "speed-up/W"], rows))
+                  + _md_table(["contender", "seconds", "fastest to slowest run", "speed-up", "speed-up/W"], rows))
     fig.tight_layout()
     _save(fig, "cpu_scaling.png", plt)
     md += _failures_md(doc)
     return "\n\n".join(md)
+
+
+def _run_range(times: list[float] | None) -> str:
+    return f"{common.fmt(min(times))} to {common.fmt(max(times))}" if times else "n/a"
 
 
 def _failures_md(doc: dict) -> list[str]:

@@ -13,3 +13,21 @@ from bench.common import fmt
 ])
 def test_fmt_scales_by_thousands(value, text):
     assert fmt(value) == text
+
+
+def test_cpu_scaling_table_shows_each_contenders_fastest_and_slowest_run(monkeypatch):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bench import plot
+
+    doc = {"params": {"workers": 2}, "grains": {"20us": {"n": 10, "runs": 3, "contenders": {
+        "sequential": {"times": [2.0, 2.2, 2.4], "median": 2.2, "speedup": 1.0, "efficiency": 0.5},
+        "procflow": {"times": [1.3, 1.1, 1.6], "median": 1.3, "speedup": 2.2 / 1.3, "efficiency": 0.85},
+    }}}}
+    saved = []
+    monkeypatch.setattr(plot, "_save", lambda fig, name, plt: saved.append(name))  # no PNG written
+    table = plot.cpu_scaling(doc, plt)
+    assert "| procflow | 1.3 | 1.1 to 1.6 |" in table
+    assert saved == ["cpu_scaling.png"]
