@@ -15,10 +15,14 @@ Contenders (all use W worker processes, all results checked against the sequenti
   procflow-ray      RayEnvironment, same pipeline (skipped with a note when unavailable)
 
 Timings include creating and tearing down each contender's worker processes (a Pool, a WorkerPool, a
-procflow job), except Ray, whose cluster start (several seconds) is done once, outside the timings.
-Each Ray run gets a Ray instance of its own, in a freshly spawned process (`ray_runner`): started and
-warmed up before its clock starts, shut down after it stops. So the other contenders neither share the
-machine with Ray's idle daemons nor fork their workers from a process that has called ray.init.
+procflow job), except Ray's cluster start (several seconds). Each Ray run gets a Ray instance of its
+own, in a freshly spawned process (`ray_runner`): started, warmed up and settled before its clock
+starts, shut down after it stops. So the other contenders neither share the machine with Ray's idle
+daemons nor fork their workers from a process that has called ray.init.
+
+Contenders run in rounds (each once per round, in shuffled order), so that the drift of a shared
+machine spreads over all of them. Speed-up = sequential median / contender median; efficiency =
+speed-up / W.
 """
 
 from __future__ import annotations
