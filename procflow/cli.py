@@ -127,6 +127,11 @@ def format_summary(summary: dict) -> str:
         lines.append(f"bottleneck: {summary['bottleneck']} (busy {op['busy_pct']:.1f}% of the job's time "
                      f"across its {op['tasks']} task(s); try --parallelism {summary['bottleneck']}="
                      f"{op['tasks'] * 2})")
+    for name in summary.get("uneven", ()):
+        op = ops[name]
+        lines.append(f"uneven: {name}'s {op['tasks']} tasks finished {op['finish_spread_s']:.2f}s apart; round "
+                     f"robin gives each the same number of records, so the fast ones sat idle. Call "
+                     f".balance() before {name} to send records to whichever task is free.")
     lines.append(f"logs: {summary['log_dir']}")
     return "\n".join(lines)
 

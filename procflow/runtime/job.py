@@ -6,8 +6,14 @@ import json
 from typing import Any
 
 from procflow.errors import JobFailedError
+from procflow.graph.transformation import ROUND_ROBIN
 from procflow.runtime.dispatcher import Dispatcher
 from procflow.runtime.progress import ProgressBar, known_total, progress_wanted
+
+# An operator fed by round robin whose tasks finished at least this far apart, and this share of its
+# run, is reported as uneven: its early finishers sat idle while the others still had records.
+UNEVEN_MIN_S = 0.1
+UNEVEN_SHARE = 0.2
 
 
 class Job:
@@ -86,11 +92,39 @@ class Job:
             handled = op["records_out"] if op["source"] else op["records_in"]
             op["rate_rps"] = handled / elapsed if elapsed else 0.0
         bottleneck = max(by_op, key=lambda k: by_op[k]["busy_pct"]) if by_op else None
+        uneven = self._uneven_round_robin(tasks, by_op) if self.status == "finished" else []
         failure = self.failure
         return {"job_id": self.job_id, "status": self.status, "elapsed_s": elapsed,
                 "source_records": emitted, "throughput_rps": emitted / elapsed if elapsed else 0.0,
-                "operators": by_op, "bottleneck": bottleneck, "error": str(failure) if failure else None,
+                "operators": by_op, "bottleneck": bottleneck, "uneven": uneven,
+                "error": str(failure) if failure else None,
                 "log_dir": self.log_dir, "tasks": tasks, "services": self.service_metrics}
+
+    def _uneven_round_robin(self, tasks: dict[str, Any], by_op: dict[str, dict]) -> list[str]:
+        """Operators whose round-robin input left some of their tasks idle long before the others.
+
+        Round robin gives every task the same number of records, so when records differ in cost or
+        cores differ in speed (a shared VM), the job waits for the slowest task. Each such operator gets
+        `finish_spread_s` in its summary row; `balance()` before it is the remedy (the CLI says so).
+        """
+        graph = self._dispatcher.graph
+        fed_by: dict[str, set[str]] = {}
+        for node in graph.nodes.values():
+            for group in node.out_groups:
+                fed_by.setdefault(group.target, set()).add(group.partitioning.strategy)
+        uneven = []
+        for name, op in by_op.items():
+            rows = [m for m in tasks.values()
+                    if m["operator"] == name and m.get("finished") and m.get("started")]
+            if op["tasks"] < 2 or len(rows) < op["tasks"] or fed_by.get(name) != {ROUND_ROBIN}:
+                continue
+            finished = [m["finished"] for m in rows]
+            spread = max(finished) - min(finished)
+            span = max(finished) - min(m["started"] for m in rows)
+            op["finish_spread_s"] = spread
+            if spread >= UNEVEN_MIN_S and spread >= UNEVEN_SHARE * span:
+                uneven.append(name)
+        return uneven
 
     def to_json(self) -> str:
         return json.dumps(self.summary(), indent=2, default=str)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from procflow import MapFunction, SourceFunction
@@ -33,6 +34,36 @@ def slow(env):
             .map(Sleepy, name="slow")
             .map(len, name="after")
             .collect())
+
+
+N_LOPSIDED = 200
+
+
+class OneSlowTask(MapFunction):
+    """The task that claims `claim_path` first sleeps 2 ms per record, the other(s) not at all: a core
+    half as fast, or records of uneven cost, as round robin meets them. No claim path: all are slow."""
+
+    def __init__(self, claim_path: str | None) -> None:
+        self.claim_path = claim_path
+
+    def open(self) -> None:
+        self.delay = SLOW_SECONDS
+        if self.claim_path is not None:
+            try:
+                os.close(os.open(self.claim_path, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                self.delay = 0.0
+
+    def execute(self, record):
+        time.sleep(self.delay)
+        return record
+
+
+def lopsided(env, claim_path: str | None, balance: bool = False):
+    stream = env.from_batch(range(N_LOPSIDED))
+    if balance:
+        stream = stream.balance()
+    return stream.map(OneSlowTask, claim_path, name="work", parallelism=2).collect()
 
 
 class Explode(MapFunction):

@@ -43,6 +43,31 @@ def test_metrics_agree_with_exact_record_counts(env_dir):
 
 
 @pytest.mark.timeout(60)
+def test_summary_points_at_round_robin_leaving_a_task_idle(env_dir, tmp_path):
+    with LocalEnvironment("lopsided", env_dir=env_dir) as env:
+        result = pipelines.lopsided(env, str(tmp_path / "claim"))
+        job = env.submit()
+    assert sorted(result.results()) == list(range(pipelines.N_LOPSIDED))
+    s = job.summary()
+    # 100 records each: one task slept 0.2 s, the other finished at once.
+    assert s["uneven"] == ["work"]
+    assert s["operators"]["work"]["finish_spread_s"] >= 0.1
+    assert ".balance() before work" in format_summary(s)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("balance, claim", [(True, "claim"), (False, None)], ids=["balanced", "even-tasks"])
+def test_summary_says_nothing_of_balanced_or_even_operators(env_dir, tmp_path, balance, claim):
+    with LocalEnvironment("even", env_dir=env_dir) as env:
+        result = pipelines.lopsided(env, claim and str(tmp_path / claim), balance=balance)
+        job = env.submit()
+    assert len(result.results()) == pipelines.N_LOPSIDED
+    s = job.summary()
+    assert s["uneven"] == []
+    assert "uneven" not in format_summary(s)
+
+
+@pytest.mark.timeout(60)
 def test_summary_names_the_slow_operator_as_bottleneck(env_dir):
     with LocalEnvironment("slow", config=SMALL_RINGS, env_dir=env_dir) as env:
         result = pipelines.slow(env)
