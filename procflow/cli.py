@@ -129,9 +129,9 @@ def format_summary(summary: dict) -> str:
                      f"{op['tasks'] * 2})")
     for name in summary.get("uneven", ()):
         op = ops[name]
-        lines.append(f"uneven: {name}'s {op['tasks']} tasks finished {op['finish_spread_s']:.2f}s apart; round "
-                     f"robin gives each the same number of records, so the fast ones sat idle. Call "
-                     f".balance() before {name} to send records to whichever task is free.")
+        lines.append(f"uneven: {name}'s {op['tasks']} tasks finished {op['finish_spread_s']:.2f}s apart (round robin "
+                     f"gives each the same number\n        of records, so the fast ones sat idle); call "
+                     f".balance() before {name} to send each record to a free task")
     lines.append(f"logs: {summary['log_dir']}")
     return "\n".join(lines)
 
