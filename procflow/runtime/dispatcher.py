@@ -18,7 +18,6 @@ Only the monitor thread reads control pipes. Other threads talk to it through th
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import secrets
@@ -41,7 +40,7 @@ from procflow.runtime.driver_collects import DriverCollects
 from procflow.runtime.job_control import JobControl
 from procflow.runtime.job_manager import JobManager
 from procflow.runtime.job_monitor import JobMonitor
-from procflow.runtime.task.entry import STARTUP_SIGNALS, crash_log_path, task_main
+from procflow.runtime.task.entry import STARTUP_SIGNALS, crash_log_path, gc_paused_for_fork, task_main
 
 log = logging.getLogger("procflow.dispatcher")
 
@@ -147,15 +146,10 @@ class Dispatcher(JobMonitor):
     def start(self) -> None:
         parent = os.getpid()
         try:
-            # What the driver holds stays out of its children's garbage collection (gc.freeze), so that
-            # no finaliser of the driver's objects runs in a task or service: a Ray ObjectRef or actor
-            # handle the driver had dropped, collected in a forked task, spoke to the Ray cluster over
-            # the driver's own connections and left the driver's next Ray call hanging for 60 s.
-            gc.freeze()
-            try:
+            # What the driver holds stays out of its children's garbage collection, so that no
+            # finaliser of the driver's objects runs in a task or service (see gc_paused_for_fork).
+            with gc_paused_for_fork():
                 self._fork_children(parent)
-            finally:
-                gc.unfreeze()
             # The driver keeps only the read ends: a task's writer closes with the task.
             for writer in self._writers:
                 writer.close()

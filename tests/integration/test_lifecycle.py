@@ -363,3 +363,18 @@ def test_the_drivers_garbage_is_never_finalised_in_a_task(make_env, tmp_path):
         gc.enable()
     gc.collect()
     assert path.read_text().split() == [str(os.getpid())]
+
+
+def test_a_job_leaves_the_drivers_own_gc_state_as_it_was(make_env):
+    # A user who gc.freeze()s before forking workers of their own keeps those objects frozen, and a
+    # driver with gc on or off finds it so after the job.
+    env = make_env()
+    env.from_batch(range(4)).map(collect_garbage, parallelism=2).collect()
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        env.submit()
+        assert gc.get_freeze_count() >= frozen and gc.isenabled()
+    finally:
+        gc.unfreeze()

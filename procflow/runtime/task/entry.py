@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import faulthandler
+import gc
 import logging
 import os
 import signal
@@ -33,12 +35,49 @@ def crash_log_path(log_dir: str, task: str) -> str:
     return os.path.join(log_dir, f"{task}_crash.log")
 
 
+# Whether the driver's garbage collector was on when it forked its children; None in a process that no
+# procflow driver forked (a spawned child re-imports this module and gets None).
+_driver_gc_enabled: bool | None = None
+
+
+@contextlib.contextmanager
+def gc_paused_for_fork():
+    """The driver's objects must never be collected, and so finalised, in a child.
+
+    A Ray ObjectRef or actor handle the driver had dropped, collected in a forked task, spoke to the Ray
+    cluster over the driver's own connections and left the driver's next Ray call hanging for 60 s. So
+    collection stays off while the driver forks, and each child freezes everything it inherited
+    (`_keep_inherited_objects`) before collecting again. The driver's own gc state, a gc.freeze() of
+    the user's included, is left as it was.
+    """
+    global _driver_gc_enabled
+    _driver_gc_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if _driver_gc_enabled:
+            gc.enable()
+        _driver_gc_enabled = None
+
+
+def _keep_inherited_objects() -> None:
+    """In a forked child: what the driver held goes to the permanent generation, which no collection
+    visits (so it also costs no copy-on-write faults), then gc runs as it did in the driver."""
+    if _driver_gc_enabled is None:
+        return
+    gc.freeze()
+    if _driver_gc_enabled:
+        gc.enable()
+
+
 def become_child(parent_pid: int) -> None:
     """Ctrl-C goes to the driver, which stops the job; a child must never outlive its driver.
 
     SIGTERM is the driver's "terminate now" at cleanup: under fork a child inherits the driver's Python
     handler (submit() installs one while a job runs), so it is reset to the default action here.
     """
+    _keep_inherited_objects()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STARTUP_SIGNALS)
