@@ -31,6 +31,7 @@ from multiprocess import connection
 
 from procflow.errors import JobFailedError, RemoteTraceback, describe_exit
 from procflow.graph.execution_graph import ExecutionGraph
+from procflow.runtime.communication import ring as ringmod
 from procflow.runtime.communication.queue_descriptor.mp_queue import MpInbox
 from procflow.runtime.communication.queue_descriptor.shm_queue import ShmInbox
 from procflow.runtime.communication.shm import segment_name, sweep_orphans
@@ -134,7 +135,7 @@ class Dispatcher(JobMonitor):
                 getattr(self.factory, "start_method", "fork"))
             inbox = MpInbox(node.name, indices, context)
         else:
-            capacity = int(self.config["ring_bytes"]) & ~7
+            capacity = ringmod.ring_capacity(int(self.config["ring_bytes"]))
             inbox = ShmInbox(segment_name(self.job_id, "in"), indices, capacity, int(self.config["batch_bytes"]))
         owner = inbox.create()
         self._owners.append(owner)

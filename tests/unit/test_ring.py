@@ -224,3 +224,32 @@ def test_rings_of_one_inbox_are_independent_and_share_the_doorbell(make_ring):
         ring.writers[s].commit()
     assert (ring.doorbell.seen() - seen) & 0xFFFFFFFF == 3
     assert [ring.drain(s) for s in range(3)] == [[(0, b"slot0")], [(0, b"slot1")], [(0, b"slot2")]]
+
+
+@pytest.mark.timeout(30)
+def test_a_ring_holds_as_many_power_of_two_arrays_as_its_size_says(make_ring):
+    # Four 1 MiB arrays, each framed with a few dozen bytes of headers, in a ring for 4 MiB of records:
+    # without room for the headers the fourth wrapped and waited for the reader.
+    import numpy as np
+
+    from procflow.runtime.communication import codec
+
+    ring = make_ring(ringmod.ring_capacity(4 << 20))
+    arrays = [np.full(1 << 17, float(i)) for i in range(4)]   # 1 MiB of float64 each
+    all_written = threading.Event()
+
+    def write_all():
+        for a in arrays:
+            ring.w.write(*codec.encode(a))
+        ring.w.commit()
+        all_written.set()
+
+    writer = threading.Thread(target=write_all)
+    writer.start()
+    fitted = all_written.wait(5)
+    got = []
+    while len(got) < 4:          # drain in any case, so a blocked writer finishes
+        got += ring.drain()
+    writer.join(10)
+    assert fitted, "the fourth 1 MiB array did not fit in a ring sized for 4 MiB"
+    assert [codec.decode_bytes(body)[0][0] for _, body in got] == [0.0, 1.0, 2.0, 3.0]
