@@ -186,3 +186,30 @@ def test_the_gate_publishes_what_it_took_and_what_the_task_finished(inbox):
     assert writer.progress() == (10, 10, 10)
     writer.close()
     gate.close()
+
+
+class ListQueue:
+    """Stands in for the multiprocessing queue: keeps what is put."""
+
+    def __init__(self) -> None:
+        self.items: list = []
+
+    def put_nowait(self, item) -> None:
+        self.items.append(item)
+
+
+def test_mp_queue_items_are_bounded_in_bytes_as_well_as_records():
+    # The mp queue's bound counts items, so an item's bytes bound the memory a fast source can park
+    # in front of a slow sink: 512 records of 16 KiB made 8 MiB items.
+    from procflow.runtime.communication.queue_descriptor import mp_queue
+
+    q = ListQueue()
+    writer = mp_queue.MpChannelWriter(q, slot=0, batch_records=512)
+    record = {"payload": b"x" * (16 << 10)}
+    for _ in range(100):
+        writer.send_object(record, None, False)
+    writer.flush()
+    sizes = [sum(len(data) for _, data, _ in batch) for _, batch in q.items]
+    assert sum(len(batch) for _, batch in q.items) == 100
+    assert max(sizes) <= mp_queue.ITEM_BYTES + len(record["payload"]) + 64
+    assert len(q.items) >= 100 * (16 << 10) // (mp_queue.ITEM_BYTES + (16 << 10) + 64)

@@ -15,6 +15,10 @@ from procflow.runtime.communication.queue_descriptor.base import BatchDecoder, C
 
 _RECORD, _SINGLE, _CONTROL = 0, 1, 2
 _READ_LIMIT = 4096
+# A queue item also ends at this many bytes of records. The queue's bound counts items (maxsize), so
+# items of 512 records of 16 KiB (8 MiB each) let a fast source park up to half a gigabyte in front
+# of a slow sink (the memory bench: +65 MiB and growing); 64 items of 128 KiB hold at most 8 MiB.
+ITEM_BYTES = 128 << 10
 
 
 class MpEdge:
@@ -65,6 +69,7 @@ class MpChannelWriter(ChannelWriter):
         self._queue = q
         self._slot = slot
         self._batch: list = []
+        self._batch_bytes = 0
         self._limit = batch_records
         self.blocked_seconds = 0.0
 
@@ -78,7 +83,8 @@ class MpChannelWriter(ChannelWriter):
 
     def send_record(self, packed: bytes, key_packed: bytes | None) -> None:
         self._batch.append((_RECORD, packed, key_packed))
-        if len(self._batch) >= self._limit:
+        self._batch_bytes += len(packed)
+        if len(self._batch) >= self._limit or self._batch_bytes >= ITEM_BYTES:
             self.flush()
 
     def send_single(self, parts: list, nbytes: int) -> None:
@@ -92,6 +98,7 @@ class MpChannelWriter(ChannelWriter):
     def flush(self) -> None:
         if self._batch:
             batch, self._batch = self._batch, []
+            self._batch_bytes = 0
             self._put((self._slot, batch))
 
     @property
