@@ -89,7 +89,7 @@ class Dispatcher(JobMonitor):
         os.makedirs(self.job_dir, exist_ok=True)
         self._open_log()
         if removed:
-            log.warning("removed %d shared-memory segment(s) left by dead drivers", len(removed))
+            self.log.warning("removed %d shared-memory segment(s) left by dead drivers", len(removed))
         nodes = list(self.graph.nodes.values())
         self.job_control = JobControl.create(segment_name(self.job_id, "job"), len(nodes))
         self.owned_segments.append(self.job_control.segment)
@@ -123,7 +123,7 @@ class Dispatcher(JobMonitor):
                 config=dict(self.config), control=writer,
                 service_directory=self.service_manager.directory if self.service_manager else None)
             self.functions[node.name] = t.function.build()
-        log.info("job %s prepared: %d tasks, %d channels, queue=%s%s", self.job_id, len(nodes),
+        self.log.info("job %s prepared: %d tasks, %d channels, queue=%s%s", self.job_id, len(nodes),
                  len(self.graph.edges), self.config["queue"],
                  f"; run by the driver: {', '.join(sorted(driver_nodes))}" if driver_nodes else "")
 
@@ -213,7 +213,7 @@ class Dispatcher(JobMonitor):
                     self.service_manager is None or self.service_manager.all_ready):
                 self._released = True
                 self.job_control.release_sources()
-                log.info("all %d tasks ready; sources released", len(manager.tasks))
+                self.log.info("all %d tasks ready; sources released", len(manager.tasks))
 
     def _drain(self, conn: Any, readers: dict) -> None:
         try:
@@ -278,7 +278,7 @@ class Dispatcher(JobMonitor):
                 self.service_manager.mark_stopped(msg.task, msg.metrics)
             else:
                 manager.mark_stopped(msg.task, msg.metrics)
-                log.info("%s stopped: %s", msg.task, msg.metrics)
+                self.log.info("%s stopped: %s", msg.task, msg.metrics)
                 self.in_driver.task_stopped()
         elif isinstance(msg, DeadLetter):
             manager.dead_letters.extend(msg.entries)
@@ -299,7 +299,7 @@ class Dispatcher(JobMonitor):
             if what == "stop":
                 self.manager.stop_requested = True
                 self.job_control.request_stop()
-                log.info("stop requested: sources will end and the job drains")
+                self.log.info("stop requested: sources will end and the job drains")
             elif what == "kill":
                 self._fail(JobFailedError(f"job {self.job_id} was killed: {reason}"), status="killed")
                 return True
@@ -326,7 +326,7 @@ class Dispatcher(JobMonitor):
         for name, h in handles:
             h.join(max(deadline - time.monotonic(), 0.01))
             if h.is_alive():
-                log.warning("task %s (pid %s) did not exit in time; sending SIGKILL", name, h.pid)
+                self.log.warning("task %s (pid %s) did not exit in time; sending SIGKILL", name, h.pid)
                 h.kill()
                 h.join(2.0)
             if hasattr(h, "close") and not h.is_alive():

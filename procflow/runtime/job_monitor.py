@@ -1,6 +1,6 @@
 """What every backend's dispatcher shares: the job's log files and the monitor thread's lifecycle.
 
-    _open_log()       Dispatcher.log in the job directory (a logger per backend)
+    _open_log()       Dispatcher.log in the job directory (a logger per job)
     start_monitor()   one non-daemon thread runs the backend's `_watch()`, joined by `join_monitor()`
     _monitor()        whatever happens in `_watch()`, the job ends: cleanup, final status, log closed
     _fail()           the first failure wins; it goes to Dispatcher.log and Error.log
@@ -28,11 +28,13 @@ class JobMonitor:
     _log_handler: logging.Handler | None = None
 
     def _open_log(self) -> None:
+        # A logger of this job's own, outside logging's registry (so it goes with the dispatcher): jobs
+        # run from several driver threads once shared one, and a job logging while another closed its
+        # handler reopened that handler's file, which then leaked.
+        self.log = logging.Logger(f"{self.log.name}.{self.job_id}", logging.DEBUG)
         handler = logging.FileHandler(os.path.join(self.job_dir, "Dispatcher.log"))
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s"))
         self.log.addHandler(handler)
-        self.log.setLevel(logging.DEBUG)
-        self.log.propagate = False
         self._log_handler = handler
 
     def _close_log(self) -> None:

@@ -365,6 +365,29 @@ def test_the_drivers_garbage_is_never_finalised_in_a_task(make_env, tmp_path):
     assert path.read_text().split() == [str(os.getpid())]
 
 
+@pytest.mark.timeout(120)
+def test_jobs_submitted_from_several_threads_keep_gc_and_logs_apart(make_env):
+    # Each job pauses the driver's collector while it forks: interleaved, a job that read "off" (paused
+    # by another) could leave it off for good.
+    envs = [make_env() for _ in range(4)]
+    for env in envs:
+        env.from_batch(range(4)).map(collect_garbage, parallelism=2).collect()
+    threads = [threading.Thread(target=env.submit) for env in envs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert gc.isenabled()
+    # ... and each job's Dispatcher.log holds its own lines only (they once shared one logger).
+    jobs = [env.job for env in envs]
+    for job in jobs:
+        with open(os.path.join(job.log_dir, "Dispatcher.log")) as f:
+            text = f.read()
+        assert f"job {job.job_id} finished" in text
+        assert not any(other.job_id in text for other in jobs if other is not job)
+
+
 def test_a_job_leaves_the_drivers_own_gc_state_as_it_was(make_env):
     # A user who gc.freeze()s before forking workers of their own keeps those objects frozen, and a
     # driver with gc on or off finds it so after the job.

@@ -163,7 +163,7 @@ class RayDispatcher(JobMonitor):
                 job_segment="", n_tasks=len(nodes), inbox=inboxes.get(node.name), outputs=outputs,
                 options=dict(t.options), config=dict(self.config))
             self.functions[node.name] = t.function.build()
-        log.info("job %s prepared: %d task actors, %d channels%s", self.job_id, len(self.contexts),
+        self.log.info("job %s prepared: %d task actors, %d channels%s", self.job_id, len(self.contexts),
                  len(self.graph.edges), f"; run by the driver: {', '.join(sorted(self.in_driver.tasks))}"
                  if self.in_driver.tasks else "")
 
@@ -231,7 +231,7 @@ class RayDispatcher(JobMonitor):
                 self._released = True
                 for actor in self.actors.values():
                     actor.release.remote()
-                log.info("all %d task actors ready; sources released", len(manager.tasks))
+                self.log.info("all %d task actors ready; sources released", len(manager.tasks))
 
     def _on_death(self, name: str, exc: BaseException) -> None:
         if self.manager.tasks[name].stopped or self.manager.failure is not None:
@@ -255,7 +255,7 @@ class RayDispatcher(JobMonitor):
             manager.mark_ready(msg.task, msg.pid)
         elif isinstance(msg, Stopped):
             manager.mark_stopped(msg.task, msg.metrics)
-            log.info("%s stopped: %s", msg.task, msg.metrics)
+            self.log.info("%s stopped: %s", msg.task, msg.metrics)
             self.in_driver.task_stopped()
         elif isinstance(msg, DeadLetter):
             manager.dead_letters.extend(msg.entries)
@@ -276,7 +276,7 @@ class RayDispatcher(JobMonitor):
                 self.manager.stop_requested = True
                 for actor in self.actors.values():
                     actor.request_stop.remote()
-                log.info("stop requested: sources will end and the job drains")
+                self.log.info("stop requested: sources will end and the job drains")
             elif what == "kill":
                 self._fail(JobFailedError(f"job {self.job_id} was killed: {reason}"), status="killed")
                 return True
@@ -308,6 +308,6 @@ class RayDispatcher(JobMonitor):
             try:
                 ray.kill(actor, no_restart=True)
             except (RayError, ValueError) as exc:
-                log.warning("could not kill the actor of task %s: %s", name, exc)
+                self.log.warning("could not kill the actor of task %s: %s", name, exc)
         self._runs.clear()
 

@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from typing import Any
 
 from procflow.runtime.communication.queue_descriptor import shm_queue
@@ -38,6 +39,8 @@ def crash_log_path(log_dir: str, task: str) -> str:
 # Whether the driver's garbage collector was on when it forked its children; None in a process that no
 # procflow driver forked (a spawned child re-imports this module and gets None).
 _driver_gc_enabled: bool | None = None
+# Jobs submitted from several driver threads fork one at a time, each seeing the driver's real gc state.
+_fork_lock = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -51,14 +54,15 @@ def gc_paused_for_fork():
     the user's included, is left as it was.
     """
     global _driver_gc_enabled
-    _driver_gc_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if _driver_gc_enabled:
-            gc.enable()
-        _driver_gc_enabled = None
+    with _fork_lock:
+        _driver_gc_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            yield
+        finally:
+            if _driver_gc_enabled:
+                gc.enable()
+            _driver_gc_enabled = None
 
 
 def _keep_inherited_objects() -> None:
