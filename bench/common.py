@@ -260,7 +260,9 @@ def leak_report(shm_before: set[str], grace: float = 5.0) -> dict[str, list]:
     """Children and /dev/shm entries still present after a benchmark (waits up to `grace` seconds)."""
     deadline = time.monotonic() + grace
     while True:
-        kids = child_pids()
+        # The stdlib's resource tracker (started by the first spawned helper, e.g. the Ray runs' driver
+        # process) belongs to this process and ends with it: not a leftover of any contender.
+        kids = [p for p in child_pids() if "multiprocessing.resource_tracker" not in _cmdline(p)]
         # Other procflow drivers on the machine create segments too: count only our own
         # (procflow names carry the owner pid) and anything that is not procflow's.
         mine = f"procflow_{os.getpid()}_"
