@@ -124,8 +124,8 @@ class Dispatcher(JobMonitor):
                 service_directory=self.service_manager.directory if self.service_manager else None)
             self.functions[node.name] = t.function.build()
         self.log.info("job %s prepared: %d tasks, %d channels, queue=%s%s", self.job_id, len(nodes),
-                 len(self.graph.edges), self.config["queue"],
-                 f"; run by the driver: {', '.join(sorted(driver_nodes))}" if driver_nodes else "")
+                      len(self.graph.edges), self.config["queue"],
+                      f"; run by the driver: {', '.join(sorted(driver_nodes))}" if driver_nodes else "")
 
     def _make_inbox(self, node) -> Any:
         indices = tuple(e.input_index for e in node.in_edges)

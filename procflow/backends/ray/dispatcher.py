@@ -164,8 +164,8 @@ class RayDispatcher(JobMonitor):
                 options=dict(t.options), config=dict(self.config))
             self.functions[node.name] = t.function.build()
         self.log.info("job %s prepared: %d task actors, %d channels%s", self.job_id, len(self.contexts),
-                 len(self.graph.edges), f"; run by the driver: {', '.join(sorted(self.in_driver.tasks))}"
-                 if self.in_driver.tasks else "")
+                      len(self.graph.edges), f"; run by the driver: {', '.join(sorted(self.in_driver.tasks))}"
+                      if self.in_driver.tasks else "")
 
 
     # -- running -----------------------------------------------------------------------------------
