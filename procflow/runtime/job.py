@@ -55,7 +55,8 @@ class Job:
 
     @property
     def metrics(self) -> dict[str, Any]:
-        """Per-task counters (records in/out, seconds busy / waiting / blocked, errors), live or final."""
+        """Per-task counters (records in/out, seconds busy / waiting / blocked, CPU seconds, errors), live or
+        final. CPU seconds well below busy ones: the task was waiting inside user code, or descheduled."""
         live = None
         control = self._dispatcher.job_control
         if self.running and control is not None:
@@ -81,9 +82,9 @@ class Job:
         for name, m in tasks.items():
             op = by_op.setdefault(m["operator"], {
                 "tasks": 0, "source": name in self.source_tasks, "records_in": 0, "records_out": 0, "busy_s": 0.0,
-                "wait_s": 0.0, "blocked_s": 0.0, "errors": 0})
+                "wait_s": 0.0, "blocked_s": 0.0, "cpu_s": 0.0, "errors": 0})
             op["tasks"] += 1
-            for k in ("records_in", "records_out", "busy_s", "wait_s", "blocked_s", "errors"):
+            for k in ("records_in", "records_out", "busy_s", "wait_s", "blocked_s", "cpu_s", "errors"):
                 op[k] += m[k]
         for op in by_op.values():
             share = elapsed * op["tasks"]

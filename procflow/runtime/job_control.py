@@ -16,8 +16,9 @@ from procflow.runtime.communication import futex
 from procflow.runtime.communication.shm import SharedSegment
 
 # input_fill: the task's input rings' fill (0..1), sampled after each batch (0 for sources).
+# cpu_s: the task process's CPU time; busy_s well above it means the task was runnable but descheduled.
 FIELDS = ("records_in", "records_out", "busy_s", "wait_s", "blocked_s", "errors", "started", "finished",
-          "input_fill")
+          "input_fill", "cpu_s")
 _START, _STOP, _COUNTERS = 0, 64, 128
 
 

@@ -78,6 +78,8 @@ def test_summary_names_the_slow_operator_as_bottleneck(env_dir):
     ops = s["operators"]
     # 400 records * 2 ms: the slow map worked for most of the job, the others hardly at all.
     assert ops["slow"]["busy_s"] >= pipelines.N_SLOW * pipelines.SLOW_SECONDS * 0.9
+    # ...but it slept: CPU time tells a task that waits inside user code from one that computes
+    assert 0 < ops["slow"]["cpu_s"] < ops["slow"]["busy_s"] / 4
     assert ops["slow"]["busy_pct"] > 3 * max(ops[o]["busy_pct"] for o in ("fast", "after", "collect"))
     # Its upstream was held back by the full ring in front of it.
     assert ops["fast"]["blocked_s"] > 0

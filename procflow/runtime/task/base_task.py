@@ -41,7 +41,7 @@ OPERATORS: dict[str, type[Operator]] = {
     "flatmap": FlatMapOperator, "sink": SinkOperator, "collect": CollectOperator,
     "reduce": ReduceOperator, "comap": CoMapOperator, "join": JoinOperator,
 }
-_IN, _OUT, _BUSY, _WAIT, _BLOCKED, _ERRORS, _STARTED, _FINISHED, _FILL = range(len(FIELDS))
+_IN, _OUT, _BUSY, _WAIT, _BLOCKED, _ERRORS, _STARTED, _FINISHED, _FILL, _CPU = range(len(FIELDS))
 
 
 class BaseTask:
@@ -322,6 +322,7 @@ class BaseTask:
         c[_BLOCKED] = blocked
         c[_BUSY] = max(elapsed - self.wait_s - blocked, 0.0)
         c[_ERRORS] = self.errors
+        c[_CPU] = time.process_time()
         if self.ctx.gate is not None:
             c[_FILL] = self.ctx.gate.fill()
 
