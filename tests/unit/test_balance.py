@@ -14,6 +14,7 @@ class FakeChannel:
     def __init__(self) -> None:
         self.records: list = []
         self.taken = self.done = 0
+        self.busy = 0.0     # seconds the consumer has spent on the records it finished
 
     @property
     def objects_sent(self) -> int:
@@ -23,7 +24,7 @@ class FakeChannel:
         self.records += records
 
     def progress(self):
-        return len(self.records), self.taken, self.done
+        return len(self.records), self.taken, self.done, self.busy
 
     def consume_all(self):
         """The consumer takes everything queued and finishes it, then asks for more."""
@@ -137,6 +138,48 @@ def test_a_producer_facing_busy_consumers_backs_off_to_the_longest_wait(clock):
     assert clock.sleeps == pytest.approx(expected)
 
 
+def test_caps_follow_how_fast_a_consumer_works_not_how_long_it_sat_starved(clock):
+    # At 25 us a record a consumer finishes 40,000 a second; a cap holds TARGET_S of that.
+    want = int(40_000 * balance.TARGET_S)
+    a = FakeChannel()
+    balancer = Balancer([a])
+    balancer.send_many(list(range(CAP_START)), flush=lambda: None)
+    clock.now += 0.020                       # its two records took 50 us; it then waited, starved
+    a.taken = a.done = CAP_START
+    a.busy += CAP_START * 25e-6
+    balancer.send_many(list(range(want)), flush=lambda: None)
+    assert balancer.caps == [want] and len(a.records) == CAP_START + want
+    # a whole cap's worth, finished in TARGET_S of work but reported 0.1 s later: the rate holds
+    clock.now += 0.1
+    a.taken = a.done = len(a.records)
+    a.busy += want * 25e-6
+    balancer.pick(flush=lambda: None)
+    assert balancer.rates[0] == pytest.approx(40_000) and balancer.caps == [want]
+
+
+def test_a_rate_from_one_short_batch_sets_caps_but_not_long_sleeps(clock):
+    # A task's first records carry its first-call costs, so their rate can be several times low: the
+    # producer may trust it to size caps, but sleeping cap/rate/2 on it starved consumers for 13 ms.
+    a = FakeChannel()
+    balancer = Balancer([a])
+    balancer.send_many(list(range(CAP_START)), flush=lambda: None)
+    a.taken = a.done = CAP_START
+    a.busy = CAP_START * 25e-6                   # 50 us of work: less than a rate window
+    waits = 0
+
+    def consume_on_third_wait():
+        nonlocal waits
+        waits += 1
+        if waits == 3:
+            a.busy += (len(a.records) - a.done) * 25e-6
+            a.taken = a.done = len(a.records)
+
+    want = int(40_000 * balance.TARGET_S)
+    balancer.send_many(list(range(want + 1)), flush=consume_on_third_wait)
+    assert balancer.caps[0] == want
+    assert clock.sleeps[:3] == pytest.approx([balance.WAIT_MIN_S * 2 ** k for k in range(3)])
+
+
 class SteadyConsumer(FakeChannel):
     """A consumer that works through its ring at a fixed rate as the fake clock runs."""
 
@@ -149,7 +192,7 @@ class SteadyConsumer(FakeChannel):
         self._done = min(float(len(self.records)), self._done + (self.clock.now - self._last) * self.rate)
         self._last = self.clock.now
         self.taken = self.done = int(self._done)
-        return len(self.records), self.taken, self.done
+        return len(self.records), self.taken, self.done, self.done / self.rate
 
 
 def test_a_producer_feeding_slow_records_wakes_a_few_dozen_times_a_second(clock):

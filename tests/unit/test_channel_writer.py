@@ -178,12 +178,19 @@ def test_the_gate_publishes_what_it_took_and_what_the_task_finished(inbox):
     writer = inbox.edge(0).open_writer()
     gate = inbox.open_gate()
     writer.send_many(list(range(10)))
-    assert writer.progress() == (10, 0, 0)
+    assert writer.progress() == (10, 0, 0, 0.0)
     writer.flush()
     assert sum(len(b) for b in gate.read(5.0)) == 10
-    assert writer.progress() == (10, 10, 0)       # taken, still being processed
+    handed_at = time.perf_counter()
+    assert writer.progress() == (10, 10, 0, 0.0)  # taken, still being processed
+    worked = busy_wait(0.02)                      # the task works on the batch for 20 ms
     assert gate.read(0) == []                     # asking again means the last batch is finished
-    assert writer.progress() == (10, 10, 10)
+    returned_at = time.perf_counter()
+    sent, taken, done, busy_s = writer.progress()
+    assert (sent, taken, done) == (10, 10, 10)
+    # the time it worked on the batch, not the time the records waited in the ring before it
+    assert worked <= busy_s <= returned_at - handed_at + 0.005
+    assert gate.read(0) == [] and writer.progress()[3] == busy_s   # no new records, no more busy time
     writer.close()
     gate.close()
 
@@ -213,3 +220,11 @@ def test_mp_queue_items_are_bounded_in_bytes_as_well_as_records():
     assert sum(len(batch) for _, batch in q.items) == 100
     assert max(sizes) <= mp_queue.ITEM_BYTES + len(record["payload"]) + 64
     assert len(q.items) >= 100 * (16 << 10) // (mp_queue.ITEM_BYTES + (16 << 10) + 64)
+
+
+def busy_wait(seconds: float) -> float:
+    """Work (not sleep) for `seconds`; returns how long it took."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        pass
+    return time.perf_counter() - started

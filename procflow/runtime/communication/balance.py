@@ -7,13 +7,14 @@ records, and round robin left one core idle for the last 0.3 s). Pools and Ray h
 worker is free; balance does the same over single-producer rings, with credits:
 
 - a consumer publishes how many records it has taken out of each ring, and, each time it asks for
-  more, that it has finished them (RingReader.publish_taken / publish_done);
+  more, that it has finished them and how long it worked on them (RingReader.publish_taken /
+  publish_done);
 - the producer keeps at most `cap` untaken records in each ring, gives each chunk to the ring with the
   most room left, and waits when every ring is at its cap;
-- a ring's cap is about TARGET_S of work at its consumer's measured rate. A consumer found idle (all
-  it took is done, its ring empty) was starved: its cap doubles, which is how caps grow from CAP_START
-  to the thousands that cheap records need within a few milliseconds, and its rate is forgotten (it
-  measured how little the consumer got, not how fast it works);
+- a ring's cap is about TARGET_S of work at its consumer's rate: records finished per second of the
+  consumer's busy time, so time it sat starved does not count. A consumer found idle (all it took is
+  done, its ring empty) was starved: its cap doubles, which is how caps grow from CAP_START to the
+  thousands that cheap records need while no rate is known yet;
 - a producer with no room anywhere sleeps about half the time its quickest consumer needs for a cap's
   worth; while some consumer's rate is unknown it backs off from WAIT_MIN_S instead, so a ramp from
   CAP_START costs microseconds a step (waiting WAIT_MAX_S a step, 2000 cheap records took 40 ms).
@@ -35,7 +36,8 @@ from typing import Any
 # and smaller batches cost the consumers more; at 32 ms jobs of 1 ms and of 20 us records both ran
 # faster on 2 cores (2.70 -> 2.63 s and 0.94 -> 0.88 s, medians of 4-5 interleaved runs).
 TARGET_S = 0.032
-# A rate is measured over at least this long (consumers finish records in batches, not one by one).
+# A rate is measured over at least this much of the consumer's busy time (the first one over whatever
+# its first batch took, so that caps leave CAP_START after one batch).
 RATE_WINDOW_S = 0.004
 CAP_START, CAP_MIN, CAP_MAX = 2, 2, 1 << 20
 # Bounds of a producer's sleep when every ring is full: longer only starves the consumers, shorter takes
@@ -55,11 +57,15 @@ class Balancer:
         self.writers = list(writers)
         n = len(self.writers)
         self.caps = [CAP_START] * n
-        self.rates = [0.0] * n    # records/s while busy; 0 while unknown
-        now = time.perf_counter()
-        done = [w.progress()[2] for w in self.writers]
-        self._windows = [(d, now) for d in done]   # (records done, time) when each rate window opened
-        self._seen_done = done
+        self.rates = [0.0] * n    # records per second of the consumer's busy time; 0 while unknown
+        # Whether a rate comes from a full window: a first batch's rate sets caps (so the ramp from
+        # CAP_START is one step), but it includes the task's first-call costs and can be 3-4x low, so
+        # the producer does not yet sleep as long as that rate would allow.
+        self._settled = [False] * n
+        progress = [w.progress() for w in self.writers]
+        # (records done, busy seconds) when each rate window opened
+        self._windows = [(done, busy) for _, _, done, busy in progress]
+        self._seen_done = [done for _, _, done, _ in progress]
         self._next = 0
         self._backoff = WAIT_MIN_S
         self.waited_s = 0.0
@@ -88,25 +94,24 @@ class Balancer:
 
     def _roomiest(self) -> tuple[int, int]:
         """(channel, room) for the channel with the most room under its cap; ties go round robin."""
-        now = time.perf_counter()
-        caps = self.caps
+        caps, rates = self.caps, self.rates
         n = len(self.writers)
         best, best_room = self._next, -1 << 62
         for k in range(n):
             i = (self._next + k) % n
-            sent, taken, done = self.writers[i].progress()
+            sent, taken, done, busy = self.writers[i].progress()
             queued = sent - taken
             if done != self._seen_done[i]:
                 self._seen_done[i] = done
                 if done == taken and queued <= 0:      # finished all it had, nothing waiting: starved
                     caps[i] = min(caps[i] * 2, CAP_MAX)
-                    self.rates[i] = 0.0
-                    self._windows[i] = (done, now)     # the next window starts as it gets work again
-            old_done, opened = self._windows[i]
-            if done > old_done and now - opened >= RATE_WINDOW_S:
-                self.rates[i] = (done - old_done) / (now - opened)
-                caps[i] = max(CAP_MIN, int(self.rates[i] * TARGET_S))
-                self._windows[i] = (done, now)
+                old_done, old_busy = self._windows[i]
+                worked = busy - old_busy
+                if worked >= RATE_WINDOW_S or (worked > 0 and not rates[i]):
+                    self._settled[i] = worked >= RATE_WINDOW_S
+                    rates[i] = (done - old_done) / worked
+                    caps[i] = min(max(CAP_MIN, int(rates[i] * TARGET_S)), CAP_MAX)
+                    self._windows[i] = (done, busy)
             room = caps[i] - queued
             if room > best_room:
                 best, best_room = i, room
@@ -117,7 +122,7 @@ class Balancer:
         # Every ring is at its cap: publish what is pending (a consumer may be waiting for exactly
         # that), then give the consumers time to take some.
         flush()
-        known = [cap / rate for cap, rate in zip(self.caps, self.rates) if rate > 0]
+        known = [cap / rate for cap, rate, settled in zip(self.caps, self.rates, self._settled) if settled]
         wait = min(known) / 2 if known else WAIT_MAX_S
         if len(known) < len(self.rates):
             wait = min(wait, self._backoff)

@@ -7,6 +7,7 @@ Layout of one inbox segment (one per consuming task; one ring per incoming edge)
                       +128 space  u32 futex word; the consumer bumps it after freeing space
                       +136 taken  u64 records the consumer has taken out (consumer only; see balance.py)
                       +144 done   u64 records the consumer has finished processing (consumer only)
+                      +152 busy   u64 nanoseconds the consumer spent on them (consumer only)
                       +192 data   `capacity` bytes of frames
     ...    ring 1, ring 2, ...
 
@@ -30,7 +31,7 @@ from procflow.runtime.communication.shm import SharedSegment
 
 INBOX_HEADER = 64
 RING_HEADER = 192
-_WRITE_POS, _READ_POS, _SPACE, _TAKEN, _DONE, _DATA = 0, 64, 128, 136, 144, 192
+_WRITE_POS, _READ_POS, _SPACE, _TAKEN, _DONE, _BUSY, _DATA = 0, 64, 128, 136, 144, 152, 192
 
 _FRAME = struct.Struct("<II")
 WRAP = 0xFFFFFFFF
@@ -107,6 +108,7 @@ class RingWriter:
         self._space_addr = segment.address + base + _SPACE
         self._taken_word = segment.u64(base + _TAKEN)
         self._done_word = segment.u64(base + _DONE)
+        self._busy_word = segment.u64(base + _BUSY)
         self._doorbell_addr = segment.address
         self._wpos = self._committed = self._write_word.value
         self._rpos = self._read_word.value
@@ -205,16 +207,18 @@ class RingWriter:
     def pending_bytes(self) -> int:
         return self._wpos - self._committed
 
-    def consumer_progress(self) -> tuple[int, int]:
-        """(records the consumer has taken out, records it has finished), as it last published. Done is
-        read first: both only grow and done never passes taken, so the pair is never inverted."""
+    def consumer_progress(self) -> tuple[int, int, float]:
+        """(records the consumer has taken out, records it has finished, seconds it spent on them), as
+        it last published. Done is read first: both only grow and done never passes taken, so the pair
+        is never inverted; busy is written before done, so it is never older than the done read."""
         done = self._done_word.value
-        return self._taken_word.value, done
+        return self._taken_word.value, done, self._busy_word.value * 1e-9
 
     def close(self) -> None:
         self.commit()
         self._buf = None
         self._write_word = self._read_word = self._space_word = self._taken_word = self._done_word = None
+        self._busy_word = None
 
 
 class RingReader:
@@ -231,7 +235,9 @@ class RingReader:
         self._space_addr = segment.address + base + _SPACE
         self._taken_word = segment.u64(base + _TAKEN)
         self._done_word = segment.u64(base + _DONE)
+        self._busy_word = segment.u64(base + _BUSY)
         self._taken = self._done = self._taken_word.value
+        self._busy_ns = self._busy_word.value
         self._rpos = self._read_word.value
         self._partial: bytearray | None = None
         self._partial_flags = 0
@@ -300,14 +306,20 @@ class RingReader:
         self._taken += records
         self._taken_word.value = self._taken
 
-    def publish_done(self) -> None:
-        """Everything taken so far is finished (the task asks for more only when it is)."""
+    def publish_done(self, busy_s: float) -> None:
+        """Everything taken so far is finished (the task asks for more only when it is), after `busy_s`
+        seconds of work on it. Busy time, not the clock, lets the producer measure how fast this
+        consumer works: a window of wall time also counts the time it sat starved, and a batch finished
+        just inside or just outside it (batches take tens of milliseconds) put rates off by 5-30x."""
         if self._done != self._taken:
+            self._busy_ns += int(busy_s * 1e9)
+            self._busy_word.value = self._busy_ns
             self._done = self._done_word.value = self._taken
 
     def close(self) -> None:
         self._view.release()
         self._write_word = self._read_word = self._space_word = self._taken_word = self._done_word = None
+        self._busy_word = None
 
 
 class Doorbell:

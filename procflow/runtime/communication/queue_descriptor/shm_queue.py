@@ -135,10 +135,11 @@ class ShmChannelWriter(ChannelWriter):
         pending = len(self._pending)
         return self._sent + (pending // 2 if self._pending_keyed else pending)
 
-    def progress(self) -> tuple[int, int, int]:
-        """(records sent, taken by the consumer, finished by it); sent counts pending records too."""
-        taken, done = self._ring.consumer_progress()
-        return self.objects_sent, taken, done
+    def progress(self) -> tuple[int, int, int, float]:
+        """(records sent, taken by the consumer, finished by it, seconds it spent on those); sent counts
+        pending records too."""
+        taken, done, busy_s = self._ring.consumer_progress()
+        return self.objects_sent, taken, done, busy_s
 
     def _write_pending(self) -> None:
         pending, keyed = self._pending, self._pending_keyed
@@ -236,6 +237,7 @@ class ShmInputGate(InputGate):
         self._out: list = []
         self._capacity = capacity * max(len(input_indices), 1)
         self._spin = ringmod.SpinPolicy()
+        self._handed_at = time.perf_counter()   # when the last read returned: the task has worked since
         # poll_period > 0 (InputGate): a consumer that needs no prompt wake-ups (collect batches results
         # for 100 ms anyway) polls its rings this often instead of sleeping on the doorbell, which every
         # producer commit rings: behind two 1 ms-flushing maps, 2000 wake-ups a second on 2 cores.
@@ -245,8 +247,10 @@ class ShmInputGate(InputGate):
         return sum(r.queued_bytes() for r in self._readers) / self._capacity
 
     def read(self, timeout: float | None) -> list:
-        for reader in self._readers:   # the task asks again only once it has processed the last batch
-            reader.publish_done()
+        # The task asks again only once it has processed what the last read returned.
+        busy_s = time.perf_counter() - self._handed_at
+        for reader in self._readers:
+            reader.publish_done(busy_s)
         deadline = None if timeout is None else time.monotonic() + timeout
         spins = 0
         out = self._out
@@ -263,6 +267,7 @@ class ShmInputGate(InputGate):
                         reader.publish_taken(taken)
             if out:
                 self._out = []
+                self._handed_at = time.perf_counter()
                 return out
             if progressed:
                 # Bytes consumed without a record (a wrap marker, a fragment): the producer already rang
