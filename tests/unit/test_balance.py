@@ -203,3 +203,24 @@ def test_a_producer_feeding_slow_records_wakes_a_few_dozen_times_a_second(clock)
     balancer.send_many(list(range(4000)), flush=lambda: None)
     assert clock.now > 1.5                            # the records went out at the consumers' pace
     assert len(clock.sleeps) / clock.now < 100, (len(clock.sleeps), clock.now)
+
+
+def _finish_spread(clock: FakeClock, upcoming: int | None) -> float:
+    """Seconds between two consumers (one three times the other's speed) running out of 6000 records."""
+    consumers = [SteadyConsumer(clock, 1000.0), SteadyConsumer(clock, 3000.0)]
+    balancer = Balancer(consumers)
+    balancer.upcoming = upcoming
+    balancer.send_many(list(range(6000)), flush=lambda: None)
+    for c in consumers:
+        c.progress()
+    finish = [clock.now + (len(c.records) - c.done) / c.rate for c in consumers]
+    return abs(finish[0] - finish[1])
+
+
+def test_consumers_of_a_sized_input_finish_together(clock):
+    # Told that nothing follows these records, the producer hands the last ones out in shrinking
+    # pieces, so both consumers run out of work at about the same moment; not told, the end is as
+    # uneven as a queue of TARGET_S allows.
+    unsized = _finish_spread(clock, None)
+    sized = _finish_spread(clock, 0)
+    assert sized < 0.004 and sized < unsized / 3, (sized, unsized)

@@ -81,3 +81,29 @@ def test_a_function_source_sends_slow_records_one_by_one(monkeypatch):
 def test_a_function_source_gathers_cheap_records_into_chunks(monkeypatch):
     chunks = run_source(monkeypatch, cost=1e-7)
     assert sum(chunks) == 600 and max(chunks) == CHUNK_MAX
+
+
+def run_iterable_source(iterable, parallelism=1, index=0):
+    """(records routed, what the router heard was still to come before each chunk)."""
+    from procflow.api.functions import IterableBatch
+
+    routed, announced = [], []
+    router = SimpleNamespace(routes_many=True, route_many=routed.extend, announce_upcoming=announced.append)
+    ctx = SimpleNamespace(config={"flush_interval": 0.001}, parallelism=parallelism, parallel_index=index,
+                          job_control=SimpleNamespace(stop_requested=False))
+    op = source.SourceOperator(IterableBatch(iterable), ctx)
+    op.router = router
+    assert op.run(lambda waited=0.0: False) == "end of input"
+    return routed, announced
+
+
+def test_a_source_over_a_sized_input_tells_the_router_how_much_is_still_to_come():
+    routed, announced = run_iterable_source(list(range(1000)), parallelism=3, index=1)
+    assert routed == list(range(1, 1000, 3))
+    assert announced[-1] == 0 and announced == sorted(announced, reverse=True)
+    assert announced[0] == 333 - 1            # the first chunk is one record
+
+
+def test_a_source_over_a_generator_announces_nothing():
+    routed, announced = run_iterable_source(x for x in range(100))
+    assert routed == list(range(100)) and announced == []

@@ -20,7 +20,13 @@ worker is free; balance does the same over single-producer rings, with credits:
   CAP_START costs microseconds a step (waiting WAIT_MAX_S a step, 2000 cheap records took 40 ms).
 
 So a consumer finds its next batch queued while it works through the one in hand, and at the end no
-instance holds more than about two TARGET_S of work that another could have done. A consumer of 1 s
+instance holds more than about two TARGET_S of work that another could have done.
+
+A producer that knows how many records are still to come (a source over a list or a range tells it,
+`upcoming`) does better at the end, as guided scheduling does: no consumer may queue more than its
+share of half the work not yet handed out, so the last records leave in ever smaller pieces, each to
+whichever consumer is ready first, and the consumers finish within a few records of each other instead
+of one working on alone through its last TARGET_S while the others sit idle. A consumer of 1 s
 records holds two or three of them, not the tens that a fixed cap would give it.
 """
 
@@ -66,6 +72,9 @@ class Balancer:
         # (records done, busy seconds) when each rate window opened
         self._windows = [(done, busy) for _, _, done, busy in progress]
         self._seen_done = [done for _, _, done, _ in progress]
+        self._limits = self.caps   # caps, or the smaller guided ones near the end of the input
+        # Records the producer will send after the ones in hand, when it knows (None: it does not).
+        self.upcoming: int | None = None
         self._next = 0
         self._backoff = WAIT_MIN_S
         self.waited_s = 0.0
@@ -74,7 +83,7 @@ class Balancer:
         """Hand `records` (in order) to the rings with room, waiting for room when there is none."""
         pos, total = 0, len(records)
         while pos < total:
-            i, room = self._roomiest()
+            i, room = self._roomiest(total - pos)
             if room <= 0:
                 self._wait(flush)
                 continue
@@ -86,24 +95,22 @@ class Balancer:
     def pick(self, flush: Callable[[], None]) -> int:
         """The channel for one record."""
         while True:
-            i, room = self._roomiest()
+            i, room = self._roomiest(1)
             if room > 0:
                 self._backoff = WAIT_MIN_S
                 return i
             self._wait(flush)
 
-    def _roomiest(self) -> tuple[int, int]:
-        """(channel, room) for the channel with the most room under its cap; ties go round robin."""
+    def _roomiest(self, in_hand: int) -> tuple[int, int]:
+        """(channel, room) for the channel with the most room under its cap; ties go round robin.
+        `in_hand`: records the producer holds, still to place."""
         caps, rates = self.caps, self.rates
         n = len(self.writers)
-        best, best_room = self._next, -1 << 62
-        for k in range(n):
-            i = (self._next + k) % n
-            sent, taken, done, busy = self.writers[i].progress()
-            queued = sent - taken
+        progress = [w.progress() for w in self.writers]
+        for i, (sent, taken, done, busy) in enumerate(progress):
             if done != self._seen_done[i]:
                 self._seen_done[i] = done
-                if done == taken and queued <= 0:      # finished all it had, nothing waiting: starved
+                if done == taken and sent <= taken:    # finished all it had, nothing waiting: starved
                     caps[i] = min(caps[i] * 2, CAP_MAX)
                 old_done, old_busy = self._windows[i]
                 worked = busy - old_busy
@@ -112,17 +119,30 @@ class Balancer:
                     rates[i] = (done - old_done) / worked
                     caps[i] = min(max(CAP_MIN, int(rates[i] * TARGET_S)), CAP_MAX)
                     self._windows[i] = (done, busy)
-            room = caps[i] - queued
+        limits = self._limits = caps if self.upcoming is None else self._guided(in_hand)
+        best, best_room = self._next, -1 << 62
+        for k in range(n):
+            i = (self._next + k) % n
+            sent, taken = progress[i][0], progress[i][1]
+            room = limits[i] - (sent - taken)
             if room > best_room:
                 best, best_room = i, room
         self._next = (best + 1) % n
         return best, best_room
 
+    def _guided(self, in_hand: int) -> list[int]:
+        """Caps limited to each consumer's share, by rate, of half the records not yet handed out."""
+        rates = self.rates
+        if not all(rates):
+            return self.caps
+        half_time_left = (self.upcoming + in_hand) / sum(rates) / 2
+        return [min(cap, max(CAP_MIN, int(rate * half_time_left))) for cap, rate in zip(self.caps, rates)]
+
     def _wait(self, flush: Callable[[], None]) -> None:
         # Every ring is at its cap: publish what is pending (a consumer may be waiting for exactly
         # that), then give the consumers time to take some.
         flush()
-        known = [cap / rate for cap, rate, settled in zip(self.caps, self.rates, self._settled) if settled]
+        known = [cap / rate for cap, rate, settled in zip(self._limits, self.rates, self._settled) if settled]
         wait = min(known) / 2 if known else WAIT_MAX_S
         if len(known) < len(self.rates):
             wait = min(wait, self._backoff)

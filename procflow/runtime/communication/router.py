@@ -136,6 +136,13 @@ class BaseRouter:
                 group._next = target + 1 if target + 1 < len(group.writers) else 0
             group.writers[target].send_object(payload, gkey, gkeyed)
 
+    def announce_upcoming(self, records: int) -> None:
+        """The producer will send this many more records after the ones it routes next: balanced groups
+        use it to shrink their queues as the input runs out (balance.py)."""
+        for group in self.groups:
+            if group.balancer is not None:
+                group.balancer.upcoming = records
+
     def route_many(self, records: list) -> None:
         """Unkeyed records in emission order.
 

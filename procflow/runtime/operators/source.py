@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Sized
 from typing import Any
 
 from procflow.api.functions import IterableBatch, SourceFunction
@@ -36,7 +37,8 @@ class SourceOperator(Operator):
         if isinstance(fn, IterableBatch):
             n, i = self.ctx.parallelism, self.ctx.parallel_index
             items = iter(fn.iterable) if n == 1 else itertools.islice(fn.iterable, i, None, n)
-            return self._run_iterable(items, tick, interval)
+            sized = isinstance(fn.iterable, Sized)
+            return self._run_iterable(items, tick, interval, len(range(i, len(fn.iterable), n)) if sized else None)
         return self._run_function(fn, tick, interval)
 
     def _send(self, chunk: list) -> None:
@@ -54,11 +56,13 @@ class SourceOperator(Operator):
                 self.last_record = record
                 raise
 
-    def _run_iterable(self, items, tick, interval: float) -> str:
+    def _run_iterable(self, items, tick, interval: float, count: int | None) -> str:
         """Pull chunks with islice, sized by `ChunkSize` so that a slow generator (a file, a network
         read) still sends each record within about one interval. If the iterable raises, the records of
-        the chunk being pulled are lost with the job that fails."""
+        the chunk being pulled are lost with the job that fails. `count`: how many records this task
+        will emit, when the iterable knows its length; the router hears how many are still to come."""
         perf = time.perf_counter
+        announce = self.router.announce_upcoming if count is not None else None
         chunk_size = ChunkSize(interval)
         due = perf() + interval
         while True:
@@ -66,6 +70,9 @@ class SourceOperator(Operator):
             started = perf()
             chunk = list(itertools.islice(items, size))
             if chunk:
+                if announce is not None:
+                    count -= len(chunk)
+                    announce(max(count, 0))
                 self._send(chunk)
             now = perf()
             if len(chunk) < size:
