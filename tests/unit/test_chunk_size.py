@@ -107,3 +107,13 @@ def test_a_source_over_a_sized_input_tells_the_router_how_much_is_still_to_come(
 def test_a_source_over_a_generator_announces_nothing():
     routed, announced = run_iterable_source(x for x in range(100))
     assert routed == list(range(100)) and announced == []
+
+
+class LengthUnknown(list):
+    def __len__(self):
+        raise TypeError("no length here")
+
+
+def test_a_source_whose_input_cannot_tell_its_length_still_sends_everything():
+    routed, announced = run_iterable_source(LengthUnknown(range(50)))
+    assert routed == list(range(50)) and announced == []

@@ -16,6 +16,16 @@ NO_RECORD = object()
 _BACKOFF_MIN, _BACKOFF_MAX = 0.0005, 0.05
 
 
+def _length(iterable: Any) -> int | None:
+    """len() of an iterable that knows it; a failing __len__ costs the job only its guided end."""
+    if not isinstance(iterable, Sized):
+        return None
+    try:
+        return len(iterable)
+    except Exception:
+        return None
+
+
 class SourceOperator(Operator):
     """Emits until the function ends the batch or the driver asks to stop.
 
@@ -37,8 +47,8 @@ class SourceOperator(Operator):
         if isinstance(fn, IterableBatch):
             n, i = self.ctx.parallelism, self.ctx.parallel_index
             items = iter(fn.iterable) if n == 1 else itertools.islice(fn.iterable, i, None, n)
-            sized = isinstance(fn.iterable, Sized)
-            return self._run_iterable(items, tick, interval, len(range(i, len(fn.iterable), n)) if sized else None)
+            total = _length(fn.iterable)
+            return self._run_iterable(items, tick, interval, None if total is None else len(range(i, total, n)))
         return self._run_function(fn, tick, interval)
 
     def _send(self, chunk: list) -> None:
