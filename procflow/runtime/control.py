@@ -37,9 +37,10 @@ class Results:
     records: list
 
     def __reduce__(self) -> tuple:
-        # The control pipe pickles with dill, a pure-Python pickler: about 3 us per record, which made
-        # the collect task the busiest process of a fine-grained job. The C pickler packs a batch in
-        # microseconds; dill stays the fallback for records only it can carry (lambdas, closures).
+        # Pickled by dill (a control pipe's own send(), or the fallback of the local ControlWriter),
+        # records cost about 3 us each, which made the collect task the busiest process of a
+        # fine-grained job. The C pickler packs a batch in microseconds; dill stays the fallback for
+        # records only it can carry (lambdas, closures).
         try:
             return _results_from_pickle, (self.task, pickle.dumps(self.records, protocol=5))
         except Exception:
