@@ -31,3 +31,21 @@ def test_cpu_scaling_table_shows_each_contenders_fastest_and_slowest_run(monkeyp
     table = plot.cpu_scaling(doc, plt)
     assert "| procflow | 1.3 | 1.1 to 1.6 |" in table
     assert saved == ["cpu_scaling.png"]
+
+
+def test_cpu_scaling_targets_say_in_how_many_rounds_procflow_beat_the_fastest_peer():
+    from bench import cpu_scaling, plot
+
+    grain = {"contenders": {
+        "mp.Pool.imap": {"times": [1.0, 1.2, 0.9], "median": 1.0},
+        "procflow": {"times": [1.1, 1.1, 1.0], "median": 1.1},          # faster only in round 2
+        "procflow-balance": {"times": [0.95, 1.15, 0.8], "median": 0.95},
+    }}
+    doc = {"grains": {"20us": grain}}
+    doc["targets"] = cpu_scaling.targets(doc, w=2)
+    by_name = {t["name"]: t for t in doc["targets"]}
+    assert by_name["20us: procflow vs fastest peer (mp.Pool.imap)"]["rounds_faster"] == "1 of 3"
+    assert by_name["20us: procflow-balance vs fastest peer (mp.Pool.imap)"]["rounds_faster"] == "3 of 3"
+    table = plot._targets_md(doc)
+    assert table.splitlines()[0].endswith("| rounds faster |")
+    assert "| MISSED | 1 of 3 |" in table
