@@ -15,7 +15,10 @@ Contenders (all use W worker processes, all results checked against the sequenti
   procflow-ray      RayEnvironment, same pipeline (skipped with a note when unavailable)
 
 Timings include creating and tearing down each contender's worker processes (a Pool, a WorkerPool, a
-procflow job), except Ray's cluster start (several seconds). Each Ray run gets a Ray instance of its
+procflow job), except Ray's cluster start (several seconds), and end once every result is held in the
+driver, as a list. The checksum that verifies them is taken after the clock stops: Pool.imap hands
+results over while its workers compute, procflow's collect() when the job ends, so a checksum inside
+the clock (9 ms for 100,000 results) hid in Pool's run and counted in full against procflow's. Each Ray run gets a Ray instance of its
 own, in a freshly spawned process (`ray_runner`): started, warmed up and settled before its clock
 starts, shut down after it stops. So the other contenders neither share the machine with Ray's idle
 daemons nor fork their workers from a process that has called ray.init.
@@ -82,7 +85,7 @@ def checksum(values) -> tuple[int, int]:
 # -- contenders ----------------------------------------------------------------------------------------
 
 def run_sequential(fn, n, w):
-    return checksum(fn(x) for x in range(n))
+    return [fn(x) for x in range(n)]
 
 
 def chunksize(n: int, w: int) -> int:
@@ -92,7 +95,7 @@ def chunksize(n: int, w: int) -> int:
 
 def run_pool(fn, n, w):
     with CTX.Pool(w) as pool:
-        out = checksum(pool.imap(fn, range(n), chunksize=chunksize(n, w)))
+        out = list(pool.imap(fn, range(n), chunksize=chunksize(n, w)))
         pool.close()
         pool.join()
     return out
@@ -102,7 +105,7 @@ def run_mpire(fn, n, w):
     from mpire import WorkerPool
 
     with WorkerPool(n_jobs=w, start_method="fork") as pool:
-        return checksum(pool.map(fn, range(n), chunk_size=chunksize(n, w), progress_bar=False))
+        return pool.map(fn, range(n), chunk_size=chunksize(n, w), progress_bar=False)
 
 
 def _spin_range(lo: int, hi: int, loops: int) -> list[int]:
@@ -124,7 +127,7 @@ def run_ray_tasks(fn, n, w):
 
     task = ray.remote(_spin_range)
     refs = [task.remote(lo, hi, fn.keywords["loops"]) for lo, hi in _chunks(n, w)]
-    return checksum(v for part in ray.get(refs) for v in part)
+    return [v for part in ray.get(refs) for v in part]
 
 
 def run_ray_actors(fn, n, w):
@@ -134,7 +137,7 @@ def run_ray_actors(fn, n, w):
     try:
         refs = [actors[i % w].run.remote(lo, hi, fn.keywords["loops"])
                 for i, (lo, hi) in enumerate(_chunks(n, w))]
-        return checksum(v for part in ray.get(refs) for v in part)
+        return [v for part in ray.get(refs) for v in part]
     finally:
         for a in actors:
             ray.kill(a)
@@ -150,7 +153,7 @@ def run_procflow(fn, n, w, env_cls_name="LocalEnvironment", balance=False):
             stream = stream.balance()
         res = stream.map(fn, parallelism=w).collect()
         common.submit_with_watchdog(env, JOB_TIMEOUT)
-        return checksum(res.results())
+        return res.results()
     finally:
         env.close()
 
@@ -166,16 +169,20 @@ def run_procflow_ray(fn, n, w):
 # -- driver --------------------------------------------------------------------------------------------
 
 def verified(name: str, runner, fn, n: int, w: int, want: list):
-    """One run of a contender as a no-argument callable, its result checked against the reference.
+    """One run of a contender as a no-argument callable returning its time (the runner's alone, the
+    checksum taken after), its result checked against the reference.
 
     `want` holds the reference (count, checksum); while empty, the first result becomes it (the
     sequential contender runs first in the first round and so defines it).
     """
     def once():
+        started = time.perf_counter()
         got = runner(fn, n, w)
-        seconds = None  # timed by the caller, unless the run was timed where it ran
-        if isinstance(got, Measured):
+        seconds = time.perf_counter() - started
+        if isinstance(got, Measured):   # timed where it ran, and checksummed there
             got, seconds = got
+        else:
+            got = checksum(got)
         if not want and name != "sequential":
             raise RuntimeError("no sequential reference result to verify against")
         if not want:
@@ -250,7 +257,8 @@ def _ray_driver_main(conn, w: int) -> None:
             try:
                 started = time.perf_counter()
                 value = cpu_scaling.RAY_RUNNERS[name](fn, n, w)
-                conn.send(("ok", Measured(value, time.perf_counter() - started)))
+                seconds = time.perf_counter() - started
+                conn.send(("ok", Measured(cpu_scaling.checksum(value), seconds)))
             except Exception as exc:
                 conn.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
