@@ -18,10 +18,12 @@ Timings include creating and tearing down each contender's worker processes (a P
 procflow job), except Ray's cluster start (several seconds), and end once every result is held in the
 driver, as a list. The checksum that verifies them is taken after the clock stops: Pool.imap hands
 results over while its workers compute, procflow's collect() when the job ends, so a checksum inside
-the clock (9 ms for 100,000 results) hid in Pool's run and counted in full against procflow's. Each Ray run gets a Ray instance of its
-own, in a freshly spawned process (`ray_runner`): started, warmed up and settled before its clock
-starts, shut down after it stops. So the other contenders neither share the machine with Ray's idle
-daemons nor fork their workers from a process that has called ray.init.
+the clock (9 ms for 100,000 results) hid in Pool's run and counted in full against procflow's.
+
+Each Ray run gets a Ray instance of its own, in a freshly spawned process (`ray_runner`): started,
+warmed up and settled before its clock starts, shut down after it stops. So the other contenders
+neither share the machine with Ray's idle daemons nor fork their workers from a process that has
+called ray.init.
 
 Contenders run in rounds (each once per round, in shuffled order), so that the drift of a shared
 machine spreads over all of them. Speed-up = sequential median / contender median; efficiency =
