@@ -20,14 +20,14 @@ worker is free; balance does the same over single-producer rings, with credits:
   CAP_START costs microseconds a step (waiting WAIT_MAX_S a step, 2000 cheap records took 40 ms).
 
 So a consumer finds its next batch queued while it works through the one in hand, and at the end no
-instance holds more than about two TARGET_S of work that another could have done.
+instance holds more than about two TARGET_S of work that another could have done. A consumer of 1 s
+records holds two or three of them, not the tens that a fixed cap would give it.
 
 A producer that knows how many records are still to come (a source over a list or a range tells it,
 `upcoming`) does better at the end, as guided scheduling does: no consumer may queue more than its
 share of half the work not yet handed out, so the last records leave in ever smaller pieces, each to
 whichever consumer is ready first, and the consumers finish within a few records of each other instead
-of one working on alone through its last TARGET_S while the others sit idle. A consumer of 1 s
-records holds two or three of them, not the tens that a fixed cap would give it.
+of one working on alone through its last TARGET_S while the others sit idle.
 """
 
 from __future__ import annotations
