@@ -406,3 +406,5 @@ def test_inline_metrics_count_records():
     assert m["batch_0"]["records_out"] == 100 and m["batch_0"]["processed_count"] == 100
     assert m["filter_0"]["records_in"] + m["filter_1"]["records_in"] == 100
     assert m["collect_0"]["records_in"] == m["collect_0"]["processed_count"] == 50
+    # every task ran in the driver's one thread: none reports that thread's CPU as its own
+    assert all(row["cpu_s"] == 0 for row in m.values())

@@ -10,6 +10,7 @@ leak check. Under pytest-xdist each worker that runs tests of this module starts
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -120,6 +121,20 @@ def test_map_filter_flatmap(make_env):
     result = words.collect()
     env.submit()
     assert sorted(result.results()) == sorted(["A", "B", "D", "E", "F"] * 25)
+
+
+def _nap(x):
+    time.sleep(0.004)   # waits, burns no CPU
+    return x
+
+
+def test_task_metrics_report_the_task_threads_cpu_time(make_env):
+    env = make_env()
+    env.from_batch(range(50)).map(_nap).collect()
+    job = env.submit()
+    row = job.metrics["map_0"]
+    assert row["busy_s"] >= 50 * 0.004 * 0.9
+    assert 0 < row["cpu_s"] < row["busy_s"] / 4
 
 
 def test_a_plain_collect_runs_in_the_driver_and_a_keyed_one_in_a_task(make_env):

@@ -105,6 +105,8 @@ class InlineRouter(BaseRouter):
 class InlineTask(BaseTask):
     """A BaseTask driven step by step by the executor instead of blocking on its gate."""
 
+    cpu_clock = None   # every task runs in the driver's thread: no CPU time of its own to report
+
     def __init__(self, ctx: TaskContext, function: Any, executor: InlineExecutor) -> None:
         super().__init__(ctx, function)
         self._executor = executor

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from procflow.api.signals import StopSignal
@@ -45,6 +46,10 @@ _IN, _OUT, _BUSY, _WAIT, _BLOCKED, _ERRORS, _STARTED, _FINISHED, _FILL, _CPU = r
 
 
 class BaseTask:
+    # The task's CPU seconds so far (cpu_s): its thread's, since a Ray actor runs it beside threads of
+    # its own. A forked task's thread was born with its process, so that is the process's CPU too.
+    cpu_clock: Callable[[], float] | None = time.thread_time
+
     def __init__(self, ctx: TaskContext, function: Any) -> None:
         self.ctx = ctx
         self.operator = OPERATORS[ctx.kind](function, ctx)
@@ -322,7 +327,8 @@ class BaseTask:
         c[_BLOCKED] = blocked
         c[_BUSY] = max(elapsed - self.wait_s - blocked, 0.0)
         c[_ERRORS] = self.errors
-        c[_CPU] = time.process_time()
+        if self.cpu_clock is not None:
+            c[_CPU] = self.cpu_clock()
         if self.ctx.gate is not None:
             c[_FILL] = self.ctx.gate.fill()
 
