@@ -112,15 +112,18 @@ def format_summary(summary: dict) -> str:
     ops = summary["operators"]
     lines = [f"job {summary['job_id']} {summary['status']} in {summary['elapsed_s']:.2f}s: "
              f"{summary['source_records']:,} records from sources, {summary['throughput_rps']:,.0f} records/s"]
-    header = ("operator", "tasks", "in", "out", "rate/s", "busy %", "blocked %", "errors", "")
+    header = ("operator", "tasks", "in", "out", "rate/s", "busy %", "cpu %", "blocked %", "errors", "")
     rows = [header]
     for name, op in ops.items():
+        cpu = op.get("cpu_pct")
         rows.append((name, str(op["tasks"]), f"{op['records_in']:,}", f"{op['records_out']:,}",
-                     f"{op['rate_rps']:,.0f}", f"{op['busy_pct']:.1f}", f"{op['blocked_pct']:.1f}",
-                     str(op["errors"]), "<- bottleneck" if name == summary["bottleneck"] else ""))
+                     f"{op['rate_rps']:,.0f}", f"{op['busy_pct']:.1f}", "-" if cpu is None else f"{cpu:.1f}",
+                     f"{op['blocked_pct']:.1f}", str(op["errors"]),
+                     "<- bottleneck" if name == summary["bottleneck"] else ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    last = len(header) - 1
     for r in rows:
-        lines.append("  ".join(c.ljust(w) if i in (0, 8) else c.rjust(w)
+        lines.append("  ".join(c.ljust(w) if i in (0, last) else c.rjust(w)
                                for i, (c, w) in enumerate(zip(r, widths))).rstrip())
     if summary["bottleneck"] is not None:
         op = ops[summary["bottleneck"]]

@@ -90,6 +90,9 @@ class Job:
             share = elapsed * op["tasks"]
             op["busy_pct"] = 100.0 * op["busy_s"] / share if share else 0.0
             op["blocked_pct"] = 100.0 * op["blocked_s"] / share if share else 0.0
+            # CPU time on the same scale: near busy % for work that computes, far below it for work that
+            # waits inside user code (I/O, sleep) or sits descheduled. None where not measured.
+            op["cpu_pct"] = 100.0 * op["cpu_s"] / share if share and op["cpu_s"] > 0 else None
             handled = op["records_out"] if op["source"] else op["records_in"]
             op["rate_rps"] = handled / elapsed if elapsed else 0.0
         bottleneck = max(by_op, key=lambda k: by_op[k]["busy_pct"]) if by_op else None

@@ -80,12 +80,18 @@ def test_summary_names_the_slow_operator_as_bottleneck(env_dir):
     assert ops["slow"]["busy_s"] >= pipelines.N_SLOW * pipelines.SLOW_SECONDS * 0.9
     # ...but it slept: CPU time tells a task that waits inside user code from one that computes
     assert 0 < ops["slow"]["cpu_s"] < ops["slow"]["busy_s"] / 4
+    assert ops["slow"]["cpu_pct"] < ops["slow"]["busy_pct"] / 4
     assert ops["slow"]["busy_pct"] > 3 * max(ops[o]["busy_pct"] for o in ("fast", "after", "collect"))
     # Its upstream was held back by the full ring in front of it.
     assert ops["fast"]["blocked_s"] > 0
     text = format_summary(s)
     assert "bottleneck: slow" in text
     assert [line for line in text.splitlines() if line.startswith("slow ")][0].endswith(BOTTLENECK_MARK)
+    header = [line for line in text.splitlines() if line.startswith("operator ")][0]
+    end = header.index("cpu %") + len("cpu %")
+    slow_line = [line for line in text.splitlines() if line.startswith("slow ")][0]
+    cpu_shown = slow_line[:end].split()[-1]          # values are right-aligned under their header
+    assert cpu_shown == f"{ops['slow']['cpu_pct']:.1f}"
 
 
 @pytest.mark.timeout(60)
