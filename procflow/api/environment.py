@@ -6,12 +6,13 @@ RayEnvironment in `procflow.backends`) turns it into running tasks by implementi
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import signal
 import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from procflow.api import functions as fx
@@ -152,17 +153,20 @@ class BaseEnvironment:
         for collector in self._collectors.values():
             collector._records.clear()
         if not autostop:
-            self.job = self._launch(graph)
+            with _interrupts_held():
+                self.job = self._launch(graph)
             return self.job
         # While submit() blocks, SIGTERM means what Ctrl-C means: stop the job, free everything, and
         # raise KeyboardInterrupt (a script then exits with 130). The previous handler comes back after.
         previous = _install_sigterm()
         try:
-            self.job = self._launch(graph)
             try:
+                with _interrupts_held():
+                    self.job = self._launch(graph)
                 self.job.wait()
             except KeyboardInterrupt:
-                self._interrupted()
+                if self.job is not None and self.job.running:
+                    self._interrupted()
                 raise
         finally:
             if previous is not None:
@@ -210,6 +214,26 @@ class BaseEnvironment:
         if exc[0] is not None and self.job is not None:
             self.job.kill("the with-block raised")
         self.close()
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait while a job starts, and arrive once `env.job` is set.
+
+    Starting forks the tasks and starts the monitor thread, which releases the sources as soon as
+    every task is ready, possibly before the driver's Thread.start() returns. An interrupt raised in
+    that window ended a job whose records were already flowing, and left `env.job` unset, so the
+    caller could not see what it had stopped. Held, it lands on a running job, which submit() stops
+    like any other. Starting takes milliseconds with fork, a few seconds at most with spawn.
+    """
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+_INTERRUPTS = frozenset({signal.SIGINT, signal.SIGTERM})
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

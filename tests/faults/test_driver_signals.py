@@ -13,7 +13,8 @@ import pytest
 
 from procflow import LocalEnvironment
 from procflow.runtime.communication.shm import SHM_DIR
-from procflow.testing import DriverProcess, child_pids, own_segments, wait_gone, wait_until
+from procflow.runtime.job_monitor import JobMonitor
+from procflow.testing import DriverProcess, Endless, child_pids, own_segments, wait_gone, wait_until
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -71,6 +72,27 @@ def test_interrupting_the_driver_stops_the_job_and_frees_everything(env_dir, sig
         assert driver.wait(10) == -signal.SIGINT
     assert wait_gone(tasks, 5) == set()
     assert own_segments(driver.pid) == set()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_while_the_job_starts_stops_it_as_a_running_job(env_dir, monkeypatch, signum):
+    # The monitor thread may release the sources before Thread.start() returns in the driver: a signal
+    # in that window must still find env.job set, and stop the job like any running one.
+    start_monitor = JobMonitor.start_monitor
+
+    def start_then_interrupt(self, name):
+        start_monitor(self, name)
+        os.kill(os.getpid(), signum)
+
+    monkeypatch.setattr(JobMonitor, "start_monitor", start_then_interrupt)
+    env = LocalEnvironment("starting", env_dir=env_dir)
+    env.from_source(Endless).map(lambda r: r, parallelism=2).sink(lambda r: None)
+    before = signal.getsignal(signum)
+    with pytest.raises(KeyboardInterrupt):
+        env.submit()
+    assert env.job is not None and env.job.status in ("stopped", "killed")
+    assert signal.getsignal(signum) is before
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) & {signal.SIGINT, signal.SIGTERM} == set()
 
 
 def test_sigterm_handler_is_restored_after_submit(env_dir):
