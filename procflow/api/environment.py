@@ -39,6 +39,10 @@ class BaseEnvironment:
     """Builds a pipeline. Use as a context manager so that `close()` always runs."""
 
     backend = "base"
+    # True where _launch starts the job and returns within moments (the local process executor): only
+    # there may interrupts wait for env.job (_interrupts_held). Ray's start can take many seconds, and
+    # the inline executor runs the whole job inside _launch.
+    _holds_interrupts_while_starting = False
 
     def __init__(self, name: str = "procflow", config: dict[str, Any] | None = None, *,
                  env_dir: str | os.PathLike | None = None, start_method: str = "fork") -> None:
@@ -153,7 +157,7 @@ class BaseEnvironment:
         for collector in self._collectors.values():
             collector._records.clear()
         if not autostop:
-            with _interrupts_held():
+            with _interrupts_held(self._holds_interrupts_while_starting):
                 self.job = self._launch(graph)
             return self.job
         # While submit() blocks, SIGTERM means what Ctrl-C means: stop the job, free everything, and
@@ -161,7 +165,7 @@ class BaseEnvironment:
         previous = _install_sigterm()
         try:
             try:
-                with _interrupts_held():
+                with _interrupts_held(self._holds_interrupts_while_starting):
                     self.job = self._launch(graph)
                 self.job.wait()
             except KeyboardInterrupt:
@@ -217,7 +221,7 @@ class BaseEnvironment:
 
 
 @contextlib.contextmanager
-def _interrupts_held() -> Iterator[None]:
+def _interrupts_held(hold: bool) -> Iterator[None]:
     """Ctrl-C and SIGTERM wait while a job starts, and arrive once `env.job` is set.
 
     Starting forks the tasks and starts the monitor thread, which releases the sources as soon as
@@ -226,6 +230,9 @@ def _interrupts_held() -> Iterator[None]:
     caller could not see what it had stopped. Held, it lands on a running job, which submit() stops
     like any other. Starting takes milliseconds with fork, a few seconds at most with spawn.
     """
+    if not hold:
+        yield
+        return
     held = signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS)
     try:
         yield

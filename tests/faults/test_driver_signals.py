@@ -95,6 +95,21 @@ def test_an_interrupt_while_the_job_starts_stops_it_as_a_running_job(env_dir, mo
     assert signal.pthread_sigmask(signal.SIG_BLOCK, []) & {signal.SIGINT, signal.SIGTERM} == set()
 
 
+@pytest.mark.timeout(30)
+def test_ctrl_c_still_interrupts_a_job_run_inline(env_dir):
+    # The inline executor runs the whole job inside submit()'s start: holding interrupts there would
+    # make an endless inline job impossible to stop.
+    def interrupt_at_100(r):
+        if r == 100:
+            os.kill(os.getpid(), signal.SIGINT)
+        return r
+
+    env = LocalEnvironment("inline", env_dir=env_dir, executor="inline")
+    env.from_source(Endless).map(interrupt_at_100).sink(lambda r: None)
+    with pytest.raises(KeyboardInterrupt):
+        env.submit()
+
+
 def test_sigterm_handler_is_restored_after_submit(env_dir):
     env = LocalEnvironment("t", env_dir=env_dir)
     env.from_batch(range(10)).sink(lambda r: None)
