@@ -40,9 +40,9 @@ class BaseEnvironment:
 
     backend = "base"
     # True where _launch starts the job and returns within moments (the local process executor): only
-    # there may interrupts wait for env.job (_interrupts_held). Ray's start can take many seconds, and
+    # there may interrupts wait for env.job (_interrupts_deferred). Ray's start can take many seconds, and
     # the inline executor runs the whole job inside _launch.
-    _holds_interrupts_while_starting = False
+    _defers_interrupts_while_starting = False
 
     def __init__(self, name: str = "procflow", config: dict[str, Any] | None = None, *,
                  env_dir: str | os.PathLike | None = None, start_method: str = "fork") -> None:
@@ -157,7 +157,7 @@ class BaseEnvironment:
         for collector in self._collectors.values():
             collector._records.clear()
         if not autostop:
-            with _interrupts_held(self._holds_interrupts_while_starting):
+            with _interrupts_deferred(self._defers_interrupts_while_starting):
                 self.job = self._launch(graph)
             return self.job
         # While submit() blocks, SIGTERM means what Ctrl-C means: stop the job, free everything, and
@@ -165,7 +165,7 @@ class BaseEnvironment:
         previous = _install_sigterm()
         try:
             try:
-                with _interrupts_held(self._holds_interrupts_while_starting):
+                with _interrupts_deferred(self._defers_interrupts_while_starting):
                     self.job = self._launch(graph)
                 self.job.wait()
             except KeyboardInterrupt:
@@ -221,26 +221,37 @@ class BaseEnvironment:
 
 
 @contextlib.contextmanager
-def _interrupts_held(hold: bool) -> Iterator[None]:
+def _interrupts_deferred(defer: bool) -> Iterator[None]:
     """Ctrl-C and SIGTERM wait while a job starts, and arrive once `env.job` is set.
 
     Starting forks the tasks and starts the monitor thread, which releases the sources as soon as
     every task is ready, possibly before the driver's Thread.start() returns. An interrupt raised in
     that window ended a job whose records were already flowing, and left `env.job` unset, so the
-    caller could not see what it had stopped. Held, it lands on a running job, which submit() stops
-    like any other. Starting takes milliseconds with fork, a few seconds at most with spawn.
+    caller could not see what it had stopped. Deferred, it lands on a running job, which submit()
+    stops like any other. Starting takes milliseconds with fork, a few seconds at most with spawn.
+
+    The signals are noted by a handler of ours rather than blocked: a blocked signal goes to any
+    thread that does not block it (a user's, a test runner's), whose handler call then raises in the
+    main thread all the same. Handlers can only change in the main thread, which is also the only
+    thread KeyboardInterrupt is raised in; a user's own handlers are left alone.
     """
-    if not hold:
+    if not defer or threading.current_thread() is not threading.main_thread():
         yield
         return
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS)
+    received: list[int] = []
+    replaced = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        if handler is signal.default_int_handler or handler is _raise_interrupt:
+            replaced[signum] = handler
+            signal.signal(signum, lambda number, frame: received.append(number))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
-
-
-_INTERRUPTS = frozenset({signal.SIGINT, signal.SIGTERM})
+        for signum, handler in replaced.items():
+            signal.signal(signum, handler)
+    if received:
+        raise KeyboardInterrupt(f"{signal.Signals(received[0]).name} received")
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

@@ -27,7 +27,7 @@ class LocalEnvironment(BaseEnvironment):
                  env_dir: str | os.PathLike | None = None, start_method: str = "fork",
                  task_factory: Any = None, executor: str = "process") -> None:
         super().__init__(name, config, env_dir=env_dir, start_method=start_method)
-        self._holds_interrupts_while_starting = executor == "process"
+        self._defers_interrupts_while_starting = executor == "process"
         if self.config["queue"] == "ray":
             raise ValueError("queue='ray' needs RayEnvironment; LocalEnvironment supports 'shm' and 'mp'")
         if executor not in EXECUTORS:
