@@ -552,9 +552,7 @@ def main(argv: list[str] | None = None) -> dict:
                        [[k, v and v["median_us"], v and v["p99_us"]] for k, v in lat.items()])
 
     doc["targets"] = targets(doc)
-    common.print_table("targets", ["target", "value", "goal", "status"],
-                       [[t["name"], t["value"], t["goal"], common.target_note(t["met"])]
-                        for t in doc["targets"]])
+    common.print_table("targets", *common.target_table(doc["targets"]))
     doc["leaks"] = common.leak_report(shm_before)
     if not args.no_save:
         common.write_result("channels", doc)

@@ -378,3 +378,15 @@ def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]
 
 def target_note(ok: bool | None) -> str:
     return "n/a" if ok is None else ("MET" if ok else "MISSED")
+
+
+def target_table(targets: Sequence[dict]) -> tuple[list[str], list[list[Any]]]:
+    """(headers, rows) of a benchmark's targets, printed and in the README alike. A "rounds faster"
+    column (CPU scaling's paired view beside the medians) appears when some target has one."""
+    headers = ["target", "value", "goal", "status"]
+    rows = [[t["name"], t["value"], t["goal"], target_note(t["met"])] for t in targets]
+    if any(t.get("rounds_faster") for t in targets):
+        headers.append("rounds faster")
+        for row, t in zip(rows, targets):
+            row.append(t.get("rounds_faster") or "")
+    return headers, rows

@@ -360,9 +360,7 @@ def main(argv: list[str] | None = None) -> dict:
         _print_grain(grain, g, w, runs)
 
     doc["targets"] = targets(doc, w)
-    common.print_table("targets", ["target", "value", "goal", "status", "rounds faster"],
-                       [[t["name"], t["value"], t["goal"], common.target_note(t["met"]),
-                         t.get("rounds_faster") or ""] for t in doc["targets"]])
+    common.print_table("targets", *common.target_table(doc["targets"]))
     doc["leaks"] = common.leak_report(shm_before, grace=10.0)
     if not args.no_save:
         common.write_result("cpu_scaling", doc)

@@ -28,13 +28,7 @@ def _md_table(headers: list[str], rows: list[list]) -> str:
 
 
 def _targets_md(doc: dict) -> str:
-    targets = doc.get("targets", [])
-    rows = [[t["name"], t["value"], t["goal"], common.target_note(t["met"])] for t in targets]
-    headers = ["target", "value", "goal", "status"]
-    if any(t.get("rounds_faster") for t in targets):   # CPU scaling: the paired view beside the medians
-        headers.append("rounds faster")
-        for row, t in zip(rows, targets):
-            row.append(t.get("rounds_faster") or "")
+    headers, rows = common.target_table(doc.get("targets", []))
     return _md_table(headers, rows) if rows else ""
 
 

@@ -133,8 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                    "procflow cpu us/call", "manager cpu us/call"], rows)
     doc["targets"] = [{"name": f"{c} caller(s): procflow vs Manager", "value": e["ratio"], "goal": ">= 5x",
                        "met": e["ratio"] >= 5} for c, e in doc["callers"].items()]
-    common.print_table("targets", ["target", "value", "goal", "status"],
-                       [[t["name"], t["value"], t["goal"], common.target_note(t["met"])] for t in doc["targets"]])
+    common.print_table("targets", *common.target_table(doc["targets"]))
     if not args.no_save:
         common.write_result("services", doc)
     return doc

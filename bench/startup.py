@@ -217,8 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
     pf = doc["startup"].get("procflow-shm", {}).get("median")
     doc["targets"] = [{"name": "16-task start-up + tear-down (s)", "value": pf, "goal": "< 0.5",
                        "met": None if pf is None else pf < 0.5}]
-    common.print_table("targets", ["target", "value", "goal", "status"],
-                       [[t["name"], t["value"], t["goal"], common.target_note(t["met"])] for t in doc["targets"]])
+    common.print_table("targets", *common.target_table(doc["targets"]))
     doc["leaks"] = common.leak_report(shm_before)
     if not args.no_save:
         common.write_result("startup", doc)
