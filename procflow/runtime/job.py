@@ -79,7 +79,9 @@ class Job:
         emitted = sum(m["records_out"] for name, m in tasks.items() if name in self.source_tasks)
         elapsed = self.elapsed
         by_op: dict[str, dict] = {}
+        rows_by_op: dict[str, list[dict]] = {}
         for name, m in tasks.items():
+            rows_by_op.setdefault(m["operator"], []).append(m)
             op = by_op.setdefault(m["operator"], {
                 "tasks": 0, "source": name in self.source_tasks, "records_in": 0, "records_out": 0, "busy_s": 0.0,
                 "wait_s": 0.0, "blocked_s": 0.0, "cpu_s": 0.0, "errors": 0})
@@ -96,7 +98,7 @@ class Job:
             handled = op["records_out"] if op["source"] else op["records_in"]
             op["rate_rps"] = handled / elapsed if elapsed else 0.0
         bottleneck = max(by_op, key=lambda k: by_op[k]["busy_pct"]) if by_op else None
-        uneven = self._uneven_round_robin(tasks, by_op) if self.status == "finished" else []
+        uneven = self._uneven_round_robin(rows_by_op, by_op) if self.status == "finished" else []
         failure = self.failure
         return {"job_id": self.job_id, "status": self.status, "elapsed_s": elapsed,
                 "source_records": emitted, "throughput_rps": emitted / elapsed if elapsed else 0.0,
@@ -104,7 +106,7 @@ class Job:
                 "error": str(failure) if failure else None,
                 "log_dir": self.log_dir, "tasks": tasks, "services": self.service_metrics}
 
-    def _uneven_round_robin(self, tasks: dict[str, Any], by_op: dict[str, dict]) -> list[str]:
+    def _uneven_round_robin(self, rows_by_op: dict[str, list[dict]], by_op: dict[str, dict]) -> list[str]:
         """Operators whose round-robin input left some of their tasks idle long before the others.
 
         Round robin gives every task the same number of records, so when records differ in cost or
@@ -118,8 +120,7 @@ class Job:
                 fed_by.setdefault(group.target, set()).add(group.partitioning.strategy)
         uneven = []
         for name, op in by_op.items():
-            rows = [m for m in tasks.values()
-                    if m["operator"] == name and m.get("finished") and m.get("started")]
+            rows = [m for m in rows_by_op[name] if m.get("finished") and m.get("started")]
             if op["tasks"] < 2 or len(rows) < op["tasks"] or fed_by.get(name) != {ROUND_ROBIN}:
                 continue
             finished = [m["finished"] for m in rows]
