@@ -26,7 +26,7 @@ from procflow import JobFailedError, LocalEnvironment
 from procflow.errors import UnsafePathError
 from procflow.runtime import dispatcher as dispatcher_module
 from procflow.runtime.communication.shm import SHM_DIR, sweep_orphans
-from procflow.runtime.communication.shm_owner import driver_key
+from procflow.runtime.communication.shm_owner import driver_key, release_driver_key
 from procflow.testing import DriverProcess, Endless, FaultAt, child_pids, inet_sockets_of, own_segments, repo_env
 
 pytestmark = pytest.mark.timeout(150)
@@ -148,6 +148,7 @@ def run_as(uid: int, fn: Callable[[], Any], timeout: float = 60.0) -> Any:
             message = json.dumps({"error": traceback.format_exc()})
         finally:
             try:
+                release_driver_key()   # os._exit skips atexit, which removes it otherwise
                 with os.fdopen(write_end, "w") as f:
                     f.write(message)
             finally:

@@ -11,6 +11,7 @@ pid as dead and deleted its running job's segments, 1163 jobs of 1170 failed). T
 only so that tools can tell which process made a segment (`procflow.testing.own_segments`).
 
     driver_key()     the calling process's owner key; the first call creates and locks its lock file
+    release_driver_key()   removes it (at exit, by atexit)
     sweep_orphans()  removes the segments (and lock) of every owner key whose lock it can take, among the
                      files of this user only; anything it cannot remove, or may not judge, is skipped
 
@@ -51,7 +52,7 @@ def driver_key() -> str:
         # After a fork, the child is a driver of its own (if it makes segments): new key, new lock.
         if _owner is None or _owner[0] != os.getpid():
             _owner = (os.getpid(), *_create_lock())
-            atexit.register(_remove_lock, os.getpid())
+            atexit.register(release_driver_key)
         return _owner[1]
 
 
@@ -71,11 +72,15 @@ def _create_lock() -> tuple[str, int]:
             _unlink(new)
 
 
-def _remove_lock(pid: int) -> None:
-    """At interpreter exit: the lock file goes; any segment of ours still there is then an orphan."""
+def release_driver_key() -> None:
+    """Remove this process's lock file; any segment of ours still there is then an orphan.
+
+    Runs at interpreter exit; a driver that leaves by os._exit (skipping atexit) calls it itself, or the
+    lock file waits for the next sweep. A later `driver_key()` starts a new key.
+    """
     global _owner
     with _lock:
-        if _owner is None or _owner[0] != pid or os.getpid() != pid:
+        if _owner is None or _owner[0] != os.getpid():
             return  # a forked child exiting normally must not remove its parent's lock
         _, key, fd = _owner
         _owner = None
