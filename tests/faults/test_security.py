@@ -244,7 +244,9 @@ def test_the_sweep_leaves_other_users_segments_alone():
 
 def test_the_sweep_removes_own_dead_drivers_segments_and_lock():
     dead = f"procflow_999999_{secrets.token_hex(8)}"
-    names = [f"{dead}_stale_in_{secrets.token_hex(6)}", f"{dead}.lock"]
+    # ...and the half-made lock file of a driver killed while it started (see shm_owner.py)
+    unborn = f"procflow_999998_{secrets.token_hex(8)}.new"
+    names = [f"{dead}_stale_in_{secrets.token_hex(6)}", f"{dead}.lock", unborn]
     for name in names:
         os.close(os.open(os.path.join(SHM_DIR, name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
     assert names[0] in sweep_orphans()

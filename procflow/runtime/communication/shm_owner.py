@@ -45,6 +45,15 @@ _lock = threading.Lock()
 _owner: tuple[int, str, int] | None = None   # (pid, key, fd of the locked lock file)
 
 
+def _after_fork_in_child() -> None:
+    # A fork while another thread held _lock would leave the child's copy held for ever.
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def driver_key() -> str:
     """`procflow_<pid>_<token>`: the owner key of this process's segments, locked for its lifetime."""
     global _owner
