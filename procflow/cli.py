@@ -268,8 +268,9 @@ def make_parser() -> argparse.ArgumentParser:
                      help="dashboard refresh interval (default 0.5)")
     run.add_argument("--report", metavar="FILE", help="write the job summary as JSON to FILE")
     run.add_argument("--env-dir", metavar="DIR",
-                     help="where job logs go: DIR/<job id>/ holds Dispatcher.log, Error.log and "
-                          "<task>_info.log / <task>_debug.log (default: $TMPDIR/procflow-logs/<name>)")
+                     help="where job logs go: DIR/<job id>/ (0700) holds Dispatcher.log, Error.log and "
+                          "<task>_info.log / <task>_debug.log, each 0600 (default: "
+                          "$XDG_STATE_HOME/procflow/logs/<name>, else ~/.local/state/procflow/logs/<name>)")
     run.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                      help="level of the <task>_info.log files (default INFO)")
     prog = run.add_mutually_exclusive_group()

@@ -5,9 +5,10 @@
     ├── ServiceError          a service raised; the remote traceback is chained as __cause__
     │   ├── ServiceTimeoutError
     │   └── UnknownServiceError
-    └── ChannelError          transport problems; "you closed it" vs "the peer broke" stay distinct
-        ├── ChannelClosedError
-        └── BrokenChannelError
+    ├── ChannelError          transport problems; "you closed it" vs "the peer broke" stay distinct
+    │   ├── ChannelClosedError
+    │   └── BrokenChannelError
+    └── UnsafePathError       a log folder or file is not private to this user (also a PermissionError)
 Graph and argument mistakes raise the built-in ValueError / TypeError before any process starts.
 """
 
@@ -74,6 +75,11 @@ class ChannelClosedError(ChannelError):
 
 class BrokenChannelError(ChannelError):
     """The other side died."""
+
+
+class UnsafePathError(ProcflowError, PermissionError):
+    """A folder or file procflow would write to is not private to this user: another user's, a symlink,
+    or open to others (issue 22). The message names the path and what to do."""
 
 
 def describe_exit(exitcode: Any) -> str:

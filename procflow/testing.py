@@ -56,7 +56,8 @@ def mp_helper_pids() -> set[int]:
 
 
 def own_segments(pid: int | None = None) -> set[str]:
-    """procflow shared-memory segments created by `pid` (default: this process)."""
+    """procflow shared-memory segments created by `pid` (default: this process), not counting the
+    driver's lock file (it lives as long as the driver; see shm_owner.py)."""
     prefix = f"procflow_{os.getpid() if pid is None else pid}_"
     return {name for name in list_segments() if name.startswith(prefix)}
 

@@ -10,7 +10,6 @@ import contextlib
 import inspect
 import os
 import signal
-import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -20,6 +19,7 @@ from procflow.api.datastream import CollectResult, DataStream
 from procflow.api.service import BaseService, ServiceSpec, services_called
 from procflow.graph.execution_graph import ExecutionGraph, compile_graph
 from procflow.graph.transformation import FunctionSpec, Input, Transformation, check_parallelism
+from procflow.private_files import default_log_dir
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "queue": "shm",              # "shm" (shared-memory rings) or "mp" (multiprocessing queues)
@@ -29,6 +29,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "log_level": "INFO",
     "stop_timeout": 5.0,         # grace period before SIGKILL at cleanup
     "progress": None,            # None: on when stderr is a terminal
+    "keep_logs": 20,             # job log folders kept per env_dir (oldest removed first); None: keep all
 }
 _OPTION_NAMES = ("parallelism", "name", "on_error")
 INTERRUPT_GRACE = 1.0  # seconds a Ctrl-C'd job may drain before its tasks are killed
@@ -57,8 +58,9 @@ class BaseEnvironment:
         self.config = {**DEFAULT_CONFIG, **(config or {})}
         if self.config["queue"] not in ("shm", "mp", "ray"):
             raise ValueError(f"config['queue'] must be 'shm' or 'mp', got {self.config['queue']!r}")
-        self.env_dir = os.fspath(env_dir) if env_dir is not None else os.path.join(
-            tempfile.gettempdir(), "procflow-logs", name)
+        # The default is private to this user (issue 22: a shared $TMPDIR/procflow-logs let another
+        # user redirect a root job's log writes, and locked other users out once one of them owned it).
+        self.env_dir = os.fspath(env_dir) if env_dir is not None else default_log_dir(name)
         self.start_method = start_method
         self._transformations: list[Transformation] = []
         self._names: set[str] = set()

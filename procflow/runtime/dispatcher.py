@@ -31,6 +31,7 @@ from multiprocess import connection
 
 from procflow.errors import JobFailedError, RemoteTraceback, describe_exit
 from procflow.graph.execution_graph import ExecutionGraph
+from procflow.private_files import PrivateDir, make_job_dir
 from procflow.runtime.communication import ring as ringmod
 from procflow.runtime.communication.queue_descriptor.mp_queue import MpInbox
 from procflow.runtime.communication.queue_descriptor.shm_queue import ShmInbox
@@ -41,7 +42,13 @@ from procflow.runtime.driver_collects import DriverCollects
 from procflow.runtime.job_control import JobControl
 from procflow.runtime.job_manager import JobManager
 from procflow.runtime.job_monitor import JobMonitor
-from procflow.runtime.task.entry import STARTUP_SIGNALS, crash_log_path, gc_paused_for_fork, task_main
+from procflow.runtime.task.entry import (
+    STARTUP_SIGNALS,
+    crash_log_name,
+    crash_log_path,
+    gc_paused_for_fork,
+    task_main,
+)
 
 log = logging.getLogger("procflow.dispatcher")
 
@@ -86,7 +93,7 @@ class Dispatcher(JobMonitor):
 
     def prepare(self) -> None:
         removed = sweep_orphans()
-        os.makedirs(self.job_dir, exist_ok=True)
+        make_job_dir(self.env_dir, self.job_id, self.config.get("keep_logs"))
         self._open_log()
         if removed:
             self.log.warning("removed %d shared-memory segment(s) left by dead drivers", len(removed))
@@ -257,8 +264,8 @@ class Dispatcher(JobMonitor):
     def _crash_report(self, name: str) -> str | None:
         """The Python stack faulthandler wrote when the task died of a fatal signal (SIGSEGV, SIGABRT...)."""
         try:
-            with open(crash_log_path(self.job_dir, name)) as f:
-                text = f.read().strip()
+            with PrivateDir(self.job_dir) as job_dir:
+                text = job_dir.read_text(crash_log_name(name)).strip()
         except OSError:
             return None
         return text or None

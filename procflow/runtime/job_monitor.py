@@ -11,12 +11,15 @@ A backend subclass provides `_watch()`, `cleanup()`, and the attributes `manager
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from typing import Any
 
 from procflow.errors import JobFailedError
+from procflow.private_files import PrivateFileHandler, open_private_text
+
+DISPATCHER_LOG = "Dispatcher.log"
+ERROR_LOG = "Error.log"  # the job's failure, with the record and traceback: private (0600) like every log
 
 
 class JobMonitor:
@@ -32,7 +35,7 @@ class JobMonitor:
         # run from several driver threads once shared one, and a job logging while another closed its
         # handler reopened that handler's file, which then leaked.
         self.log = logging.Logger(f"{self.log.name}.{self.job_id}", logging.DEBUG)
-        handler = logging.FileHandler(os.path.join(self.job_dir, "Dispatcher.log"))
+        handler = PrivateFileHandler(self.job_dir, DISPATCHER_LOG, exclusive=True)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s"))
         self.log.addHandler(handler)
         self._log_handler = handler
@@ -75,7 +78,7 @@ class JobMonitor:
         if self.manager.fail(error, status):
             self.log.error("%s", error)
             try:
-                with open(os.path.join(self.job_dir, "Error.log"), "a") as f:
+                with open_private_text(self.job_dir, ERROR_LOG, exclusive=False) as f:
                     f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {error}\n")
                     if error.remote_traceback:
                         f.write(error.remote_traceback + "\n")

@@ -13,6 +13,7 @@ import pytest
 
 from procflow import LocalEnvironment
 from procflow.runtime.communication.shm import SHM_DIR
+from procflow.runtime.communication.shm_owner import driver_key
 from procflow.runtime.job_monitor import JobMonitor
 from procflow.testing import DriverProcess, Endless, child_pids, own_segments, wait_gone, wait_until
 
@@ -118,8 +119,8 @@ def test_sigterm_handler_is_restored_after_submit(env_dir):
     assert signal.getsignal(signal.SIGTERM) is before
 
 
-def fake_segment(owner_pid: int) -> str:
-    name = f"procflow_{owner_pid}_fake_{secrets.token_hex(6)}"
+def fake_segment(owner_key: str) -> str:
+    name = f"{owner_key}_fake_in_{secrets.token_hex(6)}"
     fd = os.open(os.path.join(SHM_DIR, name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
     os.close(fd)
     return name
@@ -136,13 +137,15 @@ def test_driver_killed_children_exit_and_orphans_are_swept(env_dir, start_method
         assert time.monotonic() - killed < 3.0
     # Whatever the dead driver left in /dev/shm is swept when the next job starts (possibly by another
     # process's job first). A segment whose owner lives (this process) is never touched.
-    dead_owner = fake_segment(driver.pid)
-    live_owner = fake_segment(os.getpid())
+    dead_owner = fake_segment(f"procflow_{driver.pid}_{secrets.token_hex(8)}")
+    live_owner = fake_segment(driver_key())
     try:
         env = LocalEnvironment("next", env_dir=env_dir)
         env.from_batch(range(10)).sink(lambda r: None)
         env.submit()
         assert own_segments(driver.pid) == set()
+        # The dead driver's lock file (see shm_owner.py) goes with its segments.
+        assert [n for n in os.listdir(SHM_DIR) if n.startswith(f"procflow_{driver.pid}_")] == []
         assert not os.path.exists(os.path.join(SHM_DIR, dead_owner))
         assert os.path.exists(os.path.join(SHM_DIR, live_owner))
     finally:

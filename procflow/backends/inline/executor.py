@@ -30,12 +30,14 @@ from procflow.api.functions import IterableBatch
 from procflow.api.signals import StopSignal
 from procflow.errors import JobFailedError
 from procflow.graph.execution_graph import ExecutionGraph
+from procflow.private_files import make_job_dir, open_private_text
 from procflow.runtime.communication.router import BaseRouter
 from procflow.runtime.context.task_context import TaskContext, output_specs
 from procflow.runtime.control import DeadLetter, ErrorReport, Results
 from procflow.runtime.dispatcher import job_error, new_job_id
 from procflow.runtime.job_control import FIELDS
 from procflow.runtime.job_manager import JobManager
+from procflow.runtime.job_monitor import ERROR_LOG
 from procflow.runtime.operators.source import SourceOperator
 from procflow.runtime.task.base_task import BaseTask
 from procflow.runtime.task.entry import close_logger, open_task_logger
@@ -167,7 +169,7 @@ class InlineExecutor:
     # -- running ---------------------------------------------------------------------------------
 
     def prepare(self) -> None:
-        os.makedirs(self.job_dir, exist_ok=True)
+        make_job_dir(self.env_dir, self.job_id, self.config.get("keep_logs"))
         nodes = list(self.graph.nodes.values())
         batch_bytes = int(self.config.get("batch_bytes", 32 << 10))
         inboxes = {n.name: InlineInbox(f"inline:{n.name}", tuple(e.input_index for e in n.in_edges), batch_bytes)
@@ -297,7 +299,7 @@ class InlineExecutor:
         error.__cause__ = exc   # the live exception, with its frames, for pdb.post_mortem
         self.manager.fail(error)
         try:
-            with open(os.path.join(self.job_dir, "Error.log"), "a") as f:
+            with open_private_text(self.job_dir, ERROR_LOG, exclusive=False) as f:
                 f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {error}\n{report.traceback}\n")
         except OSError:
             pass

@@ -32,6 +32,7 @@ from procflow.backends.ray.actor import RayTaskContext, TaskActor
 from procflow.backends.ray.channel import RayInbox
 from procflow.errors import JobFailedError
 from procflow.graph.execution_graph import ExecutionGraph
+from procflow.private_files import make_job_dir
 from procflow.runtime.context.task_context import output_specs
 from procflow.runtime.control import DeadLetter, Failed, Ready, Results, Stopped
 from procflow.runtime.dispatcher import job_error, new_job_id
@@ -142,7 +143,7 @@ class RayDispatcher(JobMonitor):
     # -- preparing ---------------------------------------------------------------------------------
 
     def prepare(self) -> None:
-        os.makedirs(self.job_dir, exist_ok=True)
+        make_job_dir(self.env_dir, self.job_id, self.config.get("keep_logs"))
         self._open_log()
         nodes = list(self.graph.nodes.values())
         batch_bytes = int(self.config["batch_bytes"])

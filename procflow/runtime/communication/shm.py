@@ -5,8 +5,9 @@ thinks were leaked and warns about the rest, which double-unlinks segments that 
 We manage the lifecycle ourselves instead: the driver creates (mode 0600) and unlinks; every other process
 only attaches and closes.
 
-Names are ``procflow_<owner pid>_<job id>_<secret>``. The owner pid lets `sweep_orphans()` remove the
-segments of a driver that was killed with SIGKILL: a segment whose owner is dead belongs to nobody.
+Names are ``procflow_<driver pid>_<driver token>_<job id>_<role>_<secret>``. The first two parts are the
+driver's owner key, whose lock (see shm_owner.py) lets `sweep_orphans()` remove the segments of a driver
+that was killed with SIGKILL, and only those: a segment whose owner is dead belongs to nobody.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import mmap
 import os
 import secrets
 
-PREFIX = "procflow_"
-SHM_DIR = "/dev/shm"
+from procflow.runtime.communication.shm_owner import PREFIX, SHM_DIR, driver_key, is_segment, sweep_orphans
+
+__all__ = ["PREFIX", "SHM_DIR", "SharedSegment", "list_segments", "segment_name", "sweep_orphans"]
 
 
 def segment_name(job_id: str, role: str) -> str:
-    return f"{PREFIX}{os.getpid()}_{job_id}_{role}_{secrets.token_hex(6)}"
+    """A fresh segment name of this driver; the secret part makes it unguessable to other users."""
+    return f"{driver_key()}_{job_id}_{role}_{secrets.token_hex(6)}"
 
 
 class SharedSegment:
@@ -92,42 +95,10 @@ def _attach(name: str) -> SharedSegment:
     return SharedSegment(name)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def sweep_orphans() -> list[str]:
-    """Unlink procflow segments whose owning driver no longer exists. Returns the names removed."""
-    removed = []
-    try:
-        names = os.listdir(SHM_DIR)
-    except FileNotFoundError:
-        return removed
-    for name in names:
-        if not name.startswith(PREFIX):
-            continue
-        try:
-            pid = int(name[len(PREFIX):].split("_", 1)[0])
-        except ValueError:
-            continue
-        if not _pid_alive(pid):
-            try:
-                os.unlink(os.path.join(SHM_DIR, name))
-                removed.append(name)
-            except FileNotFoundError:
-                pass
-    return removed
-
-
 def list_segments(job_id: str | None = None) -> list[str]:
+    """procflow segments in /dev/shm (of any driver; not the drivers' lock files), optionally one job's."""
     try:
         names = os.listdir(SHM_DIR)
     except FileNotFoundError:
         return []
-    return [n for n in names if n.startswith(PREFIX) and (job_id is None or f"_{job_id}_" in n)]
+    return [n for n in names if is_segment(n) and (job_id is None or f"_{job_id}_" in n)]

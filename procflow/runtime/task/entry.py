@@ -13,6 +13,7 @@ import sys
 import threading
 from typing import Any
 
+from procflow.private_files import PrivateFileHandler, open_private_text
 from procflow.runtime.communication.queue_descriptor import shm_queue
 from procflow.runtime.context.task_context import TaskContext
 from procflow.runtime.control import ErrorReport, Failed
@@ -31,9 +32,14 @@ _LOG_FORMAT = "%(asctime)s %(levelname)-7s [%(name)s pid=%(process)d] %(message)
 STARTUP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 
 
+def crash_log_name(task: str) -> str:
+    """The file, in the job folder, where faulthandler writes the Python stack of a task that dies of a
+    fatal signal (issue 5)."""
+    return f"{task}_crash.log"
+
+
 def crash_log_path(log_dir: str, task: str) -> str:
-    """Where faulthandler writes the Python stack of a task that dies of a fatal signal (issue 5)."""
-    return os.path.join(log_dir, f"{task}_crash.log")
+    return os.path.join(log_dir, crash_log_name(task))
 
 
 # Whether the driver's garbage collector was on when it forked its children; None in a process that no
@@ -94,8 +100,12 @@ def become_child(parent_pid: int) -> None:
 
 
 def open_task_logger(name: str, log_dir: str, level: str) -> logging.Logger:
-    """`<name>_info.log` at the configured level and `<name>_debug.log` with everything."""
-    os.makedirs(log_dir, exist_ok=True)
+    """`<name>_info.log` at the configured level and `<name>_debug.log` with everything.
+
+    Private files (0600) in the checked job folder (see procflow.private_files; issue 22). They are
+    appended to, not created exclusively: every replica of a service logs to its service's files. The
+    folder is made here if missing: a Ray actor on another node is the first to use it there.
+    """
     logger = logging.getLogger(f"procflow.task.{name}")
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
@@ -104,7 +114,7 @@ def open_task_logger(name: str, log_dir: str, level: str) -> logging.Logger:
     logger.setLevel(logging.DEBUG)
     formatter = logging.Formatter(_LOG_FORMAT)
     for suffix, lvl in (("info", level), ("debug", "DEBUG")):
-        handler = logging.FileHandler(os.path.join(log_dir, f"{name}_{suffix}.log"))
+        handler = PrivateFileHandler(log_dir, f"{name}_{suffix}.log", create_dir=True)
         handler.setLevel(lvl)
         handler.setFormatter(formatter)
         logger.addHandler(handler)
@@ -136,7 +146,9 @@ def task_main(ctx: TaskContext, function: Any, parent_pid: int) -> None:
     # A segfault or abort in native code gives no Python exception to report; faulthandler leaves the
     # stack in a file that the driver attaches to its error (the child's own stderr may be anywhere).
     crash_path = crash_log_path(ctx.log_dir, ctx.name)
-    crash_file = open(crash_path, "w")  # stays open until the process ends
+    # A new file only (O_EXCL, no symlink followed): issue 22's attacker planted `<task>_crash.log`
+    # symlinks, which mode "w" followed and truncated a root-only file.
+    crash_file = open_private_text(ctx.log_dir, crash_log_name(ctx.name), exclusive=True)
     faulthandler.enable(crash_file, all_threads=False)
     task = BaseTask(ctx, function)
     code = 0
