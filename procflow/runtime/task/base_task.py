@@ -57,7 +57,7 @@ class BaseTask:
         self.errors = 0
         self.wait_s = 0.0
         self._started = 0.0
-        self._interval = float(ctx.config.get("flush_interval", 0.001))
+        self._interval = float(ctx.config["flush_interval"])
         self._last_flush = 0.0
         self._dead_letters: list = []
         self.stage = "starting"
