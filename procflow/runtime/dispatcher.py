@@ -1,7 +1,8 @@
 """Dispatcher: turns an ExecutionGraph into running tasks, watches them, and cleans up after them.
 
-    prepare()  sweep orphaned segments; create the job segment, one inbox per consuming task, one
-               control pipe per task; build every TaskContext
+    prepare()  sweep orphaned segments; create the job segment; check that /dev/shm has room for every
+               ring (ShmBudget: ShmCapacityError otherwise, before anything forks); one inbox per
+               consuming task (committed memory), one control pipe per task; build every TaskContext
     start()    start every task through the TaskFactory (SIGINT/SIGTERM blocked while forking); start the
                monitor thread. Interrupted half-way: terminate what started, re-raise
     monitor    blocks on multiprocessing.connection.wait(control pipes + process sentinels + wake pipe):
@@ -41,6 +42,7 @@ from procflow.runtime.driver_collects import DriverCollects
 from procflow.runtime.job_control import JobControl
 from procflow.runtime.job_manager import JobManager
 from procflow.runtime.job_monitor import JobMonitor
+from procflow.runtime.shm_budget import ShmBudget
 from procflow.runtime.task.entry import STARTUP_SIGNALS, crash_log_path, gc_paused_for_fork, task_main
 
 log = logging.getLogger("procflow.dispatcher")
@@ -96,8 +98,9 @@ class Dispatcher(JobMonitor):
         # Collects that decide nothing run here: their upstream tasks ship records to us directly.
         self.in_driver = DriverCollects(self.graph, self.manager, self.job_control.counters)
         driver_nodes = self.in_driver.tasks
-        inboxes = {node.name: self._make_inbox(node) for node in nodes
-                   if node.in_edges and node.name not in driver_nodes}
+        consumers = [node for node in nodes if node.in_edges and node.name not in driver_nodes]
+        self._shm_budget(consumers).check(self.job_id)   # before any inbox exists or anything forks
+        inboxes = {node.name: self._make_inbox(node) for node in consumers}
         if self.service_specs:
             from procflow.runtime.service.manager import ServiceManager
 
@@ -126,6 +129,16 @@ class Dispatcher(JobMonitor):
         self.log.info("job %s prepared: %d tasks, %d channels, queue=%s%s", self.job_id, len(nodes),
                       len(self.graph.edges), self.config["queue"],
                       f"; run by the driver: {', '.join(sorted(driver_nodes))}" if driver_nodes else "")
+
+    def _shm_budget(self, consumers: list) -> ShmBudget:
+        from procflow.runtime.service.manager import shm_segment_sizes
+
+        shm_rings = self.config["queue"] == "shm"
+        return ShmBudget(
+            job_bytes=self.job_control.segment.size,
+            ring_slots=tuple(len(node.in_edges) for node in consumers) if shm_rings else (),
+            service_bytes=tuple(shm_segment_sizes(self.service_specs, len(self.graph.nodes))),
+            ring_bytes=int(self.config["ring_bytes"]))
 
     def _make_inbox(self, node) -> Any:
         indices = tuple(e.input_index for e in node.in_edges)
@@ -312,7 +325,7 @@ class Dispatcher(JobMonitor):
             if self._cleaned:
                 return
             self._cleaned = True
-        grace = float(self.config.get("stop_timeout", 5.0))
+        grace = float(self.config["stop_timeout"])
         handles = list(self.handles.items())
         if self.service_manager is not None:
             self.service_manager.stop_all(grace)
