@@ -11,6 +11,8 @@
                  Stopped from every task -> done
                  Failed, or a sentinel without Stopped -> fail the job, kill the rest; a dead task's
                    error carries its exit status, its last counters and faulthandler's stack if any
+                 with config stall_timeout: also wakes every StallWatch.period; no progress anywhere for
+                   stall_timeout while records wait -> fail the job naming the stalled task (stall_watch.py)
     cleanup()  SIGTERM, a grace period, SIGKILL (with a warning naming the task); join every process;
                unlink every segment; close every pipe. Idempotent.
 
@@ -43,6 +45,7 @@ from procflow.runtime.job_control import JobControl
 from procflow.runtime.job_manager import JobManager
 from procflow.runtime.job_monitor import JobMonitor
 from procflow.runtime.shm_budget import ShmBudget
+from procflow.runtime.stall_watch import InputProbe, StallWatch
 from procflow.runtime.task.entry import STARTUP_SIGNALS, crash_log_path, gc_paused_for_fork, task_main
 
 log = logging.getLogger("procflow.dispatcher")
@@ -69,6 +72,7 @@ class Dispatcher(JobMonitor):
         self.handles: dict[str, Any] = {}
         self.owned_segments: list = []
         self.contexts: dict[str, TaskContext] = {}
+        self._probes: dict[str, InputProbe] = {}   # consuming task -> what waits at its input (stall watch)
         self.functions: dict[str, Any] = {}
         self._readers: dict[Any, str] = {}
         self._writers: list = []
@@ -152,6 +156,7 @@ class Dispatcher(JobMonitor):
             inbox = ShmInbox(segment_name(self.job_id, "in"), indices, capacity, int(self.config["batch_bytes"]))
         owner = inbox.create()
         self._owners.append(owner)
+        self._probes[node.name] = InputProbe(inbox, owner if isinstance(inbox, ShmInbox) else None)
         return inbox
 
 
@@ -210,9 +215,12 @@ class Dispatcher(JobMonitor):
         if self.service_manager is not None:
             sentinels.update(self.service_manager.sentinels())
         readers = dict(self._readers)
+        watch = self._stall_watch()
         while not manager.all_stopped:
             waitables = [*readers, *sentinels, self._wake_r]
-            for ready in connection.wait(waitables):
+            # With a stall watch, wake at least every watch.period even when no message comes.
+            timeout = watch.period if watch is not None and self._released else None
+            for ready in connection.wait(waitables, timeout):
                 if ready in readers:
                     self._drain(ready, readers)
             for ready in connection.wait(list(sentinels), timeout=0):
@@ -227,6 +235,20 @@ class Dispatcher(JobMonitor):
                 self._released = True
                 self.job_control.release_sources()
                 self.log.info("all %d tasks ready; sources released", len(manager.tasks))
+            if watch is not None and self._released:
+                stalled = watch.check()
+                if stalled is not None:
+                    self._fail(stalled)
+                    return
+
+    def _stall_watch(self) -> StallWatch | None:
+        timeout = self.config["stall_timeout"]
+        if not timeout:
+            return None
+        tasks = self.manager.tasks
+        return StallWatch(self.job_id, float(timeout), self.graph, dict(self._probes),
+                          lambda: self.job_control.counters, {name: state.slot for name, state in tasks.items()},
+                          lambda name: tasks[name].pid)
 
     def _drain(self, conn: Any, readers: dict) -> None:
         try:
