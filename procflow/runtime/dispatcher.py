@@ -245,10 +245,8 @@ class Dispatcher(JobMonitor):
         timeout = self.config["stall_timeout"]
         if not timeout:
             return None
-        tasks = self.manager.tasks
         return StallWatch(self.job_id, float(timeout), self.graph, dict(self._probes),
-                          lambda: self.job_control.counters, {name: state.slot for name, state in tasks.items()},
-                          lambda name: tasks[name].pid)
+                          lambda: self.job_control.counters, self.manager.tasks)
 
     def _drain(self, conn: Any, readers: dict) -> None:
         try:

@@ -23,7 +23,7 @@ stopped source whose downstream is idle is not noticed (there is nothing waiting
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from procflow.errors import JobFailedError
@@ -76,8 +76,11 @@ class InputProbe:
 
 
 class StallWatch:
+    """`tasks`: the job table's TaskStates (slot, pid, stopped) by task name; `counters()`: the live
+    counters table, or None once it is gone."""
+
     def __init__(self, job_id: str, timeout: float, graph: Any, probes: dict[str, InputProbe],
-                 counters: Callable[[], Any], slots: dict[str, int], pids: Callable[[str], int | None]) -> None:
+                 counters: Callable[[], Any], tasks: Mapping[str, Any]) -> None:
         self.job_id = job_id
         self.timeout = timeout
         # Wake often enough to notice a stall within about a quarter of the timeout past it.
@@ -85,8 +88,7 @@ class StallWatch:
         self._graph = graph
         self._probes = probes
         self._counters = counters
-        self._slots = slots
-        self._pids = pids
+        self._tasks = tasks
         self._last: tuple | None = None
         self._since = 0.0
 
@@ -103,7 +105,10 @@ class StallWatch:
             return None
         if now - self._since < self.timeout:
             return None
-        working = {name for name, (queued, unfinished) in backlog.items() if queued or unfinished}
+        # A task that reported Stopped took its last records out and never asked for more: its ring
+        # still shows them as unfinished, but nothing is left undone.
+        working = {name for name, (queued, unfinished) in backlog.items()
+                   if (queued or unfinished) and not self._tasks[name].stopped}
         if not working:
             return None
         return self._error(working, backlog, rows, now - self._since)
@@ -124,8 +129,8 @@ class StallWatch:
 
     def _describe(self, name: str, backlog: tuple[int, int], rows: Any) -> str:
         queued, unfinished = backlog
-        pid = self._pids(name)
-        row = rows[self._slots[name]]
+        state = self._tasks[name]
+        pid, row = state.pid, rows[state.slot]
         doing = []
         if queued:
             doing.append(f"{queued} byte(s) wait in its input" if self._probes[name].counts_bytes

@@ -105,16 +105,20 @@ def test_a_slow_but_moving_task_is_not_stalled(env_dir):
 
 
 def test_an_idle_job_is_not_stalled(env_dir):
-    # Nothing waits anywhere while the source is idle: no stall, however long that lasts.
+    # Nothing waits anywhere while the source is idle: no stall, however long that lasts. The bounded
+    # branch ends first: its finished tasks took their last records out and never asked for more, which
+    # is not work left undone.
     def source():
         return None   # "nothing right now", forever: env.close() ends it
 
     env = stall_env(env_dir)
     env.from_source(source, name="src").map(lambda r: r, name="map").sink(lambda r: None, name="sink")
+    env.from_batch(range(10), name="bounded").map(lambda r: r, name="map2").sink(lambda r: None, name="sink2")
     job = env.submit(autostop=False)
     try:
         with pytest.raises(TimeoutError):
             job.wait(timeout=STALL_S * 2.5)
         assert job.status == "running"
+        assert job.metrics["sink2_0"]["finished"] > 0
     finally:
         env.close()

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from procflow.runtime.job_control import FIELDS
+from procflow.runtime.job_manager import TaskState
 from procflow.runtime.stall_watch import StallWatch
 
 TASKS = ("src_0", "a_0", "b_0")
@@ -24,11 +25,10 @@ class Probe:
         return self.queued, self.unfinished
 
 
-def make(probes):
+def make(probes, stopped=()):
     counters = np.zeros((len(TASKS), len(FIELDS)))
-    watch = StallWatch("j", 2.0, GRAPH, probes, lambda: counters, {t: i for i, t in enumerate(TASKS)},
-                       lambda name: None)
-    return watch, counters
+    tasks = {t: TaskState(t, t[:-2], i, pid=100 + i, stopped=t in stopped) for i, t in enumerate(TASKS)}
+    return StallWatch("j", 2.0, GRAPH, probes, lambda: counters, tasks), counters
 
 
 def test_no_verdict_while_anything_moves_or_before_the_timeout():
@@ -55,7 +55,7 @@ def test_the_task_everything_waits_behind_is_blamed():
     assert error is not None and error.task == "b_0"
     message = str(error)
     assert message.startswith("job j stalled: no task made progress for 3.0s (config stall_timeout=2)")
-    assert "task b_0 (pid None): 4096 byte(s) wait in its input" in message and "task a_0" not in message
+    assert "task b_0 (pid 102): 4096 byte(s) wait in its input" in message and "task a_0" not in message
 
 
 def test_a_task_stuck_mid_batch_is_blamed_even_with_an_empty_ring():
@@ -64,3 +64,11 @@ def test_a_task_stuck_mid_batch_is_blamed_even_with_an_empty_ring():
     error = watch.check(3.0)
     assert error is not None and error.task == "a_0"
     assert "it took 7 record(s) out and has not finished them" in str(error)
+
+
+def test_a_task_that_reported_stopped_has_no_work_left():
+    # Its last batch ended its input: the ring shows records taken and never marked done (the task did
+    # not ask for more), which is not work left undone.
+    watch, _ = make({"a_0": Probe(unfinished=3), "b_0": Probe()}, stopped=("a_0",))
+    watch.check(0.0)
+    assert watch.check(100.0) is None
