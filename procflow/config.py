@@ -58,8 +58,9 @@ class Config:
                                     kind=bool, optional=True)
     stall_timeout: float | None = _option(
         None, "fail the job when no task makes progress for this many seconds while records wait "
-        "(None or 0: never). Set it above the longest time one record may take. Watched by "
-        "LocalEnvironment's process executor; the inline executor and RayEnvironment ignore it", kind=float,
+        "(None or 0: never). Set it above the longest time one record, or a function's close(), may "
+        "take. Watched by LocalEnvironment's process executor; the inline executor and RayEnvironment "
+        "ignore it", kind=float,
         minimum=0.0, exclusive=True, optional=True, zero_is_none=True)
     keep_logs: int = _option(20, "job log folders kept per environment; older ones are pruned",
                              kind=int, minimum=0)
