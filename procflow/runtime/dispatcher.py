@@ -32,7 +32,7 @@ from typing import Any
 import multiprocess
 from multiprocess import connection
 
-from procflow.errors import JobFailedError, RemoteTraceback, describe_exit
+from procflow.errors import JobFailedError, RemoteTraceback, ShmCapacityError, describe_exit
 from procflow.graph.execution_graph import ExecutionGraph
 from procflow.runtime.communication import ring as ringmod
 from procflow.runtime.communication.queue_descriptor.mp_queue import MpInbox
@@ -103,7 +103,11 @@ class Dispatcher(JobMonitor):
         self.in_driver = DriverCollects(self.graph, self.manager, self.job_control.counters)
         driver_nodes = self.in_driver.tasks
         consumers = [node for node in nodes if node.in_edges and node.name not in driver_nodes]
-        self._shm_budget(consumers).check(self.job_id)   # before any inbox exists or anything forks
+        try:
+            self._shm_budget(consumers).check(self.job_id)   # before any inbox exists or anything forks
+        except ShmCapacityError as exc:
+            self.log.error("%s", exc)   # Dispatcher.log tells the story too (procflow logs)
+            raise
         inboxes = {node.name: self._make_inbox(node) for node in consumers}
         if self.service_specs:
             from procflow.runtime.service.manager import ServiceManager

@@ -51,6 +51,9 @@ def test_a_job_too_big_for_dev_shm_fails_before_anything_starts(env_dir, docker_
     assert "--shm-size" in message and "config ring_bytes=" in message
     assert env.job is None
     assert child_pids() == children and own_segments() == segments
+    [job_dir] = os.listdir(env_dir)
+    with open(os.path.join(env_dir, job_dir, "Dispatcher.log")) as f:
+        assert "needs 77.2 MiB of shared memory" in f.read()
 
 
 def test_the_same_job_with_rings_that_fit_runs(env_dir, docker_default_shm):
