@@ -2,6 +2,7 @@
 
     ProcflowError
     ├── JobFailedError        a task, service or the job itself failed at run time
+    ├── ShmCapacityError      /dev/shm has no room for the job's rings (also an OSError: ENOSPC)
     ├── ServiceError          a service raised; the remote traceback is chained as __cause__
     │   ├── ServiceTimeoutError
     │   └── UnknownServiceError
@@ -44,6 +45,17 @@ class JobFailedError(ProcflowError):
         self.exitcode = exitcode
         self.remote_traceback = remote_traceback
         self.error_type = error_type
+
+
+class ShmCapacityError(ProcflowError, OSError):
+    """/dev/shm cannot hold the shared memory a job needs. Raised before any task starts, instead of
+    the SIGBUS a task would otherwise die of when it first touches a ring page that has no memory."""
+
+    def __init__(self, message: str) -> None:
+        import errno
+
+        super().__init__(message)
+        self.errno = errno.ENOSPC   # for callers that handle OSError by errno; str() stays the message
 
 
 class ServiceError(ProcflowError):

@@ -17,20 +17,13 @@ from typing import Any
 from procflow.api import functions as fx
 from procflow.api.datastream import CollectResult, DataStream
 from procflow.api.service import BaseService, ServiceSpec, services_called
+from procflow.config import Config
 from procflow.graph.execution_graph import ExecutionGraph, compile_graph
 from procflow.graph.transformation import FunctionSpec, Input, Transformation, check_parallelism
 from procflow.private_files import default_log_dir
 
-DEFAULT_CONFIG: dict[str, Any] = {
-    "queue": "shm",              # "shm" (shared-memory rings) or "mp" (multiprocessing queues)
-    "ring_bytes": 4 << 20,       # capacity of each shared-memory ring
-    "batch_bytes": 32 << 10,     # producers publish at least this often...
-    "flush_interval": 0.001,     # ...and at least every this many seconds
-    "log_level": "INFO",
-    "stop_timeout": 5.0,         # grace period before SIGKILL at cleanup
-    "progress": None,            # None: on when stderr is a terminal
-    "keep_logs": 20,             # job log folders kept per env_dir (oldest removed first); None: keep all
-}
+# Every key with its default (a copy: the defaults themselves are stated once, in procflow.config.Config).
+DEFAULT_CONFIG: dict[str, Any] = Config().as_dict()
 _OPTION_NAMES = ("parallelism", "name", "on_error")
 INTERRUPT_GRACE = 1.0  # seconds a Ctrl-C'd job may drain before its tasks are killed
 _ON_ERROR = ("fail", "skip", "dead_letter")
@@ -49,15 +42,11 @@ class BaseEnvironment:
                  env_dir: str | os.PathLike | None = None, start_method: str = "fork") -> None:
         if not isinstance(name, str) or not name:
             raise ValueError("environment name must be a non-empty string")
-        unknown = set(config or {}) - set(DEFAULT_CONFIG)
-        if unknown:
-            raise ValueError(f"unknown config key(s) {sorted(unknown)}; known: {sorted(DEFAULT_CONFIG)}")
+        settings = Config.from_mapping(config)   # unknown keys and bad values fail here, before any process
         if start_method not in ("fork", "spawn", "forkserver"):
             raise ValueError(f"start_method must be 'fork', 'spawn' or 'forkserver', got {start_method!r}")
         self.name = name
-        self.config = {**DEFAULT_CONFIG, **(config or {})}
-        if self.config["queue"] not in ("shm", "mp", "ray"):
-            raise ValueError(f"config['queue'] must be 'shm' or 'mp', got {self.config['queue']!r}")
+        self.config = settings.as_dict()
         # The default is private to this user (issue 22: a shared $TMPDIR/procflow-logs let another
         # user redirect a root job's log writes, and locked other users out once one of them owned it).
         self.env_dir = os.fspath(env_dir) if env_dir is not None else default_log_dir(name)

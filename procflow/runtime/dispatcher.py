@@ -1,7 +1,8 @@
 """Dispatcher: turns an ExecutionGraph into running tasks, watches them, and cleans up after them.
 
-    prepare()  sweep orphaned segments; create the job segment, one inbox per consuming task, one
-               control pipe per task; build every TaskContext
+    prepare()  sweep orphaned segments; create the job segment; check that /dev/shm has room for every
+               ring (ShmBudget: ShmCapacityError otherwise, before anything forks); one inbox per
+               consuming task (committed memory), one control pipe per task; build every TaskContext
     start()    start every task through the TaskFactory (SIGINT/SIGTERM blocked while forking); start the
                monitor thread. Interrupted half-way: terminate what started, re-raise
     monitor    blocks on multiprocessing.connection.wait(control pipes + process sentinels + wake pipe):
@@ -10,6 +11,8 @@
                  Stopped from every task -> done
                  Failed, or a sentinel without Stopped -> fail the job, kill the rest; a dead task's
                    error carries its exit status, its last counters and faulthandler's stack if any
+                 with config stall_timeout: also wakes every StallWatch.period; no progress anywhere for
+                   stall_timeout while records wait -> fail the job naming the stalled task (stall_watch.py)
     cleanup()  SIGTERM, a grace period, SIGKILL (with a warning naming the task); join every process;
                unlink every segment; close every pipe. Idempotent.
 
@@ -29,7 +32,7 @@ from typing import Any
 import multiprocess
 from multiprocess import connection
 
-from procflow.errors import JobFailedError, RemoteTraceback, describe_exit
+from procflow.errors import JobFailedError, RemoteTraceback, ShmCapacityError, describe_exit
 from procflow.graph.execution_graph import ExecutionGraph
 from procflow.private_files import PrivateDir, make_job_dir
 from procflow.runtime.communication import ring as ringmod
@@ -42,6 +45,8 @@ from procflow.runtime.driver_collects import DriverCollects
 from procflow.runtime.job_control import JobControl
 from procflow.runtime.job_manager import JobManager
 from procflow.runtime.job_monitor import JobMonitor
+from procflow.runtime.shm_budget import ShmBudget
+from procflow.runtime.stall_watch import InputProbe, StallWatch
 from procflow.runtime.task.entry import (
     STARTUP_SIGNALS,
     crash_log_name,
@@ -74,6 +79,7 @@ class Dispatcher(JobMonitor):
         self.handles: dict[str, Any] = {}
         self.owned_segments: list = []
         self.contexts: dict[str, TaskContext] = {}
+        self._probes: dict[str, InputProbe] = {}   # consuming task -> what waits at its input (stall watch)
         self.functions: dict[str, Any] = {}
         self._readers: dict[Any, str] = {}
         self._writers: list = []
@@ -103,8 +109,13 @@ class Dispatcher(JobMonitor):
         # Collects that decide nothing run here: their upstream tasks ship records to us directly.
         self.in_driver = DriverCollects(self.graph, self.manager, self.job_control.counters)
         driver_nodes = self.in_driver.tasks
-        inboxes = {node.name: self._make_inbox(node) for node in nodes
-                   if node.in_edges and node.name not in driver_nodes}
+        consumers = [node for node in nodes if node.in_edges and node.name not in driver_nodes]
+        try:
+            self._shm_budget(consumers).check(self.job_id)   # before any inbox exists or anything forks
+        except ShmCapacityError as exc:
+            self.log.error("%s", exc)   # Dispatcher.log tells the story too (procflow logs)
+            raise
+        inboxes = {node.name: self._make_inbox(node) for node in consumers}
         if self.service_specs:
             from procflow.runtime.service.manager import ServiceManager
 
@@ -134,6 +145,16 @@ class Dispatcher(JobMonitor):
                       len(self.graph.edges), self.config["queue"],
                       f"; run by the driver: {', '.join(sorted(driver_nodes))}" if driver_nodes else "")
 
+    def _shm_budget(self, consumers: list) -> ShmBudget:
+        from procflow.runtime.service.manager import shm_segment_sizes
+
+        shm_rings = self.config["queue"] == "shm"
+        return ShmBudget(
+            job_bytes=self.job_control.segment.size,
+            ring_slots=tuple(len(node.in_edges) for node in consumers) if shm_rings else (),
+            service_bytes=tuple(shm_segment_sizes(self.service_specs, len(self.graph.nodes))),
+            ring_bytes=int(self.config["ring_bytes"]))
+
     def _make_inbox(self, node) -> Any:
         indices = tuple(e.input_index for e in node.in_edges)
         if self.config["queue"] == "mp":
@@ -146,6 +167,7 @@ class Dispatcher(JobMonitor):
             inbox = ShmInbox(segment_name(self.job_id, "in"), indices, capacity, int(self.config["batch_bytes"]))
         owner = inbox.create()
         self._owners.append(owner)
+        self._probes[node.name] = InputProbe(inbox, owner if isinstance(inbox, ShmInbox) else None)
         return inbox
 
 
@@ -204,9 +226,12 @@ class Dispatcher(JobMonitor):
         if self.service_manager is not None:
             sentinels.update(self.service_manager.sentinels())
         readers = dict(self._readers)
+        watch = self._stall_watch()
         while not manager.all_stopped:
             waitables = [*readers, *sentinels, self._wake_r]
-            for ready in connection.wait(waitables):
+            # With a stall watch, wake at least every watch.period even when no message comes.
+            timeout = watch.period if watch is not None and self._released else None
+            for ready in connection.wait(waitables, timeout):
                 if ready in readers:
                     self._drain(ready, readers)
             for ready in connection.wait(list(sentinels), timeout=0):
@@ -221,6 +246,18 @@ class Dispatcher(JobMonitor):
                 self._released = True
                 self.job_control.release_sources()
                 self.log.info("all %d tasks ready; sources released", len(manager.tasks))
+            if watch is not None and self._released:
+                stalled = watch.check()
+                if stalled is not None:
+                    self._fail(stalled)
+                    return
+
+    def _stall_watch(self) -> StallWatch | None:
+        timeout = self.config["stall_timeout"]
+        if not timeout:
+            return None
+        return StallWatch(self.job_id, float(timeout), self.graph, dict(self._probes),
+                          lambda: self.job_control.counters, self.manager.tasks)
 
     def _drain(self, conn: Any, readers: dict) -> None:
         try:
@@ -319,7 +356,7 @@ class Dispatcher(JobMonitor):
             if self._cleaned:
                 return
             self._cleaned = True
-        grace = float(self.config.get("stop_timeout", 5.0))
+        grace = float(self.config["stop_timeout"])
         handles = list(self.handles.items())
         if self.service_manager is not None:
             self.service_manager.stop_all(grace)

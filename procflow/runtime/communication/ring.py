@@ -93,6 +93,22 @@ def inbox_size(slots: int, capacity: int) -> int:
     return INBOX_HEADER + slots * (RING_HEADER + capacity)
 
 
+_U64 = struct.Struct("<Q")
+
+
+def ring_backlog(segment: SharedSegment, slot: int, capacity: int) -> tuple[int, int]:
+    """(bytes published but not consumed, records taken out but not yet finished) of one ring, read
+    from outside both ends: the driver's stall watch asks whether a consumer has work it is not doing.
+    Plain loads of words their owners store whole; a value one store old only delays the verdict."""
+    base = INBOX_HEADER + slot * (RING_HEADER + capacity)
+    buf = segment.buf
+    read = _U64.unpack_from(buf, base + _READ_POS)[0]
+    written = _U64.unpack_from(buf, base + _WRITE_POS)[0]
+    done = _U64.unpack_from(buf, base + _DONE)[0]
+    taken = _U64.unpack_from(buf, base + _TAKEN)[0]
+    return max(written - read, 0), max(taken - done, 0)
+
+
 class RingWriter:
     """The producer end of one ring. Frames become visible to the consumer only on `commit()`."""
 

@@ -5,6 +5,10 @@ thinks were leaked and warns about the rest, which double-unlinks segments that 
 We manage the lifecycle ourselves instead: the driver creates (mode 0600) and unlinks; every other process
 only attaches and closes.
 
+A created segment is committed at once (`posix_fallocate`): tmpfs hands out pages on first touch, and a
+page it cannot back kills the toucher with SIGBUS, mid-job and without a hint (issue 22 item 9: a 64 MiB
+Docker /dev/shm). Committed, a shortage is an ENOSPC here, at prepare, raised as ShmCapacityError.
+
 Names are ``procflow_<driver pid>_<driver token>_<job id>_<role>_<secret>``. The first two parts are the
 driver's owner key, whose lock (see shm_owner.py) lets `sweep_orphans()` remove the segments of a driver
 that was killed with SIGKILL, and only those: a segment whose owner is dead belongs to nobody.
@@ -13,10 +17,12 @@ that was killed with SIGKILL, and only those: a segment whose owner is dead belo
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
 import os
 import secrets
 
+from procflow.errors import ShmCapacityError
 from procflow.runtime.communication.shm_owner import PREFIX, SHM_DIR, driver_key, is_segment, sweep_orphans
 
 __all__ = ["PREFIX", "SHM_DIR", "SharedSegment", "list_segments", "segment_name", "sweep_orphans"]
@@ -39,6 +45,7 @@ class SharedSegment:
         try:
             if create:
                 os.ftruncate(fd, size)
+                _commit(fd, path, size)
             else:
                 size = os.fstat(fd).st_size
             self.size = size
@@ -93,6 +100,26 @@ class SharedSegment:
 
 def _attach(name: str) -> SharedSegment:
     return SharedSegment(name)
+
+
+def _commit(fd: int, path: str, size: int) -> None:
+    """Back every page of a new segment now, so that running short is an error here, not a SIGBUS in
+    whichever process touches the page first. Filesystems without fallocate keep the sparse file."""
+    allocate = getattr(os, "posix_fallocate", None)   # absent on macOS
+    if allocate is None or size == 0:
+        return
+    try:
+        allocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            return
+        os.unlink(path)
+        if exc.errno == errno.ENOSPC:
+            raise ShmCapacityError(
+                f"no room in {SHM_DIR} for a {size / 2**20:.1f} MiB shared-memory segment "
+                f"({os.path.basename(path)}): {SHM_DIR} is full. Give it more room (docker run "
+                "--shm-size=1g), or use smaller rings (config ring_bytes)") from exc
+        raise
 
 
 def list_segments(job_id: str | None = None) -> list[str]:

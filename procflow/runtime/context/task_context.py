@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from procflow.config import Config
 from procflow.runtime.communication.router import BaseRouter, OutputGroup
 
 
@@ -58,7 +59,7 @@ class TaskContext:
     inbox: Any = None              # inbox descriptor, or None for sources
     outputs: list[OutputSpec] = field(default_factory=list)
     options: dict = field(default_factory=dict)
-    config: dict = field(default_factory=dict)
+    config: dict = field(default_factory=lambda: Config().as_dict())   # every key: readers index it
     service_directory: Any = None  # how to reach services (see runtime/service)
     control: Any = None            # write end of the control pipe
 

@@ -36,10 +36,28 @@ from procflow.runtime.service.rings import CallRingWriter, call_inbox_size
 
 log = logging.getLogger("procflow.dispatcher")
 
-# Capacity of each request and response ring. Segments are sparse files: untouched pages cost nothing,
-# and larger arguments still travel (as fragments).
+# Capacity of each request and response ring. Positions never wrap, so a ring in use touches all of its
+# pages in time; segments are committed when created (shm.py). Larger arguments still travel (as
+# fragments).
 RING_BYTES = 1 << 20
 DRIVER = "<driver>"
+
+
+def _segment_sizes(n_tasks: int, n_replicas: int) -> tuple[int, int, int]:
+    """Sizes of a request inbox (one per replica), a response inbox (one per task and replica) and the
+    metrics segment: what prepare() creates, and what the dispatcher's /dev/shm budget counts."""
+    n_callers = n_tasks + n_replicas + 1   # every task, every replica, then the driver
+    return (call_inbox_size(n_callers, RING_BYTES), call_inbox_size(n_replicas, RING_BYTES),
+            8 * len(METRIC_FIELDS) * n_replicas)
+
+
+def shm_segment_sizes(specs: dict, n_tasks: int) -> list[int]:
+    """The size of every segment `prepare()` will create for these services and `n_tasks` tasks."""
+    n_replicas = sum(spec.parallelism for spec in specs.values())
+    if not n_replicas:
+        return []
+    request_size, response_size, metrics_size = _segment_sizes(n_tasks, n_replicas)
+    return [request_size] * n_replicas + [response_size] * (n_tasks + n_replicas) + [metrics_size]
 
 
 class ServiceManager:
@@ -75,12 +93,11 @@ class ServiceManager:
                 replicas.append(name)
         callers = [*d.graph.nodes, *replicas]
         n_callers = len(callers) + 1  # the driver's ring is the last one of each request inbox
-        self._request_segments = [self._segment("svcreq", call_inbox_size(n_callers, RING_BYTES))
-                                  for _ in replicas]
+        request_size, response_size, metrics_size = _segment_sizes(len(d.graph.nodes), len(replicas))
+        self._request_segments = [self._segment("svcreq", request_size) for _ in replicas]
         request_names = [seg.name for seg in self._request_segments]
-        response_names = [self._segment("svcans", call_inbox_size(len(replicas), RING_BYTES)).name
-                          for _ in callers]
-        self._metrics_segment = self._segment("svcmet", 8 * len(METRIC_FIELDS) * len(replicas))
+        response_names = [self._segment("svcans", response_size).name for _ in callers]
+        self._metrics_segment = self._segment("svcmet", metrics_size)
         self.directory = ServiceDirectory(
             infos, tuple(request_names), tuple(response_names),
             {name: i for i, name in enumerate(callers)}, RING_BYTES, n_callers)
