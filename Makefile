@@ -28,7 +28,9 @@ run: $(STAMP)  ## run the example word count over a generated text
 	@echo "to use procflow and python in this shell, or call $(VENV)/bin/procflow and $(VENV)/bin/python."
 
 shell: $(STAMP)  ## a bash with .venv activated: procflow and python on PATH ('exit' leaves it)
-	@printf '%s\n' '[ -f ~/.bashrc ] && . ~/.bashrc' '. "$(abspath $(VENV))/bin/activate"' > $(VENV)/.shellrc
+	@# The usual start-up files first, then activate, so that nothing in them puts another python ahead.
+	@printf '%s\n' '[ -f /etc/bash.bashrc ] && . /etc/bash.bashrc' '[ -f ~/.bashrc ] && . ~/.bashrc' \
+		'. "$(abspath $(VENV))/bin/activate"' > $(VENV)/.shellrc
 	@echo "procflow: a shell with $(VENV) activated; 'exit' leaves it"
 	@bash --rcfile $(VENV)/.shellrc -i
 
