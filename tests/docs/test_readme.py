@@ -38,8 +38,10 @@ TOUR_FILE = "tour.py"   # what the README asks the reader to save the tour as
 FENCE = re.compile(r"^```(?P<lang>\w*)\n(?P<code>.*?)^```$", re.M | re.S)
 SPAN = re.compile(r"`([^`\n]+)`")
 LINK = re.compile(r"\]\(([^)\s]+)\)")
-# Programs whose commands the docs show; an inline span starting with one of these is a command.
+# Programs whose commands the docs show; an inline span starting with one of these is a command (those in
+# NEED_ARGS only with an argument: "`python`" or "`source`" alone is a word in a sentence).
 PROGRAMS = ("make", "procflow", "python", "python3", ".", "source", ".ci/run", ".venv/bin/")
+NEED_ARGS = ("python", "python3", ".", "source")
 TIMEOUT = 120
 
 
@@ -62,7 +64,9 @@ def fenced_blocks(doc: Path) -> list[Block]:
 
 def is_command(line: str) -> bool:
     words = line.split()
-    return bool(words) and any(words[0] == p or (p.endswith("/") and words[0].startswith(p)) for p in PROGRAMS)
+    if not words or (words[0] in NEED_ARGS and len(words) == 1):
+        return False
+    return any(words[0] == p or (p.endswith("/") and words[0].startswith(p)) for p in PROGRAMS)
 
 
 def shell_lines(block: Block) -> list[str]:
