@@ -2,15 +2,18 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+# The stamp's name is a checksum of the two files that say what to install, so editing them reinstalls.
+# It has no prerequisites on purpose: a newer mtime alone (a git checkout, a fresh worktree) once made
+# every target reinstall into whichever VENV it was given, though nothing it installs had changed.
 STAMP  := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
 EXTRAS ?= dev,ray,bench
 
-.PHONY: install run dashboard graph test test-fast lint bench soak clean help
+.PHONY: install run shell dashboard graph test test-fast lint bench soak clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
@@ -20,6 +23,16 @@ install: $(STAMP)  ## create .venv and install procflow with its dev, ray and be
 
 run: $(STAMP)  ## run the example word count over a generated text
 	$(PY) examples/wordcount.py
+	@echo
+	@echo "procflow is installed in $(VENV), not on your PATH: run '. $(VENV)/bin/activate' (or 'make shell')"
+	@echo "to use procflow and python in this shell, or call $(VENV)/bin/procflow and $(VENV)/bin/python."
+
+shell: $(STAMP)  ## a bash with .venv activated: procflow and python on PATH ('exit' leaves it)
+	@# The usual start-up files first, then activate, so that nothing in them puts another python ahead.
+	@printf '%s\n' '[ -f /etc/bash.bashrc ] && . /etc/bash.bashrc' '[ -f ~/.bashrc ] && . ~/.bashrc' \
+		'. "$(abspath $(VENV))/bin/activate"' > $(VENV)/.shellrc
+	@echo "procflow: a shell with $(VENV) activated; 'exit' leaves it"
+	@bash --rcfile $(VENV)/.shellrc -i
 
 dashboard: $(STAMP)  ## the word count through the procflow command, with the live dashboard
 	$(PY) -m procflow.cli run examples/wordcount.py:pipeline --dashboard

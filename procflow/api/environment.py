@@ -138,11 +138,23 @@ class BaseEnvironment:
 
     # -- running ----------------------------------------------------------------------------------
 
-    def submit(self, autostop: bool = True) -> Any:
+    def submit(self, autostop: bool = True, *, rerun: bool = False) -> Any:
         """Run the pipeline. autostop=True blocks until every task has drained and returns the finished
-        job (raising JobFailedError on failure); autostop=False returns the running job at once."""
+        job (raising JobFailedError on failure); autostop=False returns the running job at once.
+
+        An environment runs its pipeline once; rerun=True runs it again after a job has ended, with every
+        collect() handle emptied first. Without it, a second submit() raises: it used to rerun silently,
+        so a line repeated in a script or a notebook cell run twice replaced the first results (issue 23).
+        """
         if self.job is not None and self.job.running:
             raise RuntimeError("a job of this environment is still running; call env.stop() first")
+        if self.job is not None and not rerun:
+            raise RuntimeError(
+                f"environment {self.name!r} already ran job {self.job.job_id} (status {self.job.status}); "
+                "submitting again would run the whole pipeline again and replace the records its collect() "
+                "handles hold. To run it again on purpose, call env.submit(rerun=True) (copy "
+                "result.results() first to keep the old records); to run another pipeline, build it in a "
+                "new environment.")
         graph = self.compile()
         self._check_services()
         for collector in self._collectors.values():
