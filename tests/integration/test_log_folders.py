@@ -25,7 +25,7 @@ def test_only_the_newest_keep_logs_job_folders_stay(env_dir, executor):
     env.from_batch(range(10)).map(lambda r: r).sink(lambda r: None)
     jobs = []
     for _ in range(5):
-        jobs.append(env.submit().job_id)
+        jobs.append(env.submit(rerun=True).job_id)
         assert len(job_folders(env_dir) - {"mine"}) <= 3
     assert job_folders(env_dir) == {*jobs[-3:], "mine"}
     for job in jobs[-3:]:
@@ -35,5 +35,5 @@ def test_only_the_newest_keep_logs_job_folders_stay(env_dir, executor):
 def test_keep_logs_none_keeps_every_job_folder(env_dir):
     env = LocalEnvironment("all", {"keep_logs": None}, env_dir=env_dir, executor="inline")
     env.from_batch(range(3)).sink(lambda r: None)
-    jobs = {env.submit().job_id for _ in range(4)}
+    jobs = {env.submit(rerun=True).job_id for _ in range(4)}
     assert job_folders(env_dir) == jobs
