@@ -42,6 +42,7 @@ from procflow.runtime.job_control import JobControl
 from procflow.runtime.job_manager import JobManager
 from procflow.runtime.job_monitor import JobMonitor
 from procflow.runtime.task.entry import STARTUP_SIGNALS, crash_log_path, gc_paused_for_fork, task_main
+from procflow.runtime.task.lifeline import DriverLifeline
 
 log = logging.getLogger("procflow.dispatcher")
 
@@ -145,7 +146,7 @@ class Dispatcher(JobMonitor):
     # -- running -----------------------------------------------------------------------------------
 
     def start(self) -> None:
-        parent = os.getpid()
+        parent = DriverLifeline.of_this_process()
         try:
             # What the driver holds stays out of its children's garbage collection, so that no
             # finaliser of the driver's objects runs in a task or service (see gc_paused_for_fork).
@@ -168,9 +169,9 @@ class Dispatcher(JobMonitor):
                 self.cleanup()
             raise
 
-    def _fork_children(self, parent: int) -> None:
+    def _fork_children(self, parent: DriverLifeline) -> None:
         if self.service_manager is not None:
-            self.service_manager.start()
+            self.service_manager.start(parent)
         # Ctrl-C / SIGTERM stay blocked while tasks fork: a child inherits the mask and unblocks only
         # after it has set its own handlers (entry.become_child), so a signal arriving during start-up
         # reaches the driver (once the mask is restored) and never half-started children.
