@@ -33,6 +33,7 @@ from procflow.runtime.service.client import ServiceDirectory, ServiceInfo
 from procflow.runtime.service.replica import METRIC_FIELDS, ServiceContext, public_methods, service_main
 from procflow.runtime.service.rings import CallRingWriter, call_inbox_size
 from procflow.runtime.task.lifeline import DriverLifeline
+from procflow.runtime.task.main_guard import name_error_hint
 
 log = logging.getLogger("procflow.dispatcher")
 
@@ -178,7 +179,8 @@ class ServiceManager:
                         if isinstance(msg, Stopped):
                             self.mark_stopped(msg.task, msg.metrics)
                         elif isinstance(msg, Failed):
-                            self.dispatcher._fail(job_error(msg.report))
+                            hint = name_error_hint(msg.report, self.dispatcher.start_method)
+                            self.dispatcher._fail(job_error(msg.report, hint))
                 except (EOFError, OSError):
                     readers.pop(ready, None)
         for name, handle in self._handles.items():
