@@ -173,7 +173,7 @@ class Dispatcher(JobMonitor):
     def _fork_children(self, parent: DriverLifeline) -> None:
         if self.service_manager is not None:
             self.service_manager.start(parent)
-        # Ctrl-C / SIGTERM stay blocked while tasks fork: a child inherits the mask and unblocks only
+        # Ctrl-C / SIGTERM / SIGHUP stay blocked while tasks fork: a child inherits the mask and unblocks only
         # after it has set its own handlers (entry.become_child), so a signal arriving during start-up
         # reaches the driver (once the mask is restored) and never half-started children.
         masked = signal.pthread_sigmask(signal.SIG_BLOCK, STARTUP_SIGNALS)

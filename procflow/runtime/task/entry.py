@@ -27,7 +27,7 @@ _LOG_FORMAT = "%(asctime)s %(levelname)-7s [%(name)s pid=%(process)d] %(message)
 
 # Signals the driver blocks while it starts tasks (see Dispatcher.start), so that a Ctrl-C during
 # start-up cannot hit a child before it has decided how to handle it.
-STARTUP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+STARTUP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
 
 
 def crash_log_path(log_dir: str, task: str) -> str:
@@ -75,15 +75,18 @@ def _keep_inherited_objects() -> None:
 
 
 def become_child(driver: DriverLifeline) -> None:
-    """Ctrl-C goes to the driver, which stops the job; a child must never outlive its driver (see
-    lifeline.py).
+    """Ctrl-C and a closed terminal go to the driver, which stops the job; a child must never outlive
+    its driver (see lifeline.py).
 
-    SIGTERM is the driver's "terminate now" at cleanup: under
+    SIGINT and SIGHUP reach the whole foreground process group (a terminal's Ctrl-C, a shell hanging up
+    its jobs): only the driver acts on them, and a child that died of SIGHUP first would turn the
+    driver's graceful stop into a failed job. SIGTERM is the driver's "terminate now" at cleanup: under
     fork a child inherits the driver's Python handler (submit() installs one while a job runs), so it is
     reset to the default action here.
     """
     _keep_inherited_objects()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STARTUP_SIGNALS)
     hold(driver)
