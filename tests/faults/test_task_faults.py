@@ -114,6 +114,7 @@ def _raise_in_start_up(*args, **kwargs):
 
 
 @pytest.mark.parametrize("target, where", [
+    ("procflow.runtime.task.entry.hold", "while arranging to end with the driver"),
     ("procflow.runtime.task.entry.open_task_logger", "while setting up its log files"),
     ("procflow.runtime.task.entry.BaseTask", "while building its operator"),
     ("procflow.runtime.task.base_task.BaseTask._attach", "while attaching its channels"),

@@ -189,12 +189,12 @@ class Replica:
 
 
 def service_main(ctx: ServiceContext, service: Any, driver: DriverLifeline) -> None:
-    become_child(driver)
     logger = None
     replica = None
     code = 0
     stage = "setup"
     try:
+        become_child(driver)
         # Inside the try: a failure to open the logs is reported too (issue 22.11). Every replica of a
         # service appends to the same <service>_info/_debug.log; each line names the pid.
         ctx.logger = logger = open_task_logger(ctx.service_name, ctx.log_dir,

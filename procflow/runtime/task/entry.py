@@ -142,14 +142,15 @@ def task_main(ctx: TaskContext, function: Any, driver: DriverLifeline) -> None:
     used to leave through multiprocessing's bootstrap, and the driver could only say "exited with code 1
     without reporting an error", blaming user code.
     """
-    become_child(driver)
     logger: logging.Logger | None = None
     task: BaseTask | None = None
     crash_file = None
     crash_path = crash_log_path(ctx.log_dir, ctx.name)
-    step = "setting up its log files"
+    step = "arranging to end with the driver"
     code = 0
     try:
+        become_child(driver)
+        step = "setting up its log files"
         ctx.logger = logger = open_task_logger(ctx.name, ctx.log_dir, ctx.config.get("log_level", "INFO"))
         # A segfault or abort in native code gives no Python exception to report; faulthandler leaves
         # the stack in a file that the driver attaches to its error (the child's stderr may be anywhere).
