@@ -7,7 +7,7 @@ TARGET is `module:function` (a dotted module, or a path to a .py file); the func
 environment and adds operators to it, e.g. `def build(env): env.from_batch(range(10)).map(f).print()`.
 
 Exit codes: 0 success, 1 the job failed (or the pipeline could not be built), 2 bad usage (unknown option,
-module or operator), 130 interrupted with Ctrl-C.
+module or operator), 130 interrupted (Ctrl-C, SIGTERM, or SIGHUP from a closed terminal).
 """
 
 from __future__ import annotations
@@ -149,6 +149,7 @@ def write_report(path: str, summary: dict) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from procflow.api.environment import stop_signals_interrupt
     from procflow.errors import JobFailedError
 
     name, build = load_target(args.target)
@@ -162,7 +163,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     elif args.progress:
         config["progress"] = True
     env = make_env(args.backend, args.name or name, config, args.env_dir)
-    with env:
+    # SIGTERM and SIGHUP (a closed terminal) stop the job like Ctrl-C: at their default action they
+    # ended this process at once and left the job's shared memory behind (issue 23.5).
+    with env, stop_signals_interrupt():
         built = build_pipeline(env, build, args.parallelism)
         job = env.submit(autostop=False)
         code, error = EXIT_OK, None
@@ -177,8 +180,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             job.wait()
         except JobFailedError as exc:
             code, error = EXIT_FAILED, exc
-        except KeyboardInterrupt:
-            job.kill("interrupted (Ctrl-C)")
+        except KeyboardInterrupt as exc:
+            job.kill(f"interrupted ({exc or 'Ctrl-C'})")
             code = EXIT_INTERRUPTED
         summary = job.summary()
         if hasattr(built, "results") and hasattr(built, "name"):

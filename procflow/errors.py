@@ -107,10 +107,15 @@ def describe_exit(exitcode: Any) -> str:
             name = f"signal {-exitcode}"
         hint = ""
         if name == "SIGKILL":
-            hint = " (SIGKILL often means the kernel's OOM killer ended it: check memory use, `dmesg`)"
+            # Nothing in the exit status says who sent it; guessing "the OOM killer" misled users whose
+            # tasks died for another reason (issue 22.8: a death signal armed by an ended thread).
+            hint = (" (procflow cannot tell who sent it: the kernel's OOM killer if memory ran out (check "
+                    "`dmesg` and memory use), a `kill -9`, or a supervisor: a container, cgroup or job "
+                    "scheduler limit)")
         elif name == "SIGSEGV":
             hint = " (a crash in native code: a C extension, or numpy given a bad buffer)"
         elif name == "SIGABRT":
             hint = " (the process aborted, usually from a failed assertion in native code)"
         return f"was killed by {name}{hint}"
-    return f"exited with code {exitcode} without reporting an error (os._exit or sys.exit in user code?)"
+    # sys.exit() in user code is reported like any exception; only os._exit() leaves unreported.
+    return f"exited with code {exitcode} without reporting an error (os._exit() in user code?)"

@@ -28,6 +28,12 @@ _OPTION_NAMES = ("parallelism", "name", "on_error")
 INTERRUPT_GRACE = 1.0  # seconds a Ctrl-C'd job may drain before its tasks are killed
 _ON_ERROR = ("fail", "skip", "dead_letter")
 
+# Signals that stop a running job the way Ctrl-C does (while stop_signals_interrupt() is in force). SIGHUP
+# is what a closing terminal, or a killed `script`/tmux around `procflow run`, sends: left at its default
+# action it ended the driver at once and left the job's segments in /dev/shm (issue 23.5).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+INTERRUPTING_SIGNALS = (signal.SIGINT, *STOP_SIGNALS)
+
 
 class BaseEnvironment:
     """Builds a pipeline. Use as a context manager so that `close()` always runs."""
@@ -163,10 +169,9 @@ class BaseEnvironment:
             with _interrupts_deferred(self._defers_interrupts_while_starting):
                 self.job = self._launch(graph)
             return self.job
-        # While submit() blocks, SIGTERM means what Ctrl-C means: stop the job, free everything, and
-        # raise KeyboardInterrupt (a script then exits with 130). The previous handler comes back after.
-        previous = _install_sigterm()
-        try:
+        # While submit() blocks, SIGTERM and SIGHUP mean what Ctrl-C means: stop the job, free everything,
+        # and raise KeyboardInterrupt (a script then exits with 130).
+        with stop_signals_interrupt():
             try:
                 with _interrupts_deferred(self._defers_interrupts_while_starting):
                     self.job = self._launch(graph)
@@ -175,9 +180,6 @@ class BaseEnvironment:
                 if self.job is not None and self.job.running:
                     self._interrupted()
                 raise
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
         return self.job
 
     def _check_services(self) -> None:
@@ -225,7 +227,7 @@ class BaseEnvironment:
 
 @contextlib.contextmanager
 def _interrupts_deferred(defer: bool) -> Iterator[None]:
-    """Ctrl-C and SIGTERM wait while a job starts, and arrive once `env.job` is set.
+    """Ctrl-C, SIGTERM and SIGHUP wait while a job starts, and arrive once `env.job` is set.
 
     Starting forks the tasks and starts the monitor thread, which releases the sources as soon as
     every task is ready, possibly before the driver's Thread.start() returns. An interrupt raised in
@@ -243,7 +245,7 @@ def _interrupts_deferred(defer: bool) -> Iterator[None]:
         return
     received: list[int] = []
     replaced = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in INTERRUPTING_SIGNALS:
         handler = signal.getsignal(signum)
         if handler is signal.default_int_handler or handler is _raise_interrupt:
             replaced[signum] = handler
@@ -261,13 +263,24 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"{signal.Signals(signum).name} received")
 
 
-def _install_sigterm() -> Any:
-    """Make SIGTERM raise KeyboardInterrupt in the main thread; returns the handler to restore (or None
-    when signals cannot be handled here: another thread, or SIGTERM deliberately ignored)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous is signal.SIG_IGN or previous is None:
-        return None
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    return previous
+@contextlib.contextmanager
+def stop_signals_interrupt() -> Iterator[None]:
+    """While inside: SIGTERM and SIGHUP raise KeyboardInterrupt in the main thread, like Ctrl-C, so that
+    the code handling Ctrl-C stops the job and frees its processes and segments. The previous handlers
+    come back after.
+
+    Left alone: another thread (handlers can only change in the main thread) and a signal deliberately
+    ignored (`nohup` ignores SIGHUP so that the job outlives the terminal).
+    """
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in STOP_SIGNALS:
+            handler = signal.getsignal(signum)
+            if handler is not signal.SIG_IGN and handler is not None:
+                previous[signum] = handler
+                signal.signal(signum, _raise_interrupt)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

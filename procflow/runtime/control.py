@@ -68,8 +68,17 @@ class ErrorReport:
     def from_exception(cls, exc: BaseException, *, task: str, pid: int, function: str,
                        record: Any = None, has_record: bool = False, context: str = "") -> ErrorReport:
         return cls(task, pid, function, short_repr(record) if has_record else None,
-                   type(exc).__name__, str(exc),
+                   type(exc).__name__, _message(exc),
                    "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)), context)
+
+
+def _message(exc: BaseException) -> str:
+    """str(exc), or a stand-in when the exception's own __str__ raises: a report must always reach the
+    driver (an exception escaping the failure handler left a task "exiting without reporting")."""
+    try:
+        return str(exc)
+    except Exception as inner:
+        return f"<str() of the {type(exc).__name__} raised {type(inner).__name__}>"
 
 
 @dataclass(frozen=True)

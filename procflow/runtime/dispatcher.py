@@ -54,6 +54,8 @@ from procflow.runtime.task.entry import (
     gc_paused_for_fork,
     task_main,
 )
+from procflow.runtime.task.lifeline import DriverLifeline
+from procflow.runtime.task.main_guard import REIMPORTING_START_METHODS, name_error_hint
 
 log = logging.getLogger("procflow.dispatcher")
 
@@ -70,6 +72,7 @@ class Dispatcher(JobMonitor):
         self.graph = graph
         self.config = config
         self.factory = factory
+        self.start_method: str = getattr(factory, "start_method", "fork")
         self.collectors = collectors
         self.service_specs = services or {}
         self.job_id = job_id or new_job_id()
@@ -159,8 +162,7 @@ class Dispatcher(JobMonitor):
         indices = tuple(e.input_index for e in node.in_edges)
         if self.config["queue"] == "mp":
             # A user factory need not carry a multiprocessing context; the mp queues only need one.
-            context = getattr(self.factory, "mp_context", None) or multiprocess.get_context(
-                getattr(self.factory, "start_method", "fork"))
+            context = getattr(self.factory, "mp_context", None) or multiprocess.get_context(self.start_method)
             inbox = MpInbox(node.name, indices, context)
         else:
             capacity = ringmod.ring_capacity(int(self.config["ring_bytes"]))
@@ -174,7 +176,7 @@ class Dispatcher(JobMonitor):
     # -- running -----------------------------------------------------------------------------------
 
     def start(self) -> None:
-        parent = os.getpid()
+        parent = DriverLifeline.of_this_process()
         try:
             # What the driver holds stays out of its children's garbage collection, so that no
             # finaliser of the driver's objects runs in a task or service (see gc_paused_for_fork).
@@ -197,10 +199,10 @@ class Dispatcher(JobMonitor):
                 self.cleanup()
             raise
 
-    def _fork_children(self, parent: int) -> None:
+    def _fork_children(self, parent: DriverLifeline) -> None:
         if self.service_manager is not None:
-            self.service_manager.start()
-        # Ctrl-C / SIGTERM stay blocked while tasks fork: a child inherits the mask and unblocks only
+            self.service_manager.start(parent)
+        # Ctrl-C / SIGTERM / SIGHUP stay blocked while tasks fork: a child inherits the mask and unblocks only
         # after it has set its own handlers (entry.become_child), so a signal arriving during start-up
         # reaches the driver (once the mask is restored) and never half-started children.
         masked = signal.pthread_sigmask(signal.SIG_BLOCK, STARTUP_SIGNALS)
@@ -279,14 +281,29 @@ class Dispatcher(JobMonitor):
         state.exitcode = handle.exitcode
         if not state.stopped and self.manager.failure is None:
             crash = self._crash_report(name)
+            bootstrap = self._died_while_bootstrapping(state.ready, handle.exitcode)
+            how = "exited with code 1 before it was ready" if bootstrap else describe_exit(handle.exitcode)
             error = JobFailedError(
-                f"task {name} (pid {handle.pid}) {describe_exit(handle.exitcode)}, {self._progress(name)}; "
+                f"task {name} (pid {handle.pid}) {how}, {self._progress(name)}; "
                 "the job was stopped and every other task ended" + ("; its Python stack is chained below"
-                                                                     if crash else ""),
+                                                                     if crash else "")
+                + (self._bootstrap_hint() if bootstrap else ""),
                 task=name, exitcode=handle.exitcode, remote_traceback=crash)
             if crash:
                 error.__cause__ = RemoteTraceback(crash)
             self._fail(error)
+
+    def _died_while_bootstrapping(self, ready: bool, exitcode: int | None) -> bool:
+        """Under spawn/forkserver a task imports the main module and unpickles its function before any
+        procflow code runs in it, and a failure there exits with code 1 after printing its traceback;
+        once procflow's code runs, every exception is reported (task_main). So code 1, unreported and
+        not ready, means the bootstrap failed: the user should not hunt for an os._exit (issue 23.6)."""
+        return not ready and exitcode == 1 and self.start_method in REIMPORTING_START_METHODS
+
+    def _bootstrap_hint(self) -> str:
+        return (f". Under start_method={self.start_method!r} this most likely means the new process failed "
+                "before the task's code ran, while importing your main module or unpickling the function "
+                "(an import error, or failing top-level code): its traceback is on this process's stderr")
 
     def _progress(self, name: str) -> str:
         """How far a dead task got. Tasks publish counters once per input batch or flush, not per record,
@@ -327,7 +344,7 @@ class Dispatcher(JobMonitor):
         elif isinstance(msg, DeadLetter):
             manager.dead_letters.extend(msg.entries)
         elif isinstance(msg, Failed):
-            self._fail(job_error(msg.report))
+            self._fail(job_error(msg.report, name_error_hint(msg.report, self.start_method)))
         else:
             self.service_manager.on_message(msg)
 
@@ -404,13 +421,14 @@ class Dispatcher(JobMonitor):
 
 
 
-def job_error(report: ErrorReport) -> JobFailedError:
+def job_error(report: ErrorReport, hint: str = "") -> JobFailedError:
+    """The driver's error for a task's Failed report; `hint` (what to do) is appended to the message."""
     where = f" on record {report.record}" if report.record is not None else ""
     if report.context:
         where += f" ({report.context})" if where else f" {report.context}"
     error = JobFailedError(
         f"task {report.task} (pid {report.pid}) failed in {report.function}{where}: "
-        f"{report.error_type}: {report.message}",
+        f"{report.error_type}: {report.message}{hint}",
         task=report.task, record=report.record, remote_traceback=report.traceback,
         error_type=report.error_type)
     error.__cause__ = RemoteTraceback(report.traceback)

@@ -120,7 +120,11 @@ def test_wordcount_example_runs_through_the_command(tmp_path):
 
 
 @pytest.mark.timeout(60)
-def test_ctrl_c_exits_130_and_leaves_nothing(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
+                         ids=["ctrl-c", "sigterm", "sighup"])
+def test_ctrl_c_exits_130_and_leaves_nothing(tmp_path, signum):
+    # SIGTERM and SIGHUP (a closed terminal) used to end the command at once, leaving the job's shared
+    # memory in /dev/shm (issue 23.5); they now stop the job like Ctrl-C.
     report = tmp_path / "report.json"
     proc = subprocess.Popen([sys.executable, "-m", "procflow.cli", "run", f"{PIPELINES}:forever",
                              "--env-dir", str(tmp_path), "--report", str(report)], cwd=ROOT, stdout=subprocess.PIPE,
@@ -128,7 +132,7 @@ def test_ctrl_c_exits_130_and_leaves_nothing(tmp_path):
     try:
         line = proc.stderr.readline()     # printed once every task has been started
         assert "running" in line, line
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:

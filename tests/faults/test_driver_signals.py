@@ -38,11 +38,42 @@ except KeyboardInterrupt as exc:
 """
 
 
-def start_driver(env_dir: str, start_method: str = "fork") -> tuple[DriverProcess, set[int], set[str]]:
-    driver = DriverProcess(DRIVER, env_dir, start_method)
+# The same job submitted from a thread that ends at once: the tasks must outlive that thread, and still
+# end with the driver (the kernel's parent-death signal follows the forking thread, issue 22.8).
+DRIVER_FROM_THREAD = """
+import sys, threading
+from procflow import LocalEnvironment
+from procflow.testing import AnnounceOnce, Endless
+
+env = LocalEnvironment("driver", env_dir=sys.argv[1], start_method=sys.argv[2])
+env.from_source(Endless, name="src").map(lambda r: r, parallelism=2, name="map").sink(AnnounceOnce, name="sink")
+submitter = threading.Thread(target=env.submit, kwargs={"autostop": False})
+submitter.start()
+submitter.join()
+try:
+    env.job.wait()
+finally:
+    env.close()
+"""
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (under forkserver the tasks are the fork server's children)."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        children = child_pids(todo.pop()) - found
+        found |= children
+        todo.extend(children)
+    return found
+
+
+def start_driver(env_dir: str, start_method: str = "fork", script: str = DRIVER,
+                 ) -> tuple[DriverProcess, set[int], set[str]]:
+    driver = DriverProcess(script, env_dir, start_method)
     try:
         driver.expect("running", timeout=90)   # generous: spawn start-up on a loaded 2-core machine
-        tasks = child_pids(driver.pid)
+        tasks = descendants(driver.pid)
         segments = own_segments(driver.pid)
         assert len(tasks) >= 3 and segments, "the running job should hold processes and segments"
     except BaseException:
@@ -55,6 +86,8 @@ def start_driver(env_dir: str, start_method: str = "fork") -> tuple[DriverProces
     (signal.SIGINT, False),
     (signal.SIGINT, True),    # what a terminal's Ctrl-C does: the whole foreground process group
     (signal.SIGTERM, False),
+    (signal.SIGHUP, False),   # a closed terminal (issue 23.5: the driver died and left its segments)
+    (signal.SIGHUP, True),    # a shell hanging up its jobs: the tasks get it too, and must leave it to the driver
 ])
 def test_interrupting_the_driver_stops_the_job_and_frees_everything(env_dir, signum, to_group):
     driver, tasks, _ = start_driver(env_dir)
@@ -126,13 +159,18 @@ def fake_segment(owner_key: str) -> str:
     return name
 
 
-@pytest.mark.parametrize("start_method", ["fork", "spawn"])
-def test_driver_killed_children_exit_and_orphans_are_swept(env_dir, start_method):
-    driver, tasks, segments = start_driver(env_dir, start_method)
+@pytest.mark.parametrize("start_method, script", [
+    ("fork", DRIVER),
+    ("spawn", DRIVER),
+    ("forkserver", DRIVER),          # the tasks' parent is the fork server (issue 22.7)
+    ("fork", DRIVER_FROM_THREAD),    # the thread that forked the tasks is gone (issue 22.8)
+], ids=["fork", "spawn", "forkserver", "fork-from-thread"])
+def test_driver_killed_children_exit_and_orphans_are_swept(env_dir, start_method, script):
+    driver, tasks, segments = start_driver(env_dir, start_method, script)
     with driver:
         killed = driver.signal(signal.SIGKILL)
         assert driver.wait(10) == -signal.SIGKILL
-        # The tasks notice on their own (PR_SET_PDEATHSIG), within a few seconds.
+        # The tasks notice on their own (the parent-death signal, or their watch on the driver's pidfd).
         assert wait_gone(tasks, 5) == set(), "task processes outlived their killed driver"
         assert time.monotonic() - killed < 3.0
     # Whatever the dead driver left in /dev/shm is swept when the next job starts (possibly by another
@@ -171,3 +209,24 @@ def test_children_ignore_sigint(env_dir):
     finally:
         env.stop()
     assert job.status == "stopped"
+
+
+def test_a_driver_run_under_nohup_keeps_ignoring_sighup(env_dir, monkeypatch):
+    # `nohup` ignores SIGHUP so that a job outlives its terminal: submit() must leave that alone.
+    start_monitor = JobMonitor.start_monitor
+    seen = []
+
+    def start_then_hang_up(self, name):
+        start_monitor(self, name)
+        seen.append(signal.getsignal(signal.SIGHUP))
+        os.kill(os.getpid(), signal.SIGHUP)
+
+    monkeypatch.setattr(JobMonitor, "start_monitor", start_then_hang_up)
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        env = LocalEnvironment("nohup", env_dir=env_dir)
+        env.from_batch(range(1000)).map(lambda r: r, parallelism=2).sink(lambda r: None)
+        assert env.submit().status == "finished"
+        assert seen == [signal.SIG_IGN] and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)

@@ -401,3 +401,40 @@ def test_a_job_leaves_the_drivers_own_gc_state_as_it_was(make_env):
         assert gc.get_freeze_count() >= frozen and gc.isenabled()
     finally:
         gc.unfreeze()
+
+
+def double(record):
+    return 2 * record
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("queue", ["shm", "mp"])
+def test_a_job_runs_under_forkserver(make_env, queue):
+    # Issue 22.7: under forkserver a task's parent is the fork server, not the driver, and every task
+    # took that for "the driver died" and exited at once.
+    env = make_env((queue, "forkserver"))
+    result = env.from_batch(range(1000)).map(double, parallelism=2).collect()
+    env.submit()
+    assert sorted(result.results()) == [2 * i for i in range(1000)]
+    assert env.job.status == "finished"
+
+
+def test_a_job_submitted_from_a_thread_outlives_that_thread(make_env):
+    # Issue 22.8: the kernel's parent-death signal follows the thread that forked, so every task was
+    # SIGKILLed when the submitting thread ended.
+    from procflow.testing import Endless, wait_until
+
+    env = make_env()
+    env.from_source(Endless).map(lambda r: r, parallelism=2).sink(lambda r: None, name="sink")
+    submitted = []
+    thread = threading.Thread(target=lambda: submitted.append(env.submit(autostop=False)))
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive() and submitted
+    job = submitted[0]
+    # The thread has ended: records keep flowing (observed on the live counters, not synchronised on).
+    seen = job.metrics["sink_0"]["records_in"]
+    assert wait_until(lambda: job.metrics["sink_0"]["records_in"] > seen + 1000, 20), job.failure
+    assert job.status == "running"
+    env.stop()
+    assert job.status == "stopped"

@@ -16,6 +16,7 @@ from procflow.graph.execution_graph import ExecutionGraph
 from procflow.runtime.dispatcher import Dispatcher
 from procflow.runtime.job import Job
 from procflow.runtime.task.factory import TaskFactory
+from procflow.runtime.task.main_guard import check_main_guard
 
 EXECUTORS = ("process", "inline")
 
@@ -44,6 +45,9 @@ class LocalEnvironment(BaseEnvironment):
     def _launch(self, graph: ExecutionGraph) -> Job:
         if self.executor == "inline":
             return self._launch_inline(graph)
+        # Before anything is created: an unguarded main module under spawn fails here, once, not in
+        # every task (see main_guard.py).
+        check_main_guard(getattr(self.task_factory, "start_method", self.start_method))
         dispatcher = Dispatcher(graph, config=self.config, env_dir=self.env_dir, factory=self.task_factory,
                                 collectors=self._collectors, services=self.services)
         try:

@@ -19,7 +19,6 @@ Callers, in order: every task, every replica, then the driver (which only ever s
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
@@ -33,6 +32,8 @@ from procflow.runtime.control import Failed, Stopped
 from procflow.runtime.service.client import ServiceDirectory, ServiceInfo
 from procflow.runtime.service.replica import METRIC_FIELDS, ServiceContext, public_methods, service_main
 from procflow.runtime.service.rings import CallRingWriter, call_inbox_size
+from procflow.runtime.task.lifeline import DriverLifeline
+from procflow.runtime.task.main_guard import name_error_hint
 
 log = logging.getLogger("procflow.dispatcher")
 
@@ -124,8 +125,7 @@ class ServiceManager:
 
     # -- running -----------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        parent = os.getpid()
+    def start(self, parent: DriverLifeline) -> None:
         for name, ctx in self._contexts.items():
             self._handles[name] = self.dispatcher.factory.start(name, service_main,
                                                                 (ctx, self._services[name], parent))
@@ -196,7 +196,8 @@ class ServiceManager:
                         if isinstance(msg, Stopped):
                             self.mark_stopped(msg.task, msg.metrics)
                         elif isinstance(msg, Failed):
-                            self.dispatcher._fail(job_error(msg.report))
+                            hint = name_error_hint(msg.report, self.dispatcher.start_method)
+                            self.dispatcher._fail(job_error(msg.report, hint))
                 except (EOFError, OSError):
                     readers.pop(ready, None)
         for name, handle in self._handles.items():

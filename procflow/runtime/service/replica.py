@@ -38,6 +38,7 @@ from procflow.runtime.service.client import (
 from procflow.runtime.service.rings import CallRingReader, CallRingWriter, asleep_word
 from procflow.runtime.service.waiting import Waiter
 from procflow.runtime.task.entry import become_child, end_child, open_task_logger
+from procflow.runtime.task.lifeline import DriverLifeline
 
 METRIC_FIELDS = ("calls", "errors", "busy_s")
 # Hooks of BaseService that are lifecycle, not callable methods.
@@ -187,14 +188,17 @@ class Replica:
             seg.close()
 
 
-def service_main(ctx: ServiceContext, service: Any, parent_pid: int) -> None:
-    become_child(parent_pid)
-    # Every replica of a service appends to the same <service>_info/_debug.log; each line names the pid.
-    ctx.logger = logger = open_task_logger(ctx.service_name, ctx.log_dir, ctx.config.get("log_level", "INFO"))
+def service_main(ctx: ServiceContext, service: Any, driver: DriverLifeline) -> None:
+    logger = None
     replica = None
     code = 0
     stage = "setup"
     try:
+        become_child(driver)
+        # Inside the try: a failure to open the logs is reported too (issue 22.11). Every replica of a
+        # service appends to the same <service>_info/_debug.log; each line names the pid.
+        ctx.logger = logger = open_task_logger(ctx.service_name, ctx.log_dir,
+                                               ctx.config.get("log_level", "INFO"))
         replica = Replica(ctx, service)
         ctx.services = ctx.directory.connect(ctx)
         service.ctx = ctx
@@ -214,15 +218,22 @@ def service_main(ctx: ServiceContext, service: Any, parent_pid: int) -> None:
         code = 1
         report = ErrorReport.from_exception(exc, task=ctx.name, pid=os.getpid(),
                                             function=f"{type(service).__name__}.{stage}()")
-        logger.error("%s failed in %s: %s: %s", ctx.name, stage, report.error_type, report.message)
-        logger.debug("%s", report.traceback)
+        if logger is not None:
+            logger.error("%s failed in %s: %s: %s", ctx.name, stage, report.error_type, report.message)
+            logger.debug("%s", report.traceback)
         try:
             ctx.control.send(Failed(report))
         except Exception:
-            logger.exception("could not report the failure to the driver")
+            if logger is not None:
+                logger.exception("could not report the failure to the driver")
     finally:
-        if ctx.services is not None:
-            ctx.services.close()
-        if replica is not None:
-            replica.close()
+        try:
+            if ctx.services is not None:
+                ctx.services.close()
+            if replica is not None:
+                replica.close()
+        except Exception:
+            # Exiting unmaps everything anyway; the outcome was already reported (Stopped or Failed).
+            if logger is not None:
+                logger.exception("could not close the service's channels")
     end_child(logger, ctx.control, code)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import faulthandler
 import gc
 import logging
@@ -18,18 +17,18 @@ from procflow.runtime.communication.queue_descriptor import shm_queue
 from procflow.runtime.context.task_context import TaskContext
 from procflow.runtime.control import ErrorReport, Failed
 from procflow.runtime.task.base_task import BaseTask
+from procflow.runtime.task.lifeline import DriverLifeline, hold
 
 # BaseTask is imported here, in the driver, not in task_main: a forked task then starts with the task
 # loop and its operators already loaded (importing them in each child took 5-35 ms of a 2-core machine
 # per task, most of a short job's start-up).
 
-_PR_SET_PDEATHSIG = 1
 _LOG_FORMAT = "%(asctime)s %(levelname)-7s [%(name)s pid=%(process)d] %(message)s"
 
 
 # Signals the driver blocks while it starts tasks (see Dispatcher.start), so that a Ctrl-C during
 # start-up cannot hit a child before it has decided how to handle it.
-STARTUP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+STARTUP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
 
 
 def crash_log_name(task: str) -> str:
@@ -81,22 +80,22 @@ def _keep_inherited_objects() -> None:
         gc.enable()
 
 
-def become_child(parent_pid: int) -> None:
-    """Ctrl-C goes to the driver, which stops the job; a child must never outlive its driver.
+def become_child(driver: DriverLifeline) -> None:
+    """Ctrl-C and a closed terminal go to the driver, which stops the job; a child must never outlive
+    its driver (see lifeline.py).
 
-    SIGTERM is the driver's "terminate now" at cleanup: under fork a child inherits the driver's Python
-    handler (submit() installs one while a job runs), so it is reset to the default action here.
+    SIGINT and SIGHUP reach the whole foreground process group (a terminal's Ctrl-C, a shell hanging up
+    its jobs): only the driver acts on them, and a child that died of SIGHUP first would turn the
+    driver's graceful stop into a failed job. SIGTERM is the driver's "terminate now" at cleanup: under
+    fork a child inherits the driver's Python handler (submit() installs one while a job runs), so it is
+    reset to the default action here.
     """
     _keep_inherited_objects()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STARTUP_SIGNALS)
-    try:
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: the driver's cleanup still reaps us
-        pass
-    if os.getppid() != parent_pid:   # the driver died before prctl took effect
-        os._exit(1)
+    hold(driver)
 
 
 def open_task_logger(name: str, log_dir: str, level: str) -> logging.Logger:
@@ -121,13 +120,15 @@ def open_task_logger(name: str, log_dir: str, level: str) -> logging.Logger:
     return logger
 
 
-def close_logger(logger: logging.Logger) -> None:
+def close_logger(logger: logging.Logger | None) -> None:
+    if logger is None:
+        return
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
 
 
-def end_child(logger: logging.Logger, control: Any, code: int) -> None:
+def end_child(logger: logging.Logger | None, control: Any, code: int) -> None:
     """The last steps of every task and service process: close the logs and the control pipe, flush, and
     leave with os._exit so that nothing inherited from the driver (atexit hooks, pytest) runs here."""
     close_logger(logger)
@@ -135,54 +136,99 @@ def end_child(logger: logging.Logger, control: Any, code: int) -> None:
         control.close()
     except Exception:
         pass
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:   # a closed terminal (EIO) or a replaced stream: nothing left to tell
+            pass
     os._exit(code)
 
 
-def task_main(ctx: TaskContext, function: Any, parent_pid: int) -> None:
-    become_child(parent_pid)
-    ctx.logger = logger = open_task_logger(ctx.name, ctx.log_dir, ctx.config.get("log_level", "INFO"))
-    # A segfault or abort in native code gives no Python exception to report; faulthandler leaves the
-    # stack in a file that the driver attaches to its error (the child's own stderr may be anywhere).
+def task_main(ctx: TaskContext, function: Any, driver: DriverLifeline) -> None:
+    """The whole life of a task process.
+
+    Every exception, the task's own set-up included (log files, crash log, building its operator),
+    reaches the driver as a Failed that names the task (issue 22.11): one raised outside `task.run()`
+    used to leave through multiprocessing's bootstrap, and the driver could only say "exited with code 1
+    without reporting an error", blaming user code.
+    """
+    logger: logging.Logger | None = None
+    task: BaseTask | None = None
+    crash_file = None
     crash_path = crash_log_path(ctx.log_dir, ctx.name)
-    # A new file only (O_EXCL, no symlink followed): issue 22's attacker planted `<task>_crash.log`
-    # symlinks, which mode "w" followed and truncated a root-only file.
-    crash_file = open_private_text(ctx.log_dir, crash_log_name(ctx.name), exclusive=True)
-    faulthandler.enable(crash_file, all_threads=False)
-    task = BaseTask(ctx, function)
+    step = "arranging to end with the driver"
     code = 0
     try:
+        become_child(driver)
+        step = "setting up its log files"
+        ctx.logger = logger = open_task_logger(ctx.name, ctx.log_dir, ctx.config.get("log_level", "INFO"))
+        # A segfault or abort in native code gives no Python exception to report; faulthandler leaves
+        # the stack in a file that the driver attaches to its error (the child's stderr may be anywhere).
+        step = "opening its crash log"
+        # A new file only (O_EXCL, no symlink followed): issue 22's attacker planted `<task>_crash.log`
+        # symlinks, which mode "w" followed and truncated a root-only file. It stays open until the end.
+        crash_file = open_private_text(ctx.log_dir, crash_log_name(ctx.name), exclusive=True)
+        faulthandler.enable(crash_file, all_threads=False)
+        step = "building its operator"
+        task = BaseTask(ctx, function)
         task.run()
     except BaseException as exc:  # report everything, SystemExit from user code included
         code = 1
-        try:
-            task._publish()   # the counters up to the failing record, for the job's summary
-        except (AttributeError, TypeError):  # failed before the task was attached: nothing to publish
-            pass
-        has_record, record = task.current_record(exc)
-        label = getattr(task.operator, "label", type(function).__name__)
-        report = ErrorReport.from_exception(exc, task=ctx.name, pid=os.getpid(), function=label,
-                                            record=record, has_record=has_record,
-                                            context=task.progress())
-        logger.error("failed in %s while %s: %s: %s", label, task.stage, report.error_type, report.message)
-        logger.debug("%s", report.traceback)
-        try:
-            # Records that failed under on_error="dead_letter" before this failure still reach the user.
-            task._flush_dead_letters()
-        except Exception:
-            logger.exception("could not ship the dead letters to the driver")
-        try:
-            ctx.control.send(Failed(report))
-        except Exception:
-            logger.exception("could not report the failure to the driver")
+        _report_failure(ctx, function, task, step, exc, logger)
     finally:
-        faulthandler.disable()
-        crash_file.close()
+        if crash_file is not None:
+            faulthandler.disable()
+            crash_file.close()
+            try:
+                os.unlink(crash_path)
+            except OSError:
+                pass
         try:
-            os.unlink(crash_path)
-        except OSError:
-            pass
-        ctx.detach()
-        shm_queue.detach_all()
+            ctx.detach()
+            shm_queue.detach_all()
+        except Exception:
+            # Exiting unmaps everything anyway; the outcome was already reported (Stopped or Failed).
+            if logger is not None:
+                logger.exception("could not detach from the job's shared memory")
     end_child(logger, ctx.control, code)
+
+
+def _report_failure(ctx: TaskContext, function: Any, task: BaseTask | None, step: str, exc: BaseException,
+                    logger: logging.Logger | None) -> None:
+    """Tell the driver what failed, where and on which record; never raises (a failure here once left the
+    process unreported)."""
+    label = type(function).__name__
+    try:
+        if task is None:
+            report = ErrorReport.from_exception(exc, task=ctx.name, pid=os.getpid(), function=label,
+                                                context=f"while {step}")
+        else:
+            label = getattr(task.operator, "label", label)
+            step = task.stage
+            try:
+                task._publish()   # the counters up to the failing record, for the job's summary
+            except (AttributeError, TypeError):  # failed before the task was attached: nothing to publish
+                pass
+            has_record, record = task.current_record(exc)
+            # Still "starting": the channels were being attached, and no record has moved yet.
+            context = "while attaching its channels" if step == "starting" else task.progress()
+            report = ErrorReport.from_exception(exc, task=ctx.name, pid=os.getpid(), function=label,
+                                                record=record, has_record=has_record, context=context)
+    except Exception:
+        # Describing the record or the progress failed too: report the error itself, without them.
+        report = ErrorReport.from_exception(exc, task=ctx.name, pid=os.getpid(), function=label,
+                                            context=f"while {step}")
+    if logger is not None:
+        logger.error("failed in %s while %s: %s: %s", label, step, report.error_type, report.message)
+        logger.debug("%s", report.traceback)
+        if task is not None:
+            try:
+                # Records that failed under on_error="dead_letter" before this failure still reach the user.
+                task._flush_dead_letters()
+            except Exception:
+                logger.exception("could not ship the dead letters to the driver")
+    try:
+        ctx.control.send(Failed(report))
+    except Exception:
+        if logger is not None:
+            logger.exception("could not report the failure to the driver")
