@@ -245,8 +245,9 @@ class Dispatcher(JobMonitor):
             self._fail(error)
 
     def _progress(self, name: str) -> str:
-        """How far a dead task got. Tasks publish counters once per input batch or flush, not per record,
-        so this can lag the exact position; a dead process cannot tell us its record."""
+        """How far a dead task got. A working task publishes its counters at least every PUBLISH_INTERVAL
+        (base_task), not per record, so this can lag the exact position by that much (or by one slow
+        record); a dead process cannot tell us its record."""
         try:
             row = self.job_control.counters[self.manager.tasks[name].slot]
             n_in, n_out = int(row[0]), int(row[1])
