@@ -267,8 +267,7 @@ class Dispatcher(JobMonitor):
     def _on_message(self, msg: Any) -> None:
         manager = self.manager
         if isinstance(msg, Results):
-            self.collectors[msg.task]._extend(msg.records)
-            self.in_driver.received(msg)
+            self.in_driver.deliver(msg, self.collectors[msg.task])
         elif isinstance(msg, Ready):
             if self.service_manager is not None and self.service_manager.owns(msg.task):
                 self.service_manager.mark_ready(msg.task)

@@ -21,6 +21,8 @@ from procflow.errors import JobFailedError
 
 class JobMonitor:
     log: logging.Logger = logging.getLogger("procflow.dispatcher")
+    # Every task measures its own CPU time (BaseTask.cpu_clock), so job summaries can give cpu_pct.
+    measures_cpu = True
     manager: Any
     job_id: str
     job_dir: str
