@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import sys
+import time
 
 import pytest
 from rich.console import Console
@@ -82,6 +85,9 @@ def test_summary_names_the_slow_operator_as_bottleneck(env_dir):
     assert 0 < ops["slow"]["cpu_s"] < ops["slow"]["busy_s"] / 4
     assert ops["slow"]["cpu_pct"] < ops["slow"]["busy_pct"] / 4
     assert ops["slow"]["busy_pct"] > 3 * max(ops[o]["busy_pct"] for o in ("fast", "after", "collect"))
+    # The collect runs in the driver: its CPU share is a number too, not None (issue 23.7).
+    assert all(isinstance(op["cpu_pct"], float) and round(op["cpu_pct"]) >= 0 for op in ops.values())
+    assert ops["collect"]["records_in"] == pipelines.N_SLOW and ops["collect"]["busy_s"] > 0
     # Its upstream was held back by the full ring in front of it.
     assert ops["fast"]["blocked_s"] > 0
     text = format_summary(s)
@@ -185,6 +191,42 @@ def test_progress_bar_forced_on(env_dir, capsys):
     err = capsys.readouterr().err
     last = err.rstrip("\n").split("\r")[-1]
     assert "100%" in last and "1,000/1,000 records" in last and last.rstrip().endswith("done")
+
+
+class TimedStream(io.StringIO):
+    """A non-terminal stream that notes the wall-clock time of every write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[tuple[float, str]] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append((time.time(), text))
+        return super().write(text)
+
+
+@pytest.mark.timeout(60)
+def test_progress_bar_counts_work_done_not_records_emitted(env_dir, monkeypatch):
+    """Issue 23.1: the source emits every record at once; the bar must follow the 5 ms map instead."""
+    stream = TimedStream()
+    monkeypatch.setattr(sys, "stderr", stream)
+    with LocalEnvironment("crawl", config={"progress": True}, env_dir=env_dir) as env:
+        pipelines.crawl(env)
+        job = env.submit()
+    monkeypatch.undo()
+    work = job.metrics["work_0"]
+    frames = [(t, int(m.group(1))) for t, text in stream.writes if (m := re.search(r"(\d+)%", text))]
+    assert frames, stream.getvalue()
+    # Half-way through the map's work (its own start and end stamps), the bar is near half-way too.
+    middle = (work["started"] + work["finished"]) / 2
+    when, pct = min(frames, key=lambda f: abs(f[0] - middle))
+    assert abs(when - middle) < 0.3, (frames, middle)
+    assert 20 <= pct <= 80, (pct, frames)
+    last = stream.getvalue().rstrip("\n").split("\r")[-1].rstrip()
+    assert last.startswith("[" + "#" * 30 + "] 100%") and last.endswith("done"), last
+    # The rate shown is the job's: a 5 ms map cannot go faster than 200 records/s.
+    rate = int(re.search(r"([\d,]+) rec/s", last).group(1).replace(",", ""))
+    assert 0 < rate < 1 / pipelines.CRAWL_SECONDS
 
 
 @pytest.mark.timeout(60)
