@@ -49,8 +49,9 @@ class Frame:
 class Sampler:
     """Turns successive `job.metrics` readings into frames.
 
-    Live figures compare against the reading about `window` seconds back (tasks publish counters once per
-    batch, so shorter windows flicker); `cumulative=True` averages over the whole job instead.
+    Live figures compare against the reading about `window` seconds back (tasks publish counters after each
+    batch and every 50 ms of work, so much shorter windows flicker); `cumulative=True` averages over the
+    whole job instead. The title's rate is the job's: records through the whole pipeline per second.
     """
 
     def __init__(self, job: Any, window: float = 1.0) -> None:
@@ -115,8 +116,7 @@ def _cells(frame: Frame, row: TaskRow) -> tuple[str, ...]:
 
 def _title(frame: Frame) -> str:
     return (f"procflow job {frame.job_id}  {frame.status}  {frame.elapsed:.1f}s  "
-            f"{frame.source_records:,} records from sources, {frame.completed:,} through  "
-            f"{frame.throughput:,.0f} rec/s")
+            f"{frame.completed:,}/{frame.source_records:,} records done  {frame.throughput:,.0f} rec/s")
 
 
 def render_plain(frame: Frame) -> str:

@@ -14,11 +14,12 @@ from rich.console import Console
 
 from procflow import JobFailedError, LocalEnvironment
 from procflow.cli import format_summary
-from procflow.dashboard import BOTTLENECK_MARK, Dashboard, Frame, TaskRow, bottleneck_of, render_plain
+from procflow.dashboard import BOTTLENECK_MARK, Dashboard, Frame, Sampler, TaskRow, bottleneck_of, render_plain
 from procflow.graph.render import render_graph
 from procflow.runtime.communication.queue_descriptor.shm_queue import ShmInbox
 from procflow.runtime.communication.shm import segment_name
 from procflow.runtime.progress import known_total, progress_wanted, render
+from procflow.testing import wait_until
 
 from . import pipelines
 
@@ -127,6 +128,25 @@ def test_dashboard_in_a_recorded_console_marks_the_bottleneck(env_dir):
     assert max(fills) > 50.0
     named = [f.bottleneck for f in live if f.elapsed > 0.5]
     assert max(set(named), key=named.count) == "slow", named
+
+
+@pytest.mark.timeout(60)
+def test_dashboard_rate_is_the_jobs_not_the_sources(env_dir):
+    """Issue 23.2: the source puts all its records in the rings at once; the title's rate must follow
+    the records that went through the 5 ms map, as the summary's does."""
+    with LocalEnvironment("crawl", env_dir=env_dir) as env:
+        pipelines.crawl(env)
+        job = env.submit(autostop=False)
+        sampler = Sampler(job)
+        # Observe the live counters until the map has done a quarter of the records.
+        assert wait_until(lambda: job.metrics["work_0"]["records_in"] >= pipelines.N_CRAWL // 4, 30)
+        frame = sampler.sample()
+        job.wait()
+    assert frame.status == "running" and frame.source_records == pipelines.N_CRAWL
+    assert 0 < frame.completed < pipelines.N_CRAWL
+    assert frame.throughput == pytest.approx(frame.completed / frame.elapsed)
+    assert frame.throughput < 1 / pipelines.CRAWL_SECONDS    # what a 5 ms map can do at most
+    assert f"{frame.completed:,}/{pipelines.N_CRAWL:,} records done" in render_plain(frame)
 
 
 @pytest.mark.timeout(60)
