@@ -81,7 +81,7 @@ class Job:
         `source_records`: records the sources emitted; `completed_records`: those whose work the whole
         pipeline has done (`completed_records()`), the same once a job has finished, fewer after a stop,
         a kill or a failure; `throughput_rps`: completed records per second of the job, its real rate
-        (not the sources', who fill the rings at once).
+        (not the sources' rate: they fill the rings at once).
 
         An operator's busy % is its tasks' mean share of the job's elapsed time spent working (not waiting
         for input, not blocked on a full output): the bottleneck is the operator with the highest. Tasks
@@ -110,7 +110,7 @@ class Job:
             op["busy_pct"] = 100.0 * op["busy_s"] / share if share else 0.0
             op["blocked_pct"] = 100.0 * op["blocked_s"] / share if share else 0.0
             # CPU time on the same scale: near busy % for work that computes, far below it for work that
-            # waits inside user code (I/O, sleep) or sits descheduled. None where not measured.
+            # waits inside user code (I/O, sleep) or sits descheduled. None on the inline backend only.
             op["cpu_pct"] = (100.0 * op["cpu_s"] / share if share else 0.0) if measures_cpu else None
             handled = op["records_out"] if op["source"] else op["records_in"]
             op["rate_rps"] = handled / elapsed if elapsed else 0.0
