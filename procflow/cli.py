@@ -108,10 +108,14 @@ def build_pipeline(env: Any, build: Callable[[Any], Any], overrides: list[tuple[
 
 
 def format_summary(summary: dict) -> str:
-    """The end-of-job report: records, time, throughput, one line per operator, the bottleneck."""
+    """The end-of-job report: records, time, the job's rate, one line per operator, the bottleneck."""
     ops = summary["operators"]
+    emitted, completed = summary["source_records"], summary["completed_records"]
+    # The rate is the job's (records through the whole pipeline per second); after a stop or a kill the
+    # sources have emitted more than went through, which the header says.
+    through = f" ({completed:,} through the pipeline)" if completed != emitted else ""
     lines = [f"job {summary['job_id']} {summary['status']} in {summary['elapsed_s']:.2f}s: "
-             f"{summary['source_records']:,} records from sources, {summary['throughput_rps']:,.0f} records/s"]
+             f"{emitted:,} records from sources{through}, {summary['throughput_rps']:,.0f} records/s"]
     header = ("operator", "tasks", "in", "out", "rate/s", "busy %", "cpu %", "blocked %", "errors", "")
     rows = [header]
     for name, op in ops.items():
@@ -254,7 +258,7 @@ def make_parser() -> argparse.ArgumentParser:
         "run", formatter_class=argparse.RawDescriptionHelpFormatter,
         help="build a pipeline, run it, print the job summary",
         description="Build the pipeline with TARGET(env), run it to the end, then print the job summary: "
-                    "records, time, throughput, each operator's busy %% and the bottleneck (the operator "
+                    "records, time, throughput, each operator's busy % and the bottleneck (the operator "
                     "that was busiest; give it more parallelism).",
         epilog="exit codes: 0 success, 1 the job failed (the error names the task and record), "
                "2 bad usage, 130 Ctrl-C")

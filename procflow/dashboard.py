@@ -40,16 +40,18 @@ class Frame:
     status: str
     elapsed: float
     source_records: int
-    throughput: float
+    throughput: float     # the job's rate: completed records per second since it started
     rows: list[TaskRow] = field(default_factory=list)
     bottleneck: str | None = None
+    completed: int = 0    # source records the whole pipeline has finished with (Job.completed_records)
 
 
 class Sampler:
     """Turns successive `job.metrics` readings into frames.
 
-    Live figures compare against the reading about `window` seconds back (tasks publish counters once per
-    batch, so shorter windows flicker); `cumulative=True` averages over the whole job instead.
+    Live figures compare against the reading about `window` seconds back (tasks publish counters after each
+    batch and every 50 ms of work, so much shorter windows flicker); `cumulative=True` averages over the
+    whole job instead. The title's rate is the job's: records through the whole pipeline per second.
     """
 
     def __init__(self, job: Any, window: float = 1.0) -> None:
@@ -83,8 +85,11 @@ class Sampler:
                                 min(max(busy, 0.0), 100.0),
                                 None if cumulative else 100.0 * m.get("input_fill", 0.0)))
         emitted = sum(r.records_out for r in rows if r.task in self._sources)
-        return Frame(job.job_id, job.status, now, emitted, emitted / now if now else 0.0, rows,
-                     bottleneck_of(rows))
+        # The job's rate counts what went all the way through, not what the sources emitted: they fill
+        # the rings at once, and their rate was shown as the job's (issue 23.2).
+        completed = job.completed_records(metrics)
+        return Frame(job.job_id, job.status, now, emitted, completed / now if now else 0.0, rows,
+                     bottleneck_of(rows), completed)
 
 
 def bottleneck_of(rows: list[TaskRow]) -> str | None:
@@ -111,7 +116,7 @@ def _cells(frame: Frame, row: TaskRow) -> tuple[str, ...]:
 
 def _title(frame: Frame) -> str:
     return (f"procflow job {frame.job_id}  {frame.status}  {frame.elapsed:.1f}s  "
-            f"{frame.source_records:,} records from sources  {frame.throughput:,.0f} rec/s")
+            f"{frame.completed:,}/{frame.source_records:,} records done  {frame.throughput:,.0f} rec/s")
 
 
 def render_plain(frame: Frame) -> str:
@@ -189,6 +194,10 @@ class Dashboard:
             while not self._ended():
                 live.update(render_rich(self._frame()), refresh=True)
             live.update(render_rich(self._frame(cumulative=True)), refresh=True)
+        if not console.is_terminal:
+            # Live ends its last frame with a newline only on a terminal; elsewhere (a log file, or
+            # stderr merged with stdout) the next line ran on after the table's border (issue 23.7).
+            console.line()
 
     def _run_plain(self) -> None:
         stream = self.stream or sys.stderr

@@ -306,8 +306,9 @@ class Dispatcher(JobMonitor):
                 "(an import error, or failing top-level code): its traceback is on this process's stderr")
 
     def _progress(self, name: str) -> str:
-        """How far a dead task got. Tasks publish counters once per input batch or flush, not per record,
-        so this can lag the exact position; a dead process cannot tell us its record."""
+        """How far a dead task got. A working task publishes its counters at least every PUBLISH_INTERVAL
+        (base_task), not per record, so this can lag the exact position by that much (or by one slow
+        record); a dead process cannot tell us its record."""
         try:
             row = self.job_control.counters[self.manager.tasks[name].slot]
             n_in, n_out = int(row[0]), int(row[1])
@@ -327,8 +328,7 @@ class Dispatcher(JobMonitor):
     def _on_message(self, msg: Any) -> None:
         manager = self.manager
         if isinstance(msg, Results):
-            self.collectors[msg.task]._extend(msg.records)
-            self.in_driver.received(msg)
+            self.in_driver.deliver(msg, self.collectors[msg.task])
         elif isinstance(msg, Ready):
             if self.service_manager is not None and self.service_manager.owns(msg.task):
                 self.service_manager.mark_ready(msg.task)

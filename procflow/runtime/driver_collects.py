@@ -21,12 +21,14 @@ from procflow.runtime.job_control import FIELDS
 class DriverCollects:
     """The collects a dispatcher runs itself, and their counters.
 
-    Each keeps a counters row like a task's (records in, started, finished), so that job metrics read
-    the same; `shared_counters` is the local backend's shared-memory table, mirrored for live metrics
-    (the Ray backend asks `rows()` instead). Their pid is the driver's.
+    Each keeps a counters row like a task's (records in, started, finished; busy_s and cpu_s: the
+    driver's time storing its records, so that a summary's cpu_pct is a number here too, issue 23.7),
+    so that job metrics read the same; `shared_counters` is the local backend's shared-memory table,
+    mirrored for live metrics (the Ray backend asks `rows()` instead). Their pid is the driver's.
     """
 
-    _IN, _STARTED, _FINISHED = (FIELDS.index(f) for f in ("records_in", "started", "finished"))
+    _IN, _BUSY, _CPU, _STARTED, _FINISHED = (FIELDS.index(f) for f in ("records_in", "busy_s", "cpu_s", "started",
+                                                                       "finished"))
 
     def __init__(self, graph: Any, manager: Any, shared_counters: Any = None) -> None:
         self._graph = graph
@@ -45,13 +47,21 @@ class DriverCollects:
             return DriverEdge(self._graph.nodes[edge.dst].operator, edge.slot)
         return other(edge)
 
-    def received(self, results: Results) -> None:
+    def deliver(self, results: Results, collector: Any) -> None:
+        """Hand a Results message to its collector; for a collect run here, count its records and the
+        time the driver spent storing them (wall and CPU: the monitor thread's)."""
         name = self._by_operator.get(results.task)
-        if name is not None:
-            row = self._rows[name]
-            row[self._IN] += len(results.records)
-            row[self._STARTED] = row[self._STARTED] or time.time()
-            self._mirror(name)
+        if name is None:   # a collect task's own results: that task keeps its counters
+            collector._extend(results.records)
+            return
+        started, cpu = time.perf_counter(), time.thread_time()
+        collector._extend(results.records)
+        row = self._rows[name]
+        row[self._BUSY] += time.perf_counter() - started
+        row[self._CPU] += time.thread_time() - cpu
+        row[self._IN] += len(results.records)
+        row[self._STARTED] = row[self._STARTED] or time.time()
+        self._mirror(name)
 
     def task_stopped(self) -> None:
         """A collect run here has ended once every task feeding it has: each ships its last results

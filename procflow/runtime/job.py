@@ -7,6 +7,7 @@ from typing import Any
 
 from procflow.errors import JobFailedError
 from procflow.graph.transformation import ROUND_ROBIN
+from procflow.runtime.completion import Completion
 from procflow.runtime.dispatcher import Dispatcher
 from procflow.runtime.progress import ProgressBar, known_total, progress_wanted
 
@@ -23,13 +24,12 @@ class Job:
         self.job_id = dispatcher.job_id
         self.log_dir = dispatcher.job_dir
         self.source_tasks = frozenset(n.name for n in dispatcher.graph.sources())
+        self._completion = Completion.of(dispatcher.graph)
         self._progress: ProgressBar | None = None
-        sized = known_total(dispatcher.graph)
-        if sized is not None and progress_wanted(dispatcher.config.get("progress")):
-            total, tasks = sized
-            self._progress = ProgressBar(
-                total, lambda: sum(self.metrics[t]["records_out"] for t in tasks), self._manager.done,
-                status=lambda: self.status).start()
+        total = known_total(dispatcher.graph)
+        if total is not None and progress_wanted(dispatcher.config.get("progress")):
+            self._progress = ProgressBar(total, self.completed_records, self._manager.done,
+                                         status=lambda: self.status).start()
 
     @property
     def status(self) -> str:
@@ -63,6 +63,12 @@ class Job:
             live = control.snapshot()   # None if cleanup closed it meanwhile: final figures then
         return self._manager.metrics(live)
 
+    def completed_records(self, metrics: dict[str, Any] | None = None) -> int:
+        """Source records whose work the whole pipeline has done (exact for a chain of 1:1 operators,
+        estimated from each operator's out/in ratio otherwise: see runtime/completion.py); from
+        `metrics` if given, else the counters now. Records still waiting in rings do not count."""
+        return int(self._completion.records(self.metrics if metrics is None else metrics))
+
     @property
     def service_metrics(self) -> dict[str, dict]:
         """Per service: replicas, calls served, errors, seconds busy, and per replica; live or final."""
@@ -72,12 +78,23 @@ class Job:
     def summary(self) -> dict[str, Any]:
         """The job in figures: records, time, throughput, per-operator totals and busy %, the bottleneck.
 
+        `source_records`: records the sources emitted; `completed_records`: those whose work the whole
+        pipeline has done (`completed_records()`), the same once a job has finished, fewer after a stop,
+        a kill or a failure; `throughput_rps`: completed records per second of the job, its real rate
+        (not the sources' rate: they fill the rings at once).
+
         An operator's busy % is its tasks' mean share of the job's elapsed time spent working (not waiting
-        for input, not blocked on a full output): the bottleneck is the operator with the highest.
+        for input, not blocked on a full output): the bottleneck is the operator with the highest. Tasks
+        publish their counters at least every 50 ms of work, so these are current when a job is stopped,
+        killed or fails too. `cpu_pct` is CPU time on the busy % scale (a collect run in the driver counts
+        the driver's time storing its records); it is None only on the inline backend, which runs every
+        task in the caller's thread and measures no CPU time per task.
         """
         tasks = self.metrics
         emitted = sum(m["records_out"] for name, m in tasks.items() if name in self.source_tasks)
+        completed = self.completed_records(tasks)
         elapsed = self.elapsed
+        measures_cpu = self._dispatcher.measures_cpu
         by_op: dict[str, dict] = {}
         rows_by_op: dict[str, list[dict]] = {}
         for name, m in tasks.items():
@@ -93,15 +110,16 @@ class Job:
             op["busy_pct"] = 100.0 * op["busy_s"] / share if share else 0.0
             op["blocked_pct"] = 100.0 * op["blocked_s"] / share if share else 0.0
             # CPU time on the same scale: near busy % for work that computes, far below it for work that
-            # waits inside user code (I/O, sleep) or sits descheduled. None where not measured.
-            op["cpu_pct"] = 100.0 * op["cpu_s"] / share if share and op["cpu_s"] > 0 else None
+            # waits inside user code (I/O, sleep) or sits descheduled. None on the inline backend only.
+            op["cpu_pct"] = (100.0 * op["cpu_s"] / share if share else 0.0) if measures_cpu else None
             handled = op["records_out"] if op["source"] else op["records_in"]
             op["rate_rps"] = handled / elapsed if elapsed else 0.0
         bottleneck = max(by_op, key=lambda k: by_op[k]["busy_pct"]) if by_op else None
         uneven = self._uneven_round_robin(rows_by_op, by_op) if self.status == "finished" else []
         failure = self.failure
         return {"job_id": self.job_id, "status": self.status, "elapsed_s": elapsed,
-                "source_records": emitted, "throughput_rps": emitted / elapsed if elapsed else 0.0,
+                "source_records": emitted, "completed_records": completed,
+                "throughput_rps": completed / elapsed if elapsed else 0.0,
                 "operators": by_op, "bottleneck": bottleneck, "uneven": uneven,
                 "error": str(failure) if failure else None,
                 "log_dir": self.log_dir, "tasks": tasks, "services": self.service_metrics}

@@ -24,6 +24,8 @@ ERROR_LOG = "Error.log"  # the job's failure, with the record and traceback: pri
 
 class JobMonitor:
     log: logging.Logger = logging.getLogger("procflow.dispatcher")
+    # Every task measures its own CPU time (BaseTask.cpu_clock), so job summaries can give cpu_pct.
+    measures_cpu = True
     manager: Any
     job_id: str
     job_dir: str

@@ -1,10 +1,15 @@
-"""Driver-side progress bar for sources of known length (a sized iterable given to `from_batch`).
+"""Driver-side progress bar for inputs of known size (sized iterables given to `from_batch`).
 
     Job starts ─► ProgressBar.start(): one driver thread (not a daemon)
-                    every `interval` s: read the sources' records_out (the shared counters, no messages),
-                    redraw one line on the stream with \\r
+                    every `interval` s: count the source records the whole pipeline has finished with
+                    (Completion, from the shared counters: no messages), redraw one line with \\r
     job ends (manager.done is set) ─► one last draw, a newline, the thread returns
     Job.wait / stop / kill / close ─► ProgressBar.join()
+
+What the bar counts: source records whose work is done all the way down the pipeline (see
+completion.py), out of the input's size; its rate is that count over the time since the job started, so
+it is the job's rate, and the ETA follows from both. It once counted records leaving the sources, which
+fill the rings at once: 100% from the first frame of a CPU-bound job (issue 23.1).
 
 The tasks are never involved: the bar costs them nothing. It is on by default only where someone can
 see it (stderr is a terminal) and never under pytest; `config["progress"]` True / False forces it.
@@ -24,22 +29,21 @@ from procflow.api.functions import IterableBatch
 _WIDTH = 30
 
 
-def known_total(graph: Any) -> tuple[int, list[str]] | None:
-    """(records the sized sources will emit, their task names); None when no source has a length."""
-    total, tasks = 0, []
-    sized_ops: set[str] = set()
+def known_total(graph: Any) -> int | None:
+    """Records the sources will emit, when every source knows its size (a sized iterable); else None:
+    a bar over part of the input would stop short of, or run past, 100%."""
+    total = 0
     for t in graph.transformations.values():
+        if t.inputs:
+            continue
         spec = t.function
-        if t.kind == "batch" and spec.target is IterableBatch and spec.args and isinstance(spec.args[0], Sized):
-            try:
-                total += len(spec.args[0])
-            except TypeError:
-                continue
-            sized_ops.add(t.name)
-    if not sized_ops:
-        return None
-    tasks = [n.name for n in graph.sources() if n.operator in sized_ops]
-    return total, tasks
+        if not (t.kind == "batch" and spec.target is IterableBatch and spec.args and isinstance(spec.args[0], Sized)):
+            return None
+        try:
+            total += len(spec.args[0])
+        except TypeError:
+            return None
+    return total
 
 
 def progress_wanted(setting: bool | None, stream: IO[str] | None = None) -> bool:
@@ -72,6 +76,11 @@ def render(done: int, total: int, elapsed: float, final: str = "") -> str:
 
 
 class ProgressBar:
+    """Redraws `render(count(), total, seconds since start)` every `interval` until `finished` is set.
+
+    `count()` gives the source records the pipeline has finished with (Job.completed_records).
+    """
+
     def __init__(self, total: int, count: Callable[[], int], finished: threading.Event, *,
                  status: Callable[[], str] = lambda: "", stream: IO[str] | None = None,
                  interval: float = 0.2) -> None:
@@ -96,19 +105,16 @@ class ProgressBar:
 
     def _run(self) -> None:
         started = time.monotonic()
-        took = 0.0   # seconds the sources needed for everything: the rate stops there, not at job end
         while True:
             ended = self._finished.wait(self._interval)
             done = self._safe_count()
-            if not took and done >= self.total:
-                took = time.monotonic() - started
-            elapsed = took or time.monotonic() - started
+            elapsed = time.monotonic() - started
             if ended:
                 status = self._status()
                 self._draw(render(done, self.total, elapsed, "done" if status == "finished" else status))
                 self._write("\n")
                 return
-            self._draw(render(done, self.total, elapsed, "draining" if took else ""))
+            self._draw(render(done, self.total, elapsed))
 
     def _safe_count(self) -> int:
         try:

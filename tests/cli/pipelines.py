@@ -36,6 +36,41 @@ def slow(env):
             .collect())
 
 
+N_CRAWL = 400
+CRAWL_SECONDS = 0.005
+MARK_ENV = "PROCFLOW_TEST_MARK"
+MARK_AFTER = 100
+
+
+class Crawl(MapFunction):
+    """5 ms per record: the job's pace is set here, however fast the source fills the rings in front of
+    it. With $PROCFLOW_TEST_MARK set, the file it names appears after MARK_AFTER records, so that a test
+    can act (Ctrl-C) once there is work to count."""
+
+    def open(self) -> None:
+        self.seen = 0
+        self.mark = os.environ.get(MARK_ENV)
+
+    def execute(self, record):
+        time.sleep(CRAWL_SECONDS)
+        self.seen += 1
+        if self.seen == MARK_AFTER and self.mark:
+            with open(self.mark, "w"):
+                pass
+        return record
+
+
+def crawl(env):
+    """N_CRAWL records through a 5 ms map ('work'): about 2 s of work, all of it after the source's
+    first few milliseconds."""
+    return env.from_batch(range(N_CRAWL)).map(Crawl, name="work").collect()
+
+
+def crawl_long(env):
+    """The same map over 20,000 records (100 s): stopped with Ctrl-C by its test."""
+    env.from_batch(range(20_000)).map(Crawl, name="work").sink(lambda x: None, name="sink")
+
+
 N_LOPSIDED = 200
 
 

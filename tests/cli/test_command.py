@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from procflow.testing import own_segments
+from procflow.testing import own_segments, wait_until
+
+from . import pipelines
 
 ROOT = Path(__file__).resolve().parents[2]
 PIPELINES = "tests/cli/pipelines.py"
@@ -32,6 +36,7 @@ def test_help_explains_each_command():
     assert run.returncode == 0
     for option in ("--backend", "--queue", "--parallelism", "--dashboard", "--report", "--env-dir", "bottleneck"):
         assert option in run.stdout
+    assert "busy %" in run.stdout and "%%" not in run.stdout      # issue 23.7: argparse left it doubled
     graph = procflow("graph", "--help")
     assert graph.returncode == 0
     for word in ("--format", "dot", "mermaid", "--output"):
@@ -69,6 +74,18 @@ def test_run_with_mp_queue_and_dashboard(tmp_path):
         assert task in done.stderr          # the dashboard's last frame
     assert "<- bottleneck" in done.stderr
     assert "job " in done.stdout
+
+
+@pytest.mark.timeout(60)
+def test_dashboard_on_a_non_terminal_ends_its_table_before_the_summary(tmp_path):
+    """Issue 23.7: with stderr merged into stdout, the summary ran on after the table's last border."""
+    done = subprocess.run([sys.executable, "-m", "procflow.cli", "run", f"{PIPELINES}:counted", "--dashboard",
+                           "--env-dir", str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout
+    assert "└" in done.stdout                                      # the rich table was drawn
+    assert re.search(r"^job \w+ finished in ", done.stdout, re.MULTILINE), done.stdout
+    assert re.search(r"┘\n", done.stdout), done.stdout
 
 
 @pytest.mark.timeout(60)
@@ -148,6 +165,39 @@ def test_ctrl_c_exits_130_and_leaves_nothing(tmp_path, signum):
         time.sleep(0.05)            # observing OS state, not synchronising
     assert not own_segments(proc.pid)
     assert not [p for p in pids if _alive(p)]
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_summary_counts_the_work_done_and_names_the_real_bottleneck(tmp_path):
+    """Issue 23.2: a 5 ms map, interrupted; its row must show its work, the bottleneck must be the map,
+    and the header's rate the job's (not the source's, which filled the rings at once)."""
+    report, mark = tmp_path / "report.json", tmp_path / "mark"
+    proc = subprocess.Popen([sys.executable, "-m", "procflow.cli", "run", f"{PIPELINES}:crawl_long",
+                             "--env-dir", str(tmp_path), "--report", str(report)], cwd=ROOT,
+                            env={**os.environ, pipelines.MARK_ENV: str(mark)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        # The map creates `mark` after MARK_AFTER records: observe the file, then interrupt.
+        assert wait_until(mark.exists, 30), "the map never reached its mark"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    data = json.loads(report.read_text())
+    work = data["operators"]["work"]
+    # Counters are published every 50 ms of work (10 records here), so the map's row is current.
+    assert work["records_in"] >= pipelines.MARK_AFTER - 15, work
+    assert work["busy_s"] >= (pipelines.MARK_AFTER - 15) * pipelines.CRAWL_SECONDS, work
+    assert data["bottleneck"] == "work", data["operators"]
+    assert "try --parallelism work=2" in out and "parallelism sink" not in out
+    # The job's rate: records through the whole pipeline, which a 5 ms map holds under 200/s.
+    assert data["completed_records"] <= work["records_in"]
+    assert data["throughput_rps"] == pytest.approx(data["completed_records"] / data["elapsed_s"])
+    assert data["throughput_rps"] < 1 / pipelines.CRAWL_SECONDS
+    assert f"{data['completed_records']:,} through the pipeline" in out.splitlines()[0]
 
 
 def _alive(pid: int) -> bool:

@@ -5,17 +5,21 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import sys
+import time
 
 import pytest
 from rich.console import Console
 
 from procflow import JobFailedError, LocalEnvironment
 from procflow.cli import format_summary
-from procflow.dashboard import BOTTLENECK_MARK, Dashboard, Frame, TaskRow, bottleneck_of, render_plain
+from procflow.dashboard import BOTTLENECK_MARK, Dashboard, Frame, Sampler, TaskRow, bottleneck_of, render_plain
 from procflow.graph.render import render_graph
 from procflow.runtime.communication.queue_descriptor.shm_queue import ShmInbox
 from procflow.runtime.communication.shm import segment_name
 from procflow.runtime.progress import known_total, progress_wanted, render
+from procflow.testing import wait_until
 
 from . import pipelines
 
@@ -82,6 +86,9 @@ def test_summary_names_the_slow_operator_as_bottleneck(env_dir):
     assert 0 < ops["slow"]["cpu_s"] < ops["slow"]["busy_s"] / 4
     assert ops["slow"]["cpu_pct"] < ops["slow"]["busy_pct"] / 4
     assert ops["slow"]["busy_pct"] > 3 * max(ops[o]["busy_pct"] for o in ("fast", "after", "collect"))
+    # The collect runs in the driver: its CPU share is a number too, not None (issue 23.7).
+    assert all(isinstance(op["cpu_pct"], float) and round(op["cpu_pct"]) >= 0 for op in ops.values())
+    assert ops["collect"]["records_in"] == pipelines.N_SLOW and ops["collect"]["busy_s"] > 0
     # Its upstream was held back by the full ring in front of it.
     assert ops["fast"]["blocked_s"] > 0
     text = format_summary(s)
@@ -121,6 +128,25 @@ def test_dashboard_in_a_recorded_console_marks_the_bottleneck(env_dir):
     assert max(fills) > 50.0
     named = [f.bottleneck for f in live if f.elapsed > 0.5]
     assert max(set(named), key=named.count) == "slow", named
+
+
+@pytest.mark.timeout(60)
+def test_dashboard_rate_is_the_jobs_not_the_sources(env_dir):
+    """Issue 23.2: the source puts all its records in the rings at once; the title's rate must follow
+    the records that went through the 5 ms map, as the summary's does."""
+    with LocalEnvironment("crawl", env_dir=env_dir) as env:
+        pipelines.crawl(env)
+        job = env.submit(autostop=False)
+        sampler = Sampler(job)
+        # Observe the live counters until the map has done a quarter of the records.
+        assert wait_until(lambda: job.metrics["work_0"]["records_in"] >= pipelines.N_CRAWL // 4, 30)
+        frame = sampler.sample()
+        job.wait()
+    assert frame.status == "running" and frame.source_records == pipelines.N_CRAWL
+    assert 0 < frame.completed < pipelines.N_CRAWL
+    assert frame.throughput == pytest.approx(frame.completed / frame.elapsed)
+    assert frame.throughput < 1 / pipelines.CRAWL_SECONDS    # what a 5 ms map can do at most
+    assert f"{frame.completed:,}/{pipelines.N_CRAWL:,} records done" in render_plain(frame)
 
 
 @pytest.mark.timeout(60)
@@ -187,6 +213,42 @@ def test_progress_bar_forced_on(env_dir, capsys):
     assert "100%" in last and "1,000/1,000 records" in last and last.rstrip().endswith("done")
 
 
+class TimedStream(io.StringIO):
+    """A non-terminal stream that notes the wall-clock time of every write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[tuple[float, str]] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append((time.time(), text))
+        return super().write(text)
+
+
+@pytest.mark.timeout(60)
+def test_progress_bar_counts_work_done_not_records_emitted(env_dir, monkeypatch):
+    """Issue 23.1: the source emits every record at once; the bar must follow the 5 ms map instead."""
+    stream = TimedStream()
+    monkeypatch.setattr(sys, "stderr", stream)
+    with LocalEnvironment("crawl", config={"progress": True}, env_dir=env_dir) as env:
+        pipelines.crawl(env)
+        job = env.submit()
+    monkeypatch.undo()
+    work = job.metrics["work_0"]
+    frames = [(t, int(m.group(1))) for t, text in stream.writes if (m := re.search(r"(\d+)%", text))]
+    assert frames, stream.getvalue()
+    # Half-way through the map's work (its own start and end stamps), the bar is near half-way too.
+    middle = (work["started"] + work["finished"]) / 2
+    when, pct = min(frames, key=lambda f: abs(f[0] - middle))
+    assert abs(when - middle) < 0.3, (frames, middle)
+    assert 20 <= pct <= 80, (pct, frames)
+    last = stream.getvalue().rstrip("\n").split("\r")[-1].rstrip()
+    assert last.startswith("[" + "#" * 30 + "] 100%") and last.endswith("done"), last
+    # The rate shown is the job's: a 5 ms map cannot go faster than 200 records/s.
+    rate = int(re.search(r"([\d,]+) rec/s", last).group(1).replace(",", ""))
+    assert 0 < rate < 1 / pipelines.CRAWL_SECONDS
+
+
 @pytest.mark.timeout(60)
 def test_progress_bar_off_under_pytest_and_for_unsized_sources(env_dir, capsys):
     assert progress_wanted(None) is False          # PYTEST_CURRENT_TEST is set
@@ -194,7 +256,7 @@ def test_progress_bar_off_under_pytest_and_for_unsized_sources(env_dir, capsys):
     with LocalEnvironment("progress", env_dir=env_dir) as env:
         env.from_batch(range(100)).map(lambda x: x).collect()
         env.submit()
-        assert known_total(env.compile()) == (100, ["batch_0"])
+        assert known_total(env.compile()) == 100
     assert capsys.readouterr().err == ""
     with LocalEnvironment("unsized") as env:
         env.from_batch(x for x in range(3)).map(lambda x: x).collect()

@@ -5,6 +5,7 @@ behind (the autouse leak fixture checks every child process and segment of this 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 
@@ -216,6 +217,27 @@ def test_task_killed_from_outside_mid_stream(env_dir):
     assert f"pid {pid}" in str(error) and "SIGKILL" in str(error) and "OOM" in str(error)
     assert "cannot tell who sent it" in str(error)   # a possible cause, not a verdict (issue 22.8)
     assert job.status == "failed"
+
+
+class SlowThenKilled(FaultAt):
+    """1 ms per record, then SIGKILL at record `at`: the source fills the map's rings at once, so the map
+    works through one long gate batch when it dies (issue 22.10)."""
+
+    def __call__(self, record, *rest):
+        time.sleep(0.001)
+        return super().__call__(record, *rest)
+
+
+def test_killed_tasks_report_counts_the_records_it_had_done(env_dir):
+    at = 300
+    env = LocalEnvironment("faults", env_dir=env_dir)
+    env.from_batch(range(1000), name="src").map(SlowThenKilled(at, "sigkill"), name="map").sink(lambda r: None)
+    error, _ = fails(env)
+    assert error.task == "map_0" and error.exitcode == -signal.SIGKILL
+    shown = re.search(r"last published counters showed (\d+) record\(s\) in", str(error))
+    assert shown, str(error)
+    # Every record took >= 1 ms, so the last publish (every 50 ms of work) came at most ~50 records back.
+    assert at - 60 <= int(shown.group(1)) <= at, str(error)
 
 
 @pytest.mark.parametrize("fault", ["raise", "sigkill"])

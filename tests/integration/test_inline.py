@@ -408,3 +408,5 @@ def test_inline_metrics_count_records():
     assert m["collect_0"]["records_in"] == m["collect_0"]["processed_count"] == 50
     # every task ran in the driver's one thread: none reports that thread's CPU as its own
     assert all(row["cpu_s"] == 0 for row in m.values())
+    # ...so summaries say "not measured" (None, as Job.summary documents), rather than 0 %.
+    assert all(op["cpu_pct"] is None for op in job.summary()["operators"].values())

@@ -149,6 +149,9 @@ def test_a_plain_collect_runs_in_the_driver_and_a_keyed_one_in_a_task(make_env):
     metrics = job.metrics
     assert metrics["collect_0"]["pid"] == os.getpid() and metrics["collect_0"]["records_in"] == 300
     assert metrics["collect2_0"]["pid"] != os.getpid() and metrics["collect2_0"]["records_in"] == 300
+    # The driver times its storing of the plain collect's records, so its CPU share is a number.
+    ops = job.summary()["operators"]
+    assert isinstance(ops["collect"]["cpu_pct"], float) and isinstance(ops["collect2"]["cpu_pct"], float)
 
 
 @pytest.mark.timeout(60)

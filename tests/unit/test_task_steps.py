@@ -3,6 +3,11 @@ inline channel kind: no processes start here."""
 
 from __future__ import annotations
 
+import time
+from types import SimpleNamespace
+
+import pytest
+
 from procflow.api.functions import CallableMap, FlatMapFunction
 from procflow.api.signals import StopSignal
 from procflow.backends.inline.channel import InlineInbox
@@ -10,7 +15,8 @@ from procflow.backends.inline.executor import InlineJobControl
 from procflow.runtime.communication import codec
 from procflow.runtime.communication.packet import ChannelEnd, Packet, packets
 from procflow.runtime.context.task_context import OutputSpec, TaskContext
-from procflow.runtime.task.base_task import BaseTask
+from procflow.runtime.task import base_task
+from procflow.runtime.task.base_task import PUBLISH_INTERVAL, BaseTask
 
 
 class _Control:
@@ -26,12 +32,12 @@ class _Task(BaseTask):
         self.ctx.attach(job_control=InlineJobControl(1))
 
 
-def make_task(function, n_inputs=2, n_outputs=2, options=None, kind="flatmap"):
+def make_task(function, n_inputs=2, n_outputs=2, options=None, kind="flatmap", strategy="broadcast"):
     inbox = InlineInbox("in", tuple(range(n_inputs)))
     outs = [InlineInbox(f"out{i}", (0,)) for i in range(n_outputs)]
     ctx = TaskContext(name="t_0", operator_name="t", kind=kind, parallel_index=0, parallelism=1,
                       job_id="j", env_dir="/nonexistent", task_slot=0, job_segment="", n_tasks=1, inbox=inbox,
-                      outputs=[OutputSpec("down", "broadcast", [o.edge(0) for o in outs])],
+                      outputs=[OutputSpec("down", strategy, [o.edge(0) for o in outs])],
                       options=options or {}, control=_Control())
     writers = [inbox.edge(slot).open_writer() for slot in range(n_inputs)]
     return _Task(ctx, function), writers, outs
@@ -94,3 +100,48 @@ def test_a_task_without_inputs_is_done_at_once():
     task.ctx.inbox = None
     task.open()
     assert task.done and task.last_signal.reason == "no inputs"
+
+
+class FakeClock:
+    """Stands in for time.perf_counter in base_task: the user function moves it on, so a record "takes"
+    as long as the test says without the test sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# round_robin to one channel: the chunked path (process_many); broadcast: record by record; skip: the
+# guarded loop. Each must publish its counters while it works through a long batch (issue 22.10).
+@pytest.mark.parametrize("strategy, options", [("round_robin", {}), ("broadcast", {}),
+                                               ("round_robin", {"on_error": "skip"})],
+                         ids=["chunked", "per-record", "guarded"])
+def test_counters_are_published_in_the_middle_of_a_long_batch(monkeypatch, strategy, options):
+    clock = FakeClock()
+    monkeypatch.setattr(base_task, "time", SimpleNamespace(perf_counter=clock, time=time.time))
+    record_s = 0.01
+    seen = []    # records_in as the shared counters showed it when each record started
+
+    def slow(x):
+        seen.append(task.ctx.job_control.snapshot()[0]["records_in"])
+        clock.now += record_s
+        return x
+
+    task, (w0,), _ = make_task(CallableMap(slow), n_inputs=1, n_outputs=1, options=options, kind="map",
+                               strategy=strategy)
+    task.open()
+    task._start_clock()
+    n = 200
+    for x in range(n):
+        send(w0, x)
+    w0.flush()
+    items = task.ctx.gate.read(0)
+    assert sum(len(b.records) for b in items) == n     # one batch: two seconds of work
+    task.process_batch(items)
+    lag = [i - published for i, published in enumerate(seen)]
+    # At most PUBLISH_INTERVAL (plus the record in hand) behind, however long the batch.
+    assert max(lag) <= PUBLISH_INTERVAL / record_s + 1, lag
+    snap = task.ctx.job_control.snapshot()[0]
+    assert snap["busy_s"] >= (n - PUBLISH_INTERVAL / record_s - 1) * record_s * 0.99

@@ -142,6 +142,9 @@ class _TaskFailed(Exception):
 class InlineExecutor:
     """Quacks like the Dispatcher where `Job` needs it (manager, job_control, request, join_monitor)."""
 
+    measures_cpu = False   # see InlineTask.cpu_clock: summaries give cpu_pct None
+    service_manager = None  # inline jobs run no services (submit refuses them); Job.summary() asks
+
     def __init__(self, graph: ExecutionGraph, *, config: dict, env_dir: str, collectors: dict,
                  chunk: int = DEFAULT_CHUNK, job_id: str | None = None) -> None:
         self.graph = graph

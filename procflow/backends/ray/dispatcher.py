@@ -250,8 +250,7 @@ class RayDispatcher(JobMonitor):
     def _on_message(self, msg: Any) -> None:
         manager = self.manager
         if isinstance(msg, Results):
-            self.collectors[msg.task]._extend(msg.records)
-            self.in_driver.received(msg)
+            self.in_driver.deliver(msg, self.collectors[msg.task])
         elif isinstance(msg, Ready):
             manager.mark_ready(msg.task, msg.pid)
         elif isinstance(msg, Stopped):
