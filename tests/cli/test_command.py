@@ -137,6 +137,18 @@ def test_wordcount_example_runs_through_the_command(tmp_path):
 
 
 @pytest.mark.timeout(60)
+def _interrupt(proc: subprocess.Popen, signum: int, *, ready: bool, why: str) -> tuple[str, str]:
+    """Send `signum` to a `procflow run` that is `ready`, and return its output; never leave it running."""
+    try:
+        assert ready, why
+        proc.send_signal(signum)
+        return proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
                          ids=["ctrl-c", "sigterm", "sighup"])
 def test_ctrl_c_exits_130_and_leaves_nothing(tmp_path, signum):
@@ -146,15 +158,8 @@ def test_ctrl_c_exits_130_and_leaves_nothing(tmp_path, signum):
     proc = subprocess.Popen([sys.executable, "-m", "procflow.cli", "run", f"{PIPELINES}:forever",
                              "--env-dir", str(tmp_path), "--report", str(report)], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stderr.readline()     # printed once every task has been started
-        assert "running" in line, line
-        proc.send_signal(signum)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    line = proc.stderr.readline()     # printed once every task has been started
+    out, err = _interrupt(proc, signum, ready="running" in line, why=line)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert "killed" in out          # the summary still prints, with the job's status
@@ -176,15 +181,9 @@ def test_ctrl_c_summary_counts_the_work_done_and_names_the_real_bottleneck(tmp_p
                              "--env-dir", str(tmp_path), "--report", str(report)], cwd=ROOT,
                             env={**os.environ, pipelines.MARK_ENV: str(mark)}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    try:
-        # The map creates `mark` after MARK_AFTER records: observe the file, then interrupt.
-        assert wait_until(mark.exists, 30), "the map never reached its mark"
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    # The map creates `mark` after MARK_AFTER records: observe the file, then interrupt.
+    out, err = _interrupt(proc, signal.SIGINT, ready=wait_until(mark.exists, 30),
+                          why="the map never reached its mark")
     assert proc.returncode == 130, err
     data = json.loads(report.read_text())
     work = data["operators"]["work"]
