@@ -176,6 +176,53 @@ def test_unencodable_record_raises_encode_error():
         codec.encode(gen())
 
 
+# -- bytearray and memoryview (issue 22 item 6: they came back as bytes) ---------------------------
+
+BUFFER_RECORDS = [
+    bytearray(b"ab"), bytearray(), bytearray(b"\xc4\xc5\xc6"), [bytearray(b"x"), b"y", "z"],
+    (bytearray(b"t"), (1, bytearray(b"u"))), {"k": bytearray(b"v"), "b": b"w", "n": [1, {"d": bytearray()}]},
+    [b"plain bytes", 196, 1.5, "\u0104"],   # bin markers without any bytearray: nothing to convert
+    {(1, 2): [bytearray(b"tuple key")]}, [np.arange(3), bytearray(b"with an array")],
+]
+
+
+@pytest.mark.parametrize("value", BUFFER_RECORDS)
+def test_bytearrays_come_back_as_bytearrays_nested_or_not(value):
+    round_trip(value)
+    assert_same(single_trip("payload", value, True), "payload")    # as a key too
+
+
+def test_bytearrays_in_batches_of_the_shm_writer_come_back_as_bytearrays():
+    records = [i for i in range(300)] + [{"row": i, "blob": bytearray([i % 256])} for i in range(300)]
+    writer = _Writer()
+    router = BaseRouter([OutputGroup("down", "round_robin", [writer])])
+    router.route_many(records)
+    assert_same([p.payload for p in packets(writer.out)], records)
+
+
+def _view_facts(view: memoryview) -> tuple:
+    return view.format, view.shape, view.tolist(), view.readonly
+
+
+@pytest.mark.parametrize("view", [
+    memoryview(b"abc"), memoryview(bytearray(b"writable")), memoryview(b""),
+    memoryview(np.arange(6, dtype=np.int32)), memoryview(np.arange(12, dtype=np.float64).reshape(3, 4)),
+    memoryview(np.arange(6, dtype=np.uint8)[::2]), memoryview(np.array(7, dtype=np.int64)),
+])
+def test_a_memoryview_comes_back_read_only_with_its_format_shape_and_contents(view):
+    for got in (single_trip(view), batch_trip([view, view])[1], single_trip([view])[0],
+                batch_trip([(view,)])[0][0]):
+        assert type(got) is memoryview
+        assert _view_facts(got) == (view.format, view.shape, view.tolist(), True)
+
+
+@pytest.mark.parametrize("view", [memoryview(np.zeros(2, dtype=np.float16)),
+                                  memoryview(np.zeros((2, 0), dtype=np.int64))])
+def test_a_memoryview_the_receiver_cannot_rebuild_is_refused_with_what_to_do(view):
+    with pytest.raises(codec.EncodeError, match=r"cannot travel between tasks.*Instead, send bytes\(view\)"):
+        codec.encode({"v": view})
+
+
 # -- numpy -----------------------------------------------------------------------------------------
 
 DTYPES = ["bool", "int8", "uint8", "<i2", ">i2", "<i4", ">i4", "<i8", ">i8", "<u8", ">u4", "<f2", ">f4", "<f8",

@@ -171,7 +171,7 @@ class BaseRouter:
         packed = single = None
         if type(payload) is not np.ndarray:
             try:
-                packed = self._packer.pack(payload)
+                packed = codec.pack(self._packer, payload)
             except (TypeError, ValueError, OverflowError):
                 packed = None
         if packed is None or len(packed) > 1 << 20:
@@ -184,7 +184,7 @@ class BaseRouter:
             key_packed = None
             if gkeyed:
                 try:
-                    key_packed = self._packer.pack(gkey)
+                    key_packed = codec.pack(self._packer, gkey)
                 except (TypeError, ValueError, OverflowError):
                     key_packed = None
             if single is None and (key_packed is not None or not gkeyed):
