@@ -10,6 +10,7 @@ import math
 from collections import OrderedDict
 from enum import IntEnum
 
+import msgpack
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -192,12 +193,36 @@ def test_bytearrays_come_back_as_bytearrays_nested_or_not(value):
     assert_same(single_trip("payload", value, True), "payload")    # as a key too
 
 
-def test_bytearrays_in_batches_of_the_shm_writer_come_back_as_bytearrays():
-    records = [i for i in range(300)] + [{"row": i, "blob": bytearray([i % 256])} for i in range(300)]
-    writer = _Writer()
-    router = BaseRouter([OutputGroup("down", "round_robin", [writer])])
-    router.route_many(records)
-    assert_same([p.payload for p in packets(writer.out)], records)
+with_buffers = st.recursive(
+    leaves | st.binary(max_size=8).map(bytearray) | st.binary(max_size=8).map(memoryview),
+    lambda children: (st.lists(children, max_size=4) | st.lists(children, max_size=4).map(tuple)
+                      | st.dictionaries(st.text(max_size=4), children, max_size=4)),
+    max_leaves=12)
+
+
+@SETTINGS
+@given(st.lists(with_buffers, min_size=33, max_size=80))
+def test_a_batch_keeps_bytearrays_and_memoryviews_at_any_depth(records):
+    """A batch (the shm writer packs hundreds of records as one list) is searched level by level."""
+    packer = msgpack.Packer(default=codec._default, strict_types=True, use_bin_type=True)
+    got = codec._unpackb(codec.pack(packer, records))
+    assert_same_buffers(got, records)
+
+
+def assert_same_buffers(got, want):
+    """assert_same, where a memoryview arrives as a read-only memoryview with the same contents."""
+    if type(want) is memoryview:
+        assert type(got) is memoryview and got.readonly and got.tobytes() == want.tobytes()
+    elif type(want) in (list, tuple):
+        assert type(got) is type(want) and len(got) == len(want)
+        for g, w in zip(got, want):
+            assert_same_buffers(g, w)
+    elif type(want) is dict:
+        assert type(got) is dict and list(got) == list(want)
+        for k in want:
+            assert_same_buffers(got[k], want[k])
+    else:
+        assert_same(got, want)
 
 
 def _view_facts(view: memoryview) -> tuple:

@@ -24,7 +24,6 @@ Every record comes back as the type it was sent as, nested ones included (issue 
     tuple / list / dict         the same, members converted alike (a memoryview dict key arrives as
                                 bytes: only a read-only one is hashable, and it hashes and compares
                                 equal to its bytes)
-    numpy array                 a writable copy, same dtype and shape
 
 msgpack's packer writes bytearrays and memoryviews as plain bytes without asking `default`, so `pack`
 checks the packed bytes for a bin marker and, only if it finds one, looks for them in the record and packs
