@@ -10,7 +10,7 @@ import multiprocess
 import numpy as np
 import pytest
 
-from procflow import BatchFunction, MapFunction, SourceFunction
+from procflow import BatchFunction, LocalEnvironment, MapFunction, SourceFunction
 from procflow.runtime.communication import ring as ringmod
 from procflow.runtime.communication.shm import SharedSegment, segment_name
 
@@ -197,3 +197,61 @@ def test_a_million_records_between_two_processes_with_checksum():
     assert proc.exitcode == 0
     assert state["count"] == N_RECORDS
     assert state["end"] == state["crc"].to_bytes(4, "little") + N_RECORDS.to_bytes(8, "little")
+
+
+# -- bytes-like records keep their types (issue 22 item 6: bytearray and memoryview arrived as bytes) ---
+
+def _buffer_records() -> list:
+    return [bytearray(b"top level"), memoryview(b"view"), b"plain bytes",
+            [bytearray(b"in a list"), b"bytes", "str"],
+            {"blob": bytearray(b"in a dict"), "pair": (memoryview(np.arange(4, dtype=np.int32)), bytearray())},
+            (1, [memoryview(np.arange(6, dtype=np.float64).reshape(2, 3))], bytearray(b"\xc4\x00"))]
+
+
+def _describe(value, views_read_only=None):
+    """Types, formats and contents all the way down, as plain data the driver can collect."""
+    if isinstance(value, memoryview):
+        readonly = value.readonly if views_read_only is None else views_read_only
+        return "memoryview", value.format, value.shape, readonly, value.tolist()
+    if isinstance(value, (list, tuple)):
+        return type(value).__name__, [_describe(v, views_read_only) for v in value]
+    if isinstance(value, dict):
+        return "dict", {k: _describe(v, views_read_only) for k, v in value.items()}
+    return type(value).__name__, bytes(value) if isinstance(value, (bytes, bytearray)) else value
+
+
+class BufferSource(BatchFunction):
+    """Emits the records of `_buffer_records`, built in the source task (a memoryview cannot be pickled)."""
+
+    def open(self):
+        self.items = _buffer_records()
+
+    def execute(self):
+        return self.items.pop(0) if self.items else None
+
+
+class Describe(MapFunction):
+    def execute(self, record):
+        return _describe(record), _describe(self.ctx.get_key())
+
+
+def _run_buffer_pipeline(env) -> list:
+    result = (env.from_batch(BufferSource).keyby(lambda r: bytearray(b"key"))
+              .map(Describe, parallelism=2).collect())
+    env.submit()
+    return sorted(result.results(), key=repr)
+
+
+def _expected_buffer_descriptions() -> list:
+    # What was sent, except that every memoryview arrives read-only (it views a received copy).
+    key = _describe(bytearray(b"key"))
+    return sorted(((_describe(r, views_read_only=True), key) for r in _buffer_records()), key=repr)
+
+
+def test_bytearrays_and_memoryviews_keep_their_types_across_channels(make_env, mode):
+    assert _run_buffer_pipeline(make_env(mode)) == _expected_buffer_descriptions()
+
+
+def test_bytearrays_and_memoryviews_keep_their_types_inline(env_dir):
+    with LocalEnvironment("buffers", executor="inline", env_dir=env_dir) as env:
+        assert _run_buffer_pipeline(env) == _expected_buffer_descriptions()

@@ -9,6 +9,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 
+import numpy as np
 import pytest
 
 from procflow import BatchFunction, CoMapFunction, JobFailedError, JoinFunction, MapFunction
@@ -73,6 +74,61 @@ def test_falsy_keys_are_keys(make_env, mode):
         by_key[repr(key)].add(index)
     assert {k: len(v) for k, v in by_key.items()} == {"0": 1, "''": 1, "()": 1}
     assert by_key["0"] == {stable_hash(0) % 4}
+
+
+# Keys whose pickle follows the process's hash seed (a frozenset lists its members in salted order).
+SET_KEYS = [frozenset({f"w{i}", f"x{i}", f"y{i}", f"z{i}"}) for i in range(10)]
+
+
+def test_set_keys_reach_one_instance_under_spawn(make_env, monkeypatch):
+    """Issue 22 item 4: under spawn every process draws its own hash seed, and the two source instances
+    hashed a frozenset key's pickle, so one key reached several instances (12 groups for 10 keys)."""
+    monkeypatch.delenv("PYTHONHASHSEED", raising=False)   # each spawned process draws its own seed
+    env = make_env(("shm", "spawn"))
+    records = [(k, i) for i in range(6) for k in SET_KEYS]
+    result = (env.from_batch(records, parallelism=2).keyby(lambda r: r[0])
+              .reduce(lambda a, b: (a[0], a[1] + b[1]), parallelism=3).collect())
+    env.submit()
+    totals = sorted(total for _, (_, total) in result.results())
+    assert len(result.results()) == len(SET_KEYS), "a key was reduced on more than one instance"
+    assert totals == [15] * len(SET_KEYS)
+    # and each key reaches the instance the driver computes (a set's repr is not canonical: by value)
+    env = make_env(("shm", "spawn"))
+    placed = (env.from_batch(records, parallelism=2).keyby(lambda r: r[0])
+              .map(WhereAmI, parallelism=3).collect())
+    env.submit()
+    assert {(record[0], index) for record, index, _ in placed.results()} == \
+        {(k, stable_hash(k) % 3) for k in SET_KEYS}
+
+
+def test_keys_equal_in_python_are_one_group(make_env, mode):
+    """Issue 22 item 5: 1, 1.0, True and np.int64(1) are one dict key; they were three groups at
+    parallelism 4 and one at parallelism 1."""
+    ones = [1, 1.0, True, np.int64(1)]
+    env = make_env(mode)
+    result = (env.from_batch([ones[i % 4] for i in range(40)], parallelism=2).keyby(lambda r: r)
+              .reduce(lambda a, b: a + b, parallelism=4).collect())
+    env.submit()
+    assert len(result.results()) == 1
+    ((key, total),) = result.results()
+    assert key == 1 and total == 40
+    placement = hash_placement(make_env(mode), ones, parallelism=4)
+    assert set(placement.values()) == {stable_hash(1) % 4}
+
+
+
+class Opaque:
+    """A key type with no stable hash: its default hash and equality follow the object's identity."""
+
+
+def test_a_key_without_a_stable_hash_fails_the_job_at_the_first_record(make_env):
+    env = make_env()
+    (env.from_batch(range(50)).keyby(lambda r: Opaque())
+     .map(WhereAmI, parallelism=2, name="place").collect())
+    with pytest.raises(JobFailedError, match=r"operator 'place' by key: cannot hash-partition by a key of "
+                                             r"type .*Opaque") as info:
+        env.submit()
+    assert info.value.record == "0"
 
 
 _RUN = """

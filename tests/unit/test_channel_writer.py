@@ -228,3 +228,17 @@ def busy_wait(seconds: float) -> float:
     while time.perf_counter() - started < seconds:
         pass
     return time.perf_counter() - started
+
+
+def test_bytearrays_in_a_batch_come_back_as_bytearrays(inbox):
+    """Issue 22 item 6, on the shm writer's batched path (records packed as one list)."""
+    records = list(range(300)) + [{"row": i, "blob": bytearray([i % 256]), "v": i * 0.5} for i in range(300)]
+    writer = inbox.edge(0).open_writer()
+    gate = inbox.open_gate()
+    writer.send_many(records)
+    writer.send_control("stop")
+    got = [p.payload for p in read_all(gate)]
+    assert got == records
+    assert [type(r["blob"]) for r in got[300:]] == [bytearray] * 300
+    writer.close()
+    gate.close()

@@ -10,6 +10,7 @@ import math
 from collections import OrderedDict
 from enum import IntEnum
 
+import msgpack
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -174,6 +175,77 @@ def test_unencodable_record_raises_encode_error():
 
     with pytest.raises(codec.EncodeError, match="generator"):
         codec.encode(gen())
+
+
+# -- bytearray and memoryview (issue 22 item 6: they came back as bytes) ---------------------------
+
+BUFFER_RECORDS = [
+    bytearray(b"ab"), bytearray(), bytearray(b"\xc4\xc5\xc6"), [bytearray(b"x"), b"y", "z"],
+    (bytearray(b"t"), (1, bytearray(b"u"))), {"k": bytearray(b"v"), "b": b"w", "n": [1, {"d": bytearray()}]},
+    [b"plain bytes", 196, 1.5, "\u0104"],   # bin markers without any bytearray: nothing to convert
+    {(1, 2): [bytearray(b"tuple key")]}, [np.arange(3), bytearray(b"with an array")],
+]
+
+
+@pytest.mark.parametrize("value", BUFFER_RECORDS)
+def test_bytearrays_come_back_as_bytearrays_nested_or_not(value):
+    round_trip(value)
+    assert_same(single_trip("payload", value, True), "payload")    # as a key too
+
+
+with_buffers = st.recursive(
+    leaves | st.binary(max_size=8).map(bytearray) | st.binary(max_size=8).map(memoryview),
+    lambda children: (st.lists(children, max_size=4) | st.lists(children, max_size=4).map(tuple)
+                      | st.dictionaries(st.text(max_size=4), children, max_size=4)),
+    max_leaves=12)
+
+
+@SETTINGS
+@given(st.lists(with_buffers, min_size=33, max_size=80))
+def test_a_batch_keeps_bytearrays_and_memoryviews_at_any_depth(records):
+    """A batch (the shm writer packs hundreds of records as one list) is searched level by level."""
+    packer = msgpack.Packer(default=codec._default, strict_types=True, use_bin_type=True)
+    got = codec._unpackb(codec.pack(packer, records))
+    assert_same_buffers(got, records)
+
+
+def assert_same_buffers(got, want):
+    """assert_same, where a memoryview arrives as a read-only memoryview with the same contents."""
+    if type(want) is memoryview:
+        assert type(got) is memoryview and got.readonly and got.tobytes() == want.tobytes()
+    elif type(want) in (list, tuple):
+        assert type(got) is type(want) and len(got) == len(want)
+        for g, w in zip(got, want):
+            assert_same_buffers(g, w)
+    elif type(want) is dict:
+        assert type(got) is dict and list(got) == list(want)
+        for k in want:
+            assert_same_buffers(got[k], want[k])
+    else:
+        assert_same(got, want)
+
+
+def _view_facts(view: memoryview) -> tuple:
+    return view.format, view.shape, view.tolist(), view.readonly
+
+
+@pytest.mark.parametrize("view", [
+    memoryview(b"abc"), memoryview(bytearray(b"writable")), memoryview(b""),
+    memoryview(np.arange(6, dtype=np.int32)), memoryview(np.arange(12, dtype=np.float64).reshape(3, 4)),
+    memoryview(np.arange(6, dtype=np.uint8)[::2]), memoryview(np.array(7, dtype=np.int64)),
+])
+def test_a_memoryview_comes_back_read_only_with_its_format_shape_and_contents(view):
+    for got in (single_trip(view), batch_trip([view, view])[1], single_trip([view])[0],
+                batch_trip([(view,)])[0][0]):
+        assert type(got) is memoryview
+        assert _view_facts(got) == (view.format, view.shape, view.tolist(), True)
+
+
+@pytest.mark.parametrize("view", [memoryview(np.zeros(2, dtype=np.float16)),
+                                  memoryview(np.zeros((2, 0), dtype=np.int64))])
+def test_a_memoryview_the_receiver_cannot_rebuild_is_refused_with_what_to_do(view):
+    with pytest.raises(codec.EncodeError, match=r"cannot travel between tasks.*Instead, send bytes\(view\)"):
+        codec.encode({"v": view})
 
 
 # -- numpy -----------------------------------------------------------------------------------------

@@ -39,3 +39,30 @@ def test_gate_read_blocks_until_a_push():
     got = gate.read(None)
     pusher.join()
     assert [p.payload for p in packets(got)] == ["late"]
+
+
+class _DirectActor:
+    """Stands in for the consumer actor: push.remote() hands the frames straight to its gate."""
+
+    def __init__(self, gate) -> None:
+        self.push = self
+        self._gate = gate
+
+    def remote(self, slot, seq, frames):
+        self._gate.push(slot, seq, frames)
+        return None
+
+
+def test_bytearrays_and_memoryviews_keep_their_types_through_the_ray_channel():
+    """Issue 22 item 6: the Ray channel encodes with the same codec as shm and mp."""
+    gate = channel.RayInputGate((0,))
+    writer = channel.RayChannelWriter(_DirectActor(gate), "consumer", 0, 1 << 16, 8)
+    writer.send_object([bytearray(b"x"), {"v": memoryview(b"y")}], bytearray(b"key"), True)
+    writer.send_object(bytearray(b"plain"), None, False)
+    writer.flush()
+    first, second = packets(gate.read(0))
+    assert type(first.partition_key) is bytearray and first.partition_key == b"key"
+    blob, view = first.payload[0], first.payload[1]["v"]
+    assert type(blob) is bytearray and blob == b"x"
+    assert type(view) is memoryview and view.tobytes() == b"y" and view.readonly
+    assert type(second.payload) is bytearray and second.payload == b"plain"

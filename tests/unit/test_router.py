@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from procflow.runtime.communication import codec
+from procflow.runtime.communication.keys import UnstableKeyError
 from procflow.runtime.communication.packet import packets
 from procflow.runtime.communication.queue_descriptor.base import BatchDecoder, ChannelWriter
 from procflow.runtime.communication.router import BaseRouter, OutputGroup, stable_hash
@@ -265,8 +266,32 @@ HASH_KEYS = ["", "a", "hello world", "é∑", b"", b"\x00\xff", 0, 1, -1, 2**40,
 def test_stable_hash_is_pinned_for_strings_and_bytes():
     assert stable_hash("abc") == zlib.crc32(b"abc") == 891568578
     assert stable_hash(b"abc") == zlib.crc32(b"abc")
-    assert stable_hash(0) != stable_hash(False) != stable_hash(None)
+    # 0 == False in Python, so they are one key (issue 22 item 5); None, () and [] are not equal
+    assert stable_hash(0) == stable_hash(False) != stable_hash(None)
     assert stable_hash(()) != stable_hash([])
+
+
+def test_keys_equal_in_python_reach_one_instance():
+    """Issue 22 item 5: 1, 1.0, True and np.int64(1) are one dict key but reached three instances."""
+    ones = [1, 1.0, True, np.int64(1), np.float32(1.0)]
+    router, writers = make_router(4, "hash", selector=lambda r: r)
+    for i in range(20):
+        router.route(ones[i % len(ones)], None, False)
+    used = [i for i, w in enumerate(writers) if w.packets]
+    assert len(used) == 1
+    # every key arrives as the type it was sent as
+    assert sorted({type(p.partition_key).__name__ for p in writers[used[0]].packets}) == \
+        ["bool", "float", "float32", "int", "int64"]
+
+
+@pytest.mark.parametrize("fan_out", [False, True])
+def test_a_key_without_a_stable_hash_fails_at_the_first_record_naming_the_operator(fan_out):
+    router, writers = make_router(3, "hash", selector=lambda r: object(), groups=2 if fan_out else 1)
+    with pytest.raises(UnstableKeyError, match=r"operator 'down0' by key: cannot hash-partition by a key of "
+                                               r"type builtins\.object .*partitioner"):
+        router.route("first", None, False)
+    for w in (writers[0] if fan_out else writers):
+        assert not w.packets
 
 
 def _hashes_in_subprocess(seed: str) -> list:

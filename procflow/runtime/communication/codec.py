@@ -11,6 +11,25 @@ Wire format of one encoded record (the frame body of a ring slot)::
 msgpack carries plain data fast; tuples travel as an extension type so they come back as tuples, and
 `strict_types` sends subclasses (an OrderedDict, an IntEnum) to pickle instead of flattening them. A
 top-level numpy array skips both serialisers: the raw bytes are copied straight into the ring.
+
+Every record comes back as the type it was sent as, nested ones included (issue 22 item 6):
+
+    sent                        received
+    bytes                       bytes
+    bytearray                   bytearray (a writable copy)
+    memoryview                  memoryview: read-only, same format, shape and contents, over a copy
+                                (it no longer shares memory with what it viewed); a view the receiver
+                                cannot rebuild with memoryview.cast (a format beyond the native single
+                                characters, an empty multi-dimensional shape) raises EncodeError
+    tuple / list / dict         the same, members converted alike (a memoryview dict key arrives as
+                                bytes: only a read-only one is hashable, and it hashes and compares
+                                equal to its bytes)
+
+msgpack's packer writes bytearrays and memoryviews as plain bytes without asking `default`, so `pack`
+checks the packed bytes for a bin marker and, only if it finds one, looks for them in the record and packs
+it again with those replaced by extension types. Scalars pay nothing; containers without a marker pay three
+`in` scans of their packed bytes; with one (a bytes value, but also many numbers), a look at every member
+that costs about as much as packing them (`_holds_buffers`).
 """
 
 from __future__ import annotations
@@ -18,6 +37,7 @@ from __future__ import annotations
 import pickle
 import struct
 import threading
+from itertools import chain
 from typing import Any
 
 import msgpack
@@ -29,6 +49,11 @@ _KIND_MASK = 0x0F
 
 _EXT_TUPLE = 1
 _EXT_NDARRAY = 2
+_EXT_BYTEARRAY = 3
+_EXT_MEMORYVIEW = 4
+
+# The formats memoryview.cast can rebuild a received memoryview with ('@' is the native default).
+_CASTABLE_FORMATS = frozenset("bBhHiIlLqQnNfd?Pc") | frozenset("@" + f for f in "bBhHiIlLqQnNfd?Pc")
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -56,7 +81,127 @@ def _ext_hook(code: int, data: bytes) -> Any:
         return tuple(_unpackb(data))
     if code == _EXT_NDARRAY:
         return _array_from(memoryview(data), copy=True)
+    if code == _EXT_BYTEARRAY:
+        return bytearray(data)
+    if code == _EXT_MEMORYVIEW:
+        (hlen,) = _U32.unpack_from(data, 0)
+        fmt, shape = _unpackb(data[4:4 + hlen])
+        view = memoryview(data[4 + hlen:])   # over bytes: read-only
+        return view if fmt == "B" and len(shape) == 1 else view.cast(fmt, shape)
     return msgpack.ExtType(code, data)
+
+
+# -- bytearrays and memoryviews (see the module docstring) ------------------------------------------
+
+# Containers msgpack packs natively or through `_default`; anything else is a leaf or goes to pickle,
+# which keeps bytearrays as they are (and refuses memoryviews).
+_DESCEND = (list, tuple, dict)
+_NEEDS_LOOK = frozenset({list, tuple, dict, bytearray, memoryview})
+
+
+def pack(packer: msgpack.Packer, obj: Any) -> bytes:
+    """`packer.pack(obj)`, keeping bytearrays and memoryviews in `obj` as themselves."""
+    try:
+        packed = packer.pack(obj)
+    except BufferError:   # a non-contiguous memoryview; tobytes() copies it in order
+        return packer.pack(_tag_buffers(obj))
+    if type(obj) in _NEEDS_LOOK and _must_tag(obj, packed):
+        return packer.pack(_tag_buffers(obj))
+    return packed
+
+
+def _must_tag(obj: Any, packed: bytes) -> bool:
+    # Every bytearray or memoryview became a msgpack bin (0xc4-0xc6): no marker, none to fix, and the
+    # common case costs these scans alone. A marker may also be a real bytes value or part of a number.
+    # (An int needle: `0xc4 in packed` is a memchr, five times faster on small records than b"\xc4".)
+    return (0xC4 in packed or 0xC5 in packed or 0xC6 in packed) and _holds_buffers(obj)
+
+
+def _holds_buffers(obj: Any) -> bool:
+    """Whether a bytearray or memoryview is anywhere in `obj`'s lists, tuples and dict values.
+
+    Dict keys are not looked at: a bytearray cannot be one, and a memoryview can only when it is
+    read-only, and then it hashes and compares equal to its bytes, which is what it arrives as.
+    """
+    if (type(obj) is list or type(obj) is tuple) and len(obj) > _WALK_LIMIT:
+        return _holds_buffers_wide(obj)
+    return _holds_buffers_walk(obj)
+
+
+# A record is walked recursively; a batch (hundreds of records) level by level with the iteration in C,
+# which costs about as much as packing it, where the recursive walk costs several times more.
+_WALK_LIMIT = 32
+
+
+def _holds_buffers_walk(obj: Any) -> bool:
+    t = type(obj)
+    if t is bytearray or t is memoryview:
+        return True
+    if t is dict:
+        obj = obj.values()
+    elif t is not list and t is not tuple:
+        return False
+    for member in obj:
+        if type(member) in _NEEDS_LOOK and _holds_buffers_walk(member):
+            return True
+    return False
+
+
+def _holds_buffers_wide(level: Any) -> bool:
+    types = set(map(type, level))
+    while True:
+        if _NEEDS_LOOK.isdisjoint(types):
+            return False
+        if bytearray in types or memoryview in types:
+            return True
+        # The usual end, records of scalars: one pass over their members, nothing built.
+        if _NEEDS_LOOK.isdisjoint(map(type, _members(level, types))):
+            return False
+        level = list(_members(level, types))
+        types = set(map(type, level))
+
+
+def _members(level: Any, types: set) -> Any:
+    """An iterator over the members of the lists, tuples and dicts (values) in `level`."""
+    parts = []
+    for t in _DESCEND:
+        if t in types:
+            containers = level if len(types) == 1 else [m for m in level if type(m) is t]
+            parts.append(chain.from_iterable(map(dict.values, containers) if t is dict else containers))
+    return chain.from_iterable(parts)
+
+
+def _tag_buffers(obj: Any) -> Any:
+    """A copy of `obj` with each bytearray and memoryview (dict keys aside) replaced by its extension
+    type."""
+    t = type(obj)
+    if t is bytearray:
+        return msgpack.ExtType(_EXT_BYTEARRAY, bytes(obj))
+    if t is memoryview:
+        return _memoryview_ext(obj)
+    if t is list:
+        return [_tag_buffers(m) for m in obj]
+    if t is tuple:
+        return tuple(_tag_buffers(m) for m in obj)
+    if t is dict:
+        return {k: _tag_buffers(v) for k, v in obj.items()}
+    return obj
+
+
+class _UntravelableView(TypeError):
+    """A memoryview the receiver could not rebuild; pickle cannot carry one either (see encode_body)."""
+
+
+def _memoryview_ext(view: memoryview) -> msgpack.ExtType:
+    # memoryview.cast rebuilds the received view: it takes native single-character formats only, and no
+    # multi-dimensional shape with a zero in it.
+    if view.format not in _CASTABLE_FORMATS or (view.ndim > 1 and 0 in view.shape):
+        raise _UntravelableView(
+            f"a memoryview of format {view.format!r} and shape {view.shape} cannot travel between tasks: "
+            "only views of a native single-character format (and, if multi-dimensional, not empty) can "
+            "be rebuilt by the receiver. Instead, send bytes(view) or a numpy array (np.asarray(view))")
+    header = _packb([view.format, list(view.shape)])
+    return msgpack.ExtType(_EXT_MEMORYVIEW, _U32.pack(len(header)) + header + view.tobytes())
 
 
 _packer_opts = dict(default=_default, strict_types=True, use_bin_type=True)
@@ -78,6 +223,17 @@ def _packb(obj: Any) -> bytes:
         return packers[depth].pack(obj)
     finally:
         _local.depth = depth
+
+
+def _pack_top(obj: Any) -> bytes:
+    """A whole record or key with this thread's packer (not re-entrant: nested tuples use `_packb`)."""
+    try:
+        packed = _packb(obj)
+    except BufferError:   # a non-contiguous memoryview; tobytes() copies it in order
+        return _packb(_tag_buffers(obj))
+    if type(obj) in _NEEDS_LOOK and _must_tag(obj, packed):
+        return _packb(_tag_buffers(obj))
+    return packed
 
 
 def _unpackb(data) -> Any:
@@ -119,7 +275,9 @@ def encode_body(record: Any) -> tuple[int, list]:
         header = _packb([record.dtype.str, list(record.shape)])
         return NDARRAY, [_U32.pack(len(header)) + header, _array_bytes(record)]
     try:
-        return PLAIN, [_packb(record)]
+        return PLAIN, [_pack_top(record)]
+    except _UntravelableView as exc:
+        raise EncodeError(f"cannot encode record of type {type(record).__name__}: {exc}", record) from None
     except (TypeError, ValueError, OverflowError):
         pass
     buffers: list[pickle.PickleBuffer] = []
@@ -142,7 +300,7 @@ def encode_body(record: Any) -> tuple[int, list]:
 def encode_key(key: Any) -> bytes:
     """A partition key as it travels in a frame: u32 length + msgpack (pickle when msgpack can't)."""
     try:
-        packed = b"\x00" + _packb(key)
+        packed = b"\x00" + _pack_top(key)
     except (TypeError, ValueError, OverflowError):
         packed = b"\x01" + pickle.dumps(key, protocol=5)
     return _U32.pack(len(packed)) + packed

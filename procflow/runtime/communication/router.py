@@ -6,8 +6,9 @@ A task has one OutputGroup per downstream operator. Each group partitions indepe
     balance      to whichever instance has the least work queued, by credits (see balance.py); round
                  robin where the channels cannot report what was taken (mp queues, Ray, inline) or
                  when the stream also feeds another operator
-    hash         a *stable* hash of the key (crc32 of its msgpack bytes), identical in every process, run
-                 and backend; every value, falsy ones included, is a key
+    hash         a *stable* hash of the key (keys.py: crc32 of canonical bytes), identical in every
+                 process, run and backend, and equal for keys equal in Python (1, 1.0, True); every
+                 value, falsy ones included, is a key; a key type without a stable hash is refused
     broadcast    every instance
     custom       a user partitioner `(key, n) -> int | iterable of int`
 
@@ -17,7 +18,6 @@ A key chosen by `keyby` travels with the record, and with everything derived fro
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,21 +27,18 @@ import numpy as np
 
 from procflow.runtime.communication import codec
 from procflow.runtime.communication.balance import Balancer, can_balance
+from procflow.runtime.communication.keys import UnstableKeyError, stable_hash
 from procflow.runtime.communication.queue_descriptor.base import ChannelWriter
 
 ROUND_ROBIN, HASH, BROADCAST, CUSTOM, BALANCE = "round_robin", "hash", "broadcast", "custom", "balance"
 
 
-def stable_hash(key: Any) -> int:
-    """A hash that never changes between processes or runs (unlike the salted built-in `hash`)."""
-    t = type(key)
-    if t is str:
-        data = key.encode("utf-8", "surrogatepass")
-    elif t is bytes:
-        data = key
-    else:
-        data = codec.encode_key(key)
-    return zlib.crc32(data)
+__all__ = ["BaseRouter", "OutputGroup", "stable_hash"]
+
+
+def _unstable_key(group: OutputGroup, exc: UnstableKeyError) -> UnstableKeyError:
+    """The key error, naming the operator whose instances the key was to choose between."""
+    return UnstableKeyError(f"partitioning records for operator {group.target!r} by key: {exc}")
 
 
 @dataclass
@@ -128,7 +125,10 @@ class BaseRouter:
             else:
                 gkey, gkeyed = key, keyed
             if gkeyed and group.strategy == HASH:
-                target = stable_hash(gkey) % len(group.writers)
+                try:
+                    target = stable_hash(gkey) % len(group.writers)
+                except UnstableKeyError as exc:
+                    raise _unstable_key(group, exc) from None
             elif group.balancer is not None:
                 target = group.balancer.pick(group.flush)
             else:
@@ -171,7 +171,7 @@ class BaseRouter:
         packed = single = None
         if type(payload) is not np.ndarray:
             try:
-                packed = self._packer.pack(payload)
+                packed = codec.pack(self._packer, payload)
             except (TypeError, ValueError, OverflowError):
                 packed = None
         if packed is None or len(packed) > 1 << 20:
@@ -184,7 +184,7 @@ class BaseRouter:
             key_packed = None
             if gkeyed:
                 try:
-                    key_packed = self._packer.pack(gkey)
+                    key_packed = codec.pack(self._packer, gkey)
                 except (TypeError, ValueError, OverflowError):
                     key_packed = None
             if single is None and (key_packed is not None or not gkeyed):
@@ -204,7 +204,10 @@ class BaseRouter:
             group._next = (i + 1) % n
             return (i,)
         if strategy == HASH:
-            return (stable_hash(key) % n,)
+            try:
+                return (stable_hash(key) % n,)
+            except UnstableKeyError as exc:
+                raise _unstable_key(group, exc) from None
         if strategy == BROADCAST:
             return range(n)
         return _custom_targets(group.partitioner, key, n)

@@ -33,8 +33,8 @@ class ChannelWriter(ABC):
     def send_object(self, record: Any, key: Any, keyed: bool) -> None:
         """A record bound for this channel alone: kinds may defer encoding to batch it cheaply."""
         try:
-            packed = _packer.pack(record)
-            key_packed = _packer.pack(key) if keyed else None
+            packed = codec.pack(_packer, record)
+            key_packed = codec.pack(_packer, key) if keyed else None
         except (TypeError, ValueError, OverflowError):
             parts, nbytes = codec.encode(record, key, keyed)
             self.send_single(parts, nbytes)

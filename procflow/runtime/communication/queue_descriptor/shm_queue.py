@@ -146,7 +146,7 @@ class ShmChannelWriter(ChannelWriter):
         self._pending = []
         self._sent += len(pending) // 2 if keyed else len(pending)
         try:
-            packed = self._packer.pack(pending)
+            packed = codec.pack(self._packer, pending)
         except (TypeError, ValueError, OverflowError):
             # Something in the batch is not plain data: send record by record (pickle fallback).
             step = 2 if keyed else 1
