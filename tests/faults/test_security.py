@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from procflow import JobFailedError, LocalEnvironment
-from procflow.errors import UnsafePathError
+from procflow.core.errors import UnsafePathError
 from procflow.runtime import dispatcher as dispatcher_module
 from procflow.runtime.communication.shm import SHM_DIR, sweep_orphans
 from procflow.runtime.communication.shm_owner import driver_key, release_driver_key
@@ -90,6 +90,7 @@ def test_local_environment_opens_no_network_socket(env_dir, queue, start_method)
 # -- log folders (issue 22, items 1 and 2) ----------------------------------------------------------------
 
 IS_ROOT = os.geteuid() == 0
+THIRD_USER = 65533   # owns nothing else on the machine; only ever a file owner here
 NOBODY = 65534
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="dropping to another uid (65534) needs root")
 
@@ -224,7 +225,9 @@ def stale_segment(owner_uid: int) -> str:
 
 @needs_root
 def test_another_users_stale_segment_does_not_fail_a_job(env_dir, shared_tmp):
-    stale = stale_segment(0)
+    # A third user's, not root's: root's own jobs in parallel test workers rightly sweep a dead root
+    # driver's segment, which made this test flaky under `pytest -n`.
+    stale = stale_segment(THIRD_USER)
     try:
         assert run_as(NOBODY, user_job(shared_tmp))["sum"] == sum(range(1, 101))
         assert os.path.exists(stale), "a sweep removed a segment of another user"
@@ -234,7 +237,7 @@ def test_another_users_stale_segment_does_not_fail_a_job(env_dir, shared_tmp):
 
 @needs_root
 def test_the_sweep_leaves_other_users_segments_alone():
-    stale = stale_segment(NOBODY)
+    stale = stale_segment(THIRD_USER)   # not NOBODY: its jobs in parallel workers may sweep its own
     try:
         assert os.path.basename(stale) not in sweep_orphans()
         assert os.path.exists(stale)
