@@ -1,15 +1,25 @@
 """procflow: multiprocess dataflow pipelines over shared-memory rings, with a Ray backend.
 
-Layout (the folders draw the architecture):
-    api/        what users touch: environments, DataStream, function and service base classes
+Layout (the folders draw the architecture; each imports only those listed above it, tests/unit/test_layers.py):
+    core/       the user contract: function and service base classes, StopSignal, errors, Config
     graph/      transformations -> ExecutionGraph; pure data, starts nothing
     runtime/    the task loop, operators, channels, dispatcher and job manager
-    backends/   local (one process per task) and ray (one actor per task)
+    backends/   local (one process per task), inline (all in the driver) and ray (one actor per task)
+    api/        what users touch: environments and DataStream
 This module only re-exports the public names.
 """
 
 from procflow.api.datastream import CollectResult, ConnectedStreams, DataStream
-from procflow.api.functions import (
+from procflow.backends.local.environment import LocalEnvironment
+from procflow.backends.ray.environment import RayEnvironment
+from procflow.core.errors import (
+                                    JobFailedError,
+                                    ProcflowError,
+                                    ServiceError,
+                                    ServiceTimeoutError,
+                                    UnknownServiceError,
+)
+from procflow.core.functions import (
                                     BaseFunction,
                                     BatchFunction,
                                     CoMapFunction,
@@ -22,17 +32,8 @@ from procflow.api.functions import (
                                     SinkFunction,
                                     SourceFunction,
 )
-from procflow.api.service import BaseService
-from procflow.api.signals import StopSignal
-from procflow.backends.local.environment import LocalEnvironment
-from procflow.backends.ray.environment import RayEnvironment
-from procflow.errors import (
-                                    JobFailedError,
-                                    ProcflowError,
-                                    ServiceError,
-                                    ServiceTimeoutError,
-                                    UnknownServiceError,
-)
+from procflow.core.service import BaseService
+from procflow.core.signals import StopSignal
 from procflow.graph.transformation import Partitioner
 from procflow.runtime.task.factory import TaskFactory
 

@@ -154,7 +154,7 @@ def write_report(path: str, summary: dict) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from procflow.api.environment import stop_signals_interrupt
-    from procflow.errors import JobFailedError
+    from procflow.core.errors import JobFailedError
 
     name, build = load_target(args.target)
     config: dict[str, Any] = {}

@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from procflow.errors import JobFailedError
+from procflow.core.errors import JobFailedError
 
 BOTTLENECK_MARK = "<- bottleneck"
 

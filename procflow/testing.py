@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from procflow.api.functions import BatchFunction, MapFunction, SinkFunction, SourceFunction
+from procflow.core.functions import BatchFunction, MapFunction, SinkFunction, SourceFunction
 from procflow.runtime.communication.shm import list_segments
 
 

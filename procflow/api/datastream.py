@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from procflow.api import functions as fx
+from procflow.core import functions as fx
 from procflow.graph.transformation import (
     BALANCE,
     BROADCAST,

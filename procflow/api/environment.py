@@ -14,15 +14,15 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from procflow.api import functions as fx
 from procflow.api.datastream import CollectResult, DataStream
-from procflow.api.service import BaseService, ServiceSpec, services_called
-from procflow.config import Config
+from procflow.core import functions as fx
+from procflow.core.config import Config
+from procflow.core.service import BaseService, ServiceSpec, services_called
 from procflow.graph.execution_graph import ExecutionGraph, compile_graph
 from procflow.graph.transformation import FunctionSpec, Input, Transformation, check_parallelism
-from procflow.private_files import default_log_dir
+from procflow.runtime.private_files import default_log_dir
 
-# Every key with its default (a copy: the defaults themselves are stated once, in procflow.config.Config).
+# Every key with its default (a copy: the defaults themselves are stated once, in procflow.core.config.Config).
 DEFAULT_CONFIG: dict[str, Any] = Config().as_dict()
 _OPTION_NAMES = ("parallelism", "name", "on_error")
 INTERRUPT_GRACE = 1.0  # seconds a Ctrl-C'd job may drain before its tasks are killed

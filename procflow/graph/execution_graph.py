@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field
 
-from procflow.api import functions as fx
+from procflow.core import functions as fx
 from procflow.graph.transformation import Partitioning, Transformation
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from procflow.api import functions as fx
+from procflow.core import functions as fx
 
 _ids = itertools.count()
 

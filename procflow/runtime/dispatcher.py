@@ -32,9 +32,8 @@ from typing import Any
 import multiprocess
 from multiprocess import connection
 
-from procflow.errors import JobFailedError, RemoteTraceback, ShmCapacityError, describe_exit
+from procflow.core.errors import JobFailedError, RemoteTraceback, ShmCapacityError, describe_exit
 from procflow.graph.execution_graph import ExecutionGraph
-from procflow.private_files import PrivateDir, make_job_dir
 from procflow.runtime.communication import ring as ringmod
 from procflow.runtime.communication.queue_descriptor.mp_queue import MpInbox
 from procflow.runtime.communication.queue_descriptor.shm_queue import ShmInbox
@@ -45,6 +44,7 @@ from procflow.runtime.driver_collects import DriverCollects
 from procflow.runtime.job_control import JobControl
 from procflow.runtime.job_manager import JobManager
 from procflow.runtime.job_monitor import JobMonitor
+from procflow.runtime.private_files import PrivateDir, make_job_dir
 from procflow.runtime.shm_budget import ShmBudget
 from procflow.runtime.stall_watch import InputProbe, StallWatch
 from procflow.runtime.task.entry import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from procflow.errors import JobFailedError
+from procflow.core.errors import JobFailedError
 from procflow.graph.transformation import ROUND_ROBIN
 from procflow.runtime.completion import Completion
 from procflow.runtime.dispatcher import Dispatcher

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from procflow.errors import JobFailedError
+from procflow.core.errors import JobFailedError
 from procflow.runtime.job_control import FIELDS
 
 TERMINAL = ("finished", "stopped", "failed", "killed")

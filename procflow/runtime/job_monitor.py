@@ -15,8 +15,8 @@ import threading
 import time
 from typing import Any
 
-from procflow.errors import JobFailedError
-from procflow.private_files import PrivateFileHandler, open_private_text
+from procflow.core.errors import JobFailedError
+from procflow.runtime.private_files import PrivateFileHandler, open_private_text
 
 DISPATCHER_LOG = "Dispatcher.log"
 ERROR_LOG = "Error.log"  # the job's failure, with the record and traceback: private (0600) like every log

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sized
 from typing import IO, Any
 
-from procflow.api.functions import IterableBatch
+from procflow.core.functions import IterableBatch
 
 _WIDTH = 30
 

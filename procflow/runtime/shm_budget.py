@@ -17,8 +17,8 @@ import mmap
 import os
 from dataclasses import dataclass
 
-from procflow.config import MIN_RING_BYTES
-from procflow.errors import ShmCapacityError
+from procflow.core.config import MIN_RING_BYTES
+from procflow.core.errors import ShmCapacityError
 from procflow.runtime.communication import ring as ringmod
 from procflow.runtime.communication.shm import SHM_DIR
 

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from procflow.errors import JobFailedError
+from procflow.core.errors import JobFailedError
 from procflow.runtime.communication import ring as ringmod
 from procflow.runtime.job_control import FIELDS
 

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from procflow import LocalEnvironment
-from procflow.errors import ShmCapacityError
+from procflow.core.errors import ShmCapacityError
 from procflow.runtime.communication.shm import SHM_DIR
 from procflow.testing import child_pids, own_segments
 

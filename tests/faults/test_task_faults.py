@@ -12,7 +12,7 @@ import time
 import pytest
 
 from procflow import JobFailedError, LocalEnvironment, MapFunction
-from procflow.errors import RemoteTraceback
+from procflow.core.errors import RemoteTraceback
 from procflow.testing import (
     EXIT_CODE,
     EmitUnencodable,

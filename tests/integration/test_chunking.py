@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from procflow import BatchFunction
-from procflow.api.functions import CallableMap
+from procflow.core.functions import CallableMap
 from procflow.runtime.operators.transforms import MapOperator
 
 # Generous for a loaded 2-core CI machine, and far below what hoarding would cost: records that took
@@ -108,7 +108,7 @@ def _fails_at_3(x):
 ])
 def test_process_many_sends_what_was_done_before_a_failure_and_names_the_failing_record(
         kind, function, sent_before_failure):
-    from procflow.api.functions import CallableFilter, CallableFlatMap, CallableSink
+    from procflow.core.functions import CallableFilter, CallableFlatMap, CallableSink
     from procflow.runtime.operators.transforms import FilterOperator, FlatMapOperator, SinkOperator
 
     operator_class, wrapper = {"map": (MapOperator, CallableMap), "filter": (FilterOperator, CallableFilter),
@@ -126,7 +126,7 @@ def test_process_many_sends_what_was_done_before_a_failure_and_names_the_failing
 
 
 def test_one_huge_flatmap_expansion_leaves_in_bounded_lists():
-    from procflow.api.functions import CallableFlatMap
+    from procflow.core.functions import CallableFlatMap
     from procflow.runtime.operators.transforms import FlatMapOperator
 
     sizes = []

@@ -23,7 +23,7 @@ from procflow import (
     SinkFunction,
     StopSignal,
 )
-from procflow.errors import RemoteTraceback
+from procflow.core.errors import RemoteTraceback
 
 EXECUTORS = ("process", "inline")
 pytestmark = pytest.mark.timeout(60)

@@ -20,7 +20,7 @@ from procflow import (
     ServiceTimeoutError,
     UnknownServiceError,
 )
-from procflow.errors import RemoteTraceback
+from procflow.core.errors import RemoteTraceback
 
 pytestmark = pytest.mark.timeout(60)
 

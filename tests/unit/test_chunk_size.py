@@ -85,7 +85,7 @@ def test_a_function_source_gathers_cheap_records_into_chunks(monkeypatch):
 
 def run_iterable_source(iterable, parallelism=1, index=0):
     """(records routed, what the router heard was still to come before each chunk)."""
-    from procflow.api.functions import IterableBatch
+    from procflow.core.functions import IterableBatch
 
     routed, announced = [], []
     router = SimpleNamespace(routes_many=True, route_many=routed.extend, announce_upcoming=announced.append)

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from procflow import LocalEnvironment, RayEnvironment
-from procflow.config import Config
+from procflow.core.config import Config
 from procflow.runtime.context.task_context import TaskContext
 
 

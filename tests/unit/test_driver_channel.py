@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from procflow.api.signals import StopSignal
+from procflow.core.signals import StopSignal
 from procflow.runtime.communication import codec
 from procflow.runtime.communication.queue_descriptor import driver
 from procflow.runtime.communication.queue_descriptor.driver import DriverEdge

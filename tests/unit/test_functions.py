@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from procflow.api.functions import WRAPPERS
+from procflow.core.functions import WRAPPERS
 
 
 def double(x):

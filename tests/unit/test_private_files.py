@@ -10,8 +10,8 @@ import tempfile
 import pytest
 
 from procflow import LocalEnvironment
-from procflow.errors import UnsafePathError
-from procflow.private_files import (
+from procflow.core.errors import UnsafePathError
+from procflow.runtime.private_files import (
     PrivateDir,
     PrivateFileHandler,
     default_log_dir,

@@ -8,7 +8,7 @@ import threading
 import msgpack
 import pytest
 
-from procflow.api.signals import StopSignal
+from procflow.core.signals import StopSignal
 from procflow.runtime.communication.packet import ChannelEnd, Packet, packets
 
 channel = pytest.importorskip("procflow.backends.ray.channel")

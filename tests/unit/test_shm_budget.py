@@ -10,7 +10,7 @@ import os
 import pytest
 
 from procflow import BaseService, LocalEnvironment
-from procflow.errors import ShmCapacityError
+from procflow.core.errors import ShmCapacityError
 from procflow.runtime.communication import ring as ringmod
 from procflow.runtime.communication.shm import SHM_DIR, SharedSegment, list_segments, segment_name
 from procflow.runtime.dispatcher import Dispatcher

@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from procflow.errors import describe_exit
+from procflow.core.errors import describe_exit
 from procflow.runtime.control import ErrorReport
 from procflow.runtime.task import main_guard
 from procflow.runtime.task.lifeline import DriverLifeline, process_start_ticks

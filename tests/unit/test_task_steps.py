@@ -8,10 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from procflow.api.functions import CallableMap, FlatMapFunction
-from procflow.api.signals import StopSignal
 from procflow.backends.inline.channel import InlineInbox
 from procflow.backends.inline.executor import InlineJobControl
+from procflow.core.functions import CallableMap, FlatMapFunction
+from procflow.core.signals import StopSignal
 from procflow.runtime.communication import codec
 from procflow.runtime.communication.packet import ChannelEnd, Packet, packets
 from procflow.runtime.context.task_context import OutputSpec, TaskContext

@@ -26,11 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from procflow.api.functions import IterableBatch
-from procflow.api.signals import StopSignal
-from procflow.errors import JobFailedError
+from procflow.core.errors import JobFailedError
+from procflow.core.functions import IterableBatch
+from procflow.core.signals import StopSignal
 from procflow.graph.execution_graph import ExecutionGraph
-from procflow.private_files import make_job_dir, open_private_text
 from procflow.runtime.communication.router import BaseRouter
 from procflow.runtime.context.task_context import TaskContext, output_specs
 from procflow.runtime.control import DeadLetter, ErrorReport, Results
@@ -39,6 +38,7 @@ from procflow.runtime.job_control import FIELDS
 from procflow.runtime.job_manager import JobManager
 from procflow.runtime.job_monitor import ERROR_LOG
 from procflow.runtime.operators.source import SourceOperator
+from procflow.runtime.private_files import make_job_dir, open_private_text
 from procflow.runtime.task.base_task import BaseTask
 from procflow.runtime.task.entry import close_logger, open_task_logger
 

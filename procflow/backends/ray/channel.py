@@ -31,7 +31,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayError
 
-from procflow.errors import BrokenChannelError
+from procflow.core.errors import BrokenChannelError
 from procflow.runtime.communication.queue_descriptor.base import BatchDecoder, ChannelWriter, InputGate
 
 _RECORDS, _KEYED_RECORDS, _SINGLE, _CONTROL = 0, 1, 2, 3

@@ -30,9 +30,8 @@ from ray.exceptions import RayActorError, RayError
 
 from procflow.backends.ray.actor import RayTaskContext, TaskActor
 from procflow.backends.ray.channel import RayInbox
-from procflow.errors import JobFailedError
+from procflow.core.errors import JobFailedError
 from procflow.graph.execution_graph import ExecutionGraph
-from procflow.private_files import make_job_dir
 from procflow.runtime.context.task_context import output_specs
 from procflow.runtime.control import DeadLetter, Failed, Ready, Results, Stopped
 from procflow.runtime.dispatcher import job_error, new_job_id
@@ -40,6 +39,7 @@ from procflow.runtime.driver_collects import DriverCollects
 from procflow.runtime.job_control import FIELDS
 from procflow.runtime.job_manager import JobManager
 from procflow.runtime.job_monitor import JobMonitor
+from procflow.runtime.private_files import make_job_dir
 
 log = logging.getLogger("procflow.dispatcher.ray")
 

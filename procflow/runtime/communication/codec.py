@@ -43,6 +43,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from procflow.core.errors import EncodeError
+
 PLAIN, NDARRAY, PICKLED = 0, 1, 2
 KEYED = 0x10
 _KIND_MASK = 0x0F
@@ -255,18 +257,6 @@ def _array_from(view: memoryview, *, copy: bool) -> np.ndarray:
     arr = np.frombuffer(raw, dtype=dtype) if len(raw) else np.empty(0, dtype=dtype)
     arr = arr.reshape(shape)
     return arr.copy() if copy else arr
-
-
-class EncodeError(TypeError):
-    """Neither msgpack nor pickle could encode a record.
-
-    Carries the record: channels encode batches after the fact, so the record being processed when
-    this is raised may be a later one than the culprit.
-    """
-
-    def __init__(self, message: str, record: Any = None) -> None:
-        super().__init__(message)
-        self.record = record
 
 
 def encode_body(record: Any) -> tuple[int, list]:

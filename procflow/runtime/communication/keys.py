@@ -50,6 +50,8 @@ from typing import Any
 
 import numpy as np
 
+from procflow.core.errors import UnstableKeyError
+
 _I64 = struct.Struct("<q")
 _U32 = struct.Struct("<I")
 
@@ -65,14 +67,6 @@ _NAN_BYTES = _NAN + b"\x00" * 8
 # Numbers whose built-in hash is Python's numeric hash (equal numbers hash alike, unsalted). A
 # user-defined numbers.Number is not trusted: its __hash__ could be anything.
 _NUMBER_TYPES = (int, float, complex, Fraction, Decimal, np.number, np.bool_)
-
-
-class UnstableKeyError(TypeError):
-    """A partition key whose type has no stable, equality-consistent hash.
-
-    A TypeError, because it is the key's type that is wrong; raised at the first record that has such a
-    key, before any record is placed.
-    """
 
 
 def stable_hash(key: Any) -> int:

@@ -22,7 +22,7 @@ import mmap
 import os
 import secrets
 
-from procflow.errors import ShmCapacityError
+from procflow.core.errors import ShmCapacityError
 from procflow.runtime.communication.shm_owner import PREFIX, SHM_DIR, driver_key, is_segment, sweep_orphans
 
 __all__ = ["PREFIX", "SHM_DIR", "SharedSegment", "list_segments", "segment_name", "sweep_orphans"]

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from procflow.config import Config
+from procflow.core.config import Config
 from procflow.runtime.communication.router import BaseRouter, OutputGroup
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from procflow.api.functions import BaseFunction
+from procflow.core.functions import BaseFunction
 from procflow.runtime.context.task_context import TaskContext
 
 

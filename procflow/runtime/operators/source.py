@@ -7,8 +7,8 @@ import time
 from collections.abc import Sized
 from typing import Any
 
-from procflow.api.functions import IterableBatch, SourceFunction
-from procflow.api.signals import StopSignal
+from procflow.core.functions import IterableBatch, SourceFunction
+from procflow.core.signals import StopSignal
 from procflow.runtime.chunking import CHUNK_MAX, HOLD_S, ChunkSize
 from procflow.runtime.operators.base import Operator
 

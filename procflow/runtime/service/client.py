@@ -38,7 +38,13 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
-from procflow.errors import RemoteTraceback, ServiceError, ServiceTimeoutError, UnknownServiceError
+from procflow.core.errors import (
+    EncodeError,
+    RemoteTraceback,
+    ServiceError,
+    ServiceTimeoutError,
+    UnknownServiceError,
+)
 from procflow.runtime.communication import ring as ringmod
 from procflow.runtime.communication.shm import SharedSegment
 from procflow.runtime.service.rings import CallRingReader, CallRingWriter, asleep_word
@@ -47,10 +53,6 @@ from procflow.runtime.service.waiting import Waiter
 OK, ERROR, NO_METHOD = 0, 1, 2           # statuses of an answer frame
 _TIMEOUT, _ABANDONED = -1, -2           # ...and of a call that got none
 _NEVER = float("inf")
-
-
-class EncodeError(TypeError):
-    """Arguments or a result that neither pickle nor dill can carry."""
 
 
 def dumps(obj: Any) -> bytes:

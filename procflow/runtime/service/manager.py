@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from multiprocess import connection
 
-from procflow.errors import JobFailedError, describe_exit
+from procflow.core.errors import JobFailedError, describe_exit
 from procflow.runtime.communication import ring as ringmod
 from procflow.runtime.communication.shm import SharedSegment, segment_name
 from procflow.runtime.control import Failed, Stopped

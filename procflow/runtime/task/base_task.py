@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from procflow.api.signals import StopSignal
+from procflow.core.signals import StopSignal
 from procflow.runtime.chunking import ChunkSize
 from procflow.runtime.communication.codec import EncodeError
 from procflow.runtime.communication.packet import RecordBatch

@@ -12,10 +12,10 @@ import sys
 import threading
 from typing import Any
 
-from procflow.private_files import PrivateFileHandler, open_private_text
 from procflow.runtime.communication.queue_descriptor import shm_queue
 from procflow.runtime.context.task_context import TaskContext
 from procflow.runtime.control import ErrorReport, Failed
+from procflow.runtime.private_files import PrivateFileHandler, open_private_text
 from procflow.runtime.task.base_task import BaseTask
 from procflow.runtime.task.lifeline import DriverLifeline, hold
 
@@ -101,7 +101,7 @@ def become_child(driver: DriverLifeline) -> None:
 def open_task_logger(name: str, log_dir: str, level: str) -> logging.Logger:
     """`<name>_info.log` at the configured level and `<name>_debug.log` with everything.
 
-    Private files (0600) in the checked job folder (see procflow.private_files; issue 22). They are
+    Private files (0600) in the checked job folder (see procflow.runtime.private_files; issue 22). They are
     appended to, not created exclusively: every replica of a service logs to its service's files. The
     folder is made here if missing: a Ray actor on another node is the first to use it there.
     """

@@ -94,6 +94,26 @@ class UnsafePathError(ProcflowError, PermissionError):
     or open to others (issue 22). The message names the path and what to do."""
 
 
+class EncodeError(ProcflowError, TypeError):
+    """A record, or a service call's arguments or result, that no codec procflow has can carry.
+
+    Carries the record when there is one: channels encode batches after the fact, so the record being
+    processed when this is raised may be a later one than the culprit.
+    """
+
+    def __init__(self, message: str, record: Any = None) -> None:
+        super().__init__(message)
+        self.record = record
+
+
+class UnstableKeyError(ProcflowError, TypeError):
+    """A partition key whose type has no stable, equality-consistent hash.
+
+    A TypeError, because it is the key's type that is wrong; raised at the first record that has such a
+    key, before any record is placed.
+    """
+
+
 def describe_exit(exitcode: Any) -> str:
     """Explain a child's exit status the way a user needs it."""
     import signal

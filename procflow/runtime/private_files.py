@@ -29,7 +29,7 @@ import stat
 import tempfile
 from typing import Any
 
-from procflow.errors import UnsafePathError
+from procflow.core.errors import UnsafePathError
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
