@@ -46,8 +46,9 @@ test: $(STAMP)  ## the whole suite, in parallel
 test-fast: $(STAMP)  ## the suite without Ray and soak tests
 	$(PY) -m pytest -n auto -q -m "not ray and not soak"
 
-lint: $(STAMP)  ## ruff
+lint: $(STAMP)  ## ruff, then mypy over procflow/ (settings in pyproject.toml, strict on api/ and core/)
 	$(PY) -m ruff check procflow tests bench examples
+	$(PY) -m mypy
 
 bench: $(STAMP)  ## benchmarks against the peers; writes bench/results/
 	$(PY) -m bench.run_all
