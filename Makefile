@@ -58,4 +58,4 @@ soak: $(STAMP)  ## 10 million records through a four-stage pipeline (and the sho
 	$(PY) -m bench.soak
 
 clean:  ## remove the venv, caches and results
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache .hypothesis
