@@ -46,8 +46,9 @@ test: $(STAMP)  ## the whole suite, in parallel
 test-fast: $(STAMP)  ## the suite without Ray and soak tests
 	$(PY) -m pytest -n auto -q -m "not ray and not soak"
 
-lint: $(STAMP)  ## ruff
+lint: $(STAMP)  ## ruff, then mypy over procflow/ (settings in pyproject.toml, strict on api/ and core/)
 	$(PY) -m ruff check procflow tests bench examples
+	$(PY) -m mypy
 
 bench: $(STAMP)  ## benchmarks against the peers; writes bench/results/
 	$(PY) -m bench.run_all
@@ -57,4 +58,4 @@ soak: $(STAMP)  ## 10 million records through a four-stage pipeline (and the sho
 	$(PY) -m bench.soak
 
 clean:  ## remove the venv, caches and results
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache .hypothesis

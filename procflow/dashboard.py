@@ -65,6 +65,7 @@ class Sampler:
         metrics = job.metrics
         now = job.elapsed
         history = self._history
+        base: dict[str, dict[str, Any]]
         if cumulative:
             base_t, base = 0.0, {}
         else:
@@ -173,17 +174,14 @@ class Dashboard:
         return True
 
     def run(self) -> Frame:
-        if self.plain:
-            self._run_plain()
-        else:
-            self._run_rich()
-        return self.last_frame
+        """Draw until the job ends; returns the last frame, whose counts are the job's totals."""
+        return self._run_plain() if self.plain else self._run_rich()
 
     def _frame(self, cumulative: bool = False) -> Frame:
         self.last_frame = self.sampler.sample(cumulative)
         return self.last_frame
 
-    def _run_rich(self) -> None:
+    def _run_rich(self) -> Frame:
         from rich.console import Console
         from rich.live import Live
 
@@ -193,20 +191,24 @@ class Dashboard:
         with Live(render_rich(self._frame()), console=console, auto_refresh=False) as live:
             while not self._ended():
                 live.update(render_rich(self._frame()), refresh=True)
-            live.update(render_rich(self._frame(cumulative=True)), refresh=True)
+            last = self._frame(cumulative=True)
+            live.update(render_rich(last), refresh=True)
         if not console.is_terminal:
             # Live ends its last frame with a newline only on a terminal; elsewhere (a log file, or
             # stderr merged with stdout) the next line ran on after the table's border (issue 23.7).
             console.line()
+        return last
 
-    def _run_plain(self) -> None:
+    def _run_plain(self) -> Frame:
         stream = self.stream or sys.stderr
         tty = _isatty(stream)
         drawn = 0
         while not self._ended():
             if tty:
                 drawn = _redraw(stream, render_plain(self._frame()), drawn)
-        _redraw(stream, render_plain(self._frame(cumulative=True)), drawn)
+        last = self._frame(cumulative=True)
+        _redraw(stream, render_plain(last), drawn)
+        return last
 
 
 def _isatty(stream: IO[str]) -> bool:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import IO, Any
 
 from procflow.core.functions import BatchFunction, MapFunction, SinkFunction, SourceFunction
 from procflow.runtime.communication.shm import list_segments
@@ -243,7 +243,7 @@ def blocked_in_futex(pid: int) -> bool:
 
 def socket_inodes(pid: int) -> set[int]:
     """Inodes of every socket `pid` has open (from its /proc/<pid>/fd links `socket:[inode]`)."""
-    found = set()
+    found: set[int] = set()
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except (FileNotFoundError, PermissionError):
@@ -301,13 +301,16 @@ class DriverProcess:
         self.proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, env=repo_env(), start_new_session=True)
         self.pid = self.proc.pid
+        assert self.proc.stdout is not None and self.proc.stderr is not None   # both are pipes (PIPE above)
+        self._stdout: IO[bytes] = self.proc.stdout
+        self._stderr: IO[bytes] = self.proc.stderr
         self._buffer = b""
         self.lines: list[str] = []
 
     def expect(self, line: str, timeout: float = 30.0) -> str:
         """Block until the driver prints a line starting with `line`; returns that line."""
         deadline = time.monotonic() + timeout
-        fd = self.proc.stdout.fileno()
+        fd = self._stdout.fileno()
         while True:
             while b"\n" in self._buffer:
                 raw, self._buffer = self._buffer.split(b"\n", 1)
@@ -330,7 +333,7 @@ class DriverProcess:
     def stderr_now(self) -> str:
         if self.proc.poll() is None:
             return "<still running>"
-        return self.proc.stderr.read().decode(errors="replace")[-4000:]
+        return self._stderr.read().decode(errors="replace")[-4000:]
 
     def signal(self, signum: int) -> float:
         """Send `signum` to the driver; returns the time.monotonic() it was sent at."""
@@ -350,7 +353,7 @@ class DriverProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.proc.wait()
-        for stream in (self.proc.stdout, self.proc.stderr):
+        for stream in (self._stdout, self._stderr):
             stream.close()
 
     def __enter__(self) -> DriverProcess:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from procflow.core import functions as fx
 from procflow.graph.transformation import (
@@ -21,22 +21,23 @@ from procflow.graph.transformation import (
 if TYPE_CHECKING:
     from procflow.api.environment import BaseEnvironment
 
-T = TypeVar("T")
+T = TypeVar("T")   # the records of a stream
+U = TypeVar("U")   # the records of the stream an operator makes from it
 _STRATEGIES = (HASH, BROADCAST, ROUND_ROBIN)
 
 
-class CollectResult:
+class CollectResult(Generic[T]):
     """Records that a `collect()` sink shipped back to the driver."""
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._records: list = []
+        self._records: list[T] = []
 
-    def results(self) -> list:
+    def results(self) -> list[T]:
         """A copy of the records received so far (all of them once the job has finished)."""
         return list(self._records)
 
-    def _extend(self, records: list) -> None:
+    def _extend(self, records: Iterable[T]) -> None:
         self._records.extend(records)
 
     def __len__(self) -> int:
@@ -44,7 +45,12 @@ class CollectResult:
 
 
 class DataStream(Generic[T]):
-    """A stream of records leaving one operator, plus how they will be partitioned downstream."""
+    """A stream of records of type T leaving one operator, plus how they will be partitioned downstream.
+
+    The type parameter is for type checkers and editors only (nothing checks records at run time):
+    `env.from_batch([1, 2])` is a `DataStream[int]`, and `.map(str)` on it a `DataStream[str]`. A
+    function class passed by name gives its declared types (`MapFunction[int, str]`), an untyped one Any.
+    """
 
     def __init__(self, env: BaseEnvironment, transformation: Transformation,
                  partitioning: Partitioning | None = None) -> None:
@@ -64,23 +70,45 @@ class DataStream(Generic[T]):
     def parallelism(self) -> int:
         return self.transformation.parallelism
 
-    def _then(self, kind: str, base: type, fn: Any, args: tuple, kwargs: dict) -> DataStream:
+    def _then(self, kind: str, base: type, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> DataStream[Any]:
         t = self.env._add(kind, base, fn, args, kwargs, inputs=[Input(self.transformation, self.partitioning, 0)])
         return DataStream(self.env, t)
 
-    def map(self, fn: Callable[[T], Any] | type[fx.MapFunction], *args: Any, **kwargs: Any) -> DataStream:
+    # Each operator takes a function class (or a built instance of one) or a plain callable. The class
+    # overload comes first: a class is callable too, and would otherwise be read as a record -> class
+    # instance function.
+    @overload
+    def map(self, fn: type[fx.MapFunction[T, U]] | fx.MapFunction[T, U], *args: Any,
+            **kwargs: Any) -> DataStream[U]: ...
+    @overload
+    def map(self, fn: Callable[[T], U], *args: Any, **kwargs: Any) -> DataStream[U]: ...
+
+    def map(self, fn: Any, *args: Any, **kwargs: Any) -> DataStream[Any]:
         """One output per record. Options: parallelism=, name=, on_error="fail"|"skip"|"dead_letter"."""
         return self._then("map", fx.MapFunction, fn, args, kwargs)
 
-    def filter(self, fn: Callable[[T], bool] | type[fx.FilterFunction], *args: Any, **kwargs: Any) -> DataStream:
+    @overload
+    def filter(self, fn: type[fx.FilterFunction[T]] | fx.FilterFunction[T], *args: Any,
+               **kwargs: Any) -> DataStream[T]: ...
+    @overload
+    def filter(self, fn: Callable[[T], object], *args: Any, **kwargs: Any) -> DataStream[T]: ...
+
+    def filter(self, fn: Any, *args: Any, **kwargs: Any) -> DataStream[T]:
+        """Keep the records for which `fn` returns a true value (any truthy value, as in `filter()`)."""
         return self._then("filter", fx.FilterFunction, fn, args, kwargs)
 
-    def flatmap(self, fn: Callable[[T], Any] | type[fx.FlatMapFunction], *args: Any, **kwargs: Any) -> DataStream:
+    @overload
+    def flatmap(self, fn: type[fx.FlatMapFunction[T, U]] | fx.FlatMapFunction[T, U], *args: Any,
+                **kwargs: Any) -> DataStream[U]: ...
+    @overload
+    def flatmap(self, fn: Callable[[T], Iterable[U] | None], *args: Any, **kwargs: Any) -> DataStream[U]: ...
+
+    def flatmap(self, fn: Any, *args: Any, **kwargs: Any) -> DataStream[Any]:
         """Zero or more outputs per record: `execute` returns an iterable (None counts as empty)."""
         return self._then("flatmap", fx.FlatMapFunction, fn, args, kwargs)
 
-    def keyby(self, fn: Callable[[T], Any] | type[fx.KeyByFunction], strategy: Any = HASH,
-              *args: Any, parallelism: int | None = None, **kwargs: Any) -> DataStream:
+    def keyby(self, fn: Callable[[T], Any] | type[fx.KeyByFunction[T]] | fx.KeyByFunction[T], strategy: Any = HASH,
+              *args: Any, parallelism: int | None = None, **kwargs: Any) -> DataStream[T]:
         """Partition by key. `strategy`: "hash", "broadcast", "round_robin" or a partitioner callable
         `(key, n) -> index | indices`.
 
@@ -100,7 +128,7 @@ class DataStream(Generic[T]):
             source = self.map(_identity, parallelism=parallelism, name=f"keyby_{self.name}")
         return DataStream(self.env, source.transformation, part)
 
-    def balance(self) -> DataStream:
+    def balance(self) -> DataStream[T]:
         """Send each record to whichever instance of the next operator has the least work queued.
 
         Round robin (the default) gives every instance the same number of records, so a job lasts as
@@ -115,8 +143,8 @@ class DataStream(Generic[T]):
                              "before keyby(), or leave it out to keep equal keys together")
         return DataStream(self.env, self.transformation, Partitioning(BALANCE))
 
-    def reduce(self, fn: Callable[[Any, Any], Any] | type[fx.ReduceFunction], *args: Any,
-               emit: str = "final", **kwargs: Any) -> DataStream:
+    def reduce(self, fn: Callable[[Any, T], Any] | type[fx.ReduceFunction] | fx.ReduceFunction, *args: Any,
+               emit: str = "final", **kwargs: Any) -> DataStream[tuple[Any, Any]]:
         """Keyed fold. emit="final": one (key, value) per key at end of input; "running": every update."""
         if not self.partitioning.keyed:
             raise ValueError("reduce() needs a keyed stream: call .keyby(selector) first")
@@ -125,24 +153,25 @@ class DataStream(Generic[T]):
         kwargs["_options"] = {"emit": emit}
         return self._then("reduce", fx.ReduceFunction, fn, args, kwargs)
 
-    def sink(self, fn: Callable[[T], Any] | type[fx.SinkFunction], *args: Any, **kwargs: Any) -> DataStream:
+    def sink(self, fn: Callable[[T], object] | type[fx.SinkFunction[T]] | fx.SinkFunction[T], *args: Any,
+             **kwargs: Any) -> DataStream[T]:
         """Consume records; returns this same stream so more operators can hang off it."""
         self._then("sink", fx.SinkFunction, fn, args, kwargs)
         return self
 
-    def print(self, prefix: str = "", **kwargs: Any) -> DataStream:
+    def print(self, prefix: str = "", **kwargs: Any) -> DataStream[T]:
         self._then("sink", fx.SinkFunction, _Printer, (prefix,), kwargs)
         return self
 
-    def collect(self, **kwargs: Any) -> CollectResult:
+    def collect(self, **kwargs: Any) -> CollectResult[T]:
         """Ship every record back to the driver; read them with `.results()` after the job."""
         t = self.env._add("collect", fx.SinkFunction, _CollectMarker, (), kwargs,
                           inputs=[Input(self.transformation, self.partitioning, 0)])
-        result = CollectResult(t.name)
+        result: CollectResult[T] = CollectResult(t.name)
         self.env._collectors[t.name] = result
         return result
 
-    def connect(self, *others: DataStream) -> ConnectedStreams:
+    def connect(self, *others: DataStream[Any]) -> ConnectedStreams:
         if not others:
             raise ValueError("connect() needs at least one other stream")
         for o in others:
@@ -156,7 +185,7 @@ class DataStream(Generic[T]):
 class ConnectedStreams:
     """Several streams feeding one operator; records keep their input index (0, 1, ...)."""
 
-    def __init__(self, env: BaseEnvironment, streams: list[DataStream]) -> None:
+    def __init__(self, env: BaseEnvironment, streams: list[DataStream[Any]]) -> None:
         self.env = env
         self.streams = streams
 
@@ -170,19 +199,19 @@ class ConnectedStreams:
             raise ValueError(f"keyby(): got {len(selectors)} selectors for {len(self.streams)} inputs")
         return ConnectedStreams(self.env, [s.keyby(sel, strategy) for s, sel in zip(self.streams, selectors)])
 
-    def _then(self, kind: str, base: type, fn: Any, args: tuple, kwargs: dict) -> DataStream:
+    def _then(self, kind: str, base: type, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> DataStream[Any]:
         t = self.env._add(kind, base, fn, args, kwargs, inputs=self._inputs())
         return DataStream(self.env, t)
 
-    def map(self, fn: Any, *args: Any, **kwargs: Any) -> DataStream:
+    def map(self, fn: Any, *args: Any, **kwargs: Any) -> DataStream[Any]:
         """The same function over the records of every input (a union)."""
         return self._then("map", fx.MapFunction, fn, args, kwargs)
 
-    def comap(self, fn: type[fx.CoMapFunction], *args: Any, **kwargs: Any) -> DataStream:
+    def comap(self, fn: type[fx.CoMapFunction] | fx.CoMapFunction, *args: Any, **kwargs: Any) -> DataStream[Any]:
         """`map0` for input 0, `map1` for input 1, ..."""
         return self._then("comap", fx.CoMapFunction, fn, args, kwargs)
 
-    def join(self, fn: Any, *args: Any, **kwargs: Any) -> DataStream:
+    def join(self, fn: Any, *args: Any, **kwargs: Any) -> DataStream[Any]:
         """Keyed join: `execute(payload, key, tag)` returns a list of outputs."""
         return self._then("join", fx.JoinFunction, fn, args, kwargs)
 
@@ -195,7 +224,7 @@ def _identity(record: Any) -> Any:
     return record
 
 
-class _Printer(fx.SinkFunction):
+class _Printer(fx.SinkFunction[Any]):
     def __init__(self, prefix: str = "") -> None:
         self.prefix = prefix
 
@@ -203,7 +232,7 @@ class _Printer(fx.SinkFunction):
         print(f"{self.prefix}{record}", flush=True)
 
 
-class _CollectMarker(fx.SinkFunction):
+class _CollectMarker(fx.SinkFunction[Any]):
     """Placeholder function of a collect operator; the runtime ships records to the driver instead."""
 
     def execute(self, record: Any) -> None:  # pragma: no cover - never called

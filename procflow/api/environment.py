@@ -12,7 +12,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from procflow.api.datastream import CollectResult, DataStream
 from procflow.core import functions as fx
@@ -27,6 +27,8 @@ DEFAULT_CONFIG: dict[str, Any] = Config().as_dict()
 _OPTION_NAMES = ("parallelism", "name", "on_error")
 INTERRUPT_GRACE = 1.0  # seconds a Ctrl-C'd job may drain before its tasks are killed
 _ON_ERROR = ("fail", "skip", "dead_letter")
+T = TypeVar("T")
+_Env = TypeVar("_Env", bound="BaseEnvironment")   # `with LocalEnvironment() as env` keeps env's class
 
 # Signals that stop a running job the way Ctrl-C does (while stop_signals_interrupt() is in force). SIGHUP
 # is what a closing terminal, or a killed `script`/tmux around `procflow run`, sends: left at its default
@@ -65,7 +67,14 @@ class BaseEnvironment:
 
     # -- building --------------------------------------------------------------------------------
 
-    def from_batch(self, source: Any, *args: Any, **kwargs: Any) -> DataStream:
+    # Typed for editors: an iterable of T gives a DataStream[T]; a BatchFunction[T] class or instance too.
+    @overload
+    def from_batch(self, source: type[fx.BatchFunction[T]] | fx.BatchFunction[T], *args: Any,
+                   **kwargs: Any) -> DataStream[T]: ...
+    @overload
+    def from_batch(self, source: Iterable[T], *args: Any, **kwargs: Any) -> DataStream[T]: ...
+
+    def from_batch(self, source: Any, *args: Any, **kwargs: Any) -> DataStream[Any]:
         """A bounded source: any iterable, or a BatchFunction subclass (extra args go to its constructor).
 
         With parallelism n, instance i of an iterable source takes items i, i+n, ... of the iterable.
@@ -81,7 +90,7 @@ class BaseEnvironment:
                             f"BatchFunction subclass, got {type(source).__name__}")
         return DataStream(self, t)
 
-    def from_source(self, source: Any, *args: Any, **kwargs: Any) -> DataStream:
+    def from_source(self, source: Any, *args: Any, **kwargs: Any) -> DataStream[Any]:
         """An unbounded source: a SourceFunction subclass or a callable returning record/None/StopSignal."""
         return DataStream(self, self._add("source", fx.SourceFunction, source, args, kwargs, inputs=[]))
 
@@ -216,7 +225,7 @@ class BaseEnvironment:
         if self.job is not None:
             self.job.close()
 
-    def __enter__(self) -> BaseEnvironment:
+    def __enter__(self: _Env) -> _Env:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -7,6 +7,10 @@ Lifecycle of every function, in its own task process:
 
 `self.ctx` (the TaskContext) is set before `open()`. Plain callables are wrapped in the matching class,
 so `stream.map(lambda x: x + 1)` and `stream.map(AddOne)` run the same code path.
+
+The per-record classes are generic in the records they take and give, for type checkers and editors
+only: `class Upper(MapFunction[str, str])` has its `execute` checked, and `stream.map(Upper)` is a
+`DataStream[str]`. A plain `class Upper(MapFunction)` means `MapFunction[Any, Any]` and works as before.
 """
 
 from __future__ import annotations
@@ -14,7 +18,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+from procflow.core.signals import StopSignal
+
+_In = TypeVar("_In", contravariant=True)    # the records a function takes
+_Out = TypeVar("_Out", covariant=True)      # the records it gives
 
 
 class BaseFunction:
@@ -32,7 +41,8 @@ class BaseFunction:
     def logger(self) -> logging.Logger:
         """The task's logger: writes to `<task>_info.log` / `<task>_debug.log` under the job directory."""
         if self.ctx is not None:
-            return self.ctx.logger
+            logger: logging.Logger = self.ctx.logger
+            return logger
         return logging.getLogger(f"procflow.user.{type(self).__name__}")
 
     def call_service(self, name: str, *args: Any, method: str = "process", timeout: float = 10,
@@ -41,11 +51,12 @@ class BaseFunction:
         return self._services().call(name, method, args, kwargs, timeout)
 
     def call_service_async(self, name: str, *args: Any, method: str = "process", timeout: float = 10,
-                           **kwargs: Any) -> Future:
+                           **kwargs: Any) -> Future[Any]:
         """Call a registered service without waiting; the Future resolves to its answer."""
-        return self._services().call_async(name, method, args, kwargs, timeout)
+        future: Future[Any] = self._services().call_async(name, method, args, kwargs, timeout)
+        return future
 
-    def _services(self):
+    def _services(self) -> Any:   # the runtime's ServiceClient: runtime/ sits above this layer
         if self.ctx is None:
             raise RuntimeError(
                 "call_service() works only inside a running task (from open(), execute() or close()); "
@@ -53,44 +64,46 @@ class BaseFunction:
         return self.ctx.services
 
 
-class SourceFunction(BaseFunction):
+class SourceFunction(BaseFunction, Generic[_Out]):
     """An unbounded source. `execute()` returns a record, None for "nothing right now", or a StopSignal."""
 
-    def execute(self) -> Any:
+    def execute(self) -> _Out | StopSignal | None:
         raise NotImplementedError
 
 
-class BatchFunction(BaseFunction):
+class BatchFunction(BaseFunction, Generic[_Out]):
     """A bounded source. `execute()` returns the next record, or None / a StopSignal to end the batch."""
 
-    def execute(self) -> Any:
+    def execute(self) -> _Out | StopSignal | None:
         raise NotImplementedError
 
 
-class MapFunction(BaseFunction):
-    def execute(self, record: Any) -> Any:
+class MapFunction(BaseFunction, Generic[_In, _Out]):
+    def execute(self, record: _In) -> _Out:
         raise NotImplementedError
 
 
-class FilterFunction(BaseFunction):
-    def execute(self, record: Any) -> bool:
+class FilterFunction(BaseFunction, Generic[_In]):
+    def execute(self, record: _In) -> bool:
         raise NotImplementedError
 
 
-class FlatMapFunction(BaseFunction):
-    def execute(self, record: Any) -> Iterable[Any]:
+class FlatMapFunction(BaseFunction, Generic[_In, _Out]):
+    """Zero or more outputs per record: `execute` returns an iterable of them (None counts as empty)."""
+
+    def execute(self, record: _In) -> Iterable[_Out] | None:
         raise NotImplementedError
 
 
-class KeyByFunction(BaseFunction):
+class KeyByFunction(BaseFunction, Generic[_In]):
     """Chooses a record's partition key; runs in the task that sends the record."""
 
-    def execute(self, record: Any) -> Any:
+    def execute(self, record: _In) -> Any:
         raise NotImplementedError
 
 
-class SinkFunction(BaseFunction):
-    def execute(self, record: Any) -> None:
+class SinkFunction(BaseFunction, Generic[_In]):
+    def execute(self, record: _In) -> None:
         raise NotImplementedError
 
 
@@ -101,7 +114,7 @@ class CoMapFunction(BaseFunction):
 class JoinFunction(BaseFunction):
     """Two keyed inputs. `execute(payload, key, tag)` gets `tag` = input index and returns a list."""
 
-    def execute(self, payload: Any, key: Any, tag: int) -> list:
+    def execute(self, payload: Any, key: Any, tag: int) -> list[Any]:
         raise NotImplementedError
 
 
@@ -117,7 +130,7 @@ class ReduceFunction(BaseFunction):
 class _Wrapped:
     """Mixin: a function object that calls a plain callable. Its repr names the callable for errors."""
 
-    def __init__(self, fn: Callable) -> None:
+    def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
         # Operators look up `execute` once and call it per record: binding the callable itself saves a
         # Python frame per record (the class's execute below stays as the documented behaviour).
@@ -127,52 +140,52 @@ class _Wrapped:
         return getattr(self.fn, "__qualname__", repr(self.fn))
 
 
-class CallableMap(_Wrapped, MapFunction):
-    def execute(self, record):
+class CallableMap(_Wrapped, MapFunction[Any, Any]):
+    def execute(self, record: Any) -> Any:
         return self.fn(record)
 
 
-class CallableFilter(_Wrapped, FilterFunction):
-    def execute(self, record):
+class CallableFilter(_Wrapped, FilterFunction[Any]):
+    def execute(self, record: Any) -> Any:   # any truthy value keeps the record, as in filter()
         return self.fn(record)
 
 
-class CallableFlatMap(_Wrapped, FlatMapFunction):
-    def execute(self, record):
+class CallableFlatMap(_Wrapped, FlatMapFunction[Any, Any]):
+    def execute(self, record: Any) -> Any:
         return self.fn(record)
 
 
-class CallableKeyBy(_Wrapped, KeyByFunction):
-    def execute(self, record):
+class CallableKeyBy(_Wrapped, KeyByFunction[Any]):
+    def execute(self, record: Any) -> Any:
         return self.fn(record)
 
 
-class CallableSink(_Wrapped, SinkFunction):
-    def execute(self, record):
+class CallableSink(_Wrapped, SinkFunction[Any]):
+    def execute(self, record: Any) -> None:
         self.fn(record)
 
 
 class CallableJoin(_Wrapped, JoinFunction):
-    def execute(self, payload, key, tag):
+    def execute(self, payload: Any, key: Any, tag: int) -> Any:
         return self.fn(payload, key, tag)
 
 
 class CallableReduce(_Wrapped, ReduceFunction):
-    def execute(self, accumulated, record):
+    def execute(self, accumulated: Any, record: Any) -> Any:
         return self.fn(accumulated, record)
 
 
-class CallableSource(_Wrapped, SourceFunction):
-    def execute(self):
+class CallableSource(_Wrapped, SourceFunction[Any]):
+    def execute(self) -> Any:
         return self.fn()
 
 
-class CallableBatch(_Wrapped, BatchFunction):
-    def execute(self):
+class CallableBatch(_Wrapped, BatchFunction[Any]):
+    def execute(self) -> Any:
         return self.fn()
 
 
-class IterableBatch(BatchFunction):
+class IterableBatch(BatchFunction[Any]):
     """`from_batch(iterable)`: instance i of n takes items i, i+n, i+2n, ... None items are data here."""
 
     def __init__(self, iterable: Iterable[Any]) -> None:

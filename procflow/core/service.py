@@ -5,6 +5,7 @@ from __future__ import annotations
 import dis
 import inspect
 import logging
+import types
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +33,8 @@ class BaseService:
     @property
     def logger(self) -> logging.Logger:
         if self.ctx is not None:
-            return self.ctx.logger
+            logger: logging.Logger = self.ctx.logger
+            return logger
         return logging.getLogger(f"procflow.service.{type(self).__name__}")
 
     def call_service(self, name: str, *args: Any, method: str = "process", timeout: float = 10,
@@ -48,9 +50,9 @@ class BaseService:
 @dataclass(frozen=True)
 class ServiceSpec:
     name: str
-    service_class: type
-    args: tuple = ()
-    kwargs: dict = field(default_factory=dict)
+    service_class: type[BaseService]
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
     parallelism: int = 1
 
     def build(self) -> BaseService:
@@ -81,8 +83,8 @@ def services_called(target: object) -> set[str]:
     return names
 
 
-def _literal_calls(code) -> set[str]:
-    found = set()
+def _literal_calls(code: types.CodeType) -> set[str]:
+    found: set[str] = set()
     prev = None
     for ins in dis.get_instructions(code):
         if (prev is not None and prev.opname in ("LOAD_ATTR", "LOAD_METHOD") and prev.argval in _CALLS

@@ -6,7 +6,7 @@ import inspect
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 from procflow.core import functions as fx
 
@@ -49,7 +49,8 @@ class FunctionSpec:
 
     def build(self) -> fx.BaseFunction:
         if inspect.isclass(self.target):
-            return self.target(*self.args, **self.kwargs)
+            function_class = cast("type[fx.BaseFunction]", self.target)   # of() checked: a subclass of base
+            return function_class(*self.args, **self.kwargs)
         if isinstance(self.target, fx.BaseFunction):
             import copy
 

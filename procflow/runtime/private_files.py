@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import stat
+import sys
 import tempfile
 from typing import Any
 
@@ -169,13 +170,27 @@ def prune_job_dirs(env_dir: str, keep: int, *, current: str | None = None) -> li
         excess = len(jobs) + (current is not None) - max(keep, 1)
         for _, name in jobs[:max(excess, 0)]:
             try:
-                shutil.rmtree(name, dir_fd=dir_fd)
+                _rmtree_at(dir_fd, name)
                 removed.append(name)
             except OSError:  # vanished, or removed by a concurrent job of the same environment
                 continue
     finally:
         os.close(dir_fd)
     return removed
+
+
+def _rmtree_at(dir_fd: int, name: str) -> None:
+    """`shutil.rmtree(name, dir_fd=dir_fd)`, also on Python 3.10, whose rmtree has no `dir_fd` (it came in
+    3.11: on 3.10 the call raised TypeError, which no caller caught, so pruning ended the job's start).
+
+    There the folder is named through /proc/self/fd/<dir_fd>, which resolves to the directory this fd
+    holds open, not to whatever env_dir's path leads to now; rmtree itself refuses a symlink at the top
+    (OSError) and removes the rest relative to fds, as it does with dir_fd.
+    """
+    if sys.version_info >= (3, 11):
+        shutil.rmtree(name, dir_fd=dir_fd)
+    else:
+        shutil.rmtree(f"/proc/self/fd/{dir_fd}/{name}")
 
 
 # -- private files -----------------------------------------------------------------------------------

@@ -155,3 +155,35 @@ def test_pruning_keeps_the_newest_job_folders_and_nothing_else(tmp_path):
     assert sorted(removed) == jobs[1:4]
     assert sorted(os.listdir(env_dir)) == sorted([jobs[0], *jobs[4:], "deadbeef", "notes", "0000000f"])
     assert (outside / "keep.txt").read_text() == "not procflow's"
+
+
+def test_pruning_works_on_python_3_10_whose_rmtree_has_no_dir_fd(tmp_path, monkeypatch):
+    """Found by mypy (python_version 3.10): `shutil.rmtree(..., dir_fd=)` is 3.11+, so on 3.10 pruning
+    raised TypeError. Here the interpreter version and rmtree's signature are those of 3.10."""
+    import shutil
+    import types
+
+    from procflow.runtime import private_files
+
+    real_rmtree = shutil.rmtree
+
+    def rmtree_310(path, ignore_errors=False, onerror=None):   # 3.10's signature: no dir_fd
+        real_rmtree(path, ignore_errors, onerror)
+
+    monkeypatch.setattr(shutil, "rmtree", rmtree_310)
+    monkeypatch.setattr(private_files, "sys", types.SimpleNamespace(version_info=(3, 10, 14)), raising=False)
+    env_dir = tmp_path / "env"
+    env_dir.mkdir()
+    jobs = [f"{i:08x}" for i in range(4)]
+    for i, job in enumerate(jobs):
+        (env_dir / job).mkdir()
+        (env_dir / job / "Dispatcher.log").write_text(job)
+        os.utime(env_dir / job, ns=(i * 10**9, i * 10**9))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("not procflow's")
+    os.symlink(outside, env_dir / "deadbeef")       # named like a job, but a symlink: never followed
+    removed = prune_job_dirs(str(env_dir), 2)
+    assert sorted(removed) == jobs[:2]
+    assert sorted(os.listdir(env_dir)) == sorted([*jobs[2:], "deadbeef"])
+    assert (outside / "keep.txt").read_text() == "not procflow's"

@@ -119,7 +119,8 @@ class Balancer:
                     rates[i] = (done - old_done) / worked
                     caps[i] = min(max(CAP_MIN, int(rates[i] * TARGET_S)), CAP_MAX)
                     self._windows[i] = (done, busy)
-        limits = self._limits = caps if self.upcoming is None else self._guided(in_hand)
+        upcoming = self.upcoming
+        limits = self._limits = caps if upcoming is None else self._guided(upcoming, in_hand)
         best, best_room = self._next, -1 << 62
         for k in range(n):
             i = (self._next + k) % n
@@ -130,12 +131,12 @@ class Balancer:
         self._next = (best + 1) % n
         return best, best_room
 
-    def _guided(self, in_hand: int) -> list[int]:
+    def _guided(self, upcoming: int, in_hand: int) -> list[int]:
         """Caps limited to each consumer's share, by rate, of half the records not yet handed out."""
         rates = self.rates
         if not all(rates):
             return self.caps
-        half_time_left = (self.upcoming + in_hand) / sum(rates) / 2
+        half_time_left = (upcoming + in_hand) / sum(rates) / 2
         return [min(cap, max(CAP_MIN, int(rate * half_time_left))) for cap, rate in zip(self.caps, rates)]
 
     def _wait(self, flush: Callable[[], None]) -> None:

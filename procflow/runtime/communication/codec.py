@@ -197,12 +197,13 @@ class _UntravelableView(TypeError):
 def _memoryview_ext(view: memoryview) -> msgpack.ExtType:
     # memoryview.cast rebuilds the received view: it takes native single-character formats only, and no
     # multi-dimensional shape with a zero in it.
-    if view.format not in _CASTABLE_FORMATS or (view.ndim > 1 and 0 in view.shape):
+    shape = view.shape or ()   # typeshed allows None; CPython gives () for a 0-d view
+    if view.format not in _CASTABLE_FORMATS or (view.ndim > 1 and 0 in shape):
         raise _UntravelableView(
-            f"a memoryview of format {view.format!r} and shape {view.shape} cannot travel between tasks: "
+            f"a memoryview of format {view.format!r} and shape {shape} cannot travel between tasks: "
             "only views of a native single-character format (and, if multi-dimensional, not empty) can "
             "be rebuilt by the receiver. Instead, send bytes(view) or a numpy array (np.asarray(view))")
-    header = _packb([view.format, list(view.shape)])
+    header = _packb([view.format, list(shape)])
     return msgpack.ExtType(_EXT_MEMORYVIEW, _U32.pack(len(header)) + header + view.tobytes())
 
 
@@ -246,7 +247,8 @@ def _unpackb(data) -> Any:
 def _array_bytes(arr: np.ndarray) -> memoryview:
     if not arr.flags.c_contiguous:
         arr = np.ascontiguousarray(arr)
-    return memoryview(arr).cast("B") if arr.size else memoryview(b"")
+    # arr.data is memoryview(arr), typed: numpy's stubs give ndarray the buffer protocol only from 3.12.
+    return arr.data.cast("B") if arr.size else memoryview(b"")
 
 
 def _array_from(view: memoryview, *, copy: bool) -> np.ndarray:

@@ -232,9 +232,10 @@ class RingWriter:
 
     def close(self) -> None:
         self.commit()
-        self._buf = None
-        self._write_word = self._read_word = self._space_word = self._taken_word = self._done_word = None
-        self._busy_word = None
+        # Dropped, not Optional: the hot path reads these words unchecked, and a closed ring is not used.
+        self._buf = None  # type: ignore[assignment]  # closed: the mmap can close once no view exports it
+        self._write_word = self._read_word = self._space_word = None  # type: ignore[assignment]  # closed
+        self._taken_word = self._done_word = self._busy_word = None  # type: ignore[assignment]  # closed
 
 
 class RingReader:
@@ -334,8 +335,9 @@ class RingReader:
 
     def close(self) -> None:
         self._view.release()
-        self._write_word = self._read_word = self._space_word = self._taken_word = self._done_word = None
-        self._busy_word = None
+        # As RingWriter.close: ctypes words over the segment would keep its mmap from closing (BufferError).
+        self._write_word = self._read_word = self._space_word = None  # type: ignore[assignment]  # closed
+        self._taken_word = self._done_word = self._busy_word = None  # type: ignore[assignment]  # closed
 
 
 class Doorbell:

@@ -52,7 +52,7 @@ class SharedSegment:
             self._mmap: mmap.mmap | None = mmap.mmap(fd, size)
         finally:
             os.close(fd)
-        self._anchor = ctypes.c_char.from_buffer(self._mmap)
+        self._anchor: ctypes.c_char | None = ctypes.c_char.from_buffer(self._mmap)
         self.address = ctypes.addressof(self._anchor)
         self._views: list = [self._anchor]
 

@@ -113,7 +113,7 @@ def owner_key(name: str) -> str | None:
 
 def is_segment(name: str) -> bool:
     match = _OWNER.fullmatch(name)
-    return bool(match) and match.group(2).startswith("_")
+    return match is not None and match.group(2).startswith("_")
 
 
 def _owner_is_dead(key: str, lock_name: str) -> int | None:

@@ -150,8 +150,9 @@ class ServiceClient:
     # -- calling ---------------------------------------------------------------------------------
 
     def call(self, name: str, method: str, args: tuple, kwargs: dict, timeout: float) -> Any:
-        cid, call, reader = self._submit(name, method, args, kwargs, timeout, sync=True)
-        if reader:
+        cid, call, _ = self._submit(name, method, args, kwargs, timeout, sync=True)
+        fut = call.future
+        if fut is None:   # this thread became the reader: it reads the answers itself, with no Future
             try:
                 self._await(call)
             finally:
@@ -162,7 +163,6 @@ class ServiceClient:
             if status is None:   # close() from another thread while we waited
                 status = _ABANDONED
             raise self._error(call, status, call.value)
-        fut = call.future
         try:
             return fut.result(timeout=max(call.deadline - time.monotonic(), 0.0))
         except FutureTimeout:
@@ -173,7 +173,9 @@ class ServiceClient:
             raise self._timeout_error(call) from None
 
     def call_async(self, name: str, method: str, args: tuple, kwargs: dict, timeout: float) -> Future:
-        return self._submit(name, method, args, kwargs, timeout, sync=False)[1].future
+        fut = self._submit(name, method, args, kwargs, timeout, sync=False)[1].future
+        assert fut is not None   # only a sync call can go without a Future (when its thread reads)
+        return fut
 
     def _lookup(self, name: str, method: str) -> ServiceInfo:
         if self._closed:
@@ -413,7 +415,8 @@ class ServiceClient:
             reader.close()
         self._writers.clear()
         self._readers = []
-        self._doorbell = self._waiter = None
+        # Their ctypes words over the segment would keep it from closing (BufferError); never used after.
+        self._doorbell = self._waiter = None  # type: ignore[assignment]  # closed
         for seg in (*self._req_segments.values(), self._segment):
             seg.close()
         self._req_segments.clear()

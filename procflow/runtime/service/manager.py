@@ -226,9 +226,9 @@ class ServiceManager:
         rows = self._final if self._final is not None else self._read_counters()
         out: dict[str, dict] = {}
         for name, (service, index) in self._replica_of.items():
-            row = dict(zip(METRIC_FIELDS, map(float, rows[index]))) if index < len(rows) else {}
-            row = {"calls": int(row.get("calls", 0)), "errors": int(row.get("errors", 0)),
-                   "busy_s": row.get("busy_s", 0.0), "pid": self._pids.get(name)}
+            counts = dict(zip(METRIC_FIELDS, map(float, rows[index]))) if index < len(rows) else {}
+            row = {"calls": int(counts.get("calls", 0)), "errors": int(counts.get("errors", 0)),
+                   "busy_s": counts.get("busy_s", 0.0), "pid": self._pids.get(name)}
             entry = out.setdefault(service, {"replicas": 0, "calls": 0, "errors": 0, "busy_s": 0.0,
                                              "per_replica": {}})
             entry["replicas"] += 1

@@ -138,6 +138,7 @@ class Replica:
         started = time.perf_counter()
         cid, method, args, kwargs = loads(body)
         fn = self._methods.get(method)
+        answer: tuple[int, int, Any]   # (call id, status, value: the result, or the error's details)
         if fn is None:
             answer = (cid, NO_METHOD, f"service {self.ctx.service_name!r} has no method {method!r}; its "
                                       f"methods: {sorted(self._methods)}")
@@ -182,7 +183,8 @@ class Replica:
             reader.close()
         self._writers.clear()
         self._readers = []
-        self._doorbell = self._waiter = None
+        # Their ctypes words over the segment would keep it from closing (BufferError); never used after.
+        self._doorbell = self._waiter = None  # type: ignore[assignment]  # closed
         self.counters = None
         for seg in (*self._answer_segments.values(), self._inbox, self._metrics_seg):
             seg.close()

@@ -139,7 +139,7 @@ class CallRingWriter(ringmod.RingWriter):
 
     def close(self) -> None:
         super().close()
-        self._asleep = self._blocked = None
+        self._asleep = self._blocked = None  # type: ignore[assignment]  # closed: as RingWriter.close
 
 
 class CallRingReader(ringmod.RingReader):
@@ -177,4 +177,4 @@ class CallRingReader(ringmod.RingReader):
 
     def close(self) -> None:
         super().close()
-        self._blocked = None
+        self._blocked = None  # type: ignore[assignment]  # closed: as RingReader.close

@@ -174,7 +174,7 @@ class ShmChannelWriter(ChannelWriter):
             if batch:
                 self._write_batch()
             self._batch_keyed = keyed
-        if keyed:
+        if key_packed is not None:
             batch += key_packed
         batch += packed
         if len(batch) >= self._batch_bytes:
