@@ -1,28 +1,25 @@
-"""RayDispatcher: the Ray backend's counterpart of runtime/dispatcher.py, with the same Job-facing surface.
+"""RayBackend: one Ray actor per task (the Backend of RayEnvironment); the one Dispatcher runs the job.
 
-    prepare()  one TaskContext per task; inboxes and edges are `ray` descriptors naming the actors
-    start()    create every TaskActor (named, in the job's namespace), then run.remote(peers) on each, and
-               one outstanding poll.remote() per task; start the monitor thread
-    monitor    blocks in ray.wait(outstanding polls, timeout) and hands each control message to the same
-               JobManager transitions as the local backend:
-                 Ready from every task   -> release.remote() on every task (sources start)
-                 Results / DeadLetter    -> the collectors / the job
-                 Stopped from every task -> done
-                 Failed, a poll raising RayActorError (the actor died), or a closed outbox without
-                 Stopped                 -> fail the job
-    cleanup()  wait (bounded) for run() to return, then ray.kill every actor of the job. Idempotent.
+    make_inbox()   `ray` descriptors naming the consuming task's actor; edges carry credits
+    start()        ship user modules by value; create every TaskActor (named, in the job's namespace),
+                   then run.remote(peers) on each
+    wait()         one outstanding poll.remote() per task; blocks in ray.wait(polls, timeout) and returns
+                   each actor's control messages; a poll raising RayActorError (the actor died) or a
+                   closed outbox becomes an Exited event
+    release_sources / request_stop   release.remote() / request_stop.remote() on every actor
+    stop_tasks()   wait (bounded) for run() to return, so that the actors close their logs
+    close_job_control()   ray.kill every actor of the job (the live counters went with the view)
+    locate()       task -> (node id, pid), for tools and tests
 
 The wait timeout only bounds how late a stop/kill request from another thread is noticed; control
-messages wake the monitor at once.
+messages wake the monitor at once. A producer's BrokenChannelError waits `broken_channel_grace` for its
+consumer's own death, which names the real culprit.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
-import threading
-import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import ray
@@ -31,17 +28,9 @@ from ray.exceptions import RayActorError, RayError
 from procflow.backends.ray.actor import RayTaskContext, TaskActor
 from procflow.backends.ray.channel import RayInbox
 from procflow.core.errors import JobFailedError
-from procflow.graph.execution_graph import ExecutionGraph
-from procflow.runtime.context.task_context import output_specs
-from procflow.runtime.control import DeadLetter, Failed, Ready, Results, Stopped
-from procflow.runtime.dispatcher import job_error, new_job_id
-from procflow.runtime.driver_collects import DriverCollects
+from procflow.runtime.backend import Exited, JobSetup, TaskStart
+from procflow.runtime.control import ErrorReport
 from procflow.runtime.job_control import FIELDS
-from procflow.runtime.job_manager import JobManager
-from procflow.runtime.job_monitor import JobMonitor
-from procflow.runtime.private_files import make_job_dir
-
-log = logging.getLogger("procflow.dispatcher.ray")
 
 _POLL_S = 2.0       # an actor's long-poll returns empty after this long
 _REQUEST_S = 0.1    # how often the monitor looks at stop/kill requests between control messages
@@ -82,205 +71,176 @@ def _ship_by_value(functions: Any, contexts: Any) -> None:
 class RayJobView:
     """Live counters for Job.metrics, read from the actors (the local backend reads shared memory)."""
 
-    def __init__(self, dispatcher: RayDispatcher) -> None:
-        self._dispatcher = dispatcher
-        self.counters: Any = ()   # not None while the actors live: Job.metrics asks for a snapshot
+    counters = None   # no shared table: the driver-side collects keep their own rows (DriverCollects)
+
+    def __init__(self, backend: RayBackend, slots: dict[str, int]) -> None:
+        self._backend = backend
+        self._slots = slots
         self.closed = False
 
+    def release_sources(self) -> None:
+        for actor in self._backend.actors.values():
+            actor.release.remote()
+
+    def request_stop(self) -> None:
+        for actor in self._backend.actors.values():
+            actor.request_stop.remote()
+
     def snapshot(self) -> dict[int, dict[str, float]] | None:
-        """Every task's counters, or None once the actors are gone (final figures are in the manager)."""
-        d = self._dispatcher
-        names = list(d.actors)
+        """Every task actor's counters, or None once the actors are gone (final figures are in the
+        manager)."""
         if self.closed:
             return None
-        refs = [d.actors[n].counters.remote() for n in names]
-        out = d.in_driver.rows()
+        actors = self._backend.actors
+        names = list(actors)
+        refs = [actors[n].counters.remote() for n in names]
+        out: dict[int, dict[str, float]] = {}
         for name, ref in zip(names, refs):
             try:   # one by one: a dead actor loses its own row, not everyone's
-                out[d.manager.tasks[name].slot] = dict(zip(FIELDS, ray.get(ref, timeout=5)))
+                out[self._slots[name]] = dict(zip(FIELDS, ray.get(ref, timeout=5)))
             except (RayError, TimeoutError):
                 continue
         return out
 
+    def close(self) -> None:
+        self.closed = True
 
-class RayDispatcher(JobMonitor):
-    log = log  # Dispatcher.log of this backend
 
-    def __init__(self, graph: ExecutionGraph, *, config: dict, env_dir: str, collectors: dict,
-                 namespace: str, actor_options: dict | None = None, credits: int = 8,
-                 job_id: str | None = None) -> None:
-        self.graph = graph
-        self.config = config
-        self.collectors = collectors
+class RayBackend:
+    kind = "ray"
+    measures_cpu = True
+    watches_stalls = False
+    collects_in_driver = True   # an actor costs seconds of start-up: collects that decide nothing run here
+    runs_in_driver_thread = False
+    broken_channel_grace = _BROKEN_GRACE_S
+    context_class = RayTaskContext
+
+    def __init__(self, namespace: str, actor_options: Mapping[str, Any] | None = None, credits: int = 8) -> None:
         self.namespace = namespace
         self.actor_options = dict(actor_options or {})
         self.credits = credits
-        self.job_id = job_id or new_job_id()
-        self.env_dir = env_dir
-        self.job_dir = os.path.join(env_dir, self.job_id)
-        self.manager = JobManager(self.job_id, [(n.name, n.operator) for n in graph.nodes.values()])
-        # Collects that decide nothing run here: their upstream actors ship records to the driver directly.
-        self.in_driver = DriverCollects(graph, self.manager)
-        self.contexts: dict[str, RayTaskContext] = {}
-        self.functions: dict[str, Any] = {}
+        self.job: JobSetup | None = None
+        self.job_control: RayJobView | None = None
         self.actors: dict[str, Any] = {}
-        self.placement: dict[str, tuple[str, int]] = {}   # task -> (node id, pid), filled once ready
+        self.placement: dict[str, tuple[str, int]] = {}   # task -> (node id, pid), filled by locate()
         self._runs: dict[str, Any] = {}
         self._where: dict[str, Any] = {}
-        self._requests: list[tuple[str, str]] = []
-        self._released = False
-        self._broken: tuple[float, JobFailedError] | None = None
-        self._thread: threading.Thread | None = None
-        self._cleaned = False
-        self._cleanup_lock = threading.Lock()
-        self.job_control = RayJobView(self)
-        self.service_manager = None     # services are not available on Ray yet
-        self._log_handler: logging.Handler | None = None
+        self._polls: dict[Any, str] | None = None
 
     def actor_name(self, task: str) -> str:
-        return f"procflow-{self.job_id}-{task}"
+        assert self.job is not None
+        return f"procflow-{self.job.job_id}-{task}"
+
+    def bind(self, events: Any) -> None:
+        pass   # messages come back through wait()
+
+    def preflight(self) -> None:
+        pass
 
     # -- preparing ---------------------------------------------------------------------------------
 
-    def prepare(self) -> None:
-        make_job_dir(self.env_dir, self.job_id, self.config.get("keep_logs"))
-        self._open_log()
-        nodes = list(self.graph.nodes.values())
-        batch_bytes = int(self.config["batch_bytes"])
-        inboxes = {n.name: RayInbox(self.actor_name(n.name), tuple(e.input_index for e in n.in_edges))
-                   for n in nodes if n.in_edges and n.name not in self.in_driver.tasks}
+    def open_job(self, job: JobSetup) -> RayJobView:
+        self.job = job
+        self.job_control = RayJobView(self, {name: i for i, name in enumerate(job.graph.nodes)})
+        return self.job_control
 
-        def ray_edge(e: Any) -> Any:
-            return inboxes[e.dst].edge(e.slot, self.namespace, batch_bytes, self.credits)
+    def check_capacity(self, consumers: list[Any], services: Mapping[str, Any], job_control: Any) -> None:
+        pass   # the cluster schedules actors; nothing to reserve up front
 
-        for slot, node in enumerate(nodes):
-            if node.name in self.in_driver.tasks:
-                continue
-            t = self.graph.transformations[node.transformation_id]
-            outputs = output_specs(node, lambda e: self.in_driver.edge(e, ray_edge))
-            self.contexts[node.name] = RayTaskContext(
-                name=node.name, operator_name=node.operator, kind=node.kind, parallel_index=node.index,
-                parallelism=node.parallelism, job_id=self.job_id, env_dir=self.env_dir, task_slot=slot,
-                job_segment="", n_tasks=len(nodes), inbox=inboxes.get(node.name), outputs=outputs,
-                options=dict(t.options), config=dict(self.config))
-            self.functions[node.name] = t.function.build()
-        self.log.info("job %s prepared: %d task actors, %d channels%s", self.job_id, len(self.contexts),
-                      len(self.graph.edges), f"; run by the driver: {', '.join(sorted(self.in_driver.tasks))}"
-                      if self.in_driver.tasks else "")
+    def make_inbox(self, node: Any) -> RayInbox:
+        return RayInbox(self.actor_name(node.name), tuple(e.input_index for e in node.in_edges))
 
+    def edge(self, inbox: Any, edge: Any) -> Any:
+        assert self.job is not None
+        return inbox.edge(edge.slot, self.namespace, int(self.job.config["batch_bytes"]), self.credits)
+
+    def control_channel(self, task: str) -> None:
+        return None   # the actor gives its task its own outbox (actor.py)
+
+    def job_segment(self) -> str:
+        return ""
+
+    def service_host(self) -> None:
+        return None   # services on Ray are the next step (runtime/backend.py: RayServiceHost)
+
+    def stall_probes(self) -> dict[str, Any]:
+        return {}
 
     # -- running -----------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        _ship_by_value(self.functions.values(), self.contexts.values())
+    def start(self, tasks: Mapping[str, TaskStart], before: Callable[[], None]) -> dict[str, Any]:
+        assert self.job is not None
+        before()
+        _ship_by_value([t.function for t in tasks.values()], [t.ctx for t in tasks.values()])
         options = {"num_cpus": 0, "max_concurrency": 8, "scheduling_strategy": "SPREAD",
                    **self.actor_options}
         remote_cls = ray.remote(TaskActor)
-        try:
-            for name, ctx in self.contexts.items():
-                self.actors[name] = remote_cls.options(
-                    name=self.actor_name(name), namespace=self.namespace, **options).remote(ctx, self.functions[name])
-            for name in self.contexts:
-                peers = {self.actor_name(e.dst): self.actors[e.dst]
-                         for g in self.graph.nodes[name].out_groups for e in g.edges if e.dst in self.actors}
-                self._runs[name] = self.actors[name].run.remote(peers)
-                self._where[name] = self.actors[name].where.remote()
-        except BaseException:
-            self.cleanup()
-            self._close_log()
-            raise
-        self.manager.mark_running()
-        self.start_monitor("procflow-ray-monitor")
+        for name, task in tasks.items():
+            self.actors[name] = remote_cls.options(
+                name=self.actor_name(name), namespace=self.namespace, **options).remote(task.ctx, task.function)
+        graph = self.job.graph
+        for name in tasks:
+            peers = {self.actor_name(e.dst): self.actors[e.dst]
+                     for g in graph.nodes[name].out_groups for e in g.edges if e.dst in self.actors}
+            self._runs[name] = self.actors[name].run.remote(peers)
+            self._where[name] = self.actors[name].where.remote()
+        return {name: _ActorHandle() for name in tasks}
 
-    def request(self, what: str, reason: str = "") -> None:
-        """Ask the monitor thread to 'stop' (graceful) or 'kill' (now)."""
-        self._requests.append((what, reason))
+    def wake(self) -> None:
+        pass   # wait() returns at least every _REQUEST_S, when the Dispatcher looks at requests
 
-    def _watch(self) -> None:
-        manager = self.manager
-        polls = {self.actors[name].poll.remote(_POLL_S): name for name in self.actors}
-        while not manager.all_stopped:
-            if self._handle_requests() or manager.failure is not None:
-                return
-            if not polls:
-                break
-            ready, _ = ray.wait(list(polls), num_returns=1, timeout=_REQUEST_S)
-            if ready:
-                more, _ = ray.wait([r for r in polls if r not in ready], num_returns=len(polls) - len(ready),
-                                   timeout=0)
-                ready += more
-            for ref in ready:
-                name = polls.pop(ref)
-                try:
-                    messages, closed = ray.get(ref)
-                except RayActorError as exc:
-                    self._on_death(name, exc)
-                    continue
-                for msg in messages:
-                    self._on_message(msg)
-                if closed:
-                    if not manager.tasks[name].stopped and manager.failure is None:
-                        self._fail(JobFailedError(f"task {name} ended without reporting Stopped or Failed; the "
-                                                  "job was stopped", task=name))
-                else:
-                    polls[self.actors[name].poll.remote(_POLL_S)] = name
-            if manager.failure is None and self._broken is not None and time.monotonic() > self._broken[0]:
-                self._fail(self._broken[1])
-            if manager.failure is not None:
-                return
-            if not self._released and manager.all_ready:
-                self._released = True
-                for actor in self.actors.values():
-                    actor.release.remote()
-                self.log.info("all %d task actors ready; sources released", len(manager.tasks))
+    def wait(self, timeout: float | None) -> list[Any]:
+        if self._polls is None:
+            self._polls = {actor.poll.remote(_POLL_S): name for name, actor in self.actors.items()}
+        polls = self._polls
+        if not polls:   # every outbox closed: each one's Exited has been returned already
+            raise JobFailedError("every task actor ended, yet the job did not finish")
+        wait_s = _REQUEST_S if timeout is None else min(timeout, _REQUEST_S)
+        ready, _ = ray.wait(list(polls), num_returns=1, timeout=wait_s)
+        if ready:
+            more, _ = ray.wait([r for r in polls if r not in ready], num_returns=len(polls) - len(ready),
+                               timeout=0)
+            ready += more
+        events: list[Any] = []
+        for ref in ready:
+            name = polls.pop(ref)
+            try:
+                messages, closed = ray.get(ref)
+            except RayActorError as exc:
+                events.append(Exited(name, cause=exc))
+                continue
+            events += messages
+            if closed:
+                events.append(Exited(name))
+            else:
+                polls[self.actors[name].poll.remote(_POLL_S)] = name
+        return events
 
-    def _on_death(self, name: str, exc: BaseException) -> None:
-        if self.manager.tasks[name].stopped or self.manager.failure is not None:
-            return
+    def release_sources(self) -> None:
+        assert self.job_control is not None
+        self.job_control.release_sources()
+
+    def request_stop(self) -> None:
+        assert self.job_control is not None
+        self.job_control.request_stop()
+
+    def failure_hint(self, report: ErrorReport) -> str:
+        return ""
+
+    def exit_error(self, exited: Exited, ready: bool, progress: str) -> JobFailedError:
+        name = exited.task
+        if exited.cause is None:
+            return JobFailedError(f"task {name} ended without reporting Stopped or Failed; the job was stopped",
+                                  task=name)
         node = "?"
         try:
             node = ray.get(self._where[name], timeout=1)[0]
         except (RayError, TimeoutError, KeyError):
             pass
-        self._fail(JobFailedError(
-            f"task {name} (Ray actor {self.actor_name(name)}, node {node}) died: {exc}; the job was stopped "
-            "and every other task ended. An actor dies when its worker process exits (os._exit, a crash in "
-            "native code, the OOM killer) or its node goes away.", task=name))
-
-    def _on_message(self, msg: Any) -> None:
-        manager = self.manager
-        if isinstance(msg, Results):
-            self.in_driver.deliver(msg, self.collectors[msg.task])
-        elif isinstance(msg, Ready):
-            manager.mark_ready(msg.task, msg.pid)
-        elif isinstance(msg, Stopped):
-            manager.mark_stopped(msg.task, msg.metrics)
-            self.log.info("%s stopped: %s", msg.task, msg.metrics)
-            self.in_driver.task_stopped()
-        elif isinstance(msg, DeadLetter):
-            manager.dead_letters.extend(msg.entries)
-        elif isinstance(msg, Failed):
-            error = job_error(msg.report)
-            if msg.report.error_type == "BrokenChannelError":
-                # A producer noticed that its consumer died; the consumer's own death (reported by its
-                # poll) names the real culprit, so give it a moment to arrive first.
-                if self._broken is None:
-                    self._broken = (time.monotonic() + _BROKEN_GRACE_S, error)
-            else:
-                self._fail(error)
-
-    def _handle_requests(self) -> bool:
-        while self._requests:
-            what, reason = self._requests.pop(0)
-            if what == "stop":
-                self.manager.stop_requested = True
-                for actor in self.actors.values():
-                    actor.request_stop.remote()
-                self.log.info("stop requested: sources will end and the job drains")
-            elif what == "kill":
-                self._fail(JobFailedError(f"job {self.job_id} was killed: {reason}"), status="killed")
-                return True
-        return False
+        return JobFailedError(
+            f"task {name} (Ray actor {self.actor_name(name)}, node {node}) died: {exited.cause}; the job was "
+            "stopped and every other task ended. An actor dies when its worker process exits (os._exit, a "
+            "crash in native code, the OOM killer) or its node goes away.", task=name)
 
     def locate(self) -> dict[str, tuple[str, int]]:
         """task -> (Ray node id, worker pid), asked from each actor (tools and tests)."""
@@ -291,23 +251,30 @@ class RayDispatcher(JobMonitor):
 
     # -- cleaning up -------------------------------------------------------------------------------
 
-    def cleanup(self) -> None:
-        with self._cleanup_lock:
-            if self._cleaned:
-                return
-            self._cleaned = True
-        if self.manager.failure is None and self._runs:
+    def stop_tasks(self, failed: bool, grace: float) -> None:
+        if not failed and self._runs:
             # Finished normally: let run() close its logs before the actors go.
-            ray.wait(list(self._runs.values()), num_returns=len(self._runs),
-                     timeout=float(self.config.get("stop_timeout", 5.0)))
-        # Counters that outlive the actors (a failed task never sent its final metrics).
-        self.manager.last_counters = self.job_control.snapshot()
-        self.job_control.closed = True
-        self.job_control.counters = None
+            ray.wait(list(self._runs.values()), num_returns=len(self._runs), timeout=grace)
+
+    def close_control(self) -> None:
+        pass   # each outbox lives in its actor
+
+    def close_channels(self) -> None:
+        pass   # the channels are actor calls: they go with the actors
+
+    def close_job_control(self) -> None:
+        if self.job_control is not None:
+            self.job_control.close()
         for name, actor in self.actors.items():
             try:
                 ray.kill(actor, no_restart=True)
             except (RayError, ValueError) as exc:
-                self.log.warning("could not kill the actor of task %s: %s", name, exc)
+                if self.job is not None:
+                    self.job.log.warning("could not kill the actor of task %s: %s", name, exc)
         self._runs.clear()
 
+
+class _ActorHandle:
+    """A task actor's handle for the Dispatcher: the pid arrives with its Ready message."""
+
+    pid = None
