@@ -3,6 +3,7 @@ once, every control message handled in one place, the failure report, and the cl
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -249,3 +250,31 @@ def test_a_backend_without_a_service_host_refuses_services_by_name(env_dir):
         dispatcher.prepare()
     dispatcher.cleanup()
     dispatcher.close_log()
+
+
+@pytest.mark.parametrize("request_, status", [(ControlRequest.STOP, JobStatus.STOPPED),
+                                              (ControlRequest.KILL, JobStatus.KILLED)])
+def test_the_inline_backend_applies_requests_between_chunks(env_dir, request_, status):
+    """An unbounded source on the inline backend ends on a stop request (everything in flight drains)
+    and a kill ends the job at once: both filed while the source runs, in the caller's thread."""
+    from procflow.backends.inline.executor import InlineBackend
+
+    holder: dict[str, Dispatcher] = {}
+    seen: list[int] = []
+
+    counter = itertools.count(1)
+
+    def sink(record: int) -> None:
+        seen.append(record)
+        if record == 5000:
+            holder["d"].request(request_, "by the test")
+
+    env = LocalEnvironment("inline-requests", env_dir=env_dir)
+    env.from_source(lambda: next(counter)).sink(sink)
+    dispatcher = Dispatcher(env.compile(), config=env.config, env_dir=env.env_dir, backend=InlineBackend(),
+                            collectors={})
+    holder["d"] = dispatcher
+    dispatcher.prepare()
+    dispatcher.start()
+    assert dispatcher.manager.status is status
+    assert 5000 <= len(seen) < 5000 + 2 * 1024   # within a chunk or two of the request
