@@ -10,8 +10,8 @@ This module only re-exports the public names.
 """
 
 from procflow.api.datastream import CollectResult, ConnectedStreams, DataStream
-from procflow.backends.local.environment import LocalEnvironment
-from procflow.backends.ray.environment import RayEnvironment
+from procflow.api.local_environment import LocalEnvironment
+from procflow.api.ray_environment import RayEnvironment
 from procflow.core.errors import (
                                     JobFailedError,
                                     ProcflowError,

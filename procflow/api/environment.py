@@ -1,7 +1,8 @@
 """Environments: where a pipeline is built, and the backend-neutral half of running it.
 
-`BaseEnvironment` knows the graph and the configuration; a backend subclass (LocalEnvironment,
-RayEnvironment in `procflow.backends`) turns it into running tasks by implementing `_launch()`.
+`BaseEnvironment` knows the graph and the configuration, and runs a job through the one Dispatcher
+(procflow.runtime.dispatcher); a subclass (LocalEnvironment, RayEnvironment, in this package) only
+chooses the Backend that runs the tasks, by implementing `_backend()`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from procflow.core.config import Config
 from procflow.core.service import BaseService, ServiceSpec, services_called
 from procflow.graph.execution_graph import ExecutionGraph, compile_graph
 from procflow.graph.transformation import FunctionSpec, Input, Transformation, check_parallelism
+from procflow.runtime.backend import Backend
+from procflow.runtime.dispatcher import Dispatcher
+from procflow.runtime.job import Job
 from procflow.runtime.private_files import default_log_dir
 
 # Every key with its default (a copy: the defaults themselves are stated once, in procflow.core.config.Config).
@@ -212,8 +216,21 @@ class BaseEnvironment:
         except KeyboardInterrupt:
             self.job.kill("interrupted twice")
 
-    def _launch(self, graph: ExecutionGraph) -> Any:
+    def _backend(self) -> Backend:
         raise NotImplementedError(f"{type(self).__name__} cannot run pipelines; use LocalEnvironment")
+
+    def _launch(self, graph: ExecutionGraph) -> Job:
+        """Prepare and start the job on this environment's backend (inline: run it to its end)."""
+        dispatcher = Dispatcher(graph, config=self.config, env_dir=self.env_dir, backend=self._backend(),
+                                collectors=self._collectors, services=self.services)
+        try:
+            dispatcher.prepare()
+        except BaseException:
+            dispatcher.cleanup()
+            dispatcher.close_log()
+            raise
+        dispatcher.start()
+        return Job(dispatcher)
 
     def stop(self, timeout: float | None = None) -> None:
         """Ask the running job to stop: sources end, everything in flight drains, then tasks exit."""

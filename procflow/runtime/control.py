@@ -5,6 +5,8 @@
     task ──DeadLetter─► driver     records that failed under on_error="dead_letter"
     task ──Stopped──► driver       after the StopSignals went out; carries final metrics
     task ──Failed──► driver        an exception escaped; the task exits right after
+    replica ──ServiceReady──► driver     a service replica ran setup() and serves
+    replica ──ServiceStopped──► driver   after stop() and cleanup(); carries its metrics
 """
 
 from __future__ import annotations
@@ -90,9 +92,25 @@ class DeadLetter:
 @dataclass(frozen=True)
 class Failed:
     report: ErrorReport
+    # The live exception, only where the task ran in the driver's own thread (the inline backend): the
+    # job's error then chains it, so pdb.post_mortem() lands in the user's frame. A task process never
+    # sets it: the report's traceback text is what crosses a process boundary.
+    cause: BaseException | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
 class Stopped:
     task: str
+    metrics: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServiceReady:
+    replica: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class ServiceStopped:
+    replica: str
     metrics: dict = field(default_factory=dict)

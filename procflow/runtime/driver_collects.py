@@ -1,6 +1,7 @@
 """The collects a dispatcher runs itself, in the driver (see queue_descriptor/driver.py for why).
 
-Both backends' dispatchers use it: which collects need no task of their own, the edge descriptors
+The Dispatcher uses it on the backends that run such collects in the driver (local, Ray; not inline,
+where every task runs in the driver anyway): which collects need no task of their own, the edge descriptors
 that send their records to the driver, and the bookkeeping a task would have done (counters, stop
 accounting).
 """
@@ -30,11 +31,11 @@ class DriverCollects:
     _IN, _BUSY, _CPU, _STARTED, _FINISHED = (FIELDS.index(f) for f in ("records_in", "busy_s", "cpu_s", "started",
                                                                        "finished"))
 
-    def __init__(self, graph: Any, manager: Any, shared_counters: Any = None) -> None:
+    def __init__(self, graph: Any, manager: Any, shared_counters: Any = None, *, enabled: bool = True) -> None:
         self._graph = graph
         self._manager = manager
         self._shared = shared_counters
-        names = driver_side_collects(graph)
+        names = driver_side_collects(graph) if enabled else set()
         self.tasks = frozenset(names)    # the collect task names that get no task
         self._by_operator = {graph.nodes[n].operator: n for n in names}
         self._rows = {n: [0.0] * len(FIELDS) for n in names}

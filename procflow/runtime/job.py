@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from procflow.core.enums import ControlRequest, JobStatus
 from procflow.core.errors import JobFailedError
 from procflow.graph.transformation import ROUND_ROBIN
 from procflow.runtime.completion import Completion
@@ -27,12 +28,12 @@ class Job:
         self._completion = Completion.of(dispatcher.graph)
         self._progress: ProgressBar | None = None
         total = known_total(dispatcher.graph)
-        if total is not None and progress_wanted(dispatcher.config.get("progress")):
+        if total is not None and progress_wanted(dispatcher.config["progress"]):
             self._progress = ProgressBar(total, self.completed_records, self._manager.done,
                                          status=lambda: self.status).start()
 
     @property
-    def status(self) -> str:
+    def status(self) -> JobStatus:
         """created, running, finished, stopped (after env.stop()), failed or killed."""
         return self._manager.status
 
@@ -57,10 +58,8 @@ class Job:
     def metrics(self) -> dict[str, Any]:
         """Per-task counters (records in/out, seconds busy / waiting / blocked, CPU seconds, errors), live or
         final. CPU seconds well below busy ones: the task was waiting inside user code, or descheduled."""
-        live = None
-        control = self._dispatcher.job_control
-        if self.running and control is not None:
-            live = control.snapshot()   # None if cleanup closed it meanwhile: final figures then
+        # None if cleanup closed the job control meanwhile: final figures then
+        live = self._dispatcher.live_counters() if self.running else None
         return self._manager.metrics(live)
 
     def completed_records(self, metrics: dict[str, Any] | None = None) -> int:
@@ -115,7 +114,7 @@ class Job:
             handled = op["records_out"] if op["source"] else op["records_in"]
             op["rate_rps"] = handled / elapsed if elapsed else 0.0
         bottleneck = max(by_op, key=lambda k: by_op[k]["busy_pct"]) if by_op else None
-        uneven = self._uneven_round_robin(rows_by_op, by_op) if self.status == "finished" else []
+        uneven = self._uneven_round_robin(rows_by_op, by_op) if self.status == JobStatus.FINISHED else []
         failure = self.failure
         return {"job_id": self.job_id, "status": self.status, "elapsed_s": elapsed,
                 "source_records": emitted, "completed_records": completed,
@@ -165,8 +164,8 @@ class Job:
         """Graceful: sources end, records in flight drain. Kills the job if it has not ended in `timeout`."""
         if not self.running:
             return
-        self._dispatcher.request("stop")
-        grace = timeout if timeout is not None else float(self._dispatcher.config.get("stop_timeout", 5.0)) * 2
+        self._dispatcher.request(ControlRequest.STOP)
+        grace = timeout if timeout is not None else float(self._dispatcher.config["stop_timeout"]) * 2
         if not self._manager.done.wait(grace):
             self.kill(f"did not stop within {grace}s")
         self._join_threads()
@@ -174,7 +173,7 @@ class Job:
     def kill(self, reason: str = "killed by the user") -> None:
         """Now: every task is terminated, nothing drains."""
         if self.running:
-            self._dispatcher.request("kill", reason)
+            self._dispatcher.request(ControlRequest.KILL, reason)
             self._manager.done.wait()
         self._join_threads()
 

@@ -1,9 +1,5 @@
-"""JobManager: the job table of one run: each task's state, the job's status, and the stop accounting.
-
-    created ─► running ─► finished          every task reported Stopped after draining
-                   │  └─► stopped           env.stop(): sources ended early, everything in flight drained
-                   └───► failed / killed    a task failed or died, or the user interrupted
-"""
+"""JobManager: the job table of one run: each task's state, the job's status (a JobStatus, whose
+diagram is in procflow.core.enums), and the stop accounting."""
 
 from __future__ import annotations
 
@@ -12,10 +8,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from procflow.core.enums import JobStatus
 from procflow.core.errors import JobFailedError
 from procflow.runtime.job_control import FIELDS
-
-TERMINAL = ("finished", "stopped", "failed", "killed")
 
 
 @dataclass
@@ -34,7 +29,7 @@ class JobManager:
     def __init__(self, job_id: str, tasks: list[tuple[str, str]]) -> None:
         self.job_id = job_id
         self.tasks = {name: TaskState(name, op, i) for i, (name, op) in enumerate(tasks)}
-        self.status = "created"
+        self.status: JobStatus = JobStatus.CREATED
         self.failure: JobFailedError | None = None
         self.stop_requested = False
         self.started_at: float | None = None
@@ -48,7 +43,7 @@ class JobManager:
 
     # transitions, called by the Dispatcher's monitor thread
     def mark_running(self) -> None:
-        self.status = "running"
+        self.status = JobStatus.RUNNING
         self.started_at = time.monotonic()
 
     def mark_ready(self, task: str, pid: int) -> None:
@@ -67,19 +62,19 @@ class JobManager:
     def all_stopped(self) -> bool:
         return all(t.stopped for t in self.tasks.values())
 
-    def fail(self, error: JobFailedError, status: str = "failed") -> bool:
+    def fail(self, error: JobFailedError, status: JobStatus = JobStatus.FAILED) -> bool:
         """Record the first failure; later ones (the fallout of the first) are only logged."""
         with self._lock:
-            if self.failure is not None or self.status in TERMINAL:
+            if self.failure is not None or self.status.terminal:
                 return False
             self.failure = error
-            self.status = status
+            self.status = JobStatus(status)
             return True
 
     def finish(self) -> None:
         with self._lock:
-            if self.status not in TERMINAL:
-                self.status = "stopped" if self.stop_requested else "finished"
+            if not self.status.terminal:
+                self.status = JobStatus.STOPPED if self.stop_requested else JobStatus.FINISHED
         self.ended_at = time.monotonic()
         self.done.set()
 

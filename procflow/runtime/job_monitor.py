@@ -1,11 +1,12 @@
-"""What every backend's dispatcher shares: the job's log files and the monitor thread's lifecycle.
+"""The Dispatcher's job log files and its monitor thread's lifecycle.
 
     _open_log()       Dispatcher.log in the job directory (a logger per job)
     start_monitor()   one non-daemon thread runs the backend's `_watch()`, joined by `join_monitor()`
     _monitor()        whatever happens in `_watch()`, the job ends: cleanup, final status, log closed
     _fail()           the first failure wins; it goes to Dispatcher.log and Error.log
 
-A backend subclass provides `_watch()`, `cleanup()`, and the attributes `manager`, `job_id`, `job_dir`.
+The Dispatcher (dispatcher.py) provides `_watch()`, `cleanup()`, and the attributes `manager`, `job_id`,
+`job_dir`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import threading
 import time
 from typing import Any
 
+from procflow.core.enums import JobStatus
 from procflow.core.errors import JobFailedError
 from procflow.runtime.private_files import PrivateFileHandler, open_private_text
 
@@ -42,7 +44,7 @@ class JobMonitor:
         self.log.addHandler(handler)
         self._log_handler = handler
 
-    def _close_log(self) -> None:
+    def close_log(self) -> None:
         if self._log_handler is not None:
             self.log.removeHandler(self._log_handler)
             self._log_handler.close()
@@ -67,6 +69,13 @@ class JobMonitor:
     def _monitor(self) -> None:
         try:
             self._watch()
+        except JobFailedError as exc:   # the backend found the job cannot go on (said why)
+            self._fail(exc)
+        except KeyboardInterrupt as exc:
+            # Only where the job runs in the caller's thread (inline): Ctrl-C ends it as killed, and the
+            # interrupt goes on to the caller once everything is cleaned up.
+            self.manager.fail(JobFailedError(f"job {self.job_id} was interrupted: {exc!r}"), JobStatus.KILLED)
+            raise
         except BaseException as exc:  # a bug here must fail the job, never hang it
             self.log.exception("monitor crashed")
             self.manager.fail(JobFailedError(f"procflow's job monitor crashed: {exc!r}"))
@@ -74,9 +83,9 @@ class JobMonitor:
             self.cleanup()
             self.manager.finish()
             self.log.info("job %s %s after %.3fs", self.job_id, self.manager.status, self.manager.elapsed)
-            self._close_log()
+            self.close_log()
 
-    def _fail(self, error: JobFailedError, status: str = "failed") -> None:
+    def _fail(self, error: JobFailedError, status: JobStatus = JobStatus.FAILED) -> None:
         if self.manager.fail(error, status):
             self.log.error("%s", error)
             try:

@@ -410,3 +410,18 @@ def test_inline_metrics_count_records():
     assert all(row["cpu_s"] == 0 for row in m.values())
     # ...so summaries say "not measured" (None, as Job.summary documents), rather than 0 %.
     assert all(op["cpu_pct"] is None for op in job.summary()["operators"].values())
+
+
+def test_inline_jobs_are_run_by_the_same_dispatcher(env_dir):
+    """Issue 17: the inline backend goes through the one Dispatcher, so its job folder tells the same
+    story as a process job's (Dispatcher.log; Error.log with the task's traceback)."""
+    with LocalEnvironment("same", executor="inline", env_dir=env_dir) as env:
+        env.from_batch(range(50)).map(lambda x: 1 // (x - 40)).collect()
+        with pytest.raises(JobFailedError):
+            env.submit()
+        job_dir = env.job.log_dir
+    with open(os.path.join(job_dir, "Dispatcher.log")) as f:
+        log = f.read()
+    assert "prepared on the inline backend" in log and "sources released" in log
+    with open(os.path.join(job_dir, "Error.log")) as f:
+        assert "ZeroDivisionError" in f.read()

@@ -277,7 +277,7 @@ def test_kill_ends_the_job_and_every_actor(ray_instance, env_dir):
         while job.metrics["source_0"]["records_out"] == 0:   # live counters, read from the actors
             assert time.monotonic() < deadline, "the source never emitted"
             time.sleep(0.05)
-        names = [job._dispatcher.actor_name(t) for t in job.metrics]
+        names = [job._dispatcher.backend.actor_name(t) for t in job.metrics]
         job.kill("test")
         assert job.status == "killed"
         with pytest.raises(JobFailedError, match="killed: test"):

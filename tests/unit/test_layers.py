@@ -60,18 +60,9 @@ def upward_imports(path: pathlib.Path, module: str) -> list[str]:
             if layer_of(target) > layer_of(module)]
 
 
-# Known upward imports still to remove (issue 17): the environments subclass api's BaseEnvironment from
-# inside backends/. Nothing may be added here.
-PENDING = {
-    "procflow.backends.local.environment imports procflow.api.environment",
-    "procflow.backends.ray.environment imports procflow.api.environment",
-}
-
-
 def test_no_module_imports_a_layer_above_its_own():
     found = {line for path in SOURCES for line in upward_imports(path, module_name(path))}
-    assert found - PENDING == set()
-    assert PENDING - found == set(), "an upward import was removed: take it out of PENDING too"
+    assert found == set()
 
 
 @pytest.mark.parametrize("path", [p for p in SOURCES if "backends/ray" not in p.as_posix()],

@@ -10,6 +10,7 @@ import os
 import pytest
 
 from procflow import BaseService, LocalEnvironment
+from procflow.backends.local.backend import LocalBackend
 from procflow.core.errors import ShmCapacityError
 from procflow.runtime.communication import ring as ringmod
 from procflow.runtime.communication.shm import SHM_DIR, SharedSegment, list_segments, segment_name
@@ -105,13 +106,14 @@ def test_the_budget_matches_what_prepare_creates(env_dir):
     env.register_service("echo", Echo, parallelism=2)
     env.from_batch(range(10)).map(lambda r: r, parallelism=3).keyby(lambda r: r).map(
         lambda r: r, parallelism=2).sink(lambda r: None)
-    dispatcher = Dispatcher(env.compile(), config=env.config, env_dir=env.env_dir, factory=env.task_factory,
+    backend = LocalBackend(env.task_factory)
+    dispatcher = Dispatcher(env.compile(), config=env.config, env_dir=env.env_dir, backend=backend,
                             collectors={}, services=env.services)
     try:
         dispatcher.prepare()
-        budget = dispatcher._shm_budget([n for n in dispatcher.graph.nodes.values() if n.in_edges])
+        budget = backend.shm_budget([n for n in dispatcher.graph.nodes.values() if n.in_edges], env.services)
         created = [os.stat(os.path.join(SHM_DIR, name)).st_size for name in list_segments(dispatcher.job_id)]
         assert budget.total() == sum(map(committed, created))
     finally:
         dispatcher.cleanup()
-        dispatcher._close_log()
+        dispatcher.close_log()

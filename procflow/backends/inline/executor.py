@@ -1,14 +1,21 @@
-"""InlineExecutor: runs a whole ExecutionGraph in the driver process, deterministically, for debugging.
+"""InlineBackend: runs a whole ExecutionGraph in the driver process, deterministically, for debugging.
 
-    prepare()   one in-process inbox (a deque) per consuming task, one TaskContext and BaseTask per node
-    run()       open every task (in graph order, which is topological)
-                for each source task, in order:
+The one Dispatcher runs the job (contexts, messages, failure report, cleanup); this backend supplies
+in-process parts, and runs the tasks inside its `wait()`, in the caller's thread (no monitor thread):
+
+    make_inbox  one in-process inbox (a deque) per consuming task
+    start()     one InlineTask (a BaseTask driven step by step) per node; nothing runs yet
+    wait() #1   open every task (in graph order, which is topological); each reports Ready
+    wait() #2   (the sources are released) for each source task, in order:
                     run its operator; every `chunk` records its router flushes and the scheduler pumps:
                         pump: each consuming task, in topological order, drains its gate without
                               blocking and processes the batch; a task that has seen one StopSignal
                               per input channel finishes and forwards its StopSignals
                     finish it (its StopSignals go out), pump
-                every task must now have finished; close channels and loggers
+                every task must now have finished
+    stop_tasks  close channels and loggers
+
+Messages (Ready, Results, DeadLetter, Stopped, Failed) go to the Dispatcher by direct call.
 
 The tasks are the same BaseTask, operators, BaseRouter and stop protocol as in the process executor;
 only the channels (deques) and the scheduling differ. Nothing depends on the clock, so a run is
@@ -21,7 +28,8 @@ from __future__ import annotations
 
 import os
 import threading
-import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,16 +37,12 @@ import numpy as np
 from procflow.core.errors import JobFailedError
 from procflow.core.functions import IterableBatch
 from procflow.core.signals import StopSignal
-from procflow.graph.execution_graph import ExecutionGraph
+from procflow.runtime.backend import Exited, JobEvents, JobSetup, TaskStart
 from procflow.runtime.communication.router import BaseRouter
-from procflow.runtime.context.task_context import TaskContext, output_specs
-from procflow.runtime.control import DeadLetter, ErrorReport, Results
-from procflow.runtime.dispatcher import job_error, new_job_id
+from procflow.runtime.context.task_context import TaskContext
+from procflow.runtime.control import ErrorReport, Failed, Ready, Stopped
 from procflow.runtime.job_control import FIELDS
-from procflow.runtime.job_manager import JobManager
-from procflow.runtime.job_monitor import ERROR_LOG
 from procflow.runtime.operators.source import SourceOperator
-from procflow.runtime.private_files import make_job_dir, open_private_text
 from procflow.runtime.task.base_task import BaseTask
 from procflow.runtime.task.entry import close_logger, open_task_logger
 
@@ -80,16 +84,23 @@ class InlineJobControl:
 
 
 class _Control:
-    """What a task's `ctx.control` is inline: messages go straight to the executor."""
+    """What a task's `ctx.control` is inline: messages go straight to the Dispatcher (a direct call)."""
 
-    def __init__(self, executor: InlineExecutor) -> None:
-        self._executor = executor
+    def __init__(self, backend: InlineBackend) -> None:
+        self._backend = backend
 
     def send(self, msg: Any) -> None:
-        self._executor._on_message(msg)
+        self._backend.deliver(msg)
 
     def close(self) -> None:
         pass
+
+
+@dataclass(frozen=True)
+class InDriver:
+    """The handle of an inline task: it runs in the driver's own process."""
+
+    pid: int
 
 
 class InlineRouter(BaseRouter):
@@ -109,29 +120,37 @@ class InlineTask(BaseTask):
 
     cpu_clock = None   # every task runs in the driver's thread: no CPU time of its own to report
 
-    def __init__(self, ctx: TaskContext, function: Any, executor: InlineExecutor) -> None:
+    def __init__(self, ctx: TaskContext, function: Any, backend: InlineBackend) -> None:
         super().__init__(ctx, function)
-        self._executor = executor
+        self._backend = backend
         self._interval = float("inf")   # flush when the scheduler says so, never by the clock
         self.finished = False
 
     def _attach(self) -> None:
-        self.ctx.attach(job_control=self._executor.job_control, router_class=InlineRouter)
-        if isinstance(self.operator, SourceOperator):
-            self.ctx.router.chunk = self._executor.chunk
-            self.ctx.router.on_chunk = self._executor._source_chunk
+        self.ctx.attach(job_control=self._backend.job_control, router_class=InlineRouter)
+        router = self.ctx.router
+        if isinstance(self.operator, SourceOperator) and isinstance(router, InlineRouter):
+            router.chunk = self._backend.chunk
+            router.on_chunk = self._backend._source_chunk
 
     def _tick(self, waited: float = 0.0) -> bool:
         # Called by a source on its timer (ignored: pumping is by record count, so runs repeat
         # exactly) and after a back-off (an unbounded source had nothing: let the rest run).
         self.wait_s += waited
         if waited:
-            self._executor._source_chunk()
+            self._backend._source_chunk()
         return self.ctx.job_control.stop_requested
 
 
+def _router(task: InlineTask) -> BaseRouter:
+    """A task's router, attached by open()."""
+    router = task.ctx.router
+    assert router is not None, "the task is not open"
+    return router
+
+
 class _TaskFailed(Exception):
-    """Carries a failure out of nested steps (a pump runs inside a source's emit) to the executor."""
+    """Carries a failure out of nested steps (a pump runs inside a source's emit) to `wait()`."""
 
     def __init__(self, task: InlineTask, exc: BaseException) -> None:
         super().__init__(task.ctx.name)
@@ -139,116 +158,143 @@ class _TaskFailed(Exception):
         self.exc = exc
 
 
-class InlineExecutor:
-    """Quacks like the Dispatcher where `Job` needs it (manager, job_control, request, join_monitor)."""
+class _Killed(Exception):
+    """A kill request arrived between two chunks: unwind every step at once."""
 
+
+class InlineBackend:
+    """The Backend that runs every task in the driver's thread, one step at a time (see the module doc)."""
+
+    kind = "inline"
     measures_cpu = False   # see InlineTask.cpu_clock: summaries give cpu_pct None
-    service_manager = None  # inline jobs run no services (submit refuses them); Job.summary() asks
+    watches_stalls = False
+    collects_in_driver = False   # every task runs in the driver already
+    runs_in_driver_thread = True
+    broken_channel_grace = 0.0
+    context_class = TaskContext
 
-    def __init__(self, graph: ExecutionGraph, *, config: dict, env_dir: str, collectors: dict,
-                 chunk: int = DEFAULT_CHUNK, job_id: str | None = None) -> None:
-        self.graph = graph
-        self.config = config
-        self.collectors = collectors
+    def __init__(self, chunk: int = DEFAULT_CHUNK) -> None:
         self.chunk = chunk
-        self.job_id = job_id or new_job_id()
-        self.env_dir = env_dir
-        self.job_dir = os.path.join(env_dir, self.job_id)
-        self.manager = JobManager(self.job_id, [(n.name, n.operator) for n in graph.nodes.values()])
-        self.job_control = InlineJobControl(len(graph.nodes))
+        self.job: JobSetup | None = None
+        self.job_control: InlineJobControl | None = None
         self.tasks: list[InlineTask] = []
+        self._events: JobEvents | None = None
+        self._control = _Control(self)
         self._current: InlineTask | None = None
+        self._opened = False
 
-    # -- Job's view ------------------------------------------------------------------------------
+    def bind(self, events: JobEvents) -> None:
+        self._events = events
 
-    def request(self, what: str, reason: str = "") -> None:
-        if what == "stop":
-            self.manager.stop_requested = True
-            self.job_control.request_stop()
+    def deliver(self, msg: Any) -> None:
+        assert self._events is not None, "bind() first"
+        self._events.on_message(msg)
 
-    def join_monitor(self, timeout: float | None = None) -> bool:
-        return True
+    def preflight(self) -> None:
+        pass
 
-    # -- running ---------------------------------------------------------------------------------
+    # -- preparing ---------------------------------------------------------------------------------
 
-    def prepare(self) -> None:
-        make_job_dir(self.env_dir, self.job_id, self.config.get("keep_logs"))
-        nodes = list(self.graph.nodes.values())
-        batch_bytes = int(self.config.get("batch_bytes", 32 << 10))
-        inboxes = {n.name: InlineInbox(f"inline:{n.name}", tuple(e.input_index for e in n.in_edges), batch_bytes)
-                   for n in nodes if n.in_edges}
-        control = _Control(self)
+    def open_job(self, job: JobSetup) -> InlineJobControl:
+        self.job = job
+        self.job_control = InlineJobControl(len(job.graph.nodes))
+        return self.job_control
+
+    def check_capacity(self, consumers: list[Any], services: Mapping[str, Any], job_control: Any) -> None:
+        pass   # deques in this process: nothing to reserve
+
+    def make_inbox(self, node: Any) -> InlineInbox:
+        assert self.job is not None
+        return InlineInbox(f"inline:{node.name}", tuple(e.input_index for e in node.in_edges),
+                           int(self.job.config["batch_bytes"]))
+
+    def edge(self, inbox: Any, edge: Any) -> Any:
+        return inbox.edge(edge.slot)
+
+    def control_channel(self, task: str) -> _Control:
+        return self._control
+
+    def job_segment(self) -> str:
+        return ""
+
+    def service_host(self) -> None:
+        return None   # inline services are the next step (runtime/backend.py: InlineServiceHost)
+
+    def stall_probes(self) -> dict[str, Any]:
+        return {}
+
+    # -- running -----------------------------------------------------------------------------------
+
+    def start(self, tasks: Mapping[str, TaskStart], before: Callable[[], None]) -> dict[str, InDriver]:
+        assert self.job is not None
+        before()
+        graph = self.job.graph
         shared_iterators: dict[int, list] = {}
-        log_level = self.config.get("log_level", "INFO")
-        for slot, node in enumerate(nodes):
-            t = self.graph.transformations[node.transformation_id]
-            outputs = output_specs(node, lambda e: inboxes[e.dst].edge(e.slot))
-            ctx = TaskContext(
-                name=node.name, operator_name=node.operator, kind=node.kind, parallel_index=node.index,
-                parallelism=node.parallelism, job_id=self.job_id, env_dir=self.env_dir, task_slot=slot,
-                job_segment="", n_tasks=len(nodes), inbox=inboxes.get(node.name), outputs=outputs,
-                options=dict(t.options), config=dict(self.config), control=control)
-            function = t.function.build()
+        for name, task in tasks.items():
+            node = graph.nodes[name]
+            function = task.function
             if isinstance(function, IterableBatch) and node.parallelism > 1:
                 # Forked instances each read their own copy of an iterator; here they would share one,
                 # and instance 0 would drain it. Materialise it once for all the instances.
                 it = function.iterable
                 if iter(it) is it:
-                    if t.id not in shared_iterators:
-                        shared_iterators[t.id] = list(it)
-                    function.iterable = shared_iterators[t.id]
-            ctx.logger = open_task_logger(ctx.name, ctx.log_dir, log_level)
-            self.tasks.append(InlineTask(ctx, function, self))
+                    if node.transformation_id not in shared_iterators:
+                        shared_iterators[node.transformation_id] = list(it)
+                    function.iterable = shared_iterators[node.transformation_id]
+            task.ctx.logger = open_task_logger(name, task.ctx.log_dir, self.job.config["log_level"])
+            self.tasks.append(InlineTask(task.ctx, function, self))
+        return {name: InDriver(os.getpid()) for name in tasks}
 
-    def run(self) -> None:
-        """Run the job to its end (or first failure) in this thread."""
-        manager = self.manager
-        manager.mark_running()
+    def wait(self, timeout: float | None) -> list[Any]:
+        """One step of the job: first open every task (each reports Ready); then, once the Dispatcher
+        has released the sources, run them and everything downstream to the end."""
         try:
-            for task in self.tasks:
-                self._step(task, task.open)
-                task._start_clock()
-                task.stage = "run"
-                manager.mark_ready(task.ctx.name, os.getpid())
+            if not self._opened:
+                self._opened = True
+                for task in self.tasks:
+                    self._step(task, task.open)
+                    task._start_clock()
+                    task.stage = "run"
+                    self.deliver(Ready(task.ctx.name, os.getpid()))
+                return []
             for task in self.tasks:
                 if isinstance(task.operator, SourceOperator):
                     self._step(task, self._run_source, task)
                     self._pump()
             self._pump()
-            waiting = [t.ctx.name for t in self.tasks if not t.finished]
-            if waiting:  # cannot happen while every channel carries its StopSignal; say so if it does
-                raise JobFailedError(f"inline executor: tasks {waiting} never received all their StopSignals")
         except _TaskFailed as failure:
-            self._fail(failure.task, failure.exc)
-        except BaseException as exc:  # Ctrl-C in the middle of a step, or a bug here
-            manager.fail(exc if isinstance(exc, JobFailedError) else
-                         JobFailedError(f"job {self.job_id} was interrupted: {exc!r}"), status="killed")
-            self.cleanup()
-            manager.finish()
-            if not isinstance(exc, JobFailedError):
-                raise
-            return
-        self.cleanup()
-        manager.finish()
+            return [self._failed(failure.task, failure.exc)]
+        except _Killed:
+            return []
+        waiting = [t.ctx.name for t in self.tasks if not t.finished]
+        if waiting:  # cannot happen while every channel carries its StopSignal; say so if it does
+            raise JobFailedError(f"inline executor: tasks {waiting} never received all their StopSignals")
+        return []
 
     def _run_source(self, task: InlineTask) -> None:
-        reason = task.operator.run(task._tick)
+        operator = task.operator
+        assert isinstance(operator, SourceOperator)
+        reason = operator.run(task._tick)
         self._finish(task, StopSignal(task.ctx.name, reason))
 
     def _finish(self, task: InlineTask, signal: StopSignal) -> None:
         task.finish(signal)
         task.finished = True
-        self.manager.mark_stopped(task.ctx.name, task.metrics())
-        task.ctx.logger.info("stopped: %d in, %d out (%s)", task.records_in, task.ctx.router.records_out,
+        task.ctx.logger.info("stopped: %d in, %d out (%s)", task.records_in, _router(task).records_out,
                              signal.reason)
+        self.deliver(Stopped(task.ctx.name, task.metrics()))
 
     def _source_chunk(self) -> None:
-        """A source emitted `chunk` records (or had nothing for now): publish them, run the rest."""
+        """A source emitted `chunk` records (or had nothing for now): publish them, run the rest, and
+        apply what other threads asked meanwhile (a stop ends the sources; a kill ends the job)."""
         task = self._current
         if task is not None:
-            task.ctx.router.flush()
+            _router(task).flush()
             task._publish()
         self._pump()
+        assert self._events is not None
+        if self._events.handle_requests():
+            raise _Killed()
 
     def _pump(self) -> None:
         """Run every consuming task on what it has, in topological order, until nothing moves."""
@@ -266,7 +312,7 @@ class InlineExecutor:
     def _consume(self, task: InlineTask, items: list) -> None:
         task.process_batch(items)
         task.operator.flush()
-        task.ctx.router.flush()
+        _router(task).flush()
         task._publish()
         if task.done:
             self._finish(task, task.last_signal)
@@ -275,22 +321,15 @@ class InlineExecutor:
         previous, self._current = self._current, task
         try:
             fn(*args)
-        except _TaskFailed:
+        except (_TaskFailed, _Killed):
             raise
         except (Exception, SystemExit) as exc:  # as the process executor: SystemExit from user code too
             raise _TaskFailed(task, exc) from exc
         finally:
             self._current = previous
 
-    # -- messages, failures, cleanup ---------------------------------------------------------------
-
-    def _on_message(self, msg: Any) -> None:
-        if isinstance(msg, Results):
-            self.collectors[msg.task]._extend(msg.records)
-        elif isinstance(msg, DeadLetter):
-            self.manager.dead_letters.extend(msg.entries)
-
-    def _fail(self, task: InlineTask, exc: BaseException) -> None:
+    def _failed(self, task: InlineTask, exc: BaseException) -> Failed:
+        """What a task process would report, with the live exception for pdb.post_mortem."""
         has_record, record = task.current_record(exc)
         label = getattr(task.operator, "label", type(task.operator.function).__name__)
         report = ErrorReport.from_exception(exc, task=task.ctx.name, pid=os.getpid(), function=label,
@@ -298,16 +337,36 @@ class InlineExecutor:
         task.ctx.logger.error("failed in %s while %s: %s: %s", label, task.stage, report.error_type,
                               report.message)
         task.ctx.logger.debug("%s", report.traceback)
-        error = job_error(report)
-        error.__cause__ = exc   # the live exception, with its frames, for pdb.post_mortem
-        self.manager.fail(error)
-        try:
-            with open_private_text(self.job_dir, ERROR_LOG, exclusive=False) as f:
-                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {error}\n{report.traceback}\n")
-        except OSError:
-            pass
+        return Failed(report, cause=exc)
 
-    def cleanup(self) -> None:
+    def wake(self) -> None:
+        pass   # requests are applied between chunks (_source_chunk) and after each step
+
+    def release_sources(self) -> None:
+        pass   # the sources run when wait() runs them
+
+    def request_stop(self) -> None:
+        assert self.job_control is not None
+        self.job_control.request_stop()
+
+    def failure_hint(self, report: ErrorReport) -> str:
+        return ""
+
+    def exit_error(self, exited: Exited, ready: bool, progress: str) -> JobFailedError:
+        return JobFailedError(f"task {exited.task} ended without reporting Stopped; {progress}", task=exited.task)
+
+    # -- cleaning up -------------------------------------------------------------------------------
+
+    def stop_tasks(self, failed: bool, grace: float) -> None:
         for task in self.tasks:
             task.ctx.detach()
             close_logger(task.ctx.logger)
+
+    def close_control(self) -> None:
+        pass
+
+    def close_channels(self) -> None:
+        pass
+
+    def close_job_control(self) -> None:
+        pass

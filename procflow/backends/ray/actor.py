@@ -1,6 +1,6 @@
 """TaskActor: one Ray actor per task, running the same BaseTask loop as a local task process.
 
-    driver (RayDispatcher)                      TaskActor (threaded: several methods run at once)
+    driver (RayBackend)                         TaskActor (threaded: several methods run at once)
     TaskActor.remote(ctx, function) ─────────►  __init__: input gate registered (push may come early)
     run.remote(peers) ───────────────────────►  run(): BaseTask.run() in this call's thread, like
                                                  task_main(): Ready ... Stopped, or Failed on any error
@@ -138,7 +138,7 @@ class TaskActor:
         ctx, function = self.ctx, self.function
         channel.register_peers(peers)
         ctx.control = self.outbox
-        ctx.logger = logger = open_task_logger(ctx.name, ctx.log_dir, ctx.config.get("log_level", "INFO"))
+        ctx.logger = logger = open_task_logger(ctx.name, ctx.log_dir, ctx.config["log_level"])
         task = BaseTask(ctx, function)
         try:
             task.run()

@@ -25,7 +25,7 @@ import numpy as np
 
 from procflow.runtime.communication import ring as ringmod
 from procflow.runtime.communication.shm import SharedSegment
-from procflow.runtime.control import ErrorReport, Failed, Ready, Stopped
+from procflow.runtime.control import ErrorReport, Failed, ServiceReady, ServiceStopped
 from procflow.runtime.service.client import (
     ERROR,
     NO_METHOD,
@@ -205,7 +205,7 @@ def service_main(ctx: ServiceContext, service: Any, driver: DriverLifeline) -> N
         ctx.services = ctx.directory.connect(ctx)
         service.ctx = ctx
         service.setup()
-        ctx.control.send(Ready(ctx.name, os.getpid()))
+        ctx.control.send(ServiceReady(ctx.name, os.getpid()))
         logger.info("%s ready (pid %d)", ctx.name, os.getpid())
         stage = "serve"
         replica.serve()
@@ -215,7 +215,7 @@ def service_main(ctx: ServiceContext, service: Any, driver: DriverLifeline) -> N
         service.cleanup()
         logger.info("%s stopped: %d calls, %d errors, %.3fs busy", ctx.name, replica.calls, replica.errors,
                     replica.busy)
-        ctx.control.send(Stopped(ctx.name, replica.metrics()))
+        ctx.control.send(ServiceStopped(ctx.name, replica.metrics()))
     except BaseException as exc:  # report everything, SystemExit from user code included
         code = 1
         report = ErrorReport.from_exception(exc, task=ctx.name, pid=os.getpid(),

@@ -1,21 +1,25 @@
-"""RayEnvironment: the same pipelines as Ray actors. Only this package imports ray.
+"""RayEnvironment: the same pipelines as Ray actors.
 
     RayEnvironment(name, config, address=None)
       submit() ─► (first time) ray.init: a local instance on this machine, or join `address`
-               ─► RayDispatcher: one TaskActor per task, `ray` channels between them ─► Job
+               ─► the Dispatcher on a RayBackend: one TaskActor per task, `ray` channels between them ─► Job
       close()  ─► stops the job; shuts Ray down only if this environment started it
 
 Operators, routing (stable hashing included), the stop protocol and user functions are the runtime's
-own code; only the task factory (actors) and the channel kind (batched actor calls) differ.
+own code; only the task factory (actors) and the channel kind (batched actor calls) differ. `ray` is
+imported only under procflow/backends/ray, and only once a job is submitted.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from procflow.api.environment import BaseEnvironment
-from procflow.graph.execution_graph import ExecutionGraph
+from procflow.runtime.backend import Backend
+
+if TYPE_CHECKING:
+    from procflow.backends.ray.backend import RayBackend
 
 # `import procflow` must not need (or pay for) ray: it is an optional extra, imported at first submit().
 
@@ -27,9 +31,9 @@ class RayEnvironment(BaseEnvironment):
     backend = "ray"
 
     def __init__(self, name: str = "procflow", config: dict[str, Any] | None = None, *,
-                 address: str | None = None, env_dir: str | os.PathLike | None = None,
-                 num_cpus: int | None = None, credits: int = 8, actor_options: dict | None = None,
-                 init_options: dict | None = None) -> None:
+                 address: str | None = None, env_dir: str | os.PathLike[str] | None = None,
+                 num_cpus: int | None = None, credits: int = 8, actor_options: dict[str, Any] | None = None,
+                 init_options: dict[str, Any] | None = None) -> None:
         """`address`: a Ray cluster to join ("auto", "ray://host:10001", ...); None starts a local instance
         on this machine only (with `num_cpus`, and `init_options` passed on to `ray.init`).
 
@@ -51,6 +55,7 @@ class RayEnvironment(BaseEnvironment):
         self.init_options = dict(init_options or {})
         self.namespace = f"procflow-{name}"
         self._started_ray = False
+        self._ray_backend: RayBackend | None = None   # the last job's (task_placement asks it)
 
     def register_service(self, name: str, service_class: Any, *args: Any, parallelism: int = 1,
                          **kwargs: Any) -> None:
@@ -58,46 +63,26 @@ class RayEnvironment(BaseEnvironment):
             "services are not available on the Ray backend yet; call the service's code from the function "
             "itself (create the client in open()), or use LocalEnvironment")
 
-    def _connect(self) -> None:
-        import ray
+    def _backend(self) -> Backend:
+        from procflow.backends.ray import session
+        from procflow.backends.ray.backend import RayBackend
 
-        if ray.is_initialized():
-            return
-        if self.address is not None:
-            ray.init(address=self.address, namespace=self.namespace, **self.init_options)
-        else:
-            # address="local" never joins another instance found on this machine or through RAY_ADDRESS.
-            options = {"include_dashboard": False, "log_to_driver": True, **self.init_options}
-            ray.init(address="local", num_cpus=self.num_cpus, namespace=self.namespace, **options)
-        self._started_ray = True
-
-    def _launch(self, graph: ExecutionGraph) -> Any:
-        from procflow.backends.ray.dispatcher import RayDispatcher
-        from procflow.runtime.job import Job
-
-        self._connect()
-        dispatcher = RayDispatcher(graph, config=self.config, env_dir=self.env_dir, collectors=self._collectors,
-                                   namespace=self.namespace, actor_options=self.actor_options,
-                                   credits=self.credits)
-        try:
-            dispatcher.prepare()
-        except BaseException:
-            dispatcher._close_log()
-            raise
-        dispatcher.start()
-        return Job(dispatcher)
+        if session.connect(self.address, self.namespace, self.num_cpus, self.init_options):
+            self._started_ray = True
+        self._ray_backend = RayBackend(self.namespace, self.actor_options, self.credits)
+        return self._ray_backend
 
     def task_placement(self) -> dict[str, tuple[str, int]]:
         """task -> (Ray node id, worker pid) of the last job's actors."""
-        if self.job is None:
+        if self._ray_backend is None:
             return {}
-        return self.job._dispatcher.locate()
+        return self._ray_backend.locate()
 
     def close(self) -> None:
         """Stop any running job, kill its actors and, if this environment started Ray, shut it down."""
         super().close()
         if self._started_ray:
-            import ray
+            from procflow.backends.ray import session
 
             self._started_ray = False
-            ray.shutdown()
+            session.shutdown()

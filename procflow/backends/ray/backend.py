@@ -1,0 +1,280 @@
+"""RayBackend: one Ray actor per task (the Backend of RayEnvironment); the one Dispatcher runs the job.
+
+    make_inbox()   `ray` descriptors naming the consuming task's actor; edges carry credits
+    start()        ship user modules by value; create every TaskActor (named, in the job's namespace),
+                   then run.remote(peers) on each
+    wait()         one outstanding poll.remote() per task; blocks in ray.wait(polls, timeout) and returns
+                   each actor's control messages; a poll raising RayActorError (the actor died) or a
+                   closed outbox becomes an Exited event
+    release_sources / request_stop   release.remote() / request_stop.remote() on every actor
+    stop_tasks()   wait (bounded) for run() to return, so that the actors close their logs
+    close_job_control()   ray.kill every actor of the job (the live counters went with the view)
+    locate()       task -> (node id, pid), for tools and tests
+
+The wait timeout only bounds how late a stop/kill request from another thread is noticed; control
+messages wake the monitor at once. A producer's BrokenChannelError waits `broken_channel_grace` for its
+consumer's own death, which names the real culprit.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError, RayError
+
+from procflow.backends.ray.actor import RayTaskContext, TaskActor
+from procflow.backends.ray.channel import RayInbox
+from procflow.core.errors import JobFailedError
+from procflow.runtime.backend import Exited, JobSetup, TaskStart
+from procflow.runtime.control import ErrorReport
+from procflow.runtime.job_control import FIELDS
+
+_POLL_S = 2.0       # an actor's long-poll returns empty after this long
+_REQUEST_S = 0.1    # how often the monitor looks at stop/kill requests between control messages
+_BROKEN_GRACE_S = 3.0   # how long a "consumer died" report waits for the consumer's own death to show
+
+
+def _ship_by_value(functions: Any, contexts: Any) -> None:
+    """Ship user modules that live outside site-packages by value (cloudpickle), not by name.
+
+    Ray pickles module-level functions and classes by reference, so a worker must be able to import the
+    user's module; a script's helper module or a test module usually is not on the worker's path, and the
+    actor then dies in its constructor with ModuleNotFoundError. Modules under site-packages (installed,
+    so importable everywhere) and procflow itself keep travelling by reference.
+    """
+    from ray import cloudpickle
+
+    objs = list(functions)
+    for ctx in contexts:
+        objs += [o for spec in ctx.outputs for o in (spec.key_selector, spec.partitioner) if o is not None]
+    seen: set[str] = set()
+    for obj in objs:
+        for thing in (obj, type(obj), getattr(obj, "fn", None)):
+            name = getattr(thing, "__module__", None)
+            if not name or name in seen or name == "__main__" or name.split(".")[0] in ("procflow", "builtins"):
+                continue
+            seen.add(name)
+            module = sys.modules.get(name)
+            path = getattr(module, "__file__", None) or ""
+            if module is None or not path or "site-packages" in path or "dist-packages" in path \
+                    or path.startswith(sys.base_prefix):
+                continue
+            try:
+                cloudpickle.register_pickle_by_value(module)
+            except (ValueError, TypeError):  # a module cloudpickle refuses stays by reference
+                pass
+
+
+class RayJobView:
+    """Live counters for Job.metrics, read from the actors (the local backend reads shared memory)."""
+
+    counters = None   # no shared table: the driver-side collects keep their own rows (DriverCollects)
+
+    def __init__(self, backend: RayBackend, slots: dict[str, int]) -> None:
+        self._backend = backend
+        self._slots = slots
+        self.closed = False
+
+    def release_sources(self) -> None:
+        for actor in self._backend.actors.values():
+            actor.release.remote()
+
+    def request_stop(self) -> None:
+        for actor in self._backend.actors.values():
+            actor.request_stop.remote()
+
+    def snapshot(self) -> dict[int, dict[str, float]] | None:
+        """Every task actor's counters, or None once the actors are gone (final figures are in the
+        manager)."""
+        if self.closed:
+            return None
+        actors = self._backend.actors
+        names = list(actors)
+        refs = [actors[n].counters.remote() for n in names]
+        out: dict[int, dict[str, float]] = {}
+        for name, ref in zip(names, refs):
+            try:   # one by one: a dead actor loses its own row, not everyone's
+                out[self._slots[name]] = dict(zip(FIELDS, ray.get(ref, timeout=5)))
+            except (RayError, TimeoutError):
+                continue
+        return out
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class RayBackend:
+    kind = "ray"
+    measures_cpu = True
+    watches_stalls = False
+    collects_in_driver = True   # an actor costs seconds of start-up: collects that decide nothing run here
+    runs_in_driver_thread = False
+    broken_channel_grace = _BROKEN_GRACE_S
+    context_class = RayTaskContext
+
+    def __init__(self, namespace: str, actor_options: Mapping[str, Any] | None = None, credits: int = 8) -> None:
+        self.namespace = namespace
+        self.actor_options = dict(actor_options or {})
+        self.credits = credits
+        self.job: JobSetup | None = None
+        self.job_control: RayJobView | None = None
+        self.actors: dict[str, Any] = {}
+        self.placement: dict[str, tuple[str, int]] = {}   # task -> (node id, pid), filled by locate()
+        self._runs: dict[str, Any] = {}
+        self._where: dict[str, Any] = {}
+        self._polls: dict[Any, str] | None = None
+
+    def actor_name(self, task: str) -> str:
+        assert self.job is not None
+        return f"procflow-{self.job.job_id}-{task}"
+
+    def bind(self, events: Any) -> None:
+        pass   # messages come back through wait()
+
+    def preflight(self) -> None:
+        pass
+
+    # -- preparing ---------------------------------------------------------------------------------
+
+    def open_job(self, job: JobSetup) -> RayJobView:
+        self.job = job
+        self.job_control = RayJobView(self, {name: i for i, name in enumerate(job.graph.nodes)})
+        return self.job_control
+
+    def check_capacity(self, consumers: list[Any], services: Mapping[str, Any], job_control: Any) -> None:
+        pass   # the cluster schedules actors; nothing to reserve up front
+
+    def make_inbox(self, node: Any) -> RayInbox:
+        return RayInbox(self.actor_name(node.name), tuple(e.input_index for e in node.in_edges))
+
+    def edge(self, inbox: Any, edge: Any) -> Any:
+        assert self.job is not None
+        return inbox.edge(edge.slot, self.namespace, int(self.job.config["batch_bytes"]), self.credits)
+
+    def control_channel(self, task: str) -> None:
+        return None   # the actor gives its task its own outbox (actor.py)
+
+    def job_segment(self) -> str:
+        return ""
+
+    def service_host(self) -> None:
+        return None   # services on Ray are the next step (runtime/backend.py: RayServiceHost)
+
+    def stall_probes(self) -> dict[str, Any]:
+        return {}
+
+    # -- running -----------------------------------------------------------------------------------
+
+    def start(self, tasks: Mapping[str, TaskStart], before: Callable[[], None]) -> dict[str, Any]:
+        assert self.job is not None
+        before()
+        _ship_by_value([t.function for t in tasks.values()], [t.ctx for t in tasks.values()])
+        options = {"num_cpus": 0, "max_concurrency": 8, "scheduling_strategy": "SPREAD",
+                   **self.actor_options}
+        remote_cls = ray.remote(TaskActor)
+        for name, task in tasks.items():
+            self.actors[name] = remote_cls.options(
+                name=self.actor_name(name), namespace=self.namespace, **options).remote(task.ctx, task.function)
+        graph = self.job.graph
+        for name in tasks:
+            peers = {self.actor_name(e.dst): self.actors[e.dst]
+                     for g in graph.nodes[name].out_groups for e in g.edges if e.dst in self.actors}
+            self._runs[name] = self.actors[name].run.remote(peers)
+            self._where[name] = self.actors[name].where.remote()
+        return {name: _ActorHandle() for name in tasks}
+
+    def wake(self) -> None:
+        pass   # wait() returns at least every _REQUEST_S, when the Dispatcher looks at requests
+
+    def wait(self, timeout: float | None) -> list[Any]:
+        if self._polls is None:
+            self._polls = {actor.poll.remote(_POLL_S): name for name, actor in self.actors.items()}
+        polls = self._polls
+        if not polls:   # every outbox closed: each one's Exited has been returned already
+            raise JobFailedError("every task actor ended, yet the job did not finish")
+        wait_s = _REQUEST_S if timeout is None else min(timeout, _REQUEST_S)
+        ready, _ = ray.wait(list(polls), num_returns=1, timeout=wait_s)
+        if ready:
+            more, _ = ray.wait([r for r in polls if r not in ready], num_returns=len(polls) - len(ready),
+                               timeout=0)
+            ready += more
+        events: list[Any] = []
+        for ref in ready:
+            name = polls.pop(ref)
+            try:
+                messages, closed = ray.get(ref)
+            except RayActorError as exc:
+                events.append(Exited(name, cause=exc))
+                continue
+            events += messages
+            if closed:
+                events.append(Exited(name))
+            else:
+                polls[self.actors[name].poll.remote(_POLL_S)] = name
+        return events
+
+    def release_sources(self) -> None:
+        assert self.job_control is not None
+        self.job_control.release_sources()
+
+    def request_stop(self) -> None:
+        assert self.job_control is not None
+        self.job_control.request_stop()
+
+    def failure_hint(self, report: ErrorReport) -> str:
+        return ""
+
+    def exit_error(self, exited: Exited, ready: bool, progress: str) -> JobFailedError:
+        name = exited.task
+        if exited.cause is None:
+            return JobFailedError(f"task {name} ended without reporting Stopped or Failed; the job was stopped",
+                                  task=name)
+        node = "?"
+        try:
+            node = ray.get(self._where[name], timeout=1)[0]
+        except (RayError, TimeoutError, KeyError):
+            pass
+        return JobFailedError(
+            f"task {name} (Ray actor {self.actor_name(name)}, node {node}) died: {exited.cause}; the job was "
+            "stopped and every other task ended. An actor dies when its worker process exits (os._exit, a "
+            "crash in native code, the OOM killer) or its node goes away.", task=name)
+
+    def locate(self) -> dict[str, tuple[str, int]]:
+        """task -> (Ray node id, worker pid), asked from each actor (tools and tests)."""
+        names = list(self._where)
+        for name, where in zip(names, ray.get([self._where[n] for n in names], timeout=30)):
+            self.placement[name] = tuple(where)
+        return dict(self.placement)
+
+    # -- cleaning up -------------------------------------------------------------------------------
+
+    def stop_tasks(self, failed: bool, grace: float) -> None:
+        if not failed and self._runs:
+            # Finished normally: let run() close its logs before the actors go.
+            ray.wait(list(self._runs.values()), num_returns=len(self._runs), timeout=grace)
+
+    def close_control(self) -> None:
+        pass   # each outbox lives in its actor
+
+    def close_channels(self) -> None:
+        pass   # the channels are actor calls: they go with the actors
+
+    def close_job_control(self) -> None:
+        if self.job_control is not None:
+            self.job_control.close()
+        for name, actor in self.actors.items():
+            try:
+                ray.kill(actor, no_restart=True)
+            except (RayError, ValueError) as exc:
+                if self.job is not None:
+                    self.job.log.warning("could not kill the actor of task %s: %s", name, exc)
+        self._runs.clear()
+
+
+class _ActorHandle:
+    """A task actor's handle for the Dispatcher: the pid arrives with its Ready message."""
+
+    pid = None
