@@ -1,13 +1,152 @@
-"""Backend fixtures: every behaviour runs on both channel kinds, and a subset also under spawn."""
+"""Backend fixtures.
+
+`backend` is the conformance fixture: a test that takes it runs once per backend, and builds its
+environments with `backend.make_env(name, **config)`. What runs where, and why:
+
+- local-shm, local-mp: LocalEnvironment, one forked process per task, over shared-memory rings or
+  multiprocessing queues. Every conformance test runs on both.
+- inline: LocalEnvironment(executor="inline"), the whole graph in the driver. Every conformance test.
+- ray: RayEnvironment on the session's one local Ray instance (tests/conftest.py `ray_session`, this
+  machine only). Marked `ray` (`make test-fast` leaves it out) and skipped where ray is not installed.
+  A Ray job costs 1.5-5 s of actor start-up on 2 cores against ~0.1 s locally, so a test that is one
+  of many variations of a behaviour (a hypothesis search, a table of cases or of bad values) names the
+  backends it runs on with `@pytest.mark.backends(...)`, keeping Ray for the one or two cases per
+  behaviour family that cover it. Every family (operator results, routing, keyed state, exactly-once,
+  stop, collect, errors, metrics, services) has Ray cases.
+- local-shm-spawn, local-mp-spawn: the same under the spawn start method, only where a test asks for
+  them with `backends(*ALL_LOCAL, ...)`: behaviours where a fresh interpreter per task can differ
+  (hash seeds, pickling of functions).
+
+`@pytest.mark.services` marks a test that registers services: services exist only on the local backend
+so far, so its inline and Ray runs are strict xfails (issue 17): they fail the moment services work
+there, and whoever makes them work removes the mark's effect in `SERVICE_BACKENDS`.
+
+`mode` / `any_mode` / `make_env` remain for tests of the local backend's own parts (rings, start
+methods, process lifecycle): they build LocalEnvironments only.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
 from procflow import LocalEnvironment
 from procflow.testing import child_pids, own_segments
+
+# -- the conformance fixture -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    name: str
+    kind: str                       # "local", "inline" or "ray"
+    queue: str | None = None        # local only: the channel kind
+    start_method: str = "fork"      # local only
+
+
+SPECS = {spec.name: spec for spec in (
+    BackendSpec("local-shm", "local", "shm"),
+    BackendSpec("local-mp", "local", "mp"),
+    BackendSpec("inline", "inline"),
+    BackendSpec("ray", "ray"),
+    BackendSpec("local-shm-spawn", "local", "shm", "spawn"),
+    BackendSpec("local-mp-spawn", "local", "mp", "spawn"),
+)}
+LOCAL = ("local-shm", "local-mp")
+SPAWN = ("local-shm-spawn", "local-mp-spawn")
+CORE = (*LOCAL, "inline", "ray")        # the default: every backend once
+NO_RAY = (*LOCAL, "inline")
+# Where submit(autostop=False) returns while the job runs, so that a test can stop it: inline runs the
+# whole job inside submit() (test_inline.py pins that), so an unbounded source never returns there.
+CONCURRENT = (*LOCAL, "ray")
+ALL_LOCAL = (*LOCAL, *SPAWN)
+# The backends that run services today; the others' service runs are strict xfails (see module docstring).
+SERVICE_BACKENDS = (*ALL_LOCAL,)
+SERVICES_PENDING = "services on inline and Ray: issue 17, next step"
+HAVE_RAY = importlib.util.find_spec("ray") is not None
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "backends(*names): run a `backend` test on these backends only "
+                                       f"(names: {', '.join(SPECS)}); default {', '.join(CORE)}")
+    config.addinivalue_line("markers", "services: a `backend` test that registers services (strict xfail "
+                                       "on the backends that have none yet)")
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("backends")
+    names = marker.args if marker else CORE
+    unknown = set(names) - set(SPECS)
+    if unknown:
+        raise ValueError(f"{metafunc.definition.nodeid}: unknown backend(s) {sorted(unknown)}; "
+                         f"the backends are {list(SPECS)}")
+    uses_services = metafunc.definition.get_closest_marker("services") is not None
+    params = []
+    for name in names:
+        marks: list[Any] = []
+        if SPECS[name].kind == "ray":
+            marks += [pytest.mark.ray, pytest.mark.skipif(not HAVE_RAY, reason="ray is not installed")]
+        if uses_services and name not in SERVICE_BACKENDS:
+            marks.append(pytest.mark.xfail(strict=True, reason=SERVICES_PENDING))
+        params.append(pytest.param(name, id=name, marks=marks))
+    metafunc.parametrize("backend", params, indirect=True)
+
+
+@dataclass
+class Backend:
+    """What a conformance test knows of the backend it runs on, and how it makes environments there."""
+
+    spec: BackendSpec
+    env_dir: str
+    envs: list = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def in_driver(self) -> bool:
+        """Every task runs in the driver process (inline)."""
+        return self.spec.kind == "inline"
+
+    def make_env(self, name: str = "test", **config):
+        """An environment of this backend (closed after the test); `config` is the environment's config."""
+        if self.spec.kind == "ray":
+            from procflow import RayEnvironment
+
+            env = RayEnvironment(name, config or None, env_dir=self.env_dir)
+        elif self.spec.kind == "inline":
+            env = LocalEnvironment(name, config or None, env_dir=self.env_dir, executor="inline")
+        else:
+            env = LocalEnvironment(name, {"queue": self.spec.queue, **config}, env_dir=self.env_dir,
+                                   start_method=self.spec.start_method)
+        self.envs.append(env)
+        return env
+
+
+@pytest.fixture
+def backend(request, env_dir):
+    """The backend this run of a conformance test is on (parametrised by pytest_generate_tests above)."""
+    spec = SPECS[request.param]
+    if spec.kind == "ray":
+        request.getfixturevalue("ray_session").ensure()
+    handle = Backend(spec, env_dir)
+    yield handle
+    for env in handle.envs:
+        env.close()
+
+
+# -- the local backend's own fixtures ----------------------------------------------------------------
 
 FORK_MODES = [("shm", "fork"), ("mp", "fork")]
 SPAWN_MODES = [("shm", "spawn"), ("mp", "spawn")]
