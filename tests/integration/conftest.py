@@ -21,6 +21,9 @@ environments with `backend.make_env(name, **config)`. What runs where, and why:
 so far, so its inline and Ray runs are strict xfails (issue 17): they fail the moment services work
 there, and whoever makes them work removes the mark's effect in `SERVICE_BACKENDS`.
 
+`@pytest.mark.xfail_on(name, reason)` marks a known defect of one backend that a conformance test found:
+a strict xfail of that run, so the fix turns it into a failure that asks for the mark's removal.
+
 `mode` / `any_mode` / `make_env` remain for tests of the local backend's own parts (rings, start
 methods, process lifecycle): they build LocalEnvironments only.
 """
@@ -75,6 +78,8 @@ def pytest_configure(config):
                                        f"(names: {', '.join(SPECS)}); default {', '.join(CORE)}")
     config.addinivalue_line("markers", "services: a `backend` test that registers services (strict xfail "
                                        "on the backends that have none yet)")
+    config.addinivalue_line("markers", "xfail_on(name, reason): a known defect of one backend, found by a "
+                                       "conformance test: a strict xfail of that backend's run")
 
 
 def pytest_generate_tests(metafunc):
@@ -87,6 +92,7 @@ def pytest_generate_tests(metafunc):
         raise ValueError(f"{metafunc.definition.nodeid}: unknown backend(s) {sorted(unknown)}; "
                          f"the backends are {list(SPECS)}")
     uses_services = metafunc.definition.get_closest_marker("services") is not None
+    known_defects = {m.args[0]: m.args[1] for m in metafunc.definition.iter_markers("xfail_on")}
     params = []
     for name in names:
         marks: list[Any] = []
@@ -94,6 +100,8 @@ def pytest_generate_tests(metafunc):
             marks += [pytest.mark.ray, pytest.mark.skipif(not HAVE_RAY, reason="ray is not installed")]
         if uses_services and name not in SERVICE_BACKENDS:
             marks.append(pytest.mark.xfail(strict=True, reason=SERVICES_PENDING))
+        if name in known_defects:
+            marks.append(pytest.mark.xfail(strict=True, reason=known_defects[name]))
         params.append(pytest.param(name, id=name, marks=marks))
     metafunc.parametrize("backend", params, indirect=True)
 
