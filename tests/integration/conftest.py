@@ -127,16 +127,18 @@ class Backend:
         """Every task runs in the driver process (inline)."""
         return self.spec.kind == "inline"
 
-    def make_env(self, name: str = "test", **config):
-        """An environment of this backend (closed after the test); `config` is the environment's config."""
+    def make_env(self, name: str = "test", *, env_dir: str | None = None, **config):
+        """An environment of this backend (closed after the test, if the test has not closed it);
+        `config` is the environment's config, `env_dir` its log folder (default: the test's)."""
+        env_dir = env_dir or self.env_dir
         if self.spec.kind == "ray":
             from procflow import RayEnvironment
 
-            env = RayEnvironment(name, config or None, env_dir=self.env_dir)
+            env = RayEnvironment(name, config or None, env_dir=env_dir)
         elif self.spec.kind == "inline":
-            env = LocalEnvironment(name, config or None, env_dir=self.env_dir, executor="inline")
+            env = LocalEnvironment(name, config or None, env_dir=env_dir, executor="inline")
         else:
-            env = LocalEnvironment(name, {"queue": self.spec.queue, **config}, env_dir=self.env_dir,
+            env = LocalEnvironment(name, {"queue": self.spec.queue, **config}, env_dir=env_dir,
                                    start_method=self.spec.start_method)
         self.envs.append(env)
         return env
