@@ -17,6 +17,19 @@ environments with `backend.make_env(name, **config)`. What runs where, and why:
   them with `backends(*ALL_LOCAL, ...)`: behaviours where a fresh interpreter per task can differ
   (hash seeds, pickling of functions).
 
+Where a behaviour genuinely differs, the test asserts the difference (through `in_driver`,
+`reports_progress`): inline runs every task in the driver and measures no CPU share; balance() is round
+robin on inline and Ray, whose channels report no consumer progress; inline runs the whole job inside
+submit(), so the stop tests (an unbounded source) run on CONCURRENT, the backends where
+submit(autostop=False) returns while the job runs.
+
+What runs on Ray, by family: operator results (6 of test_operators' cases), hash placement, round robin,
+broadcast, balance, custom partitioners, join, comap (test_routing); the fixed exactly-once chain,
+total order, empty and None-carrying sources (test_exactly_once); collect placement and order
+(test_collect); hooks, stop, failures, metrics (test_lifecycle); routing info, partitioner objects, the
+word count (test_extension_points); bytes-like records; a second submit. Not on Ray: the hypothesis
+searches, the tables of bad values, and print() (it goes to the actor's log there).
+
 `@pytest.mark.services` marks a test that registers services: services exist only on the local backend
 so far, so its inline and Ray runs are strict xfails (issue 17): they fail the moment services work
 there, and whoever makes them work removes the mark's effect in `SERVICE_BACKENDS`.
@@ -24,12 +37,13 @@ there, and whoever makes them work removes the mark's effect in `SERVICE_BACKEND
 `@pytest.mark.xfail_on(name, reason)` marks a known defect of one backend that a conformance test found:
 a strict xfail of that run, so the fix turns it into a failure that asks for the mark's removal.
 
-`mode` / `any_mode` / `make_env` remain for tests of the local backend's own parts (rings, start
+`mode` / `make_env` remain for tests of the local backend's own parts (rings, start
 methods, process lifecycle): they build LocalEnvironments only.
 """
 
 from __future__ import annotations
 
+import enum
 import importlib.util
 import time
 from dataclasses import dataclass, field
@@ -43,21 +57,27 @@ from procflow.testing import child_pids, own_segments
 # -- the conformance fixture -------------------------------------------------------------------------
 
 
+class Kind(enum.Enum):
+    LOCAL = "local"      # LocalEnvironment: one OS process per task
+    INLINE = "inline"    # LocalEnvironment(executor="inline"): every task in the driver
+    RAY = "ray"          # RayEnvironment: one actor per task
+
+
 @dataclass(frozen=True)
 class BackendSpec:
     name: str
-    kind: str                       # "local", "inline" or "ray"
+    kind: Kind
     queue: str | None = None        # local only: the channel kind
     start_method: str = "fork"      # local only
 
 
 SPECS = {spec.name: spec for spec in (
-    BackendSpec("local-shm", "local", "shm"),
-    BackendSpec("local-mp", "local", "mp"),
-    BackendSpec("inline", "inline"),
-    BackendSpec("ray", "ray"),
-    BackendSpec("local-shm-spawn", "local", "shm", "spawn"),
-    BackendSpec("local-mp-spawn", "local", "mp", "spawn"),
+    BackendSpec("local-shm", Kind.LOCAL, "shm"),
+    BackendSpec("local-mp", Kind.LOCAL, "mp"),
+    BackendSpec("inline", Kind.INLINE),
+    BackendSpec("ray", Kind.RAY),
+    BackendSpec("local-shm-spawn", Kind.LOCAL, "shm", "spawn"),
+    BackendSpec("local-mp-spawn", Kind.LOCAL, "mp", "spawn"),
 )}
 LOCAL = ("local-shm", "local-mp")
 SPAWN = ("local-shm-spawn", "local-mp-spawn")
@@ -96,7 +116,7 @@ def pytest_generate_tests(metafunc):
     params = []
     for name in names:
         marks: list[Any] = []
-        if SPECS[name].kind == "ray":
+        if SPECS[name].kind is Kind.RAY:
             marks += [pytest.mark.ray, pytest.mark.skipif(not HAVE_RAY, reason="ray is not installed")]
         if uses_services and name not in SERVICE_BACKENDS:
             marks.append(pytest.mark.xfail(strict=True, reason=SERVICES_PENDING))
@@ -119,23 +139,24 @@ class Backend:
         return self.spec.name
 
     @property
-    def kind(self) -> str:
-        return self.spec.kind
-
-    @property
     def in_driver(self) -> bool:
         """Every task runs in the driver process (inline)."""
-        return self.spec.kind == "inline"
+        return self.spec.kind is Kind.INLINE
+
+    @property
+    def reports_progress(self) -> bool:
+        """Channels report the consumers' progress, so balance() follows it (local); else round robin."""
+        return self.spec.kind is Kind.LOCAL
 
     def make_env(self, name: str = "test", *, env_dir: str | None = None, **config):
         """An environment of this backend (closed after the test, if the test has not closed it);
         `config` is the environment's config, `env_dir` its log folder (default: the test's)."""
         env_dir = env_dir or self.env_dir
-        if self.spec.kind == "ray":
+        if self.spec.kind is Kind.RAY:
             from procflow import RayEnvironment
 
             env = RayEnvironment(name, config or None, env_dir=env_dir)
-        elif self.spec.kind == "inline":
+        elif self.spec.kind is Kind.INLINE:
             env = LocalEnvironment(name, config or None, env_dir=env_dir, executor="inline")
         else:
             env = LocalEnvironment(name, {"queue": self.spec.queue, **config}, env_dir=env_dir,
@@ -148,7 +169,7 @@ class Backend:
 def backend(request, env_dir):
     """The backend this run of a conformance test is on (parametrised by pytest_generate_tests above)."""
     spec = SPECS[request.param]
-    if spec.kind == "ray":
+    if spec.kind is Kind.RAY:
         request.getfixturevalue("ray_session").ensure()
     handle = Backend(spec, env_dir)
     yield handle
@@ -159,7 +180,6 @@ def backend(request, env_dir):
 # -- the local backend's own fixtures ----------------------------------------------------------------
 
 FORK_MODES = [("shm", "fork"), ("mp", "fork")]
-SPAWN_MODES = [("shm", "spawn"), ("mp", "spawn")]
 
 
 def _ids(modes):
@@ -168,13 +188,7 @@ def _ids(modes):
 
 @pytest.fixture(params=FORK_MODES, ids=_ids(FORK_MODES))
 def mode(request):
-    """(queue kind, start method): the fast matrix most tests run on."""
-    return request.param
-
-
-@pytest.fixture(params=FORK_MODES + SPAWN_MODES, ids=_ids(FORK_MODES + SPAWN_MODES))
-def any_mode(request):
-    """The full matrix, spawn included (slower: for the behaviours where spawn can differ)."""
+    """(queue kind, start method) of the local backend, for tests of its own parts."""
     return request.param
 
 

@@ -213,7 +213,7 @@ def test_balance_keeps_every_record_and_is_round_robin_without_progress_reports(
     out = env.from_batch(range(300)).balance().map(WhereAmI, parallelism=3).collect()
     env.submit()
     assert sorted(r for r, _, _ in out.results()) == list(range(300))
-    if backend.kind in ("inline", "ray"):   # their channels report no consumer progress: round robin
+    if not backend.reports_progress:   # inline and Ray channels report no consumer progress: round robin
         assert Counter(i for _, i, _ in out.results()) == {0: 100, 1: 100, 2: 100}
 
 
