@@ -10,7 +10,7 @@ import multiprocess
 import numpy as np
 import pytest
 
-from procflow import BatchFunction, LocalEnvironment, MapFunction, SourceFunction
+from procflow import BatchFunction, MapFunction, SourceFunction
 from procflow.runtime.communication import ring as ringmod
 from procflow.runtime.communication.shm import SharedSegment, segment_name
 
@@ -248,10 +248,5 @@ def _expected_buffer_descriptions() -> list:
     return sorted(((_describe(r, views_read_only=True), key) for r in _buffer_records()), key=repr)
 
 
-def test_bytearrays_and_memoryviews_keep_their_types_across_channels(make_env, mode):
-    assert _run_buffer_pipeline(make_env(mode)) == _expected_buffer_descriptions()
-
-
-def test_bytearrays_and_memoryviews_keep_their_types_inline(env_dir):
-    with LocalEnvironment("buffers", executor="inline", env_dir=env_dir) as env:
-        assert _run_buffer_pipeline(env) == _expected_buffer_descriptions()
+def test_bytearrays_and_memoryviews_keep_their_types_on_every_backend(backend):
+    assert _run_buffer_pipeline(backend.make_env()) == _expected_buffer_descriptions()

@@ -2,7 +2,9 @@
 
 Every stage stamps its output with (task name, sequence number) and checks, on input, that the stamps of
 each upstream task only increase: records from one upstream instance to one downstream instance keep
-their order. A stage that sees an out-of-order record raises, which fails the job.
+their order. A stage that sees an out-of-order record raises, which fails the job. On every backend: the random
+search on the local ones and inline (Ray would pay seconds of actor start-up per example), the fixed
+chain and the edge cases on Ray too.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from hypothesis import strategies as st
 from procflow import BatchFunction, FilterFunction, FlatMapFunction, MapFunction
 from procflow.testing import child_pids, own_segments
 
-from .conftest import FORK_MODES, assert_no_leaks
+from .conftest import CORE, NO_RAY, SPAWN, assert_no_leaks
 
 MAPS = {
     "affine": lambda v: v * 3 + 1,
@@ -156,19 +158,19 @@ op = st.one_of(
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("mode", FORK_MODES, ids=[q for q, _ in FORK_MODES])
+@pytest.mark.backends(*NO_RAY)
 @settings(max_examples=15, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(n=st.integers(0, 5000), seed=st.integers(0, 2**16), source_parallelism=parallelism,
        ops=st.lists(op, max_size=4), all_ones=st.booleans())
-def test_random_chains_deliver_exactly_once(make_env, mode, n, seed, source_parallelism, ops, all_ones):
+def test_random_chains_deliver_exactly_once(backend, n, seed, source_parallelism, ops, all_ones):
     if all_ones:   # parallelism 1 everywhere: the whole order must be kept
         source_parallelism = 1
         ops = [(o, f, 1 if o != "keyby" else a) for o, f, a in ops]
     rng = random.Random(seed)
     values = [rng.randrange(-1000, 1000) for _ in range(n)]
     children, segments = child_pids(), own_segments()
-    env = make_env(mode)
+    env = backend.make_env()
     result = build(env, values, source_parallelism, ops)
     job = env.submit()
     assert job.status == "finished"
@@ -183,21 +185,22 @@ CHAIN = [("map", "affine", 2), ("keyby", "mod5", "hash"), ("flatmap", "dup_odd",
 
 
 @pytest.mark.timeout(60)
-def test_a_fixed_chain_delivers_exactly_once(make_env, any_mode):
+@pytest.mark.backends(*CORE, *SPAWN)
+def test_a_fixed_chain_delivers_exactly_once(backend):
     values = list(range(-2000, 3000))
     random.Random(3).shuffle(values)
-    env = make_env(any_mode)
+    env = backend.make_env()
     result = build(env, values, 1, CHAIN)
     env.submit()
     check_result(result.results(), values, CHAIN, ordered=False)
 
 
 @pytest.mark.timeout(60)
-def test_parallelism_one_keeps_the_total_order(make_env, mode):
+def test_parallelism_one_keeps_the_total_order(backend):
     values = list(range(5_000))
     random.Random(4).shuffle(values)
     ops = [(o, f, 1 if o != "keyby" else a) for o, f, a in CHAIN]
-    env = make_env(mode)
+    env = backend.make_env()
     result = build(env, values, 1, ops)
     env.submit()
     check_result(result.results(), values, ops, ordered=True)
@@ -212,8 +215,8 @@ class NoneThenMore(BatchFunction):
 
 
 @pytest.mark.timeout(60)
-def test_from_batch_keeps_none_as_data_and_batch_function_none_ends(make_env, mode):
-    env = make_env(mode)
+def test_from_batch_keeps_none_as_data_and_batch_function_none_ends(backend):
+    env = backend.make_env()
     data = [None, 0, None, "", (), None]
     listed = env.from_batch(data).collect()
     ended = env.from_batch(NoneThenMore).collect()
@@ -223,8 +226,8 @@ def test_from_batch_keeps_none_as_data_and_batch_function_none_ends(make_env, mo
 
 
 @pytest.mark.timeout(60)
-def test_empty_source_finishes(make_env, mode):
-    env = make_env(mode)
+def test_empty_source_finishes(backend):
+    env = backend.make_env()
     result = env.from_batch([]).map(lambda x: x, parallelism=3).collect()
     job = env.submit()
     assert result.results() == [] and job.status == "finished"

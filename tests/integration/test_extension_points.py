@@ -1,5 +1,6 @@
-"""Extension points (issue 9): a user TaskFactory, custom partitioners, routing info, processed_count,
-handle_stop_signal, and the keyed reduce (checked against a plain Python fold)."""
+"""Extension points (issue 9): a user TaskFactory (local), and on every backend: custom partitioners,
+routing info, processed_count, handle_stop_signal, and the keyed reduce (checked against a plain Python
+fold). A range partitioner is one of test_operators.py's cases."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from examples.wordcount import build as build_wordcount  # noqa: E402
 from examples.wordcount import generate_lines  # noqa: E402
 
-EXECUTORS = ("process", "inline")
+from .conftest import NO_RAY  # noqa: E402
+
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -75,29 +77,15 @@ def test_a_task_factory_missing_members_is_refused():
 
 # -- custom partitioners -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("executor", EXECUTORS)
-def test_range_partitioner(executor, tmp_path):
-    def by_range(key, n):
-        return key * n // 100
-
-    with LocalEnvironment("range", executor=executor, env_dir=tmp_path) as env:
-        out = env.from_batch(range(100)).keyby(lambda x: x, strategy=by_range).map(TagIndex, parallelism=4)
-        result = out.collect()
-        env.submit()
-    got = sorted(result.results(), key=lambda r: r[1])
-    assert got == [(x * 4 // 100, x) for x in range(100)]
-
-
-@pytest.mark.parametrize("executor", EXECUTORS)
-def test_fan_out_partitioner_sends_to_two_instances(executor, tmp_path):
+def test_fan_out_partitioner_sends_to_two_instances(backend):
     class Neighbours:   # a partitioner object, not only a function
         def __call__(self, key, n):
             return [key % n, (key + 1) % n]
 
-    with LocalEnvironment("fan", executor=executor, env_dir=tmp_path) as env:
-        result = (env.from_batch(range(60)).keyby(lambda x: x, strategy=Neighbours())
-                  .map(TagIndex, parallelism=3).collect())
-        env.submit()
+    env = backend.make_env("fan")
+    result = (env.from_batch(range(60)).keyby(lambda x: x, strategy=Neighbours())
+              .map(TagIndex, parallelism=3).collect())
+    env.submit()
     where = collections.defaultdict(set)
     for index, x in result.results():
         where[x].add(index)
@@ -105,19 +93,19 @@ def test_fan_out_partitioner_sends_to_two_instances(executor, tmp_path):
     assert dict(where) == {x: {x % 3, (x + 1) % 3} for x in range(60)}
 
 
-@pytest.mark.parametrize("executor", EXECUTORS)
+@pytest.mark.backends(*NO_RAY)
 @pytest.mark.parametrize("returned, shown", [(5, "returned 5"), ("a", "returned 'a'"), (None, "returned None"),
                                              ([], r"returned \[\]"), ([0, 9], r"returned \[0, 9\]"),
                                              (True, "returned True")])
-def test_bad_partitioner_return_value_is_named(executor, returned, shown, tmp_path):
+def test_bad_partitioner_return_value_is_named(backend, returned, shown):
     def broken(key, n):
         return returned
 
-    with LocalEnvironment("badpart", executor=executor, env_dir=tmp_path) as env:
-        env.from_batch(range(10), name="src").keyby(lambda x: x, strategy=broken).map(TagIndex, parallelism=2)
-        with pytest.raises(JobFailedError, match=rf"partitioner .*broken {shown} for key 0; it must return an "
-                                                 r"index in 0\.\.1") as info:
-            env.submit()
+    env = backend.make_env("badpart")
+    env.from_batch(range(10), name="src").keyby(lambda x: x, strategy=broken).map(TagIndex, parallelism=2)
+    with pytest.raises(JobFailedError, match=rf"partitioner .*broken {shown} for key 0; it must return an "
+                                             r"index in 0\.\.1") as info:
+        env.submit()
     assert info.value.task == "src_0"
 
 
@@ -141,13 +129,14 @@ class Inspect(FlatMapFunction):
                  "processed": self.ctx.processed_count, "signal": type(signal).__name__}]
 
 
-@pytest.mark.parametrize("executor", EXECUTORS)
-def test_routing_info_and_processed_count(executor, tmp_path):
-    with LocalEnvironment("routing", executor=executor, env_dir=tmp_path) as env:
-        inspected = env.from_batch(range(10)).flatmap(Inspect, parallelism=2, name="inspect")
-        inspected.keyby(lambda r: 0).map(lambda r: r, parallelism=3, name="hashed")
-        reports = inspected.collect(name="out")
-        job = env.submit()
+@pytest.mark.xfail_on("local-mp", "OutputSpec.queue_ids names an mp edge 'mp#<slot>' (its descriptor has no "
+                                  "inbox name), so edges into different consumers share an id")
+def test_routing_info_and_processed_count(backend):
+    env = backend.make_env("routing")
+    inspected = env.from_batch(range(10)).flatmap(Inspect, parallelism=2, name="inspect")
+    inspected.keyby(lambda r: 0).map(lambda r: r, parallelism=3, name="hashed")
+    reports = inspected.collect(name="out")
+    job = env.submit()
     infos = [r for r in reports.results() if isinstance(r, dict)]
     assert sorted(i["task"] for i in infos) == ["inspect_0", "inspect_1"]
     queue_ids = []
@@ -195,12 +184,13 @@ _settings = settings(max_examples=6, deadline=None, derandomize=True,
                      suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
-@pytest.mark.parametrize("executor", EXECUTORS)
+@pytest.mark.backends(*NO_RAY)
 @_settings
 @given(pairs=st.lists(st.tuples(st.integers(-3, 6), st.integers(-1000, 1000)), max_size=150),
        parallelism=st.integers(1, 4), running=st.booleans())
-def test_keyed_reduce_equals_a_python_fold(executor, pairs, parallelism, running):
-    with tempfile.TemporaryDirectory() as tmp, LocalEnvironment("reduce", executor=executor, env_dir=tmp) as env:
+def test_keyed_reduce_equals_a_python_fold(backend, pairs, parallelism, running):
+    # One environment per example, closed at its end (the fixture's own closes only at the test's end).
+    with tempfile.TemporaryDirectory() as tmp, backend.make_env("reduce", env_dir=tmp) as env:
         stream = env.from_batch(pairs).keyby(lambda p: p[0]).map(lambda p: p[1], parallelism=parallelism)
         result = stream.reduce(ordered_fold, parallelism=parallelism,
                                emit="running" if running else "final").collect()
@@ -213,12 +203,11 @@ def test_keyed_reduce_equals_a_python_fold(executor, pairs, parallelism, running
         assert dict(got) == _fold(ordered_fold, pairs)
 
 
-@pytest.mark.parametrize("executor", EXECUTORS)
-def test_wordcount_example_equals_counter(executor, tmp_path):
+def test_wordcount_example_equals_counter(backend):
     lines = generate_lines(3000)
-    with LocalEnvironment("wordcount", executor=executor, env_dir=tmp_path) as env:
-        result = build_wordcount(env, lines, parallelism=3)
-        env.submit()
+    env = backend.make_env("wordcount")
+    result = build_wordcount(env, lines, parallelism=3)
+    env.submit()
     got = result.results()
     expected = collections.Counter(w for line in lines for w in line.lower().split())
     assert len(got) == len(expected)          # exactly one (word, count) per word

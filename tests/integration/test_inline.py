@@ -1,308 +1,24 @@
-"""The inline executor against the process executor: the same pipelines give the same records.
+"""What only the inline executor has: one deterministic order, everything in the driver's one thread, and
+the live exception (pdb.post_mortem works on it) blamed on the right task.
 
-Every conformance case runs under both executors (and checks a plain-Python expectation); a second test
-runs each case under both and compares the multisets directly.
+What inline computes, like every backend, is checked by the conformance tests (test_operators.py and the
+others that take the `backend` fixture).
 """
 
 from __future__ import annotations
 
-import collections
 import os
 
-import numpy as np
 import pytest
 
-from procflow import (
-    BatchFunction,
-    CoMapFunction,
-    FlatMapFunction,
-    JobFailedError,
-    JoinFunction,
-    LocalEnvironment,
-    MapFunction,
-    SinkFunction,
-    StopSignal,
-)
-from procflow.core.errors import RemoteTraceback
+from procflow import BatchFunction, JobFailedError, LocalEnvironment, MapFunction
 
-EXECUTORS = ("process", "inline")
 pytestmark = pytest.mark.timeout(60)
 
 
 class TagIndex(MapFunction):
     def execute(self, record):
         return (self.ctx.parallel_index, record)
-
-
-class PairJoin(JoinFunction):
-    """Symmetric hash join: emits (left, right) whenever a record meets the other side's records."""
-
-    def open(self):
-        self.sides = (collections.defaultdict(list), collections.defaultdict(list))
-
-    def execute(self, payload, key, tag):
-        self.sides[tag][key].append(payload)
-        others = self.sides[1 - tag][key]
-        return [(payload, o) if tag == 0 else (o, payload) for o in others]
-
-
-class TwoWay(CoMapFunction):
-    def map0(self, record):
-        return ("left", record)
-
-    def map1(self, record):
-        return ("right", record * 10)
-
-
-class KeyedCounter(FlatMapFunction):
-    """Counts records per key and emits the counts only at end of input (handle_stop_signal)."""
-
-    def open(self):
-        self.counts = collections.Counter()
-
-    def execute(self, record):
-        self.counts[self.ctx.get_key()] += 1
-        return []
-
-    def handle_stop_signal(self, signal):
-        assert isinstance(signal, StopSignal)
-        return sorted(self.counts.items())
-
-
-class FileSink(SinkFunction):
-    def __init__(self, directory):
-        self.directory = directory
-
-    def open(self):
-        self.file = open(os.path.join(self.directory, f"{self.ctx.name}.txt"), "w")
-
-    def execute(self, record):
-        self.file.write(f"{record!r}\n")
-
-    def close(self):
-        self.file.close()
-
-
-class Trailer(BatchFunction):
-    """A batch source that emits one more record from handle_stop_signal."""
-
-    def __init__(self, n):
-        self.n, self.i = n, 0
-
-    def execute(self):
-        self.i += 1
-        return self.i if self.i <= self.n else None
-
-    def handle_stop_signal(self, signal):
-        return ["trailer"]
-
-
-def fails_on_multiples_of_ten(x):
-    if x % 10 == 0:
-        raise ValueError(f"bad {x}")
-    return x + 1
-
-
-def _mixed(x):
-    """Records of every shape the codec handles: plain, tuples, None, dicts, arrays, objects."""
-    kind = x % 5
-    if kind == 0:
-        return None
-    if kind == 1:
-        return (x, str(x))
-    if kind == 2:
-        return {"x": x, "l": [x, x]}
-    if kind == 3:
-        return np.arange(x % 7, dtype=np.int32)
-    return complex(x, 1)   # not msgpack-able: pickled
-
-
-# Each case: build(env, tmp) -> {label: CollectResult or callable}, and expected(tmp-free) -> {label: list}
-def case_map(env, tmp):
-    return {"out": env.from_batch(range(300)).map(lambda x: x * 2, parallelism=2).collect()}
-
-
-def case_balance(env, tmp):
-    # inline channels report no progress: balance() is round robin there, with the same records
-    return {"out": env.from_batch(range(300)).balance().map(lambda x: x * 2, parallelism=3)
-            .balance().filter(lambda x: x % 3, parallelism=2).collect()}
-
-
-def case_filter(env, tmp):
-    return {"out": env.from_batch(range(300)).filter(lambda x: x % 3 == 0, parallelism=3).collect()}
-
-
-def case_flatmap(env, tmp):
-    return {"out": env.from_batch(range(100), parallelism=2).flatmap(lambda x: [x] * (x % 3), parallelism=2)
-            .collect()}
-
-
-def case_keyby_hash(env, tmp):
-    stream = env.from_batch(range(200)).keyby(lambda x: x % 11).map(TagIndex, parallelism=3)
-    return {"out": stream.collect()}
-
-
-def case_keyed_stays_keyed(env, tmp):
-    stream = (env.from_batch(range(200)).keyby(lambda x: x % 5).map(lambda x: x + 1, parallelism=2)
-              .map(TagIndex, parallelism=3))
-    return {"out": stream.collect()}
-
-
-def case_broadcast(env, tmp):
-    return {"out": env.from_batch(range(50)).keyby(lambda x: x, strategy="broadcast")
-            .map(TagIndex, parallelism=3).collect()}
-
-
-def case_join(env, tmp):
-    left = env.from_batch([(k, f"l{k}") for k in range(30)])
-    right = env.from_batch([(k % 15, f"r{k}") for k in range(45)], parallelism=2)
-    joined = left.connect(right).keyby(lambda r: r[0]).join(PairJoin, parallelism=3)
-    return {"out": joined.collect()}
-
-
-def case_comap(env, tmp):
-    a = env.from_batch(range(40))
-    b = env.from_batch(range(25), parallelism=2)
-    return {"out": a.connect(b).comap(TwoWay, parallelism=2).collect()}
-
-
-def case_union_map(env, tmp):
-    a = env.from_batch(range(40))
-    b = env.from_batch(range(100, 125))
-    return {"out": a.connect(b).map(lambda x: -x, parallelism=2).collect()}
-
-
-def case_reduce_final(env, tmp):
-    return {"out": env.from_batch(range(500), parallelism=2).keyby(lambda x: x % 13)
-            .reduce(lambda a, b: a + b, parallelism=3).collect()}
-
-
-def case_reduce_running(env, tmp):
-    return {"out": env.from_batch(range(200)).keyby(lambda x: x % 4)
-            .reduce(lambda a, b: max(a, b), emit="running", parallelism=2).collect()}
-
-
-def case_collect_and_sink(env, tmp):
-    stream = env.from_batch(range(120)).map(lambda x: x * x, parallelism=2)
-    stream.sink(FileSink, tmp, parallelism=3)
-    return {"out": stream.collect(), "sink": lambda: _read_lines(tmp)}
-
-
-def case_mixed_records(env, tmp):
-    return {"out": env.from_batch(range(60)).map(_mixed, parallelism=2).collect()}
-
-
-def case_on_error_skip(env, tmp):
-    return {"out": env.from_batch(range(100)).map(fails_on_multiples_of_ten, parallelism=2, on_error="skip")
-            .collect()}
-
-
-def case_on_error_dead_letter(env, tmp):
-    return {"out": env.from_batch(range(100)).map(fails_on_multiples_of_ten, parallelism=2,
-                                                  on_error="dead_letter").collect(),
-            "dead": lambda: [d["record"] for d in env.job.dead_letters]}
-
-
-def case_handle_stop_signal(env, tmp):
-    counted = env.from_batch(range(300), parallelism=2).keyby(lambda x: x % 6).flatmap(KeyedCounter,
-                                                                                        parallelism=2)
-    return {"out": counted.collect(), "trailer": env.from_batch(Trailer, 5).collect()}
-
-
-def case_generator_source(env, tmp):
-    return {"out": env.from_batch((i * 3 for i in range(100)), parallelism=2).map(TagIndex).collect()}
-
-
-def case_partitioners(env, tmp):
-    ranged = env.from_batch(range(100)).keyby(lambda x: x, strategy=lambda k, n: k * n // 100)
-    fanned = env.from_batch(range(30)).keyby(lambda x: x, strategy=lambda k, n: [k % n, (k + 1) % n])
-    return {"range": ranged.map(TagIndex, parallelism=4).collect(),
-            "fan": fanned.map(TagIndex, parallelism=3).collect()}
-
-
-def _read_lines(directory):
-    lines = []
-    for name in sorted(os.listdir(directory)):
-        with open(os.path.join(directory, name)) as f:
-            lines.extend(f.read().splitlines())
-    return lines
-
-
-def _reduce(pairs, fn):
-    state = {}
-    for k, v in pairs:
-        state[k] = fn(state[k], v) if k in state else v
-    return sorted(state.items())
-
-
-EXPECTED = {
-    case_map: {"out": [x * 2 for x in range(300)]},
-    case_filter: {"out": [x for x in range(300) if x % 3 == 0]},
-    case_flatmap: {"out": [x for x in range(100) for _ in range(x % 3)]},
-    case_broadcast: {"out": [(i, x) for x in range(50) for i in range(3)]},
-    case_join: {"out": [((k, f"l{k}"), (k, f"r{j}")) for k in range(30) for j in range(45) if j % 15 == k]},
-    case_comap: {"out": [("left", x) for x in range(40)] + [("right", x * 10) for x in range(25)]},
-    case_union_map: {"out": [-x for x in [*range(40), *range(100, 125)]]},
-    case_reduce_final: {"out": [(k, sum(x for x in range(500) if x % 13 == k)) for k in range(13)]},
-    case_reduce_running: {"out": [(x % 4, x) for x in range(200)]},
-    case_collect_and_sink: {"out": [x * x for x in range(120)], "sink": [repr(x * x) for x in range(120)]},
-    case_on_error_skip: {"out": [x + 1 for x in range(100) if x % 10]},
-    case_on_error_dead_letter: {"out": [x + 1 for x in range(100) if x % 10], "dead": list(range(0, 100, 10))},
-    case_handle_stop_signal: {"out": [(k, 50) for k in range(6)], "trailer": [1, 2, 3, 4, 5, "trailer"]},
-    case_generator_source: {"out": [(0, i * 3) for i in range(100)]},
-    case_balance: {"out": [x * 2 for x in range(300) if (x * 2) % 3]},
-    case_partitioners: {"range": [(x * 4 // 100, x) for x in range(100)],
-                        "fan": [(i, x) for x in range(30) for i in (x % 3, (x + 1) % 3)]},
-}
-CASES = [case_map, case_balance, case_filter, case_flatmap, case_keyby_hash, case_keyed_stays_keyed, case_broadcast,
-         case_join, case_comap, case_union_map, case_reduce_final, case_reduce_running, case_collect_and_sink,
-         case_mixed_records, case_on_error_skip, case_on_error_dead_letter, case_handle_stop_signal,
-         case_generator_source, case_partitioners]
-
-
-def run_case(case, executor, tmp_path):
-    tmp = tmp_path / f"sink-{executor}"
-    tmp.mkdir()
-    with LocalEnvironment(f"conf-{executor}", executor=executor, env_dir=tmp_path / f"env-{executor}") as env:
-        handles = case(env, str(tmp))
-        env.submit()
-        return {label: (h() if callable(h) else h.results()) for label, h in handles.items()}
-
-
-def multiset(records):
-    return collections.Counter(repr(r) for r in records)
-
-
-@pytest.mark.parametrize("executor", EXECUTORS)
-@pytest.mark.parametrize("case", [c for c in CASES if c in EXPECTED], ids=lambda c: c.__name__[5:])
-def test_case_gives_the_plain_python_result(case, executor, tmp_path):
-    got = run_case(case, executor, tmp_path)
-    for label, expected in EXPECTED[case].items():
-        assert multiset(got[label]) == multiset(expected), label
-
-
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.__name__[5:])
-def test_inline_agrees_with_process(case, tmp_path):
-    process = run_case(case, "process", tmp_path)
-    inline = run_case(case, "inline", tmp_path)
-    assert process.keys() == inline.keys()
-    for label in process:
-        assert process[label], f"{label}: the case produced nothing"
-        assert multiset(inline[label]) == multiset(process[label]), label
-
-
-def test_keyed_cases_partition_alike():
-    """hash keyby sends a key to the same instance under both executors (stable hash)."""
-    def owner(records):
-        return {r[1] % 11: r[0] for r in records}
-
-    outs = []
-    for executor in EXECUTORS:
-        with LocalEnvironment("alike", executor=executor) as env:
-            result = case_keyby_hash(env, "")["out"]
-            env.submit()
-        outs.append(owner(result.results()))
-    assert outs[0] == outs[1] and len(set(outs[0].values())) > 1
 
 
 def test_inline_is_deterministic(tmp_path):
@@ -318,6 +34,16 @@ def test_inline_is_deterministic(tmp_path):
     assert runs[0] == runs[1] and len(runs[0]) == 6500
 
 
+def test_inline_runs_the_whole_job_inside_submit_even_without_autostop():
+    """The difference from every other backend: nothing runs beside the driver, so submit(autostop=False)
+    returns the finished job (and an unbounded source would never return: the stop tests skip inline)."""
+    with LocalEnvironment("nostop", executor="inline") as env:
+        result = env.from_batch(range(10)).map(lambda x: x * 2).collect()
+        job = env.submit(autostop=False)
+        assert job.status == "finished" and not job.running
+    assert result.results() == [x * 2 for x in range(10)]
+
+
 def test_inline_runs_in_the_driver_process():
     seen = []
     with LocalEnvironment("pid", executor="inline") as env:
@@ -326,25 +52,6 @@ def test_inline_runs_in_the_driver_process():
     assert seen == [os.getpid()] * 5   # the sink appended to this very list: same process
     assert job.status == "finished"
     assert all(m["pid"] == os.getpid() for m in job.metrics.values())
-
-
-@pytest.mark.parametrize("executor", EXECUTORS)
-def test_failure_names_task_and_record(executor):
-    with LocalEnvironment("fail", executor=executor) as env:
-        env.from_batch(range(100)).map(fails_on_multiples_of_ten, parallelism=2, name="boom").collect()
-        with pytest.raises(JobFailedError) as info:
-            env.submit()
-    err = info.value
-    assert err.task in ("boom_0", "boom_1")
-    assert err.record == "0" or err.record == "10"
-    assert "fails_on_multiples_of_ten" in str(err) and "ValueError" in str(err) and err.task in str(err)
-    assert "raise ValueError" in err.remote_traceback
-    if executor == "inline":
-        assert isinstance(err.__cause__, ValueError)   # the live exception: pdb.post_mortem works on it
-        assert err.__cause__.__traceback__ is not None
-    else:
-        assert isinstance(err.__cause__, RemoteTraceback)
-    assert env.job.status == "failed"
 
 
 def test_inline_failure_downstream_of_a_source_is_blamed_on_the_right_task():
@@ -396,20 +103,6 @@ def test_executor_errors_name_what_is_wrong():
         env.from_batch([1]).collect()
         with pytest.raises(ValueError, match=r"executor='inline' cannot run services.*\['echo'\]"):
             env.submit()
-
-
-def test_inline_metrics_count_records():
-    with LocalEnvironment("metrics", executor="inline") as env:
-        env.from_batch(range(100)).filter(lambda x: x % 2, parallelism=2).collect()
-        job = env.submit()
-    m = job.metrics
-    assert m["batch_0"]["records_out"] == 100 and m["batch_0"]["processed_count"] == 100
-    assert m["filter_0"]["records_in"] + m["filter_1"]["records_in"] == 100
-    assert m["collect_0"]["records_in"] == m["collect_0"]["processed_count"] == 50
-    # every task ran in the driver's one thread: none reports that thread's CPU as its own
-    assert all(row["cpu_s"] == 0 for row in m.values())
-    # ...so summaries say "not measured" (None, as Job.summary documents), rather than 0 %.
-    assert all(op["cpu_pct"] is None for op in job.summary()["operators"].values())
 
 
 def test_inline_jobs_are_run_by_the_same_dispatcher(env_dir):

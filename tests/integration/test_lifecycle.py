@@ -1,4 +1,6 @@
-"""Jobs end to end: processes, lifecycle hooks, stop, failures, validation before start, metrics."""
+"""Jobs end to end: lifecycle hooks, stop, failures, metrics (on every backend, through the `backend`
+fixture), and what the local backend's processes add: parallelism, start methods, validation before any
+process starts, the driver's gc state."""
 
 from __future__ import annotations
 
@@ -18,9 +20,10 @@ from procflow import (
     SourceFunction,
 )
 from procflow.backends.local.process_factory import ProcessFactory
+from procflow.core.errors import RemoteTraceback
 from procflow.testing import child_pids
 
-from .conftest import wait_for
+from .conftest import CONCURRENT, CORE, NO_RAY, SPAWN, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -43,8 +46,8 @@ class SlowSink(SinkFunction):
             f.write(" ".join(map(str, self.got)))
 
 
-def test_a_slow_sink_behind_a_parallel_map_receives_every_record(make_env, mode, tmp_path):
-    env = make_env(mode)
+def test_a_slow_sink_behind_a_parallel_map_receives_every_record(backend, tmp_path):
+    env = backend.make_env()
     env.from_batch(range(1000)).map(lambda x: x + 1, parallelism=3).sink(SlowSink, str(tmp_path / "sink"))
     env.submit()
     got = [int(x) for x in (tmp_path / "sink.0").read_text().split()]
@@ -105,8 +108,9 @@ class Endless(SourceFunction):
         return None
 
 
-def test_autostop_false_runs_until_env_stop(make_env, mode):
-    env = make_env(mode)
+@pytest.mark.backends(*CONCURRENT)
+def test_autostop_false_runs_until_env_stop(backend):
+    env = backend.make_env()
     result = env.from_source(Endless).map(lambda x: x * 2, parallelism=2).collect()
     job = env.submit(autostop=False)
     assert job.status == "running" and job.running
@@ -119,6 +123,29 @@ def test_autostop_false_runs_until_env_stop(make_env, mode):
     assert job.wait(1) is job
 
 
+class Counting(SourceFunction):
+    """1, 2, 3, ... for ever, as fast as it can."""
+
+    def open(self):
+        self.n = 0
+
+    def execute(self):
+        self.n += 1
+        return self.n
+
+
+@pytest.mark.backends(*CONCURRENT)
+def test_stop_drains_an_unbounded_source(backend):
+    env = backend.make_env()
+    result = env.from_source(Counting).map(lambda x: x * 2, parallelism=2).collect()
+    job = env.submit(autostop=False)
+    env.stop(timeout=30)
+    assert job.status == "stopped"
+    got = sorted(result.results())
+    emitted = job.metrics["source_0"]["records_out"]
+    assert got == [2 * i for i in range(1, emitted + 1)]   # nothing lost, nothing duplicated
+
+
 class FailOn(MapFunction):
     def __init__(self, bad):
         self.bad = bad
@@ -129,8 +156,9 @@ class FailOn(MapFunction):
         return record
 
 
-def test_an_exception_fails_the_job_naming_task_and_record(make_env, any_mode):
-    env = make_env(any_mode)
+@pytest.mark.backends(*CORE, *SPAWN)
+def test_an_exception_fails_the_job_naming_task_and_record(backend):
+    env = backend.make_env()
     env.from_batch(range(100_000)).map(FailOn, 1234, parallelism=2).collect()
     started = time.monotonic()
     with pytest.raises(JobFailedError) as info:
@@ -142,12 +170,17 @@ def test_an_exception_fails_the_job_naming_task_and_record(make_env, any_mode):
     assert err.error_type == "ValueError" and "FailOn" in str(err)
     assert "cannot handle 1234" in err.remote_traceback and "in execute" in err.remote_traceback
     assert "cannot handle 1234" in str(err.__cause__)
+    if backend.in_driver:   # the live exception, so that pdb.post_mortem works on it
+        assert isinstance(err.__cause__, ValueError) and err.__cause__.__traceback__ is not None
+    else:
+        assert isinstance(err.__cause__, RemoteTraceback)
     assert env.job.status == "failed"
-    limit = 10 if any_mode[1] == "spawn" else 5   # spawn pays for starting interpreters first
+    # spawn pays for starting interpreters first, Ray for starting actors
+    limit = {"local-shm-spawn": 10, "local-mp-spawn": 10, "ray": 30}.get(backend.name, 5)
     assert elapsed < limit, f"failure took {elapsed:.1f}s to surface"
 
 
-def test_an_exception_in_open_or_a_source_fails_the_job(make_env, mode):
+def test_an_exception_in_open_or_a_source_fails_the_job(backend):
     class BadOpen(MapFunction):
         def open(self):
             raise RuntimeError("no model file")
@@ -158,11 +191,11 @@ def test_an_exception_in_open_or_a_source_fails_the_job(make_env, mode):
     def broken_source():
         raise KeyError("gone")
 
-    env = make_env(mode)
+    env = backend.make_env()
     env.from_batch([1]).map(BadOpen).collect()
     with pytest.raises(JobFailedError, match="no model file"):
         env.submit()
-    env2 = make_env(mode)
+    env2 = backend.make_env()
     env2.from_source(broken_source).collect()
     with pytest.raises(JobFailedError, match="gone"):
         env2.submit()
@@ -266,9 +299,10 @@ class Lifecycle(MapFunction):
             f.write(line + "\n")
 
 
-def test_open_and_close_run_in_the_task_process_with_its_context(make_env, any_mode, tmp_path):
+@pytest.mark.backends(*CORE, *SPAWN)
+def test_open_and_close_run_in_the_task_process_with_its_context(backend, tmp_path):
     path = tmp_path / "hooks"
-    env = make_env(any_mode)
+    env = backend.make_env()
     result = env.from_batch(range(20)).map(Lifecycle, str(path), parallelism=2).collect()
     env.submit()
     lines = sorted(path.read_text().split("\n")[:-1])
@@ -276,7 +310,10 @@ def test_open_and_close_run_in_the_task_process_with_its_context(make_env, any_m
     closes = [line.split() for line in lines if line.startswith("close")]
     assert len(opens) == 2 and len(closes) == 2
     pids = {int(o[1]) for o in opens}
-    assert os.getpid() not in pids and len(pids) == 2
+    if backend.in_driver:
+        assert pids == {os.getpid()}    # inline: every instance in the driver itself
+    else:                               # one process (or Ray actor) per instance
+        assert os.getpid() not in pids and len(pids) == 2
     assert {(int(o[2]), int(o[3]), o[4]) for o in opens} == {(0, 2, "map_0"), (1, 2, "map_1")}
     assert {int(c[1]) for c in closes} == pids
     rows = result.results()
@@ -284,8 +321,11 @@ def test_open_and_close_run_in_the_task_process_with_its_context(make_env, any_m
     assert {(pid, idx, n) for _, pid, idx, n in rows} <= {(int(o[1]), int(o[2]), 2) for o in opens}
 
 
-def test_sink_returns_the_same_stream_and_print_writes_to_stdout(make_env, mode, capfd):
-    env = make_env(mode)
+# Not on Ray: print() there writes to the task actor's stdout, which goes to Ray's worker logs (and to the
+# driver only with log_to_driver), not to this process's stdout.
+@pytest.mark.backends(*NO_RAY)
+def test_sink_returns_the_same_stream_and_print_writes_to_stdout(backend, capfd):
+    env = backend.make_env()
     stream = env.from_batch(["alpha", "beta"])
     assert stream.sink(lambda r: None) is stream
     assert stream.print(prefix="rec: ") is stream
@@ -296,25 +336,53 @@ def test_sink_returns_the_same_stream_and_print_writes_to_stdout(make_env, mode,
     assert sorted(result.results()) == ["ALPHA", "BETA"]
 
 
-def test_metrics_count_records_in_and_out_exactly(make_env, mode):
-    env = make_env(mode)
+def test_metrics_count_records_in_and_out_exactly(backend):
+    env = backend.make_env()
     (env.from_batch(range(1000)).filter(lambda x: x % 2 == 0, parallelism=2)
      .flatmap(lambda x: [x, x], parallelism=1).collect())
     job = env.submit()
     m = job.metrics
     assert m["batch_0"]["records_out"] == 1000 and m["batch_0"]["records_in"] == 0
+    assert m["batch_0"]["processed_count"] == 1000
     assert m["filter_0"]["records_in"] + m["filter_1"]["records_in"] == 1000
     assert m["filter_0"]["records_in"] == 500      # round-robin from one source
     assert m["filter_0"]["records_out"] + m["filter_1"]["records_out"] == 500
     assert m["flatmap_0"]["records_in"] == 500 and m["flatmap_0"]["records_out"] == 1000
-    assert m["collect_0"]["records_in"] == 1000
-    assert all(row["pid"] not in (None, os.getpid()) for name, row in m.items() if name != "collect_0")
+    assert m["collect_0"]["records_in"] == m["collect_0"]["processed_count"] == 1000
     assert m["collect_0"]["pid"] == os.getpid()     # nothing to decide there: it runs in the driver
     assert job.summary()["source_records"] == 1000
+    ops = job.summary()["operators"]
+    if backend.in_driver:
+        assert all(row["pid"] == os.getpid() for row in m.values())
+        # every task ran in the driver's one thread: none reports that thread's CPU as its own...
+        assert all(row["cpu_s"] == 0 for row in m.values())
+        # ...so summaries say "not measured" (None, as Job.summary documents), rather than 0 %.
+        assert all(op["cpu_pct"] is None for op in ops.values())
+    else:
+        assert all(row["pid"] not in (None, os.getpid()) for name, row in m.items() if name != "collect_0")
+        assert all(isinstance(op["cpu_pct"], float) for op in ops.values())
 
 
-def test_metrics_are_live_while_the_job_runs(make_env, mode):
-    env = make_env(mode)
+def _nap(x):
+    time.sleep(0.004)   # waits, burns no CPU
+    return x
+
+
+@pytest.mark.backends("local-shm", "ray")
+def test_task_metrics_report_the_task_threads_cpu_time(backend):
+    # A task's cpu_s is its own thread's CPU time, not the process's (a Ray actor shares its process
+    # with Ray's threads); a sleeping map is busy but burns almost none.
+    env = backend.make_env()
+    env.from_batch(range(50)).map(_nap).collect()
+    job = env.submit()
+    row = job.metrics["map_0"]
+    assert row["busy_s"] >= 50 * 0.004 * 0.9
+    assert 0 < row["cpu_s"] < row["busy_s"] / 4
+
+
+@pytest.mark.backends(*CONCURRENT)
+def test_metrics_are_live_while_the_job_runs(backend):
+    env = backend.make_env()
     env.from_source(Endless).map(lambda x: x).collect()
     job = env.submit(autostop=False)
     wait_for(lambda: job.metrics["collect_0"]["records_in"] == 10, what="live counters to reach 10")
@@ -322,8 +390,9 @@ def test_metrics_are_live_while_the_job_runs(make_env, mode):
     assert job.metrics["map_0"]["records_out"] == 10
 
 
-def test_env_close_stops_a_running_job(make_env, mode):
-    env = make_env(mode)
+@pytest.mark.backends(*CONCURRENT)
+def test_env_close_stops_a_running_job(backend):
+    env = backend.make_env()
     env.from_source(Endless).collect()
     job = env.submit(autostop=False)
     closer = threading.Thread(target=env.close)

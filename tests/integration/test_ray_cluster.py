@@ -8,7 +8,8 @@ units of a custom resource, every actor takes one, and the job has more actors t
 
 The cluster's processes (one gcs, one raylet per node) are children of this process; the test shuts the
 cluster down itself, so the leak check after it sees them gone. It needs Ray not to be initialised in
-this process already, hence its own module (another module's Ray instance is torn down with it).
+this process, so it first shuts down the session's shared instance (tests/conftest.py `ray_session`),
+which the next test that runs on Ray starts again.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class CountWords(MapFunction):
 
 @pytest.mark.ray
 @pytest.mark.timeout(180)
-def test_keyed_pipeline_on_two_nodes(env_dir):
+def test_keyed_pipeline_on_two_nodes(env_dir, ray_session):
+    ray_session.shutdown()
     assert not ray.is_initialized()
     slots = {SLOT: SLOTS_PER_NODE}
     cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={

@@ -20,17 +20,17 @@ def tens(x):
     return x * 10
 
 
-@pytest.mark.parametrize("executor", ["process", "inline"])
-def test_a_second_submit_raises_and_keeps_the_first_results(env_dir, executor):
-    with LocalEnvironment("twice", env_dir=env_dir, executor=executor) as env:
-        result = env.from_batch(range(5)).map(tens, parallelism=2).collect()
-        job = env.submit()
-        with pytest.raises(RuntimeError, match=rf"already ran job {job.job_id} \(status finished\).*"
-                                               r"env\.submit\(rerun=True\)"):
-            env.submit()
-        with pytest.raises(RuntimeError, match="already ran job"):
-            env.submit(autostop=False)
-        assert env.job is job            # nothing was started
+def test_a_second_submit_raises_and_keeps_the_first_results(backend):
+    env = backend.make_env("twice")
+    result = env.from_batch(range(5)).map(tens, parallelism=2).collect()
+    job = env.submit()
+    with pytest.raises(RuntimeError, match=rf"already ran job {job.job_id} \(status finished\).*"
+                                           r"env\.submit\(rerun=True\)"):
+        env.submit()
+    with pytest.raises(RuntimeError, match="already ran job"):
+        env.submit(autostop=False)
+    assert env.job is job            # nothing was started
+    env.close()
     assert sorted(result.results()) == EXPECTED
 
 

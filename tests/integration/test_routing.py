@@ -1,4 +1,6 @@
-"""Partitioning seen from inside the tasks: hash, round-robin, broadcast, custom; join and comap."""
+"""Partitioning seen from inside the tasks, on every backend: hash, round-robin, broadcast, balance,
+custom; join and comap. Plus what only the local backend shows: hash seeds under spawn and across runs,
+and balance() following the consumers' progress."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import pytest
 
 from procflow import BatchFunction, CoMapFunction, JobFailedError, JoinFunction, MapFunction
 from procflow.runtime.communication.router import stable_hash
+
+from .conftest import CORE, NO_RAY, SPAWN
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 pytestmark = pytest.mark.timeout(60)
@@ -57,15 +61,18 @@ def hash_placement(env, keys, parallelism=3):
     return placement
 
 
-def test_hash_sends_a_key_to_one_instance_under_every_mode(make_env, any_mode):
-    keys = WORDS + [0, False, (), None, 7, (1, "x")]
-    placement = hash_placement(make_env(any_mode), keys)
+@pytest.mark.backends(*CORE, *SPAWN)
+def test_hash_sends_a_key_to_one_instance_on_every_backend(backend):
+    """keyby(hash): the instance is stable_hash(key) % n on every backend and start method."""
+    keys = WORDS + [0, False, (), None, 7, (1, "x"), -5, 3.5, b"raw"]
+    placement = hash_placement(backend.make_env(), keys)
     assert placement == {repr(k): stable_hash(k) % 3 for k in keys}
     assert len(set(placement.values())) > 1
 
 
-def test_falsy_keys_are_keys(make_env, mode):
-    env = make_env(mode)
+@pytest.mark.backends(*NO_RAY)
+def test_falsy_keys_are_keys(backend):
+    env = backend.make_env()
     res = env.from_batch([0, "", ()] * 30).keyby(lambda r: r).map(WhereAmI, parallelism=4).collect()
     env.submit()
     by_key = defaultdict(set)
@@ -101,28 +108,29 @@ def test_set_keys_reach_one_instance_under_spawn(make_env, monkeypatch):
         {(k, stable_hash(k) % 3) for k in SET_KEYS}
 
 
-def test_keys_equal_in_python_are_one_group(make_env, mode):
+@pytest.mark.backends(*NO_RAY)
+def test_keys_equal_in_python_are_one_group(backend):
     """Issue 22 item 5: 1, 1.0, True and np.int64(1) are one dict key; they were three groups at
     parallelism 4 and one at parallelism 1."""
     ones = [1, 1.0, True, np.int64(1)]
-    env = make_env(mode)
+    env = backend.make_env()
     result = (env.from_batch([ones[i % 4] for i in range(40)], parallelism=2).keyby(lambda r: r)
               .reduce(lambda a, b: a + b, parallelism=4).collect())
     env.submit()
     assert len(result.results()) == 1
     ((key, total),) = result.results()
     assert key == 1 and total == 40
-    placement = hash_placement(make_env(mode), ones, parallelism=4)
+    placement = hash_placement(backend.make_env(), ones, parallelism=4)
     assert set(placement.values()) == {stable_hash(1) % 4}
-
 
 
 class Opaque:
     """A key type with no stable hash: its default hash and equality follow the object's identity."""
 
 
-def test_a_key_without_a_stable_hash_fails_the_job_at_the_first_record(make_env):
-    env = make_env()
+@pytest.mark.backends(*NO_RAY)
+def test_a_key_without_a_stable_hash_fails_the_job_at_the_first_record(backend):
+    env = backend.make_env()
     (env.from_batch(range(50)).keyby(lambda r: Opaque())
      .map(WhereAmI, parallelism=2, name="place").collect())
     with pytest.raises(JobFailedError, match=r"operator 'place' by key: cannot hash-partition by a key of "
@@ -156,8 +164,8 @@ def test_hash_placement_is_the_same_in_separate_runs(tmp_path):
     assert placements[0] == {repr(k): stable_hash(k) % 3 for k in WORDS}
 
 
-def test_round_robin_is_even_per_upstream_instance(make_env, mode):
-    env = make_env(mode)
+def test_round_robin_is_even_per_upstream_instance(backend):
+    env = backend.make_env()
     result = env.from_batch(Tagged, 1001, parallelism=2).map(WhereAmI, parallelism=3).collect()
     env.submit()
     counts = Counter((record[0], index) for record, index, _ in result.results())
@@ -188,16 +196,25 @@ def test_balance_sends_more_records_to_the_instance_that_works_faster(make_env):
     assert job.metrics["map_0"]["records_in"] == per[0]
 
 
-@pytest.mark.parametrize("queue", ["mp", "shm"])
-def test_balance_keeps_every_record_through_fan_in_and_per_record_routing(make_env, queue):
+@pytest.mark.backends(*NO_RAY)
+def test_balance_keeps_every_record_through_fan_in_and_per_record_routing(backend):
     # two balancing upstream instances into three, and a flatmap whose outputs (tuples of keys
     # carried by nobody) go record by record where needed; mp channels fall back to round robin
-    env = make_env((queue, "fork"))
+    env = backend.make_env()
     result = (env.from_batch(Tagged, 500, parallelism=2).balance()
               .flatmap(lambda r: [r, r], parallelism=3).balance().map(WhereAmI, parallelism=2).collect())
     env.submit()
     records = sorted(record for record, _, _ in result.results())
     assert records == sorted([(u, i) for u in (0, 1) for i in range(1, 501)] * 2)
+
+
+def test_balance_keeps_every_record_and_is_round_robin_without_progress_reports(backend):
+    env = backend.make_env()
+    out = env.from_batch(range(300)).balance().map(WhereAmI, parallelism=3).collect()
+    env.submit()
+    assert sorted(r for r, _, _ in out.results()) == list(range(300))
+    if not backend.reports_progress:   # inline and Ray channels report no consumer progress: round robin
+        assert Counter(i for _, i, _ in out.results()) == {0: 100, 1: 100, 2: 100}
 
 
 def test_balance_refuses_a_keyed_stream(make_env):
@@ -206,8 +223,8 @@ def test_balance_refuses_a_keyed_stream(make_env):
         env.from_batch(range(3)).keyby(lambda r: r).balance()
 
 
-def test_broadcast_reaches_every_instance(make_env, mode):
-    env = make_env(mode)
+def test_broadcast_reaches_every_instance(backend):
+    env = backend.make_env()
     result = (env.from_batch(range(100)).keyby(lambda r: r, strategy="broadcast")
               .map(WhereAmI, parallelism=3).collect())
     env.submit()
@@ -231,8 +248,8 @@ def _bad(key, n):
     return n
 
 
-def test_custom_partitioners(make_env, mode):
-    env = make_env(mode)
+def test_custom_partitioners(backend):
+    env = backend.make_env()
     one = env.from_batch(range(10)).keyby(lambda r: r, strategy=_to_last).map(WhereAmI, parallelism=3).collect()
     many = env.from_batch(range(10)).keyby(lambda r: r, strategy=_pairs).map(WhereAmI, parallelism=3).collect()
     env.submit()
@@ -241,8 +258,9 @@ def test_custom_partitioners(make_env, mode):
     assert got == Counter({(r, i): 1 for r in range(10) for i in _pairs(r, 3)})
 
 
-def test_custom_partitioner_out_of_range_fails_the_job(make_env, mode):
-    env = make_env(mode)
+@pytest.mark.backends(*NO_RAY)
+def test_custom_partitioner_out_of_range_fails_the_job(backend):
+    env = backend.make_env()
     env.from_batch(range(10)).keyby(lambda r: r, strategy=_bad).map(WhereAmI, parallelism=2).collect()
     with pytest.raises(JobFailedError, match="0..1"):
         env.submit()
@@ -265,10 +283,10 @@ class HashJoin(JoinFunction):
         return [("seen", self.ctx.parallel_index, tuple(self.seen))]
 
 
-def test_join_of_two_keyed_sources_is_exact_and_waits_for_both(make_env, mode):
+def test_join_of_two_keyed_sources_is_exact_and_waits_for_both(backend):
     orders = [(i % 50, f"order{i}") for i in range(3000)]            # a long input...
     users = [(k, f"user{k}") for k in range(0, 60, 3)]                # ...and a short one that ends first
-    env = make_env(mode)
+    env = backend.make_env()
     left = env.from_batch(orders, parallelism=2)
     right = env.from_batch(users)
     result = left.connect(right).keyby([lambda o: o[0], lambda u: u[0]]).join(HashJoin, parallelism=2).collect()
@@ -291,8 +309,8 @@ class Sides(CoMapFunction):
         return ("right", record, self.ctx.parallel_index)
 
 
-def test_comap_calls_map0_and_map1_by_input(make_env, mode):
-    env = make_env(mode)
+def test_comap_calls_map0_and_map1_by_input(backend):
+    env = backend.make_env()
     a = env.from_batch(range(100))
     b = env.from_batch([f"s{i}" for i in range(50)], parallelism=2)
     result = a.connect(b).comap(Sides, parallelism=2).collect()
@@ -303,8 +321,9 @@ def test_comap_calls_map0_and_map1_by_input(make_env, mode):
     assert {i for _, _, i in rows} == {0, 1}
 
 
-def test_connected_map_is_a_union(make_env, mode):
-    env = make_env(mode)
+@pytest.mark.backends(*NO_RAY)
+def test_connected_map_is_a_union(backend):
+    env = backend.make_env()
     a, b = env.from_batch([1, 2]), env.from_batch([3])
     result = a.connect(b).map(lambda x: x * 10).collect()
     env.submit()

@@ -1,5 +1,7 @@
-"""Services: long-lived processes that functions call (issue 4). The autouse leak fixture checks after
-each test that no service process and no segment is left, also when the job failed."""
+"""Services: long-lived processes that functions call (issue 4), on every backend through the `backend`
+fixture (`@pytest.mark.services`: on inline and Ray, where services do not run yet, strict xfails). The
+autouse leak fixture checks after each test that no service process and no segment is left, also when
+the job failed."""
 
 from __future__ import annotations
 
@@ -14,13 +16,14 @@ import pytest
 from procflow import (
     BaseService,
     JobFailedError,
-    LocalEnvironment,
     MapFunction,
     ServiceError,
     ServiceTimeoutError,
     UnknownServiceError,
 )
 from procflow.core.errors import RemoteTraceback
+
+from .conftest import SERVICES_PENDING
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -55,12 +58,13 @@ class MultiplyMap(MapFunction):
 
 
 @pytest.mark.timeout(90)
-def test_matrix_service_called_by_parallel_map_gives_in_process_results(env_dir):
+@pytest.mark.services
+def test_matrix_service_called_by_parallel_map_gives_in_process_results(backend):
     n = 10_000
-    with LocalEnvironment("svc-matrix", env_dir=env_dir) as env:
-        env.register_service("matrix", MatrixService, matrix())
-        result = env.from_batch(range(n)).map(MultiplyMap, parallelism=4).collect()
-        job = env.submit()
+    env = backend.make_env("svc-matrix")
+    env.register_service("matrix", MatrixService, matrix())
+    result = env.from_batch(range(n)).map(MultiplyMap, parallelism=4).collect()
+    job = env.submit()
     got = dict(result.results())
     assert len(got) == n
     m = matrix()
@@ -96,11 +100,12 @@ class FanOut(MapFunction):
         return [f.result() for f in futures], direct, elapsed, len(done), len(pids)
 
 
-def test_async_calls_overlap_across_replicas(env_dir):
-    with LocalEnvironment("svc-async", env_dir=env_dir) as env:
-        env.register_service("sleepy", Sleepy, parallelism=4)
-        result = env.from_batch([0]).map(FanOut).collect()
-        env.submit()
+@pytest.mark.services
+def test_async_calls_overlap_across_replicas(backend):
+    env = backend.make_env("svc-async")
+    env.register_service("sleepy", Sleepy, parallelism=4)
+    result = env.from_batch([0]).map(FanOut).collect()
+    env.submit()
     [(values, direct, elapsed, n_done, n_pids)] = result.results()
     assert values == [i * 10 for i in range(8)]
     assert direct == 1000
@@ -130,11 +135,12 @@ class CatchingMap(MapFunction):
                     "ValueError: bad value 3" in cause.tb and ", in process" in cause.tb)
 
 
-def test_service_exception_is_reraised_in_caller_with_remote_traceback(env_dir):
-    with LocalEnvironment("svc-raise", env_dir=env_dir) as env:
-        env.register_service("faulty", Faulty)
-        result = env.from_batch(range(5)).map(CatchingMap).collect()
-        job = env.submit()
+@pytest.mark.services
+def test_service_exception_is_reraised_in_caller_with_remote_traceback(backend):
+    env = backend.make_env("svc-raise")
+    env.register_service("faulty", Faulty)
+    result = env.from_batch(range(5)).map(CatchingMap).collect()
+    job = env.submit()
     out = sorted(result.results(), key=repr)
     errors = [r for r in out if r[0] == "error"]
     assert len(errors) == 1
@@ -151,12 +157,13 @@ class UncaughtMap(MapFunction):
         return self.call_service("faulty", x)
 
 
-def test_uncaught_service_error_fails_job_naming_task(env_dir):
-    with LocalEnvironment("svc-uncaught", env_dir=env_dir) as env:
-        env.register_service("faulty", Faulty)
-        env.from_batch(range(5)).map(UncaughtMap, name="caller").collect()
-        with pytest.raises(JobFailedError) as info:
-            env.submit()
+@pytest.mark.services
+def test_uncaught_service_error_fails_job_naming_task(backend):
+    env = backend.make_env("svc-uncaught")
+    env.register_service("faulty", Faulty)
+    env.from_batch(range(5)).map(UncaughtMap, name="caller").collect()
+    with pytest.raises(JobFailedError) as info:
+        env.submit()
     err = info.value
     assert err.task == "caller_0"
     assert "ServiceError" in str(err) and "bad value 3" in str(err)
@@ -171,11 +178,12 @@ class TimeoutMap(MapFunction):
             return "timeout", str(exc), isinstance(exc, TimeoutError)
 
 
-def test_call_past_its_timeout_raises_service_timeout_error(env_dir):
-    with LocalEnvironment("svc-timeout", env_dir=env_dir) as env:
-        env.register_service("faulty", Faulty)
-        result = env.from_batch([1]).map(TimeoutMap).collect()
-        env.submit()
+@pytest.mark.services
+def test_call_past_its_timeout_raises_service_timeout_error(backend):
+    env = backend.make_env("svc-timeout")
+    env.register_service("faulty", Faulty)
+    result = env.from_batch([1]).map(TimeoutMap).collect()
+    env.submit()
     [(tag, message, is_timeout)] = result.results()
     assert tag == "timeout" and is_timeout
     assert "'faulty'" in message and "'slow'" in message and "0.1s" in message
@@ -199,12 +207,13 @@ class UnknownMap(MapFunction):
         return out
 
 
-def test_unknown_method_and_unknown_service_name_what_exists(env_dir):
-    with LocalEnvironment("svc-unknown", env_dir=env_dir) as env:
-        env.register_service("faulty", Faulty)
-        env.register_service("sleepy", Sleepy)
-        result = env.from_batch([1]).map(UnknownMap, "fualty").collect()
-        env.submit()
+@pytest.mark.services
+def test_unknown_method_and_unknown_service_name_what_exists(backend):
+    env = backend.make_env("svc-unknown")
+    env.register_service("faulty", Faulty)
+    env.register_service("sleepy", Sleepy)
+    result = env.from_batch([1]).map(UnknownMap, "fualty").collect()
+    env.submit()
     [[no_method, no_service]] = result.results()
     assert "'faulty' has no method 'nope'" in no_method and "'process'" in no_method and "'slow'" in no_method
     assert "no service named 'fualty'" in no_service and "['faulty', 'sleepy']" in no_service
@@ -222,14 +231,16 @@ class DeclaredCaller(MapFunction):
         return x
 
 
-def test_unregistered_service_the_graph_can_see_is_rejected_at_submit(env_dir):
+# A check in the driver before anything starts: inline makes it already; Ray refuses register_service().
+@pytest.mark.xfail_on("ray", SERVICES_PENDING)
+def test_unregistered_service_the_graph_can_see_is_rejected_at_submit(backend):
     for fn in (LiteralCaller, DeclaredCaller):
-        with LocalEnvironment("svc-reject", env_dir=env_dir) as env:
-            env.register_service("matrix", MatrixService, matrix())
-            env.from_batch([1]).map(fn).collect()
-            with pytest.raises(ValueError, match=r"calls service\(s\) \['vocab'\], which are not registered"):
-                env.submit()
-            assert env.job is None   # nothing was started
+        env = backend.make_env("svc-reject")
+        env.register_service("matrix", MatrixService, matrix())
+        env.from_batch([1]).map(fn).collect()
+        with pytest.raises(ValueError, match=r"calls service\(s\) \['vocab'\], which are not registered"):
+            env.submit()
+        assert env.job is None   # nothing was started
 
 
 class Front(BaseService):
@@ -243,12 +254,13 @@ class FrontMap(MapFunction):
         return i, self.call_service("front", vector(i))
 
 
-def test_services_call_services(env_dir):
-    with LocalEnvironment("svc-chain", env_dir=env_dir) as env:
-        env.register_service("matrix", MatrixService, matrix(), parallelism=2)
-        env.register_service("front", Front)
-        result = env.from_batch(range(50)).map(FrontMap, parallelism=2).collect()
-        job = env.submit()
+@pytest.mark.services
+def test_services_call_services(backend):
+    env = backend.make_env("svc-chain")
+    env.register_service("matrix", MatrixService, matrix(), parallelism=2)
+    env.register_service("front", Front)
+    result = env.from_batch(range(50)).map(FrontMap, parallelism=2).collect()
+    job = env.submit()
     m = matrix()
     got = dict(result.results())
     assert got == pytest.approx({i: float((m @ vector(i)).sum()) + DIM for i in range(50)})
@@ -260,13 +272,14 @@ class BrokenSetup(BaseService):
         raise RuntimeError("model file missing")
 
 
-def test_service_failing_in_setup_fails_job_and_leaves_nothing(env_dir):
-    with LocalEnvironment("svc-setup", env_dir=env_dir) as env:
-        env.register_service("broken", BrokenSetup)
-        env.register_service("matrix", MatrixService, matrix())
-        env.from_batch(range(3)).map(MultiplyMap).collect()
-        with pytest.raises(JobFailedError, match="model file missing") as info:
-            env.submit()
+@pytest.mark.services
+def test_service_failing_in_setup_fails_job_and_leaves_nothing(backend):
+    env = backend.make_env("svc-setup")
+    env.register_service("broken", BrokenSetup)
+    env.register_service("matrix", MatrixService, matrix())
+    env.from_batch(range(3)).map(MultiplyMap).collect()
+    with pytest.raises(JobFailedError, match="model file missing") as info:
+        env.submit()
     assert info.value.task == "broken[0]"
 
 
@@ -280,13 +293,14 @@ class CrashCaller(MapFunction):
         return self.call_service("crashing", x, timeout=30)
 
 
-def test_replica_that_dies_fails_job_at_once(env_dir):
+@pytest.mark.services
+def test_replica_that_dies_fails_job_at_once(backend):
     started = time.monotonic()
-    with LocalEnvironment("svc-crash", env_dir=env_dir) as env:
-        env.register_service("crashing", Crashing)
-        env.from_batch([1]).map(CrashCaller).collect()
-        with pytest.raises(JobFailedError, match=r"service replica crashing\[0\] \(pid \d+\) exited with code 3"):
-            env.submit()
+    env = backend.make_env("svc-crash")
+    env.register_service("crashing", Crashing)
+    env.from_batch([1]).map(CrashCaller).collect()
+    with pytest.raises(JobFailedError, match=r"service replica crashing\[0\] \(pid \d+\) exited with code 3"):
+        env.submit()
     assert time.monotonic() - started < 20   # not the caller's 30 s timeout
 
 
@@ -315,11 +329,12 @@ class IdleAndSlowCaller(MapFunction):
         return out
 
 
-def test_sleeping_callers_and_replicas_are_woken(env_dir, no_safety_net):
-    with LocalEnvironment("svc-wake", env_dir=env_dir) as env:
-        env.register_service("sleepy", Sleepy, parallelism=2)
-        result = env.from_batch(range(3)).map(IdleAndSlowCaller, parallelism=3).collect()
-        env.submit()
+@pytest.mark.services
+def test_sleeping_callers_and_replicas_are_woken(backend, no_safety_net):
+    env = backend.make_env("svc-wake")
+    env.register_service("sleepy", Sleepy, parallelism=2)
+    result = env.from_batch(range(3)).map(IdleAndSlowCaller, parallelism=3).collect()
+    env.submit()
     assert result.results() == [[i * 10 for i in range(30)]] * 3
 
 
@@ -355,11 +370,12 @@ class ThreadedCaller(MapFunction):
         return results
 
 
-def test_threads_of_one_task_call_at_once(env_dir, no_safety_net):
-    with LocalEnvironment("svc-threads", env_dir=env_dir) as env:
-        env.register_service("echo", Echo, parallelism=2)
-        result = env.from_batch([0]).map(ThreadedCaller).collect()
-        env.submit()
+@pytest.mark.services
+def test_threads_of_one_task_call_at_once(backend, no_safety_net):
+    env = backend.make_env("svc-threads")
+    env.register_service("echo", Echo, parallelism=2)
+    result = env.from_batch([0]).map(ThreadedCaller).collect()
+    env.submit()
     [results] = result.results()
     for t in range(4):
         assert results[t] == [(t, i) for i in range(200)] + [(t, -i) for i in range(20)]
@@ -377,11 +393,12 @@ class LateAnswerCaller(MapFunction):
         return [self.call_service("echo", i) for i in range(5)]
 
 
-def test_a_late_answer_to_a_timed_out_call_is_not_taken_for_a_later_one(env_dir):
-    with LocalEnvironment("svc-late", env_dir=env_dir) as env:
-        env.register_service("echo", Echo)
-        result = env.from_batch([0]).map(LateAnswerCaller).collect()
-        env.submit()
+@pytest.mark.services
+def test_a_late_answer_to_a_timed_out_call_is_not_taken_for_a_later_one(backend):
+    env = backend.make_env("svc-late")
+    env.register_service("echo", Echo)
+    result = env.from_batch([0]).map(LateAnswerCaller).collect()
+    env.submit()
     assert result.results() == [[0, 1, 2, 3, 4]]
 
 
@@ -394,9 +411,10 @@ class BigCaller(MapFunction):
         return all(np.array_equal(a, b) for a, b in zip(arrays, back)) and np.array_equal(direct, arrays[0])
 
 
-def test_arguments_and_results_larger_than_the_rings(env_dir, no_safety_net):
-    with LocalEnvironment("svc-big", env_dir=env_dir) as env:
-        env.register_service("echo", Echo)
-        result = env.from_batch(range(2)).map(BigCaller, parallelism=2).collect()
-        env.submit()
+@pytest.mark.services
+def test_arguments_and_results_larger_than_the_rings(backend, no_safety_net):
+    env = backend.make_env("svc-big")
+    env.register_service("echo", Echo)
+    result = env.from_batch(range(2)).map(BigCaller, parallelism=2).collect()
+    env.submit()
     assert result.results() == [True, True]
