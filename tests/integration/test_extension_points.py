@@ -129,8 +129,6 @@ class Inspect(FlatMapFunction):
                  "processed": self.ctx.processed_count, "signal": type(signal).__name__}]
 
 
-@pytest.mark.xfail_on("local-mp", "OutputSpec.queue_ids names an mp edge 'mp#<slot>' (its descriptor has no "
-                                  "inbox name), so edges into different consumers share an id")
 def test_routing_info_and_processed_count(backend):
     env = backend.make_env("routing")
     inspected = env.from_batch(range(10)).flatmap(Inspect, parallelism=2, name="inspect")

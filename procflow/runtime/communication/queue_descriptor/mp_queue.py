@@ -24,8 +24,11 @@ ITEM_BYTES = 128 << 10
 class MpEdge:
     kind = "mp"
 
-    def __init__(self, q, slot: int, batch_records: int) -> None:
+    def __init__(self, q, slot: int, batch_records: int, inbox: str) -> None:
         self.queue, self.slot, self.batch_records = q, slot, batch_records
+        # The consuming inbox's name: with the slot it names this channel in routing info (OutputSpec
+        # queue_ids), which must tell edges into different consumers apart.
+        self.inbox = inbox
 
     def open_writer(self) -> MpChannelWriter:
         return MpChannelWriter(self.queue, self.slot, self.batch_records)
@@ -46,7 +49,7 @@ class MpInbox:
         return _QueueOwner(self.queue)
 
     def edge(self, slot: int) -> MpEdge:
-        return MpEdge(self.queue, slot, self.batch_records)
+        return MpEdge(self.queue, slot, self.batch_records, self.name)
 
     def open_gate(self) -> MpInputGate:
         return MpInputGate(self.queue, self.input_indices, self.maxsize)
