@@ -73,8 +73,6 @@ def test_a_task_feeding_a_sink_and_a_collect_ships_arrays_and_plain_records(back
     assert all(a.shape == (int(a[0, 0]) % 5 + 1, 300) and a.dtype == np.int16 for a in arrays)
 
 
-@pytest.mark.xfail_on("ray", "Ray: an unshippable record fails the job as \"procflow's job monitor crashed: "
-                             "RayTaskError(TypeError)\", naming neither the task nor the record")
 def test_a_record_that_cannot_reach_the_driver_fails_the_job_naming_it(backend):
     env = backend.make_env()
     env.from_batch(range(3)).map(lambda x: (i for i in range(x)) if x == 1 else x).collect()

@@ -22,13 +22,13 @@ from typing import Any
 
 import numpy as np
 import ray
+from ray import cloudpickle
 
 from procflow.backends.ray import channel
 from procflow.runtime.communication.router import BaseRouter
 from procflow.runtime.context.task_context import TaskContext
-from procflow.runtime.control import ErrorReport, Failed
 from procflow.runtime.job_control import FIELDS
-from procflow.runtime.task.entry import close_logger, open_task_logger
+from procflow.runtime.task.entry import close_logger, open_task_logger, report_failure
 
 
 class ActorJobControl:
@@ -74,16 +74,23 @@ class RayTaskContext(TaskContext):
 
 
 class Outbox:
-    """The task's control channel: send() from the task thread, poll() long-polled by the driver."""
+    """The task's control channel: send() from the task thread, poll() long-polled by the driver.
+
+    Messages are pickled in send(), in the task's thread, as a local task's control pipe does: a record
+    that cannot travel (a generator in a collect()'s input) then fails in the task that holds it, whose
+    failure report names the task and the record. Pickled later, by Ray when poll() returns, it failed
+    the driver's ray.get with a RayTaskError that named neither (found by the conformance tests).
+    """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._messages: deque = deque()
+        self._messages: deque[bytes] = deque()
         self._closed = False
 
     def send(self, message: Any) -> None:
+        packed = cloudpickle.dumps(message)
         with self._cond:
-            self._messages.append(message)
+            self._messages.append(packed)
             self._cond.notify_all()
 
     def close(self) -> None:
@@ -91,13 +98,18 @@ class Outbox:
             self._closed = True
             self._cond.notify_all()
 
-    def poll(self, timeout: float) -> tuple[list, bool]:
-        """(messages, closed): closed means no message will ever follow these."""
+    def poll(self, timeout: float) -> tuple[list[bytes], bool]:
+        """(pickled messages, closed): closed means no message will ever follow these; `unpack` them."""
         with self._cond:
             self._cond.wait_for(lambda: self._messages or self._closed, timeout)
             out = list(self._messages)
             self._messages.clear()
             return out, self._closed
+
+
+def unpack(messages: list[bytes]) -> list[Any]:
+    """The driver's side of Outbox.poll(): the control messages themselves."""
+    return [cloudpickle.loads(m) for m in messages]
 
 
 class TaskActor:
@@ -143,13 +155,9 @@ class TaskActor:
         try:
             task.run()
         except BaseException as exc:  # report everything, SystemExit from user code included
-            has_record, record = task.current_record()
-            label = getattr(task.operator, "label", type(function).__name__)
-            report = ErrorReport.from_exception(exc, task=ctx.name, pid=os.getpid(), function=label,
-                                                record=record, has_record=has_record)
-            logger.error("failed in %s while %s: %s: %s", label, task.stage, report.error_type, report.message)
-            logger.debug("%s", report.traceback)
-            self.outbox.send(Failed(report))
+            # The same report as a local task's (entry.py): counters, dead letters, and the record, which
+            # for an unshippable one is on the exception rather than the task's current position.
+            report_failure(ctx, function, task, task.stage, exc, logger)
         finally:
             ctx.detach()
             if ctx.inbox is not None:

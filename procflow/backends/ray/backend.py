@@ -25,7 +25,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayError
 
-from procflow.backends.ray.actor import RayTaskContext, TaskActor
+from procflow.backends.ray.actor import RayTaskContext, TaskActor, unpack
 from procflow.backends.ray.channel import RayInbox
 from procflow.core.errors import JobFailedError
 from procflow.runtime.backend import Exited, JobSetup, TaskStart
@@ -209,7 +209,7 @@ class RayBackend:
             except RayActorError as exc:
                 events.append(Exited(name, cause=exc))
                 continue
-            events += messages
+            events += unpack(messages)
             if closed:
                 events.append(Exited(name))
             else:

@@ -174,7 +174,7 @@ def task_main(ctx: TaskContext, function: Any, driver: DriverLifeline) -> None:
         task.run()
     except BaseException as exc:  # report everything, SystemExit from user code included
         code = 1
-        _report_failure(ctx, function, task, step, exc, logger)
+        report_failure(ctx, function, task, step, exc, logger)
     finally:
         if crash_file is not None:
             faulthandler.disable()
@@ -193,7 +193,7 @@ def task_main(ctx: TaskContext, function: Any, driver: DriverLifeline) -> None:
     end_child(logger, ctx.control, code)
 
 
-def _report_failure(ctx: TaskContext, function: Any, task: BaseTask | None, step: str, exc: BaseException,
+def report_failure(ctx: TaskContext, function: Any, task: BaseTask | None, step: str, exc: BaseException,
                     logger: logging.Logger | None) -> None:
     """Tell the driver what failed, where and on which record; never raises (a failure here once left the
     process unreported)."""
