@@ -27,7 +27,7 @@ class Job:
         self._completion = Completion.of(dispatcher.graph)
         self._progress: ProgressBar | None = None
         total = known_total(dispatcher.graph)
-        if total is not None and progress_wanted(dispatcher.config.get("progress")):
+        if total is not None and progress_wanted(dispatcher.config["progress"]):
             self._progress = ProgressBar(total, self.completed_records, self._manager.done,
                                          status=lambda: self.status).start()
 
@@ -166,7 +166,7 @@ class Job:
         if not self.running:
             return
         self._dispatcher.request("stop")
-        grace = timeout if timeout is not None else float(self._dispatcher.config.get("stop_timeout", 5.0)) * 2
+        grace = timeout if timeout is not None else float(self._dispatcher.config["stop_timeout"]) * 2
         if not self._manager.done.wait(grace):
             self.kill(f"did not stop within {grace}s")
         self._join_threads()
