@@ -60,12 +60,10 @@ class Operator:
     def finish(self, signal: Any) -> None:
         """End of every input: let the function flush state, then close it."""
         self.ctx.current_key, self.ctx.current_keyed = None, False
-        handler = getattr(self.function, "handle_stop_signal", None)
-        if handler is not None:
-            produced = handler(signal)
-            if produced is not None:
-                for record in produced:
-                    self.emit(record)
+        produced = self.function.handle_stop_signal(signal)
+        if produced is not None:
+            for record in produced:
+                self.emit(record)
         self.function.close()
 
     @property
