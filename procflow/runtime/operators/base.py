@@ -40,7 +40,7 @@ class Operator:
 
     def emit(self, record: Any) -> None:
         ctx = self.ctx
-        self.router.route(record, ctx.current_key, ctx.current_keyed)
+        self.router.fast_route(record, ctx.current_key, ctx.current_keyed)
 
     def process(self, record: Any) -> None:
         raise NotImplementedError

@@ -58,7 +58,7 @@ class SourceOperator(Operator):
         if router.routes_many:
             router.route_many(chunk)
             return
-        route = router.route
+        route = router.fast_route
         for record in chunk:
             try:
                 route(record, None, False)

@@ -14,7 +14,7 @@ class MapOperator(Operator):
     def open(self) -> None:
         super().open()
         self._execute = self.function.execute
-        self._route = self.router.route
+        self._route = self.router.fast_route
 
     def process(self, record: Any) -> None:
         ctx = self.ctx
@@ -164,5 +164,5 @@ class ReduceOperator(Operator):
     def finish(self, signal: Any) -> None:
         if not self._running:
             for key, value in self._state.items():
-                self.router.route((key, value), key, True)
+                self.router.fast_route((key, value), key, True)
         super().finish(signal)
