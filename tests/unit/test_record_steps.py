@@ -173,3 +173,10 @@ def test_handle_stop_signal_runs_once_before_close_and_its_records_leave_unkeyed
     task.finish(StopSignal("src_0", "stopped by request"))
     assert function.calls == [("handle_stop_signal", "stopped by request"), ("close",)]
     assert [(p.payload, p.keyed) for p in writers[0].packets] == [((0, 4), False), ((1, 3), False)]
+
+
+def test_a_sink_does_not_replace_its_own_process_and_the_task_still_calls_the_function_itself():
+    function = CallableSink(print)
+    task, _ = make_task("sink", function)
+    assert "process" not in vars(task.operator)       # once `self.process = self.function.execute`
+    assert task.operator.per_record() == function.execute

@@ -7,6 +7,7 @@ operator knows which input it came on.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from procflow.core.functions import BaseFunction
@@ -44,6 +45,11 @@ class Operator:
 
     def process(self, record: Any) -> None:
         raise NotImplementedError
+
+    def per_record(self) -> Callable[[Any], None]:
+        """What the task calls for each record, asked once the operator is open: `process`, or an
+        equivalent that saves a frame per record."""
+        return self.process
 
     def process_all(self, records: list) -> None:
         """Bulk operators only: every record of one input batch."""

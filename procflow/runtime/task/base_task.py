@@ -3,8 +3,9 @@
     attach channels ─► operator.open() ─► Ready ─► (sources: wait for start) ─► loop ─► finish ─► Stopped
 
 Consumer loop: read a batch from the input gate (blocking only when nothing is there, after flushing our
-own outputs so nothing waits on us), process each packet, flush outputs at least every
-`flush_interval`, publish the counters after each batch and at least every PUBLISH_INTERVAL. The task
+own outputs so nothing waits on us), hand its records to the operator by the record step chosen at open
+(steps.py: per record, in chunks, or whole), flush outputs at least every `flush_interval`, publish the
+counters after each batch and at least every PUBLISH_INTERVAL. The task
 ends after exactly one StopSignal from each input channel: no timers, no names. Then the operator
 finishes (handle_stop_signal, close), outputs flush, and one StopSignal goes out on every output channel.
 """

@@ -7,8 +7,9 @@
         the step raised ─► step.failed_at names the record ─► count it, then report it (on_error="fail")
                                                                or set it aside (skip / dead_letter)
 
-    PerRecord  one `operator.process(record)` per record, its key set first on keyed input; returns as
-               soon as the flush is due, so outputs leave on time within a long batch
+    PerRecord  one call of `operator.per_record()` (its `process`) per record, the key set first on
+               keyed input; returns as soon as the flush is due, so outputs leave on time within a
+               long batch
     Chunked    unkeyed records of an operator with `process_many`: one call per chunk, sized by
                ChunkSize, so that a cheap record costs a share of a call instead of a call; returns
                when the flush is due, as PerRecord does
@@ -51,9 +52,7 @@ class PerRecord(RecordStep):
     """One call into the operator per record, and one clock read to stop when the flush is due."""
 
     def __init__(self, operator: Any, ctx: Any, clock: Callable[[], float]) -> None:
-        # Bound once the operator is open: some operators choose their `process` then (the sink's is the
-        # user function itself).
-        self._process = operator.process
+        self._process = operator.per_record()   # once the operator is open
         self._ctx = ctx
         self._clock = clock
 
