@@ -15,8 +15,11 @@ class _StrValued(str, Enum):
     """`enum.StrEnum` for Python 3.10 too (setup.cfg allows it): str() and f-strings give the value, not
     `Kind.MEMBER`, so an operator named after its kind stays `map`, not `OperatorKind.MAP`."""
 
-    __str__ = str.__str__
-    __format__ = str.__format__
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    def __format__(self, format_spec: str) -> str:
+        return str.__format__(self, format_spec)
 
 
 class OperatorKind(_StrValued):

@@ -68,6 +68,10 @@ def _custom_targets(partitioner: Callable[[Any, int], Any], key: Any, n: int) ->
     return picks
 
 
+def _no_selector(record: Any) -> Any:
+    raise AssertionError("send_selected() on a group without a key selector")
+
+
 class Placement:
     """Which of one group's channels get a record.
 
@@ -80,7 +84,7 @@ class Placement:
     def __init__(self, group: OutputGroup, start: int) -> None:
         self.group = group
         self.writers = group.writers
-        self.selector = group.key_selector
+        self.selector: Callable[[Any], Any] = group.key_selector or _no_selector
         self.n = len(group.writers)
         self.next = start % max(self.n, 1)   # round robin's next channel: every upstream instance
         #                                       starts at its own offset, so counts stay even
@@ -97,7 +101,6 @@ class Placement:
 
     def send_selected(self, payload: Any, key: Any, keyed: bool) -> None:
         """`send` for a group with its own key selector: the record goes with the key it gives."""
-        assert self.selector is not None
         self.send(payload, self.selector(payload), True)
 
     def send_array(self, payload: np.ndarray, key: Any, keyed: bool) -> None:

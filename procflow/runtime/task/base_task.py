@@ -5,9 +5,9 @@
 Consumer loop: read a batch from the input gate (blocking only when nothing is there, after flushing our
 own outputs so nothing waits on us), hand its records to the operator by the record step chosen at open
 (steps.py: per record, in chunks, or whole), flush outputs at least every `flush_interval`, publish the
-counters after each batch and at least every PUBLISH_INTERVAL. The task
-ends after exactly one StopSignal from each input channel: no timers, no names. Then the operator
-finishes (handle_stop_signal, close), outputs flush, and one StopSignal goes out on every output channel.
+counters after each batch and at least every PUBLISH_INTERVAL. The task ends after exactly one
+StopSignal from each input channel: no timers, no names. Then the operator finishes
+(handle_stop_signal, close), outputs flush, and one StopSignal goes out on every output channel.
 """
 
 from __future__ import annotations
@@ -79,8 +79,9 @@ class BaseTask:
         self._sets_aside = self._on_error != "fail"   # skip / dead_letter: a failing record, not the task
         self._failed: tuple = ()       # (record,) when a record's processing raised
         self._chunk = ChunkSize(self._interval)   # records per `process_many` call
-        self._unkeyed_step: RecordStep | None = None   # chosen at open(), when the operator knows its flags
-        self._keyed_step: RecordStep | None = None
+        # How records reach the operator (steps.py): chosen at open(), once the operator knows its flags.
+        self._unkeyed_step: RecordStep
+        self._keyed_step: RecordStep
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
