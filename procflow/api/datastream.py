@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from procflow.core import functions as fx
+from procflow.core.enums import OperatorKind
 from procflow.graph.transformation import (
     BALANCE,
     BROADCAST,
@@ -70,7 +71,8 @@ class DataStream(Generic[T]):
     def parallelism(self) -> int:
         return self.transformation.parallelism
 
-    def _then(self, kind: str, base: type, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> DataStream[Any]:
+    def _then(self, kind: OperatorKind, base: type, fn: Any, args: tuple[Any, ...],
+              kwargs: dict[str, Any]) -> DataStream[Any]:
         t = self.env._add(kind, base, fn, args, kwargs, inputs=[Input(self.transformation, self.partitioning, 0)])
         return DataStream(self.env, t)
 
@@ -85,7 +87,7 @@ class DataStream(Generic[T]):
 
     def map(self, fn: Any, *args: Any, **kwargs: Any) -> DataStream[Any]:
         """One output per record. Options: parallelism=, name=, on_error="fail"|"skip"|"dead_letter"."""
-        return self._then("map", fx.MapFunction, fn, args, kwargs)
+        return self._then(OperatorKind.MAP, fx.MapFunction, fn, args, kwargs)
 
     @overload
     def filter(self, fn: type[fx.FilterFunction[T]] | fx.FilterFunction[T], *args: Any,
@@ -95,7 +97,7 @@ class DataStream(Generic[T]):
 
     def filter(self, fn: Any, *args: Any, **kwargs: Any) -> DataStream[T]:
         """Keep the records for which `fn` returns a true value (any truthy value, as in `filter()`)."""
-        return self._then("filter", fx.FilterFunction, fn, args, kwargs)
+        return self._then(OperatorKind.FILTER, fx.FilterFunction, fn, args, kwargs)
 
     @overload
     def flatmap(self, fn: type[fx.FlatMapFunction[T, U]] | fx.FlatMapFunction[T, U], *args: Any,
@@ -105,7 +107,7 @@ class DataStream(Generic[T]):
 
     def flatmap(self, fn: Any, *args: Any, **kwargs: Any) -> DataStream[Any]:
         """Zero or more outputs per record: `execute` returns an iterable (None counts as empty)."""
-        return self._then("flatmap", fx.FlatMapFunction, fn, args, kwargs)
+        return self._then(OperatorKind.FLATMAP, fx.FlatMapFunction, fn, args, kwargs)
 
     def keyby(self, fn: Callable[[T], Any] | type[fx.KeyByFunction[T]] | fx.KeyByFunction[T], strategy: Any = HASH,
               *args: Any, parallelism: int | None = None, **kwargs: Any) -> DataStream[T]:
@@ -151,21 +153,21 @@ class DataStream(Generic[T]):
         if emit not in ("final", "running"):
             raise ValueError(f"reduce(): emit must be 'final' or 'running', got {emit!r}")
         kwargs["_options"] = {"emit": emit}
-        return self._then("reduce", fx.ReduceFunction, fn, args, kwargs)
+        return self._then(OperatorKind.REDUCE, fx.ReduceFunction, fn, args, kwargs)
 
     def sink(self, fn: Callable[[T], object] | type[fx.SinkFunction[T]] | fx.SinkFunction[T], *args: Any,
              **kwargs: Any) -> DataStream[T]:
         """Consume records; returns this same stream so more operators can hang off it."""
-        self._then("sink", fx.SinkFunction, fn, args, kwargs)
+        self._then(OperatorKind.SINK, fx.SinkFunction, fn, args, kwargs)
         return self
 
     def print(self, prefix: str = "", **kwargs: Any) -> DataStream[T]:
-        self._then("sink", fx.SinkFunction, _Printer, (prefix,), kwargs)
+        self._then(OperatorKind.SINK, fx.SinkFunction, _Printer, (prefix,), kwargs)
         return self
 
     def collect(self, **kwargs: Any) -> CollectResult[T]:
         """Ship every record back to the driver; read them with `.results()` after the job."""
-        t = self.env._add("collect", fx.SinkFunction, _CollectMarker, (), kwargs,
+        t = self.env._add(OperatorKind.COLLECT, fx.SinkFunction, _CollectMarker, (), kwargs,
                           inputs=[Input(self.transformation, self.partitioning, 0)])
         result: CollectResult[T] = CollectResult(t.name)
         self.env._collectors[t.name] = result
@@ -199,24 +201,25 @@ class ConnectedStreams:
             raise ValueError(f"keyby(): got {len(selectors)} selectors for {len(self.streams)} inputs")
         return ConnectedStreams(self.env, [s.keyby(sel, strategy) for s, sel in zip(self.streams, selectors)])
 
-    def _then(self, kind: str, base: type, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> DataStream[Any]:
+    def _then(self, kind: OperatorKind, base: type, fn: Any, args: tuple[Any, ...],
+              kwargs: dict[str, Any]) -> DataStream[Any]:
         t = self.env._add(kind, base, fn, args, kwargs, inputs=self._inputs())
         return DataStream(self.env, t)
 
     def map(self, fn: Any, *args: Any, **kwargs: Any) -> DataStream[Any]:
         """The same function over the records of every input (a union)."""
-        return self._then("map", fx.MapFunction, fn, args, kwargs)
+        return self._then(OperatorKind.MAP, fx.MapFunction, fn, args, kwargs)
 
     def comap(self, fn: type[fx.CoMapFunction] | fx.CoMapFunction, *args: Any, **kwargs: Any) -> DataStream[Any]:
         """`map0` for input 0, `map1` for input 1, ..."""
-        return self._then("comap", fx.CoMapFunction, fn, args, kwargs)
+        return self._then(OperatorKind.COMAP, fx.CoMapFunction, fn, args, kwargs)
 
     def join(self, fn: Any, *args: Any, **kwargs: Any) -> DataStream[Any]:
         """Keyed join: `execute(payload, key, tag)` returns a list of outputs."""
-        return self._then("join", fx.JoinFunction, fn, args, kwargs)
+        return self._then(OperatorKind.JOIN, fx.JoinFunction, fn, args, kwargs)
 
     def sink(self, fn: Any, *args: Any, **kwargs: Any) -> ConnectedStreams:
-        self._then("sink", fx.SinkFunction, fn, args, kwargs)
+        self._then(OperatorKind.SINK, fx.SinkFunction, fn, args, kwargs)
         return self
 
 

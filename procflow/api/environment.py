@@ -18,6 +18,7 @@ from typing import Any, TypeVar, overload
 from procflow.api.datastream import CollectResult, DataStream
 from procflow.core import functions as fx
 from procflow.core.config import Config
+from procflow.core.enums import OperatorKind
 from procflow.core.service import BaseService, ServiceSpec, services_called
 from procflow.graph.execution_graph import ExecutionGraph, compile_graph
 from procflow.graph.transformation import FunctionSpec, Input, Transformation, check_parallelism
@@ -84,11 +85,11 @@ class BaseEnvironment:
         With parallelism n, instance i of an iterable source takes items i, i+n, ... of the iterable.
         """
         if inspect.isclass(source) or isinstance(source, fx.BaseFunction):
-            t = self._add("batch", fx.BatchFunction, source, args, kwargs, inputs=[])
+            t = self._add(OperatorKind.BATCH, fx.BatchFunction, source, args, kwargs, inputs=[])
         elif isinstance(source, Iterable) and not isinstance(source, (str, bytes, dict)):
             if args:
                 raise TypeError("from_batch(iterable) takes no extra positional arguments")
-            t = self._add("batch", fx.BatchFunction, fx.IterableBatch, (source,), kwargs, inputs=[])
+            t = self._add(OperatorKind.BATCH, fx.BatchFunction, fx.IterableBatch, (source,), kwargs, inputs=[])
         else:
             raise TypeError(f"from_batch() needs an iterable (list, range, generator...) or a "
                             f"BatchFunction subclass, got {type(source).__name__}")
@@ -96,7 +97,7 @@ class BaseEnvironment:
 
     def from_source(self, source: Any, *args: Any, **kwargs: Any) -> DataStream[Any]:
         """An unbounded source: a SourceFunction subclass or a callable returning record/None/StopSignal."""
-        return DataStream(self, self._add("source", fx.SourceFunction, source, args, kwargs, inputs=[]))
+        return DataStream(self, self._add(OperatorKind.SOURCE, fx.SourceFunction, source, args, kwargs, inputs=[]))
 
     def register_service(self, name: str, service_class: type[BaseService], *args: Any,
                          parallelism: int = 1, **kwargs: Any) -> None:
@@ -110,13 +111,13 @@ class BaseEnvironment:
         check_parallelism(parallelism, f"service {name!r}")
         self.services[name] = ServiceSpec(name, service_class, tuple(args), dict(kwargs), parallelism)
 
-    def _add(self, kind: str, base: type, fn: Any, args: tuple, kwargs: dict, *,
+    def _add(self, kind: OperatorKind, base: type, fn: Any, args: tuple, kwargs: dict, *,
              inputs: list[Input]) -> Transformation:
         if self.job is not None and getattr(self.job, "running", False):
             raise RuntimeError("cannot add operators while a job is running")
         opts = {k: kwargs.pop(k) for k in _OPTION_NAMES if k in kwargs}
         extra = kwargs.pop("_options", {})
-        name = opts.get("name") or self._unique(kind)
+        name = opts.get("name") or self._unique(kind.value)
         if name in self._names:
             raise ValueError(f"an operator named {name!r} already exists; names must be unique")
         self._names.add(name)

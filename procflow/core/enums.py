@@ -1,9 +1,11 @@
-"""Enums for the words that used to be magic strings compared in several files.
+"""The closed sets of names the layers pass to each other, as enums instead of strings.
 
-Each is a str-valued Enum (`enum.StrEnum` needs Python 3.11; procflow supports 3.10): a member *is* its
-string (`JobStatus.FINISHED == "finished"`; `str()`, f-strings and JSON give the bare value), so user code
-and tools that compare `job.status == "finished"` keep working, while procflow's own code names the member
-and a typo is an AttributeError instead of a silent mismatch.
+A string compared in several files is a name that one file can misspell and no check will notice (the
+operator kinds were compared as "batch", "collect", "join", ... in graph/, runtime/ and api/; job statuses
+and stop/kill requests likewise). Each enum here is string-valued (`enum.StrEnum` needs Python 3.11;
+procflow supports 3.10): a member equals, hashes, prints and formats as its value, so user code that
+compares `job.status == "finished"`, and logs, JSON and pickles holding the plain strings, keep working,
+while procflow's own code names the member and a typo is an AttributeError.
 """
 
 from __future__ import annotations
@@ -12,10 +14,14 @@ from enum import Enum
 
 
 class StrEnum(str, Enum):
-    """A str-valued Enum whose str() is its bare value, as `enum.StrEnum` of Python 3.11 gives."""
+    """str() and f-strings give the value, not `Kind.MEMBER`, so an operator named after its kind stays
+    `map`, not `OperatorKind.MAP`."""
 
     def __str__(self) -> str:
-        return str(self.value)
+        return str.__str__(self)
+
+    def __format__(self, format_spec: str) -> str:
+        return str.__format__(self, format_spec)
 
 
 class JobStatus(StrEnum):
@@ -47,3 +53,26 @@ class ControlRequest(StrEnum):
 
     STOP = "stop"   # graceful: sources end, everything in flight drains
     KILL = "kill"   # now: every task is terminated, nothing drains
+
+
+class OperatorKind(StrEnum):
+    """What an operator does with records; chooses its runtime operator class (runtime/operators)."""
+
+    BATCH = "batch"       # a bounded source: from_batch(iterable or BatchFunction)
+    SOURCE = "source"     # an unbounded source: from_source(SourceFunction)
+    MAP = "map"
+    FILTER = "filter"
+    FLATMAP = "flatmap"
+    SINK = "sink"
+    COLLECT = "collect"   # records shipped to the driver for `collect()`
+    REDUCE = "reduce"     # keyed fold
+    COMAP = "comap"       # one method per input of connected streams
+    JOIN = "join"         # keyed join of two inputs
+
+    @property
+    def is_source(self) -> bool:
+        """True for the kinds that have no input and produce records themselves."""
+        return self in _SOURCE_KINDS
+
+
+_SOURCE_KINDS = frozenset({OperatorKind.BATCH, OperatorKind.SOURCE})

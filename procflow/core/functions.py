@@ -34,6 +34,17 @@ class BaseFunction:
     def open(self) -> None:
         """Runs in the task process before the first record: open files, load models, connect."""
 
+    def handle_stop_signal(self, signal: StopSignal) -> Iterable[Any] | None:
+        """Runs once at end of input, after the last record and before `close()`; may emit records.
+
+        `signal` says why the input ended (`signal.reason`: "end of input", "stopped by request", ...).
+        Return the records to send downstream, in order, or None for none: the place for what a function
+        holds back until it has seen everything, such as the counts of a keyed aggregation. They leave
+        unkeyed (no record is being processed, so none lends them its key): `keyby` again downstream if
+        they must be partitioned. Sources get it too, after their last record.
+        """
+        return None
+
     def close(self) -> None:
         """Runs once at end of stream, after the last record and after `handle_stop_signal`."""
 

@@ -13,6 +13,7 @@ import inspect
 from dataclasses import dataclass, field
 
 from procflow.core import functions as fx
+from procflow.core.enums import OperatorKind
 from procflow.graph.transformation import Partitioning, Transformation
 
 
@@ -36,7 +37,7 @@ class OutGroup:
 class TaskNode:
     name: str
     operator: str
-    kind: str
+    kind: OperatorKind
     index: int
     parallelism: int
     transformation_id: int
@@ -104,7 +105,7 @@ def compile_graph(transformations: list[Transformation]) -> ExecutionGraph:
 
 def _validate(t: Transformation) -> None:
     where = f"{t.kind} operator {t.name!r}"
-    if t.kind == "join":
+    if t.kind == OperatorKind.JOIN:
         if len(t.inputs) != 2:
             raise ValueError(f"{where}: join needs exactly two inputs, got {len(t.inputs)}. "
                              "Instead, use a.connect(b).keyby(...).join(...)")
@@ -112,7 +113,7 @@ def _validate(t: Transformation) -> None:
             if not inp.partitioning.keyed:
                 raise ValueError(f"{where}: join inputs must be keyed so that equal keys meet in one "
                                  "instance; call .keyby(selector) on the connected streams first")
-    if t.kind == "comap":
+    if t.kind == OperatorKind.COMAP:
         target = t.function.target
         cls = target if inspect.isclass(target) else type(target)
         missing = [f"map{i}" for i in range(len(t.inputs)) if not callable(getattr(cls, f"map{i}", None))]
@@ -132,7 +133,7 @@ def driver_side_collects(graph: ExecutionGraph) -> set[str]:
     """
     names = set()
     for node in graph.nodes.values():
-        if node.kind != "collect" or node.parallelism != 1:
+        if node.kind != OperatorKind.COLLECT or node.parallelism != 1:
             continue
         inputs = graph.transformations[node.transformation_id].inputs
         if all(not i.partitioning.keyed and i.partitioning.key_selector is None for i in inputs):

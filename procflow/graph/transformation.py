@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, cast, runtime_checkable
 
 from procflow.core import functions as fx
+from procflow.core.enums import OperatorKind
 
 _ids = itertools.count()
 
-SOURCE_KINDS = ("source", "batch")
 ROUND_ROBIN, HASH, BROADCAST, CUSTOM, BALANCE = "round_robin", "hash", "broadcast", "custom", "balance"
 
 
@@ -98,7 +98,7 @@ class Input:
 
 @dataclass(eq=False)
 class Transformation:
-    kind: str
+    kind: OperatorKind
     name: str
     function: FunctionSpec
     parallelism: int
@@ -106,9 +106,14 @@ class Transformation:
     options: dict = field(default_factory=dict)
     id: int = field(default_factory=lambda: next(_ids))
 
+    def __post_init__(self) -> None:
+        # A kind given as its string ("map") becomes the enum member; a misspelt one fails here, in the
+        # driver while the graph is built, instead of as a KeyError in a task process.
+        self.kind = OperatorKind(self.kind)
+
     @property
     def is_source(self) -> bool:
-        return self.kind in SOURCE_KINDS
+        return self.kind.is_source
 
 
 def check_parallelism(parallelism: Any, where: str) -> int:

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sized
 from typing import IO, Any
 
+from procflow.core.enums import OperatorKind
 from procflow.core.functions import IterableBatch
 
 _WIDTH = 30
@@ -37,7 +38,8 @@ def known_total(graph: Any) -> int | None:
         if t.inputs:
             continue
         spec = t.function
-        if not (t.kind == "batch" and spec.target is IterableBatch and spec.args and isinstance(spec.args[0], Sized)):
+        if not (t.kind == OperatorKind.BATCH and spec.target is IterableBatch and spec.args
+                and isinstance(spec.args[0], Sized)):
             return None
         try:
             total += len(spec.args[0])

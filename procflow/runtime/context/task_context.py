@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from procflow.core.config import Config
+from procflow.core.enums import OperatorKind
 from procflow.runtime.communication.router import BaseRouter, OutputGroup
 
 
@@ -48,7 +49,7 @@ def output_specs(node: Any, edge_descriptor: Callable[[Any], Any]) -> list[Outpu
 class TaskContext:
     name: str
     operator_name: str
-    kind: str
+    kind: OperatorKind
     parallel_index: int
     parallelism: int
     job_id: str
@@ -64,6 +65,7 @@ class TaskContext:
     control: Any = None            # write end of the control pipe
 
     def __post_init__(self) -> None:
+        self.kind = OperatorKind(self.kind)   # also from its string: tools and tests build contexts by hand
         self._runtime_reset()
 
     def _runtime_reset(self) -> None:

@@ -7,6 +7,7 @@ operator knows which input it came on.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from procflow.core.functions import BaseFunction
@@ -40,10 +41,15 @@ class Operator:
 
     def emit(self, record: Any) -> None:
         ctx = self.ctx
-        self.router.route(record, ctx.current_key, ctx.current_keyed)
+        self.router.fast_route(record, ctx.current_key, ctx.current_keyed)
 
     def process(self, record: Any) -> None:
         raise NotImplementedError
+
+    def per_record(self) -> Callable[[Any], None]:
+        """What the task calls for each record, asked once the operator is open: `process`, or an
+        equivalent that saves a frame per record."""
+        return self.process
 
     def process_all(self, records: list) -> None:
         """Bulk operators only: every record of one input batch."""
@@ -60,12 +66,10 @@ class Operator:
     def finish(self, signal: Any) -> None:
         """End of every input: let the function flush state, then close it."""
         self.ctx.current_key, self.ctx.current_keyed = None, False
-        handler = getattr(self.function, "handle_stop_signal", None)
-        if handler is not None:
-            produced = handler(signal)
-            if produced is not None:
-                for record in produced:
-                    self.emit(record)
+        produced = self.function.handle_stop_signal(signal)
+        if produced is not None:
+            for record in produced:
+                self.emit(record)
         self.function.close()
 
     @property

@@ -42,7 +42,7 @@ class SourceOperator(Operator):
 
     def run(self, tick) -> str:
         self.last_record = NO_RECORD
-        interval = float(self.ctx.config.get("flush_interval", 0.001))
+        interval = float(self.ctx.config["flush_interval"])
         fn = self.function
         if isinstance(fn, IterableBatch):
             n, i = self.ctx.parallelism, self.ctx.parallel_index
@@ -58,7 +58,7 @@ class SourceOperator(Operator):
         if router.routes_many:
             router.route_many(chunk)
             return
-        route = router.route
+        route = router.fast_route
         for record in chunk:
             try:
                 route(record, None, False)

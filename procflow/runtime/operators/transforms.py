@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from procflow.runtime.communication.queue_descriptor.driver import DriverWriter
@@ -14,7 +15,7 @@ class MapOperator(Operator):
     def open(self) -> None:
         super().open()
         self._execute = self.function.execute
-        self._route = self.router.route
+        self._route = self.router.fast_route
 
     def process(self, record: Any) -> None:
         ctx = self.ctx
@@ -96,9 +97,11 @@ class FlatMapOperator(Operator):
 class SinkOperator(Operator):
     chunked = True     # nothing to route: a chunk is one loop over the function
 
-    def open(self) -> None:
-        super().open()
-        self.process = self.function.execute   # nothing to add per record: call the function directly
+    def process(self, record: Any) -> None:
+        self.function.execute(record)
+
+    def per_record(self) -> Callable[[Any], None]:
+        return self.function.execute   # nothing to add per record: the task calls the function itself
 
     def process_many(self, records: list) -> None:
         execute = self.function.execute
@@ -164,5 +167,5 @@ class ReduceOperator(Operator):
     def finish(self, signal: Any) -> None:
         if not self._running:
             for key, value in self._state.items():
-                self.router.route((key, value), key, True)
+                self.router.fast_route((key, value), key, True)
         super().finish(signal)

@@ -199,8 +199,7 @@ def service_main(ctx: ServiceContext, service: Any, driver: DriverLifeline) -> N
         become_child(driver)
         # Inside the try: a failure to open the logs is reported too (issue 22.11). Every replica of a
         # service appends to the same <service>_info/_debug.log; each line names the pid.
-        ctx.logger = logger = open_task_logger(ctx.service_name, ctx.log_dir,
-                                               ctx.config.get("log_level", "INFO"))
+        ctx.logger = logger = open_task_logger(ctx.service_name, ctx.log_dir, ctx.config["log_level"])
         replica = Replica(ctx, service)
         ctx.services = ctx.directory.connect(ctx)
         service.ctx = ctx

@@ -3,10 +3,11 @@
     attach channels ─► operator.open() ─► Ready ─► (sources: wait for start) ─► loop ─► finish ─► Stopped
 
 Consumer loop: read a batch from the input gate (blocking only when nothing is there, after flushing our
-own outputs so nothing waits on us), process each packet, flush outputs at least every
-`flush_interval`, publish the counters after each batch and at least every PUBLISH_INTERVAL. The task
-ends after exactly one StopSignal from each input channel: no timers, no names. Then the operator
-finishes (handle_stop_signal, close), outputs flush, and one StopSignal goes out on every output channel.
+own outputs so nothing waits on us), hand its records to the operator by the record step chosen at open
+(steps.py: per record, in chunks, or whole), flush outputs at least every `flush_interval`, publish the
+counters after each batch and at least every PUBLISH_INTERVAL. The task ends after exactly one
+StopSignal from each input channel: no timers, no names. Then the operator finishes
+(handle_stop_signal, close), outputs flush, and one StopSignal goes out on every output channel.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from procflow.core.enums import OperatorKind
 from procflow.core.signals import StopSignal
 from procflow.runtime.chunking import ChunkSize
 from procflow.runtime.communication.codec import EncodeError
@@ -36,11 +38,13 @@ from procflow.runtime.operators.transforms import (
     ReduceOperator,
     SinkOperator,
 )
+from procflow.runtime.task.steps import NO_INDEX, RecordStep, choose_steps
 
-OPERATORS: dict[str, type[Operator]] = {
-    "batch": SourceOperator, "source": SourceOperator, "map": MapOperator, "filter": FilterOperator,
-    "flatmap": FlatMapOperator, "sink": SinkOperator, "collect": CollectOperator,
-    "reduce": ReduceOperator, "comap": CoMapOperator, "join": JoinOperator,
+OPERATORS: dict[OperatorKind, type[Operator]] = {
+    OperatorKind.BATCH: SourceOperator, OperatorKind.SOURCE: SourceOperator, OperatorKind.MAP: MapOperator,
+    OperatorKind.FILTER: FilterOperator, OperatorKind.FLATMAP: FlatMapOperator, OperatorKind.SINK: SinkOperator,
+    OperatorKind.COLLECT: CollectOperator, OperatorKind.REDUCE: ReduceOperator, OperatorKind.COMAP: CoMapOperator,
+    OperatorKind.JOIN: JoinOperator,
 }
 _IN, _OUT, _BUSY, _WAIT, _BLOCKED, _ERRORS, _STARTED, _FINISHED, _FILL, _CPU = range(len(FIELDS))
 
@@ -72,8 +76,12 @@ class BaseTask:
         self.remaining = 0
         self.last_signal = StopSignal(ctx.name)
         self._on_error = ctx.options.get("on_error", "fail")
+        self._sets_aside = self._on_error != "fail"   # skip / dead_letter: a failing record, not the task
         self._failed: tuple = ()       # (record,) when a record's processing raised
         self._chunk = ChunkSize(self._interval)   # records per `process_many` call
+        # How records reach the operator (steps.py): chosen at open(), once the operator knows its flags.
+        self._unkeyed_step: RecordStep
+        self._keyed_step: RecordStep
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -107,6 +115,7 @@ class BaseTask:
         self.last_signal = StopSignal(ctx.name, "no inputs") if self.remaining == 0 else StopSignal(ctx.name)
         self.stage = "open"
         self.operator.open()
+        self._unkeyed_step, self._keyed_step = choose_steps(self.operator, ctx, self._chunk, time.perf_counter)
 
     def _attach(self) -> None:
         self.ctx.attach()
@@ -130,18 +139,7 @@ class BaseTask:
                 ctx.current_input = item.input_index
                 keys = item.keys
                 ctx.current_key, ctx.current_keyed = None, keys is not None
-                if self.operator.bulk:
-                    self.operator.process_all(item.records)
-                    self.records_in += len(item.records)
-                    if time.perf_counter() - self._last_flush >= self._interval:
-                        self._flush_outputs()
-                elif self._on_error == "fail":
-                    if keys is None and self.operator.chunked:
-                        self._process_chunks(item.records)
-                    else:
-                        self._process_records(item.records, keys)
-                else:
-                    self._process_records_guarded(item.records, keys)
+                self._process_records(item.records, keys)
             else:
                 self.remaining -= 1
                 self.last_signal = item.signal
@@ -149,76 +147,30 @@ class BaseTask:
         ctx.current_key, ctx.current_keyed = None, False
 
     def _process_records(self, records: list, keys: list | None) -> None:
-        """The hot loop: one call into the operator per record, a clock read to flush on time."""
-        ctx = self.ctx
-        process = self.operator.process
-        perf = time.perf_counter
+        """The records of one batch, step by step (steps.py), with the bookkeeping every step shares:
+        the in-count, the flush when due, and a failing record reported (on_error="fail") or set aside."""
+        step = self._unkeyed_step if keys is None else self._keyed_step
+        clock = time.perf_counter
         interval = self._interval
-        done = self.records_in
-        due = self._last_flush + interval
-        i = 0
-        try:
-            if keys is None:
-                for i, record in enumerate(records):
-                    process(record)
-                    if perf() >= due:
-                        self.records_in = done + i + 1
-                        self._flush_outputs()
-                        due = self._last_flush + interval
-            else:
-                for i, record in enumerate(records):
-                    ctx.current_key = keys[i]
-                    process(record)
-                    if perf() >= due:
-                        self.records_in = done + i + 1
-                        self._flush_outputs()
-                        due = self._last_flush + interval
-        except BaseException:
-            self.records_in = done + i + 1
-            self._failed = (records[i],)
-            raise
-        self.records_in = done + len(records)
-
-    def _process_chunks(self, records: list) -> None:
-        """Unkeyed records through a chunked operator: one call per chunk (sized by `ChunkSize`) instead
-        of one per record, and a flush check per chunk."""
-        process_many = self.operator.process_many
-        perf = time.perf_counter
-        interval = self._interval
-        chunk_size = self._chunk
         pos, total = 0, len(records)
         while pos < total:
-            size = chunk_size.size
-            chunk = records if pos == 0 and size >= total else records[pos:pos + size]
-            started = perf()
             try:
-                process_many(chunk)
-            except BaseException:
-                done = self.operator.completed
-                self.records_in += done + 1
-                self._failed = (records[pos + done],)
-                raise
-            pos += len(chunk)
-            self.records_in += len(chunk)
-            now = perf()
-            chunk_size.took(now - started)
-            if now - self._last_flush >= interval:
-                self._flush_outputs()
-
-    def _process_records_guarded(self, records: list, keys: list | None) -> None:
-        """on_error="skip" / "dead_letter": a failing record is set aside and the loop goes on."""
-        ctx = self.ctx
-        process = self.operator.process
-        policy = self._on_error
-        for i, record in enumerate(records):
-            if keys is not None:
-                ctx.current_key = keys[i]
-            self.records_in += 1
-            try:
-                process(record)
-            except Exception as exc:
-                self._record_failed(exc, record, policy)
-            if time.perf_counter() - self._last_flush >= self._interval:
+                end = step.run(records, keys, pos, self._last_flush + interval)
+            except BaseException as exc:
+                failed = step.failed_at
+                if failed == NO_INDEX:
+                    raise
+                self.records_in += failed + 1 - pos
+                # KeyboardInterrupt and the like end the task whatever the policy.
+                if not (self._sets_aside and isinstance(exc, Exception)):
+                    self._failed = (records[failed],)
+                    raise
+                self._record_failed(exc, records[failed], self._on_error)
+                end = failed + 1
+            else:
+                self.records_in += end - pos
+            pos = end
+            if clock() - self._last_flush >= interval:
                 self._flush_outputs()
 
     def _flush_outputs(self) -> None:

@@ -161,7 +161,7 @@ def task_main(ctx: TaskContext, function: Any, driver: DriverLifeline) -> None:
     try:
         become_child(driver)
         step = "setting up its log files"
-        ctx.logger = logger = open_task_logger(ctx.name, ctx.log_dir, ctx.config.get("log_level", "INFO"))
+        ctx.logger = logger = open_task_logger(ctx.name, ctx.log_dir, ctx.config["log_level"])
         # A segfault or abort in native code gives no Python exception to report; faulthandler leaves
         # the stack in a file that the driver attaches to its error (the child's stderr may be anywhere).
         step = "opening its crash log"

@@ -1,0 +1,124 @@
+"""BaseRouter decides once how records leave (one placement per output group), never per record, and
+never by replacing its own methods. Driven with in-memory writers: no processes, no shared memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from procflow.runtime.communication import balance
+from procflow.runtime.communication.balance import CAP_START
+from procflow.runtime.communication.router import BaseRouter, OutputGroup
+from tests.unit.test_router import BatchingWriter, RecordingWriter
+
+
+class BalancingWriter(BatchingWriter):
+    """A channel that reports what its consumer took, as the shm rings do: one a balancer can use."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.taken = 0
+
+    def progress(self):
+        return self.objects_sent, self.taken, self.taken, 0.0
+
+
+def test_route_is_the_class_method_whatever_the_router_chose():
+    """A router with one channel once replaced its own `route` with the channel's `send_object`: the
+    call path in the source was not the one that ran. It chooses a placement instead."""
+    for n, strategy in ((1, "round_robin"), (3, "hash"), (2, "broadcast")):
+        router = BaseRouter([OutputGroup("down", strategy, [BatchingWriter() for _ in range(n)])])
+        assert "route" not in vars(router)
+        assert type(router).route is BaseRouter.route
+
+
+def test_fast_route_is_the_channel_itself_only_where_there_is_nothing_to_choose():
+    one = BatchingWriter()
+    direct = BaseRouter([OutputGroup("down", "round_robin", [one])])
+    assert direct.fast_route == one.send_object
+    spread = BaseRouter([OutputGroup("down", "round_robin", [BatchingWriter(), BatchingWriter()])])
+    assert spread.fast_route == spread.route
+    for route in (direct.route, direct.fast_route, spread.route, spread.fast_route):
+        route("r", None, False)
+    assert (direct.records_out, spread.records_out) == (2, 2) and one.records == ["r", "r"]
+
+
+def test_a_subclass_that_hooks_route_sees_every_record_even_with_one_channel():
+    seen = []
+
+    class Hooked(BaseRouter):
+        def route(self, payload, key, keyed):
+            seen.append(payload)
+            super().route(payload, key, keyed)
+
+    writer = BatchingWriter()
+    router = Hooked([OutputGroup("down", "round_robin", [writer])])
+    assert router.fast_route == router.route and not router.routes_many
+    for x in range(3):
+        router.fast_route(x, None, False)
+    assert seen == writer.records == [0, 1, 2] and router.records_out == 3
+
+
+def test_an_unknown_strategy_is_refused_when_the_router_is_built():
+    """It once went round robin without a word, or failed at the first record of a fan-out."""
+    with pytest.raises(ValueError, match="unknown partitioning strategy 'roundrobin'.*round_robin, hash"):
+        BaseRouter([OutputGroup("down", "roundrobin", [RecordingWriter()])])
+
+
+def test_a_router_without_outputs_counts_what_is_emitted_and_sends_nothing():
+    """A sink's handle_stop_signal may return records: nothing downstream takes them, nothing encodes
+    them (a lambda could not be)."""
+    router = BaseRouter([])
+    router.route(lambda: None, None, False)
+    router.route(1, "k", True)
+    assert router.records_out == 2 and router.blocked_seconds == 0
+
+
+@pytest.mark.parametrize("strategy, keyed", [("round_robin", False), ("hash", True), ("balance", False)])
+def test_arrays_among_records_leave_as_frames_of_their_own_in_the_same_order(strategy, keyed):
+    """One group over channels that batch encoded records only: arrays skip the batch (the receiver
+    gets them as views on ring memory), and keep their place among the others."""
+    writers = [RecordingWriter(), RecordingWriter()]
+    router = BaseRouter([OutputGroup("down", strategy, writers)])
+    sent = [1, np.arange(3), "two", np.ones((2, 2), dtype=np.float32), 3]
+    for i, record in enumerate(sent):
+        router.route(record, "k" if keyed else None, keyed)
+        assert router.records_out == i + 1
+    got = [p.payload for w in writers for p in w.packets]
+    assert len(got) == len(sent)
+    if keyed:   # one key: one channel, in order
+        assert all(isinstance(a, np.ndarray) and np.array_equal(a, b) or a == b
+                   for a, b in zip(writers[0].records + writers[1].records, sent))
+    else:       # round robin: alternate channels
+        assert [type(r) for r in writers[0].records] == [int, str, int]
+        assert all(isinstance(r, np.ndarray) for r in writers[1].records)
+
+
+class SleepClock:
+    """Time that passes only when the balancer sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_a_balanced_group_places_by_room_one_record_or_a_list_at_a_time(monkeypatch):
+    clock = SleepClock()
+    monkeypatch.setattr(balance, "time", clock)
+    busy, idle = BalancingWriter(), BalancingWriter()
+    router = BaseRouter([OutputGroup("down", "balance", [busy, idle])])
+    assert router.routes_many
+    router.route_many(list(range(2 * CAP_START)))    # both rings at their cap
+    busy.flush = lambda: None
+    idle.flush = lambda: setattr(idle, "taken", idle.objects_sent)   # only this consumer takes any
+    router.route("one", None, False)                 # no room: wait (and flush), then the idle ring
+    router.route_many(["a", "b"])
+    assert sorted(busy.records + idle.records[:-3]) == list(range(2 * CAP_START))
+    assert len(busy.records) == CAP_START and idle.records[-3:] == ["one", "a", "b"]
+    assert router.records_out == 2 * CAP_START + 3
+    assert router.blocked_seconds == clock.now > 0   # the balancer's waits count as blocked time
