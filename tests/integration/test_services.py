@@ -211,6 +211,29 @@ def test_call_past_its_timeout_raises_service_timeout_error(backend):
         assert "it ran in the driver for 0.5" in message and "answer was dropped" in message
 
 
+class AsyncTimeoutMap(MapFunction):
+    def execute(self, x):
+        future = self.call_service_async("faulty", 0.5, method="slow", timeout=0.1)
+        try:
+            future.result(timeout=10)
+        except ServiceTimeoutError as exc:
+            late = "timeout", str(exc)
+        else:
+            late = "no timeout", ""
+        # The client stays usable: a later call gets its own answer, not the late one.
+        return late, self.call_service("faulty", 7)
+
+
+def test_async_call_past_its_timeout_resolves_with_service_timeout_error(backend):
+    env = backend.make_env("svc-async-timeout")
+    env.register_service("faulty", Faulty)
+    result = env.from_batch([1]).map(AsyncTimeoutMap).collect()
+    env.submit()
+    [((tag, message), after)] = result.results()
+    assert tag == "timeout" and "'faulty'" in message and "'slow'" in message and "0.1s" in message
+    assert after == 7
+
+
 class UnknownMap(MapFunction):
     def __init__(self, service_name):
         self.service_name = service_name   # computed at run time: the submit check cannot see it

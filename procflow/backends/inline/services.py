@@ -24,6 +24,7 @@ there, and a run repeats exactly):
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -133,7 +134,7 @@ class InlineServiceHost:
         assert self.directory is not None, "prepare() first"
         directory = self.directory
         for replica in directory.replicas:
-            message = replica.setup(lambda ctx=replica.ctx: self._logger(ctx), directory.connect)
+            message = replica.setup(functools.partial(self._logger, replica.ctx), directory.connect)
             self.backend.deliver(message)
             if isinstance(message, Failed):
                 return   # the job has failed: nothing more is started

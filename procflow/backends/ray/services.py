@@ -263,7 +263,10 @@ class RayServiceHost:
 
         backend = self.backend
         ship_by_value(list(self._services.values()), [])
-        remote_cls = ray.remote(concurrency_groups={_CONTROL: 2})(ServiceActor)
+        # ray.remote's typed overloads lack `concurrency_groups` (Ray takes it in the decorator only, not in
+        # .options()), hence the untyped call.
+        make_remote: Any = ray.remote
+        remote_cls = make_remote(concurrency_groups={_CONTROL: 2})(ServiceActor)
         options = {"num_cpus": 0, "scheduling_strategy": "SPREAD",
                    **{k: v for k, v in backend.actor_options.items() if k not in _NOT_FOR_REPLICAS}}
         for name, ctx in self._contexts.items():
