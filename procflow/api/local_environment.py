@@ -44,9 +44,6 @@ class LocalEnvironment(BaseEnvironment):
 
     def _backend(self) -> Backend:
         if self.executor == "inline":
-            if self.services:
-                raise ValueError(f"executor='inline' cannot run services yet (registered: "
-                                 f"{sorted(self.services)}); use executor='process'")
             # Runs the job to its end inside submit(), then returns it finished (or failed: wait() raises).
             return InlineBackend()
         return LocalBackend(self.task_factory)

@@ -5,8 +5,9 @@
                ─► the Dispatcher on a RayBackend: one TaskActor per task, `ray` channels between them ─► Job
       close()  ─► stops the job; shuts Ray down only if this environment started it
 
-Operators, routing (stable hashing included), the stop protocol and user functions are the runtime's
-own code; only the task factory (actors) and the channel kind (batched actor calls) differ. `ray` is
+Operators, routing (stable hashing included), the stop protocol, services (a Ray actor per replica) and
+user functions are the runtime's own code; only the task factory (actors) and the channel kind (batched
+actor calls) differ. `ray` is
 imported only under procflow/backends/ray, and only once a job is submitted.
 """
 
@@ -56,12 +57,6 @@ class RayEnvironment(BaseEnvironment):
         self.namespace = f"procflow-{name}"
         self._started_ray = False
         self._ray_backend: RayBackend | None = None   # the last job's (task_placement asks it)
-
-    def register_service(self, name: str, service_class: Any, *args: Any, parallelism: int = 1,
-                         **kwargs: Any) -> None:
-        raise NotImplementedError(
-            "services are not available on the Ray backend yet; call the service's code from the function "
-            "itself (create the client in open()), or use LocalEnvironment")
 
     def _backend(self) -> Backend:
         from procflow.backends.ray import session

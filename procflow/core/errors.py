@@ -77,6 +77,11 @@ class UnknownServiceError(ServiceError, LookupError):
     """No service, or no method, of that name."""
 
 
+class ServiceUnavailableError(ServiceError):
+    """The replica that was to answer is gone (its actor died). The job fails naming the replica: the
+    Dispatcher gives the replica's own death a moment to arrive before this caller's report."""
+
+
 class ChannelError(ProcflowError):
     pass
 

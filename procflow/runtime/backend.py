@@ -13,7 +13,7 @@ fixed order. A backend supplies only its own parts, called in this order:
                ─ per edge ────────►  edge(inbox, edge)               ring slot      deque slot    credits
                ─ per task ────────►  control_channel(task)           pipe writer    direct call   (actor's)
                                      context_class                   TaskContext    TaskContext   RayTaskContext
-               ─ with services ───►  service_host()                  LocalServiceHost  None       None
+               ─ with services ───►  service_host()                  LocalServiceHost  Inline..   RayServiceHost
     start()    ───────────────────►  start(tasks, before)            fork (masked)  InlineTasks   actors
     monitor    ─ loop ────────────►  wait(timeout) -> [message | Exited]  pipes+sentinels  runs steps  ray.wait
                ─ all ready ───────►  release_sources()
@@ -54,12 +54,14 @@ asks `Backend.service_host()` for a `ServiceHost`, which does what differs:
     read_counters() -> rows                    per replica: METRIC_FIELDS (calls, errors, busy_s)
     pids() -> {replica: pid}
 
-A local host runs each replica as a process with request/response rings (backends/local/services.py).
-An `InlineServiceHost` can build the service objects in the driver and give a directory whose clients
-call them directly (ServiceReady at once; request_stop runs stop()/cleanup()); a `RayServiceHost` can run
-each replica as an actor and give clients that call it with `.remote()` (its ServiceReady/Stopped arrive
-in the backend's `ray.wait` loop like a task actor's). Until then both backends return None and their
-environments refuse services with a clear error.
+Every backend has one: a local host runs each replica as a process with request/response rings
+(backends/local/services.py); the `InlineServiceHost` builds the service objects in the driver and gives
+a directory whose clients call them directly (ServiceReady at once; request_stop runs stop()/cleanup();
+backends/inline/services.py); the `RayServiceHost` runs each replica as a named actor and gives clients
+that call it with `.remote()` (its ServiceReady/Stopped arrive in the backend's `ray.wait` loop like a
+task actor's; backends/ray/services.py). What their clients share (the checks, round robin, the errors)
+is runtime/service/calls.py; how inline and Ray replicas run their hooks and count, hosted.py. A backend
+whose `service_host()` returns None runs no services: the Dispatcher refuses them by name.
 """
 
 from __future__ import annotations

@@ -53,9 +53,11 @@ from procflow.runtime.private_files import make_job_dir
 from procflow.runtime.service.manager import ServiceManager
 from procflow.runtime.stall_watch import StallWatch
 
-# A task's Failed report whose error is this type says only that its consumer went away; where the
-# backend gives a grace period, the consumer's own death (which names the real culprit) may win.
+# A task's Failed report whose error is one of these types says only that its consumer (or the service
+# replica it called) went away; where the backend gives a grace period, the peer's own death (which names
+# the real culprit) may win.
 BROKEN_CHANNEL = "BrokenChannelError"
+BROKEN_PEER = (BROKEN_CHANNEL, "ServiceUnavailableError")
 
 
 def new_job_id() -> str:
@@ -258,9 +260,9 @@ class Dispatcher(JobMonitor):
     def _on_failed(self, msg: Failed) -> None:
         error = job_error(msg.report, self.backend.failure_hint(msg.report), msg.cause)
         grace = self.backend.broken_channel_grace
-        if grace and msg.report.error_type == BROKEN_CHANNEL:
-            # A producer noticed that its consumer died; the consumer's own death names the real
-            # culprit, so give it a moment to arrive first.
+        if grace and msg.report.error_type in BROKEN_PEER:
+            # A producer noticed that its consumer died (or a caller that its service replica did); the
+            # peer's own death names the real culprit, so give it a moment to arrive first.
             if self._broken is None:
                 self._broken = (time.monotonic() + grace, error)
         else:

@@ -30,9 +30,8 @@ total order, empty and None-carrying sources (test_exactly_once); collect placem
 word count (test_extension_points); bytes-like records; a second submit. Not on Ray: the hypothesis
 searches, the tables of bad values, and print() (it goes to the actor's log there).
 
-`@pytest.mark.services` marks a test that registers services: services exist only on the local backend
-so far, so its inline and Ray runs are strict xfails (issue 17): they fail the moment services work
-there, and whoever makes them work removes the mark's effect in `SERVICE_BACKENDS`.
+Services run on every backend (issue 17): test_services.py runs on all four, and asserts where a
+backend genuinely differs (inline: calls run in the driver's thread, one at a time; see its docstring).
 
 `@pytest.mark.xfail_on(name, reason)` marks a known defect of one backend that a conformance test found:
 a strict xfail of that run, so the fix turns it into a failure that asks for the mark's removal.
@@ -87,17 +86,12 @@ NO_RAY = (*LOCAL, "inline")
 # whole job inside submit() (test_inline.py pins that), so an unbounded source never returns there.
 CONCURRENT = (*LOCAL, "ray")
 ALL_LOCAL = (*LOCAL, *SPAWN)
-# The backends that run services today; the others' service runs are strict xfails (see module docstring).
-SERVICE_BACKENDS = (*ALL_LOCAL,)
-SERVICES_PENDING = "services on inline and Ray: issue 17, next step"
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "backends(*names): run a `backend` test on these backends only "
                                        f"(names: {', '.join(SPECS)}); default {', '.join(CORE)}")
-    config.addinivalue_line("markers", "services: a `backend` test that registers services (strict xfail "
-                                       "on the backends that have none yet)")
     config.addinivalue_line("markers", "xfail_on(name, reason): a known defect of one backend, found by a "
                                        "conformance test: a strict xfail of that backend's run")
 
@@ -111,15 +105,12 @@ def pytest_generate_tests(metafunc):
     if unknown:
         raise ValueError(f"{metafunc.definition.nodeid}: unknown backend(s) {sorted(unknown)}; "
                          f"the backends are {list(SPECS)}")
-    uses_services = metafunc.definition.get_closest_marker("services") is not None
     known_defects = {m.args[0]: m.args[1] for m in metafunc.definition.iter_markers("xfail_on")}
     params = []
     for name in names:
         marks: list[Any] = []
         if SPECS[name].kind is Kind.RAY:
             marks += [pytest.mark.ray, pytest.mark.skipif(not HAVE_RAY, reason="ray is not installed")]
-        if uses_services and name not in SERVICE_BACKENDS:
-            marks.append(pytest.mark.xfail(strict=True, reason=SERVICES_PENDING))
         if name in known_defects:
             marks.append(pytest.mark.xfail(strict=True, reason=known_defects[name]))
         params.append(pytest.param(name, id=name, marks=marks))

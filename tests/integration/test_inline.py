@@ -8,10 +8,12 @@ others that take the `backend` fixture).
 from __future__ import annotations
 
 import os
+import threading
+import traceback
 
 import pytest
 
-from procflow import BatchFunction, JobFailedError, LocalEnvironment, MapFunction
+from procflow import BaseService, BatchFunction, JobFailedError, LocalEnvironment, MapFunction
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -92,17 +94,45 @@ def test_executor_errors_name_what_is_wrong():
 
     with pytest.raises(ValueError, match="task_factory= and executor='inline'"):
         LocalEnvironment("x", executor="inline", task_factory=ProcessFactory())
-    from procflow import BaseService
 
-    class Echo(BaseService):
-        def process(self, x):
-            return x
 
-    with LocalEnvironment("x", executor="inline") as env:
-        env.register_service("echo", Echo)
+class WhereService(BaseService):
+    def process(self, x):
+        return os.getpid(), threading.get_ident()
+
+
+class AsksWhere(MapFunction):
+    def execute(self, x):
+        future = self.call_service_async("where", x)
+        return future.done(), self.call_service("where", x)
+
+
+def test_inline_services_run_in_the_driver_thread(env_dir):
+    """Issue 17: inline, a replica is an object in the driver, called in the calling task's thread (so a
+    breakpoint in a service stops the job there); an async call is resolved before it returns."""
+    with LocalEnvironment("svc", executor="inline", env_dir=env_dir) as env:
+        env.register_service("where", WhereService, parallelism=2)
+        result = env.from_batch([1, 2]).map(AsksWhere).collect()
+        env.submit()
+    assert result.results() == [(True, (os.getpid(), threading.get_ident()))] * 2
+
+
+class BrokenSetup(BaseService):
+    def setup(self):
+        raise RuntimeError("model file missing")
+
+
+def test_inline_service_failure_chains_the_live_exception(env_dir):
+    """As for an inline task: pdb.post_mortem() on the job's error lands in the service's own frame."""
+    with LocalEnvironment("svc", executor="inline", env_dir=env_dir) as env:
+        env.register_service("broken", BrokenSetup)
         env.from_batch([1]).collect()
-        with pytest.raises(ValueError, match=r"executor='inline' cannot run services.*\['echo'\]"):
+        with pytest.raises(JobFailedError) as info:
             env.submit()
+    assert info.value.task == "broken[0]"
+    cause = info.value.__cause__
+    assert isinstance(cause, RuntimeError) and str(cause) == "model file missing"
+    assert cause.__traceback__ is not None and "setup" in [f.name for f in traceback.extract_tb(cause.__traceback__)]
 
 
 def test_inline_jobs_are_run_by_the_same_dispatcher(env_dir):

@@ -13,7 +13,9 @@ import os
 import numpy as np
 import pytest
 
-from procflow import JobFailedError, RayEnvironment, SourceFunction
+from procflow import BaseService, JobFailedError, MapFunction, RayEnvironment, SourceFunction
+
+from .conftest import wait_for
 
 ray = pytest.importorskip("ray")
 
@@ -62,10 +64,38 @@ def test_dead_actor_fails_the_job(ray_instance, env_dir):
     assert "died" in str(info.value)
 
 
+class ActorName(BaseService):
+    def process(self, x):
+        return ray.get_runtime_context().get_actor_name()
+
+
+class AsksActor(MapFunction):
+    def execute(self, x):
+        return self.call_service("named", x)
+
+
 @pytest.mark.ray
-def test_register_service_is_not_there_yet(env_dir):
-    with pytest.raises(NotImplementedError, match="Ray backend"):
-        RayEnvironment("svc", env_dir=env_dir).register_service("s", object)
+@pytest.mark.timeout(60)
+def test_service_replicas_are_named_actors_of_the_job_killed_at_cleanup(ray_instance, env_dir):
+    """Issue 17: each replica is an actor named like the job's task actors, in the job's namespace, and
+    none outlives the job."""
+    with RayEnvironment("svc", env_dir=env_dir) as env:
+        env.register_service("named", ActorName, parallelism=2)
+        result = env.from_batch(range(4)).map(AsksActor, parallelism=2).collect()
+        job = env.submit()
+        names = {f"procflow-{job.job_id}-named[{i}]" for i in range(2)}
+        assert set(result.results()) == names
+        assert job.service_metrics["named"]["calls"] == 4
+
+        def gone(name):
+            try:
+                ray.get_actor(name, namespace=env.namespace)
+            except ValueError:
+                return True
+            return False
+
+        for name in names:
+            wait_for(lambda name=name: gone(name), timeout=20, what=f"actor {name} to be gone")
 
 
 @pytest.mark.ray

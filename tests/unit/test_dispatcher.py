@@ -17,7 +17,7 @@ from procflow.core.enums import ControlRequest, JobStatus
 from procflow.core.errors import JobFailedError
 from procflow.runtime.backend import Backend, Exited, JobSetup, TaskStart
 from procflow.runtime.context.task_context import TaskContext
-from procflow.runtime.control import DeadLetter, ErrorReport, Failed, Ready, Results, Stopped
+from procflow.runtime.control import DeadLetter, ErrorReport, Failed, Ready, Results, ServiceReady, Stopped
 from procflow.runtime.dispatcher import Dispatcher
 from procflow.runtime.job_control import FIELDS
 
@@ -250,6 +250,62 @@ def test_a_backend_without_a_service_host_refuses_services_by_name(env_dir):
         dispatcher.prepare()
     dispatcher.cleanup()
     dispatcher.close_log()
+
+
+class OneReplicaHost:
+    """A ServiceHost of one replica whose life is told by the script (what a Ray host reports)."""
+
+    def prepare(self, specs: Any, replicas: Any, callers: list[str]) -> str:
+        return "directory"
+
+    def start(self) -> None:
+        pass
+
+    def request_stop(self) -> None:
+        pass
+
+    def wait_stopping(self, timeout: float) -> list[Any]:
+        return [Exited("echo[0]")]
+
+    def terminate(self, deadline: float, grace: float) -> None:
+        pass
+
+    def read_counters(self) -> np.ndarray:
+        return np.zeros((1, 3))
+
+    def pids(self) -> dict[str, int | None]:
+        return {}
+
+
+def test_a_callers_lost_replica_waits_for_the_replicas_own_death_to_name_it(env_dir):
+    """Issue 17: on Ray, a caller whose replica's actor died raises ServiceUnavailableError, and its task
+    fails, usually before the replica's death arrives. Like a broken channel, that report waits the
+    backend's grace, so that the job fails naming the replica (with the pid of its ServiceReady)."""
+    from procflow import BaseService
+
+    class Echo(BaseService):
+        def process(self, x: Any) -> Any:
+            return x
+
+    class WithServices(ScriptedBackend):
+        broken_channel_grace = 30.0
+
+        def service_host(self) -> Any:
+            return OneReplicaHost()
+
+    report = ErrorReport("map_0", 7, "map", "1", "ServiceUnavailableError", "replica 0 died", "tb")
+    env = LocalEnvironment("scripted", env_dir=env_dir)
+    env.register_service("echo", Echo)
+    env.from_batch([1]).map(lambda r: r).sink(lambda r: None)
+    backend = WithServices(lambda b: [ready_all(b) + [ServiceReady("echo[0]", 99)], [Failed(report)],
+                                      [Exited("echo[0]", cause="the actor died")]])
+    dispatcher = Dispatcher(env.compile(), config=env.config, env_dir=env.env_dir, backend=backend,
+                            collectors={}, services=env.services)
+    dispatcher.prepare()
+    dispatcher.start()
+    failure = dispatcher.manager.failure
+    assert failure is not None and failure.task == "echo[0]"
+    assert "service replica echo[0] (pid 99) died: the actor died" in str(failure)
 
 
 @pytest.mark.parametrize("request_, status", [(ControlRequest.STOP, JobStatus.STOPPED),

@@ -4,7 +4,9 @@ The one Dispatcher runs the job (contexts, messages, failure report, cleanup); t
 in-process parts, and runs the tasks inside its `wait()`, in the caller's thread (no monitor thread):
 
     make_inbox  one in-process inbox (a deque) per consuming task
-    start()     one InlineTask (a BaseTask driven step by step) per node; nothing runs yet
+    start()     services first (services.py: each replica's setup() in the driver, its ServiceReady by
+                direct call); then one InlineTask (a BaseTask driven step by step) per node; nothing
+                runs yet
     wait() #1   open every task (in graph order, which is topological); each reports Ready
     wait() #2   (the sources are released) for each source task, in order:
                     run its operator; every `chunk` records its router flushes and the scheduler pumps:
@@ -47,6 +49,7 @@ from procflow.runtime.task.base_task import BaseTask
 from procflow.runtime.task.entry import close_logger, open_task_logger
 
 from .channel import InlineInbox
+from .services import InlineServiceHost
 
 DEFAULT_CHUNK = 1024   # records a source emits between two pumps of the downstream tasks
 
@@ -217,8 +220,8 @@ class InlineBackend:
     def job_segment(self) -> str:
         return ""
 
-    def service_host(self) -> None:
-        return None   # inline services are the next step (runtime/backend.py: InlineServiceHost)
+    def service_host(self) -> InlineServiceHost:
+        return InlineServiceHost(self)   # replicas are objects in the driver (services.py)
 
     def stall_probes(self) -> dict[str, Any]:
         return {}

@@ -25,7 +25,8 @@ from procflow.core.service import ServiceSpec
 from procflow.runtime.backend import Exited
 from procflow.runtime.communication import ring as ringmod
 from procflow.runtime.communication.shm import SharedSegment
-from procflow.runtime.service.client import ServiceDirectory, ServiceInfo
+from procflow.runtime.service.calls import service_infos
+from procflow.runtime.service.client import ServiceDirectory
 from procflow.runtime.service.replica import METRIC_FIELDS, ServiceContext, public_methods, service_main
 from procflow.runtime.service.rings import CallRingWriter, call_inbox_size
 
@@ -73,11 +74,7 @@ class LocalServiceHost:
                 callers: list[str]) -> ServiceDirectory:
         job = self.backend.job
         assert job is not None, "open_job() first"
-        infos: dict[str, ServiceInfo] = {}
-        for service, index in replicas.values():
-            if service not in infos:
-                spec = specs[service]
-                infos[service] = ServiceInfo(service, index, spec.parallelism, public_methods(spec.service_class))
+        infos = service_infos(specs, replicas, public_methods)
         self._n_replicas = len(replicas)
         n_tasks = len(callers) - len(replicas)
         n_callers = len(callers) + 1  # the driver's ring is the last one of each request inbox

@@ -1,11 +1,11 @@
 """RayBackend: one Ray actor per task (the Backend of RayEnvironment); the one Dispatcher runs the job.
 
     make_inbox()   `ray` descriptors naming the consuming task's actor; edges carry credits
-    start()        ship user modules by value; create every TaskActor (named, in the job's namespace),
-                   then run.remote(peers) on each
-    wait()         one outstanding poll.remote() per task; blocks in ray.wait(polls, timeout) and returns
-                   each actor's control messages; a poll raising RayActorError (the actor died) or a
-                   closed outbox becomes an Exited event
+    start()        services first (services.py: one ServiceActor per replica); ship user modules by value;
+                   create every TaskActor (named, in the job's namespace), then run.remote(peers) on each
+    wait()         one outstanding poll.remote() per task and service replica (`watch`); blocks in
+                   ray.wait(polls, timeout) and returns each actor's control messages; a poll raising
+                   RayActorError (the actor died) or a closed outbox becomes an Exited event
     release_sources / request_stop   release.remote() / request_stop.remote() on every actor
     stop_tasks()   wait (bounded) for run() to return, so that the actors close their logs
     close_job_control()   ray.kill every actor of the job (the live counters went with the view)
@@ -27,6 +27,7 @@ from ray.exceptions import RayActorError, RayError
 
 from procflow.backends.ray.actor import RayTaskContext, TaskActor, unpack
 from procflow.backends.ray.channel import RayInbox
+from procflow.backends.ray.services import RayServiceHost
 from procflow.core.errors import JobFailedError
 from procflow.runtime.backend import Exited, JobSetup, TaskStart
 from procflow.runtime.control import ErrorReport
@@ -37,7 +38,7 @@ _REQUEST_S = 0.1    # how often the monitor looks at stop/kill requests between 
 _BROKEN_GRACE_S = 3.0   # how long a "consumer died" report waits for the consumer's own death to show
 
 
-def _ship_by_value(functions: Any, contexts: Any) -> None:
+def ship_by_value(functions: Any, contexts: Any) -> None:
     """Ship user modules that live outside site-packages by value (cloudpickle), not by name.
 
     Ray pickles module-level functions and classes by reference, so a worker must be able to import the
@@ -125,7 +126,9 @@ class RayBackend:
         self.placement: dict[str, tuple[str, int]] = {}   # task -> (node id, pid), filled by locate()
         self._runs: dict[str, Any] = {}
         self._where: dict[str, Any] = {}
-        self._polls: dict[Any, str] | None = None
+        self._watched: dict[str, Any] = {}   # task or service replica -> the actor whose outbox is polled
+        self._polls: dict[Any, str] = {}     # outstanding poll.remote() -> its task or replica
+        self.ended: set[str] = set()         # tasks and replicas whose outbox closed or whose actor died
 
     def actor_name(self, task: str) -> str:
         assert self.job is not None
@@ -160,8 +163,8 @@ class RayBackend:
     def job_segment(self) -> str:
         return ""
 
-    def service_host(self) -> None:
-        return None   # services on Ray are the next step (runtime/backend.py: RayServiceHost)
+    def service_host(self) -> RayServiceHost:
+        return RayServiceHost(self)   # a Ray actor per replica (services.py)
 
     def stall_probes(self) -> dict[str, Any]:
         return {}
@@ -171,7 +174,7 @@ class RayBackend:
     def start(self, tasks: Mapping[str, TaskStart], before: Callable[[], None]) -> dict[str, Any]:
         assert self.job is not None
         before()
-        _ship_by_value([t.function for t in tasks.values()], [t.ctx for t in tasks.values()])
+        ship_by_value([t.function for t in tasks.values()], [t.ctx for t in tasks.values()])
         options = {"num_cpus": 0, "max_concurrency": 8, "scheduling_strategy": "SPREAD",
                    **self.actor_options}
         remote_cls = ray.remote(TaskActor)
@@ -184,18 +187,31 @@ class RayBackend:
                      for g in graph.nodes[name].out_groups for e in g.edges if e.dst in self.actors}
             self._runs[name] = self.actors[name].run.remote(peers)
             self._where[name] = self.actors[name].where.remote()
+            self.watch(name, self.actors[name])
         return {name: _ActorHandle() for name in tasks}
 
     def wake(self) -> None:
         pass   # wait() returns at least every _REQUEST_S, when the Dispatcher looks at requests
 
+    def watch(self, name: str, actor: Any) -> None:
+        """Long-poll `actor`'s control outbox (a task's, or a service replica's) from now on."""
+        self._watched[name] = actor
+        self._polls[actor.poll.remote(_POLL_S)] = name
+
     def wait(self, timeout: float | None) -> list[Any]:
-        if self._polls is None:
-            self._polls = {actor.poll.remote(_POLL_S): name for name, actor in self.actors.items()}
-        polls = self._polls
-        if not polls:   # every outbox closed: each one's Exited has been returned already
+        if not any(name in self.actors for name in self._polls.values()):
+            # Every task's outbox closed: each one's Exited has been returned already.
             raise JobFailedError("every task actor ended, yet the job did not finish")
         wait_s = _REQUEST_S if timeout is None else min(timeout, _REQUEST_S)
+        return self._gather(self._polls, wait_s)
+
+    def wait_for(self, names: set[str], timeout: float) -> list[Any]:
+        """The messages and exits of these tasks or replicas only (the service host, while stopping)."""
+        return self._gather({ref: name for ref, name in self._polls.items() if name in names}, timeout)
+
+    def _gather(self, polls: dict[Any, str], wait_s: float) -> list[Any]:
+        if not polls:
+            return []
         ready, _ = ray.wait(list(polls), num_returns=1, timeout=wait_s)
         if ready:
             more, _ = ray.wait([r for r in polls if r not in ready], num_returns=len(polls) - len(ready),
@@ -203,17 +219,19 @@ class RayBackend:
             ready += more
         events: list[Any] = []
         for ref in ready:
-            name = polls.pop(ref)
+            name = self._polls.pop(ref)
             try:
                 messages, closed = ray.get(ref)
             except RayActorError as exc:
+                self.ended.add(name)
                 events.append(Exited(name, cause=exc))
                 continue
             events += unpack(messages)
             if closed:
+                self.ended.add(name)
                 events.append(Exited(name))
             else:
-                polls[self.actors[name].poll.remote(_POLL_S)] = name
+                self._polls[self._watched[name].poll.remote(_POLL_S)] = name
         return events
 
     def release_sources(self) -> None:

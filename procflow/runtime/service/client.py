@@ -38,19 +38,25 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
-from procflow.core.errors import (
-    EncodeError,
-    RemoteTraceback,
-    ServiceError,
-    ServiceTimeoutError,
-    UnknownServiceError,
-)
+from procflow.core.errors import EncodeError, ServiceError, ServiceTimeoutError
 from procflow.runtime.communication import ring as ringmod
 from procflow.runtime.communication.shm import SharedSegment
+from procflow.runtime.service.calls import (
+    ERROR,
+    NO_METHOD,
+    OK,
+    ReplicaTurns,
+    ServiceInfo,
+    abandoned_error,
+    answer_error,
+    check_call,
+    timeout_error,
+)
 from procflow.runtime.service.rings import CallRingReader, CallRingWriter, asleep_word
 from procflow.runtime.service.waiting import Waiter
 
-OK, ERROR, NO_METHOD = 0, 1, 2           # statuses of an answer frame
+__all__ = ["ERROR", "NO_METHOD", "OK", "ServiceClient", "ServiceDirectory", "ServiceInfo", "dumps", "loads"]
+
 _TIMEOUT, _ABANDONED = -1, -2           # ...and of a call that got none
 _NEVER = float("inf")
 
@@ -70,14 +76,6 @@ def dumps(obj: Any) -> bytes:
 def loads(body: Any) -> Any:
     """Decode a frame body; copies out of the ring, so nothing keeps a reference into it."""
     return pickle.loads(body)
-
-
-@dataclass(frozen=True)
-class ServiceInfo:
-    name: str
-    first: int            # global index of replica 0
-    parallelism: int
-    methods: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -133,7 +131,7 @@ class ServiceClient:
         self._writers: dict[int, CallRingWriter] = {}
         self._send_locks = [threading.Lock() for _ in range(directory.n_replicas)]
         self._open_lock = threading.Lock()
-        self._turns = {name: itertools.count(caller) for name in directory.services}
+        self._turns = ReplicaTurns(directory.services, caller)
         self._ids = itertools.count(1)
         self._pending: dict[int, _Call] = {}
         self._nearest = _NEVER      # no pending deadline is earlier (may be stale-early, never late)
@@ -177,28 +175,10 @@ class ServiceClient:
         assert fut is not None   # only a sync call can go without a Future (when its thread reads)
         return fut
 
-    def _lookup(self, name: str, method: str) -> ServiceInfo:
-        if self._closed:
-            raise ServiceError(f"the service client of {self._caller_name} is closed; services can be "
-                               "called only while the task runs (open, execute, close)", service=name)
-        info = self._dir.services.get(name)
-        if info is None:
-            raise UnknownServiceError(
-                f"no service named {name!r}; registered services: {sorted(self._dir.services)}. "
-                f"Register it with env.register_service({name!r}, ServiceClass) before submit().",
-                service=name)
-        if method not in info.methods:
-            raise UnknownServiceError(
-                f"service {name!r} has no method {method!r}; its methods: {list(info.methods)}",
-                service=name)
-        return info
-
     def _submit(self, name: str, method: str, args: tuple, kwargs: dict, timeout: float,
                 sync: bool) -> tuple[int, _Call, bool]:
-        info = self._lookup(name, method)
-        if timeout is None or timeout <= 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        replica = info.first + next(self._turns[name]) % info.parallelism
+        info = check_call(self._dir.services, name, method, timeout, self._caller_name, self._closed)
+        replica = self._turns.pick(info)
         cid = next(self._ids)
         data = dumps((cid, method, args if type(args) is tuple else tuple(args),
                       kwargs if type(kwargs) is dict else dict(kwargs)))
@@ -368,29 +348,15 @@ class ServiceClient:
                 f"{self._dir.response_inboxes[self._caller]}#{call.replica}")
 
     def _timeout_error(self, call: _Call) -> ServiceTimeoutError:
-        replica = call.replica - self._dir.services[call.service].first
-        return ServiceTimeoutError(
-            f"call to service {call.service!r} method {call.method!r} (replica {replica}) from "
-            f"{self._caller_name} got no answer within {call.timeout:g}s; it waited on the "
-            f"{self._queue_names(call)}. The service may be busy or stuck: see its "
-            f"{call.service}_debug.log, or pass a larger timeout=", service=call.service)
+        return timeout_error(self._dir.services[call.service], call.method, call.replica, self._caller_name,
+                             call.timeout, f"it waited on the {self._queue_names(call)}")
 
     def _error(self, call: _Call, status: int, value: Any) -> ServiceError:
         if status == _TIMEOUT:
             return self._timeout_error(call)
         if status == _ABANDONED:
-            return ServiceError(f"call to service {call.service!r} abandoned: {self._caller_name} closed its "
-                                "service client before the answer came", service=call.service)
-        return self._remote_error(call, status, value)
-
-    def _remote_error(self, call: _Call, status: int, value: Any) -> ServiceError:
-        if status == NO_METHOD:
-            return UnknownServiceError(value, service=call.service)
-        error_type, message, tb, where = value
-        err = ServiceError(f"service {call.service!r} ({where}) raised {error_type} in {call.method}(): "
-                           f"{message}", service=call.service, remote_traceback=tb, error_type=error_type)
-        err.__cause__ = RemoteTraceback(tb)
-        return err
+            return abandoned_error(call.service, self._caller_name)
+        return answer_error(call.service, call.method, status, value)
 
     # -- closing -----------------------------------------------------------------------------------
 

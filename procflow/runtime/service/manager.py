@@ -51,6 +51,7 @@ class ServiceManager:
         self.directory: Any = None
         self._replica_of: dict[str, tuple[str, int]] = {}   # replica name -> (service, global index)
         self._ready: set[str] = set()
+        self._ready_pids: dict[str, int] = {}   # from ServiceReady: where the host cannot tell (Ray)
         self._stopped: dict[str, dict] = {}
         self._final: np.ndarray | None = None
         self._stopping = False
@@ -81,6 +82,7 @@ class ServiceManager:
     def on_message(self, msg: ServiceReady | ServiceStopped) -> None:
         if isinstance(msg, ServiceReady):
             self._ready.add(msg.replica)
+            self._ready_pids[msg.replica] = msg.pid
             log.info("service replica %s ready (pid %s)", msg.replica, msg.pid)
         else:
             self._stopped[msg.replica] = msg.metrics
@@ -94,10 +96,19 @@ class ServiceManager:
         name = exited.task
         if name in self._stopped or self._stopping or self.owner.manager.failure is not None:
             return
-        pid = self.host.pids().get(name)
+        pid = self.pids().get(name)
+        if exited.exitcode is None and exited.cause is not None:
+            how = f"died: {exited.cause}"   # no exit status to read (a Ray actor): what the backend knows
+        else:
+            how = describe_exit(exited.exitcode)
         self.owner.fail(JobFailedError(
-            f"service replica {name} (pid {pid}) {describe_exit(exited.exitcode)}; the job was "
-            "stopped and every task ended", task=name, exitcode=exited.exitcode))
+            f"service replica {name} (pid {pid}) {how}; the job was stopped and every task ended", task=name,
+            exitcode=exited.exitcode))
+
+    def pids(self) -> dict[str, int | None]:
+        """replica -> pid: the host's, else the one its ServiceReady gave."""
+        host = self.host.pids()
+        return {name: host.get(name) or self._ready_pids.get(name) for name in self._replica_of}
 
     # -- stopping ----------------------------------------------------------------------------------
 
@@ -128,7 +139,7 @@ class ServiceManager:
     def metrics(self) -> dict[str, dict]:
         """Per service: replicas, calls served, errors, seconds busy (summed), and the same per replica."""
         rows = self._final if self._final is not None else self.host.read_counters()
-        pids = self.host.pids()
+        pids = self.pids()
         out: dict[str, dict] = {}
         for name, (service, index) in self._replica_of.items():
             counts = dict(zip(METRIC_FIELDS, map(float, rows[index]))) if index < len(rows) else {}
