@@ -52,7 +52,7 @@ class BaseEnvironment:
     _defers_interrupts_while_starting = False
 
     def __init__(self, name: str = "procflow", config: dict[str, Any] | None = None, *,
-                 env_dir: str | os.PathLike | None = None, start_method: str = "fork") -> None:
+                 env_dir: str | os.PathLike[str] | None = None, start_method: str = "fork") -> None:
         if not isinstance(name, str) or not name:
             raise ValueError("environment name must be a non-empty string")
         settings = Config.from_mapping(config)   # unknown keys and bad values fail here, before any process
@@ -66,7 +66,7 @@ class BaseEnvironment:
         self.start_method = start_method
         self._transformations: list[Transformation] = []
         self._names: set[str] = set()
-        self._collectors: dict[str, CollectResult] = {}
+        self._collectors: dict[str, CollectResult[Any]] = {}
         self.services: dict[str, ServiceSpec] = {}
         self.job: Any = None
 
@@ -111,7 +111,7 @@ class BaseEnvironment:
         check_parallelism(parallelism, f"service {name!r}")
         self.services[name] = ServiceSpec(name, service_class, tuple(args), dict(kwargs), parallelism)
 
-    def _add(self, kind: OperatorKind, base: type, fn: Any, args: tuple, kwargs: dict, *,
+    def _add(self, kind: OperatorKind, base: type, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *,
              inputs: list[Input]) -> Transformation:
         if self.job is not None and getattr(self.job, "running", False):
             raise RuntimeError("cannot add operators while a job is running")

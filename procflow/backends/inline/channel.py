@@ -76,7 +76,7 @@ class InlineChannelWriter(ChannelWriter):
         if keyed is not self._batch_keyed:
             self._write_batch()
             self._batch_keyed = keyed
-        if keyed:
+        if key_packed is not None:
             self._batch += key_packed
         self._batch += packed
         if len(self._batch) >= self._batch_bytes:

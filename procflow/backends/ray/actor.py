@@ -123,6 +123,9 @@ class TaskActor:
     # -- called by producers and the driver while run() is running ---------------------------------
 
     def push(self, slot: int, seq: int, frames: list) -> None:
+        if self.gate is None:   # a source: no edge leads here, so a push means the wiring is wrong
+            raise RuntimeError(f"task {self.ctx.name} has no inputs, yet a producer pushed records to it "
+                               f"(input slot {slot}); this is a procflow bug, please report it")
         self.gate.push(slot, seq, frames)
 
     def poll(self, timeout: float) -> tuple[list, bool]:

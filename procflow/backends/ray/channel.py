@@ -120,7 +120,7 @@ class RayChannelWriter(ChannelWriter):
         if keyed is not self._buf_keyed:
             self._close_records()
             self._buf_keyed = keyed
-        if keyed:
+        if key_packed is not None:
             buf += key_packed
             self._pending += len(key_packed)
         buf += packed

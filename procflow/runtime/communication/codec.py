@@ -239,7 +239,7 @@ def _pack_top(obj: Any) -> bytes:
     return packed
 
 
-def _unpackb(data) -> Any:
+def _unpackb(data: bytes | bytearray | memoryview) -> Any:
     return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False,
                            use_list=True)
 
@@ -342,5 +342,5 @@ def encode(record: Any, key: Any = None, keyed: bool = False) -> tuple[list, int
     return frame(kind, body, encode_key(key) if keyed else None)
 
 
-def decode_bytes(data) -> tuple[Any, Any, bool]:
+def decode_bytes(data: bytes | bytearray | memoryview) -> tuple[Any, Any, bool]:
     return decode(memoryview(data))

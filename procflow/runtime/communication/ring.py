@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Callable
 
 from procflow.runtime.communication import futex
 from procflow.runtime.communication.shm import SharedSegment
@@ -266,7 +267,7 @@ class RingReader:
         """Bytes published but not yet consumed: two loads, cheap enough to sample once per batch."""
         return self._write_word.value - self._read_word.value
 
-    def drain(self, handle, budget: int | None = None) -> int:
+    def drain(self, handle: Callable[[int, memoryview], object], budget: int | None = None) -> int:
         """Call `handle(flags, body)` for the complete frames now in the ring, then free the space.
 
         `body` is a view into shared memory, valid only during the call: handlers copy what they keep.

@@ -151,7 +151,8 @@ class BaseRouter:
                     key_packed = codec.pack(self._packer, gkey)
                 except (TypeError, ValueError, OverflowError):
                     key_packed = None
-            if single is None and (key_packed is not None or not gkeyed):
+            # `single` is None only where `packed` holds the record; said again for the type checker.
+            if single is None and packed is not None and (key_packed is not None or not gkeyed):
                 for t in targets:
                     group.writers[t].send_record(packed, key_packed)
             else:

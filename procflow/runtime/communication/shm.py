@@ -21,6 +21,7 @@ import errno
 import mmap
 import os
 import secrets
+from collections.abc import Callable
 
 from procflow.core.errors import ShmCapacityError
 from procflow.runtime.communication.shm_owner import PREFIX, SHM_DIR, driver_key, is_segment, sweep_orphans
@@ -94,7 +95,7 @@ class SharedSegment:
         except FileNotFoundError:
             pass
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Callable[[str], SharedSegment], tuple[str]]:
         return (_attach, (self.name,))
 
 

@@ -45,6 +45,19 @@ def output_specs(node: Any, edge_descriptor: Callable[[Any], Any]) -> list[Outpu
     return outputs
 
 
+def attached_router(ctx: TaskContext) -> BaseRouter:
+    """`ctx.router`, which exists only between `attach()` and `detach()`, in the task's own process.
+
+    For the task loop and operators, which emit only once open: a router still missing there means the
+    task skipped attach(), and would otherwise surface as an AttributeError on None at the first record.
+    """
+    router = ctx.router
+    if router is None:
+        raise RuntimeError(f"task {ctx.name}: its channels are not attached; TaskContext.attach() must run "
+                           "in the task's own process before the operator opens")
+    return router
+
+
 @dataclass
 class TaskContext:
     name: str

@@ -8,13 +8,17 @@ operator knows which input it came on.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from procflow.core.functions import BaseFunction
-from procflow.runtime.context.task_context import TaskContext
+from procflow.runtime.communication.router import BaseRouter
+from procflow.runtime.context.task_context import TaskContext, attached_router
+
+# The function class an operator drives (MapOperator: a MapFunction), so that its `execute` is checked.
+F = TypeVar("F", bound=BaseFunction)
 
 
-class Operator:
+class Operator(Generic[F]):
     # True for operators that take a whole list of records at once (`process_all`): no per-record call.
     bulk = False
     # > 0 for operators that need no prompt wake-up when input arrives: the task polls this often.
@@ -27,13 +31,15 @@ class Operator:
     # After `process_many` raised: how many records of the chunk were done before the failing one.
     completed = 0
 
-    def __init__(self, function: BaseFunction, ctx: TaskContext) -> None:
+    # Set by open(), from the attached context: emitting is only possible once the task is open.
+    router: BaseRouter
+
+    def __init__(self, function: F, ctx: TaskContext) -> None:
         self.function = function
         self.ctx = ctx
-        self.router = None
 
     def open(self) -> None:
-        self.router = self.ctx.router
+        self.router = attached_router(self.ctx)
         if self.chunks_when_routing_lists:
             self.chunked = self.router.routes_many
         self.function.ctx = self.ctx
@@ -51,11 +57,11 @@ class Operator:
         equivalent that saves a frame per record."""
         return self.process
 
-    def process_all(self, records: list) -> None:
+    def process_all(self, records: list[Any]) -> None:
         """Bulk operators only: every record of one input batch."""
         raise NotImplementedError
 
-    def process_many(self, records: list) -> None:
+    def process_many(self, records: list[Any]) -> None:
         """Chunked operators only: unkeyed records of one input, as `process` on each would. On an
         exception, `completed` tells the task which record failed."""
         raise NotImplementedError

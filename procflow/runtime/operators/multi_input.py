@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from procflow.core.functions import CoMapFunction, JoinFunction
 from procflow.runtime.operators.base import Operator
 
 
-class CoMapOperator(Operator):
+class CoMapOperator(Operator[CoMapFunction]):
     def open(self) -> None:
         super().open()
         self._methods: dict[int, Any] = {}
@@ -20,7 +21,7 @@ class CoMapOperator(Operator):
         self.emit(method(record))
 
 
-class JoinOperator(Operator):
+class JoinOperator(Operator[JoinFunction]):
     def process(self, record: Any) -> None:
         ctx = self.ctx
         produced = self.function.execute(record, ctx.current_key, ctx.current_input)

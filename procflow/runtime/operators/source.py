@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Sized
+from collections.abc import Callable, Iterator, Sized
 from typing import Any
 
-from procflow.core.functions import IterableBatch, SourceFunction
+from procflow.core.functions import BatchFunction, IterableBatch, SourceFunction
 from procflow.core.signals import StopSignal
 from procflow.runtime.chunking import CHUNK_MAX, HOLD_S, ChunkSize
 from procflow.runtime.operators.base import Operator
 
 NO_RECORD = object()
 _BACKOFF_MIN, _BACKOFF_MAX = 0.0005, 0.05
+
+
+# What a source calls every flush interval (BaseTask._tick): flush and publish; True once a stop was asked.
+Tick = Callable[..., bool]
 
 
 def _length(iterable: Any) -> int | None:
@@ -26,7 +30,7 @@ def _length(iterable: Any) -> int | None:
         return None
 
 
-class SourceOperator(Operator):
+class SourceOperator(Operator[BatchFunction[Any] | SourceFunction[Any]]):
     """Emits until the function ends the batch or the driver asks to stop.
 
     The task's `tick()` runs at least every `flush_interval`: it flushes outputs, publishes counters and
@@ -40,7 +44,7 @@ class SourceOperator(Operator):
 
     last_record: Any = NO_RECORD
 
-    def run(self, tick) -> str:
+    def run(self, tick: Tick) -> str:
         self.last_record = NO_RECORD
         interval = float(self.ctx.config["flush_interval"])
         fn = self.function
@@ -51,7 +55,7 @@ class SourceOperator(Operator):
             return self._run_iterable(items, tick, interval, None if total is None else len(range(i, total, n)))
         return self._run_function(fn, tick, interval)
 
-    def _send(self, chunk: list) -> None:
+    def _send(self, chunk: list[Any]) -> None:
         """Route a chunk: in one call where placement runs no user code, else record by record so that
         an error in a key selector or partitioner names its record."""
         router = self.router
@@ -66,13 +70,14 @@ class SourceOperator(Operator):
                 self.last_record = record
                 raise
 
-    def _run_iterable(self, items, tick, interval: float, count: int | None) -> str:
+    def _run_iterable(self, items: Iterator[Any], tick: Tick, interval: float, count: int | None) -> str:
         """Pull chunks with islice, sized by `ChunkSize` so that a slow generator (a file, a network
         read) still sends each record within about one interval. If the iterable raises, the records of
         the chunk being pulled are lost with the job that fails. `count`: how many records this task
         will emit, when the iterable knows its length; the router hears how many are still to come."""
         perf = time.perf_counter
         announce = self.router.announce_upcoming if count is not None else None
+        left = count or 0   # records still to come, where `count` is known (announce is set)
         chunk_size = ChunkSize(interval)
         due = perf() + interval
         while True:
@@ -81,8 +86,8 @@ class SourceOperator(Operator):
             chunk = list(itertools.islice(items, size))
             if chunk:
                 if announce is not None:
-                    count -= len(chunk)
-                    announce(max(count, 0))
+                    left -= len(chunk)
+                    announce(max(left, 0))
                 self._send(chunk)
             now = perf()
             if len(chunk) < size:
@@ -93,7 +98,7 @@ class SourceOperator(Operator):
                     return "stopped by request"
                 due = perf() + interval
 
-    def _run_function(self, fn, tick, interval: float) -> str:
+    def _run_function(self, fn: BatchFunction[Any] | SourceFunction[Any], tick: Tick, interval: float) -> str:
         """Call `execute()` until it ends the batch (None / StopSignal) or, for an unbounded source, back
         off on None. This loop runs once per record: a call, two checks, an append and a clock read.
 
@@ -106,7 +111,7 @@ class SourceOperator(Operator):
         execute = fn.execute
         unbounded = isinstance(fn, SourceFunction)
         backoff = _BACKOFF_MIN
-        chunk: list = []
+        chunk: list[Any] = []
         append = chunk.append
         due = perf() + interval
         release = perf() + HOLD_S

@@ -5,11 +5,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from procflow.core.functions import (
+    BaseFunction,
+    FilterFunction,
+    FlatMapFunction,
+    MapFunction,
+    ReduceFunction,
+    SinkFunction,
+)
 from procflow.runtime.communication.queue_descriptor.driver import DriverWriter
+from procflow.runtime.context.task_context import attached_router
 from procflow.runtime.operators.base import Operator
 
 
-class MapOperator(Operator):
+class MapOperator(Operator[MapFunction[Any, Any]]):
     chunks_when_routing_lists = True
 
     def open(self) -> None:
@@ -21,10 +30,10 @@ class MapOperator(Operator):
         ctx = self.ctx
         self._route(self._execute(record), ctx.current_key, ctx.current_keyed)
 
-    def process_many(self, records: list) -> None:
+    def process_many(self, records: list[Any]) -> None:
         # The function's results go downstream as one list: no per-record routing call.
         execute = self._execute
-        out: list = []
+        out: list[Any] = []
         append = out.append
         try:
             for record in records:
@@ -37,16 +46,16 @@ class MapOperator(Operator):
                 self.router.route_many(out)
 
 
-class FilterOperator(Operator):
+class FilterOperator(Operator[FilterFunction[Any]]):
     chunks_when_routing_lists = True
 
     def process(self, record: Any) -> None:
         if self.function.execute(record):
             self.emit(record)
 
-    def process_many(self, records: list) -> None:
+    def process_many(self, records: list[Any]) -> None:
         execute = self.function.execute
-        kept: list = []
+        kept: list[Any] = []
         i = 0
         try:
             for i, record in enumerate(records):  # noqa: B007 (i names the failing record)
@@ -60,7 +69,7 @@ class FilterOperator(Operator):
                 self.router.route_many(kept)
 
 
-class FlatMapOperator(Operator):
+class FlatMapOperator(Operator[FlatMapFunction[Any, Any]]):
     # A record may expand into many: results leave in lists of at most this many, so one huge
     # expansion still meets back-pressure instead of piling up in memory.
     _SEND_AT = 1024
@@ -72,10 +81,10 @@ class FlatMapOperator(Operator):
             for out in produced:
                 self.emit(out)
 
-    def process_many(self, records: list) -> None:
+    def process_many(self, records: list[Any]) -> None:
         execute = self.function.execute
         route_many = self.router.route_many
-        out: list = []
+        out: list[Any] = []
         i = 0
         try:
             for i, record in enumerate(records):  # noqa: B007 (i names the failing record)
@@ -94,7 +103,7 @@ class FlatMapOperator(Operator):
                 route_many(out)
 
 
-class SinkOperator(Operator):
+class SinkOperator(Operator[SinkFunction[Any]]):
     chunked = True     # nothing to route: a chunk is one loop over the function
 
     def process(self, record: Any) -> None:
@@ -103,7 +112,7 @@ class SinkOperator(Operator):
     def per_record(self) -> Callable[[Any], None]:
         return self.function.execute   # nothing to add per record: the task calls the function itself
 
-    def process_many(self, records: list) -> None:
+    def process_many(self, records: list[Any]) -> None:
         execute = self.function.execute
         i = 0
         try:
@@ -114,7 +123,7 @@ class SinkOperator(Operator):
             raise
 
 
-class CollectOperator(Operator):
+class CollectOperator(Operator[BaseFunction]):
     """A collect task: ships what it receives to the driver through a DriverWriter (batched by count and
     time, all at end of input), as upstream tasks do where the driver runs the collect itself.
 
@@ -128,14 +137,14 @@ class CollectOperator(Operator):
     poll_period = 0.005
 
     def open(self) -> None:
-        self.router = self.ctx.router
+        self.router = attached_router(self.ctx)
         self._to_driver = DriverWriter(self.ctx.operator_name)
         self._to_driver.bind_control(self.ctx.control)
 
     def process(self, record: Any) -> None:
         self._to_driver.send_object(record, None, False)
 
-    def process_all(self, records: list) -> None:
+    def process_all(self, records: list[Any]) -> None:
         self._to_driver.send_many(records)
 
     def flush(self) -> None:
@@ -145,12 +154,12 @@ class CollectOperator(Operator):
         self._to_driver.send_control(signal)
 
 
-class ReduceOperator(Operator):
+class ReduceOperator(Operator[ReduceFunction]):
     """Keyed fold: state per key; emits (key, value) per update or once per key at end of input."""
 
     def open(self) -> None:
         super().open()
-        self._state: dict = {}
+        self._state: dict[Any, Any] = {}
         self._running = self.ctx.options.get("emit", "final") == "running"
 
     def process(self, record: Any) -> None:

@@ -24,7 +24,8 @@ from procflow.runtime.chunking import ChunkSize
 from procflow.runtime.communication.codec import EncodeError
 from procflow.runtime.communication.packet import RecordBatch
 from procflow.runtime.communication.queue_descriptor.driver import SEND_INTERVAL
-from procflow.runtime.context.task_context import TaskContext
+from procflow.runtime.communication.router import BaseRouter
+from procflow.runtime.context.task_context import TaskContext, attached_router
 from procflow.runtime.control import DeadLetter, Ready, Stopped, short_repr
 from procflow.runtime.job_control import FIELDS
 from procflow.runtime.operators.base import Operator
@@ -82,6 +83,8 @@ class BaseTask:
         # How records reach the operator (steps.py): chosen at open(), once the operator knows its flags.
         self._unkeyed_step: RecordStep
         self._keyed_step: RecordStep
+        # The context's router, from attach() on: the loop's flushes, counters and end read it.
+        self._router: BaseRouter
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -101,7 +104,7 @@ class BaseTask:
             signal = self._consume()
         self.finish(signal)
         ctx.control.send(Stopped(ctx.name, self.metrics()))
-        ctx.logger.info("stopped: %d in, %d out (%s)", self.records_in, ctx.router.records_out, signal.reason)
+        ctx.logger.info("stopped: %d in, %d out (%s)", self.records_in, self._router.records_out, signal.reason)
 
     # -- the steps of the loop, also driven one at a time by the inline executor --------------------
 
@@ -109,6 +112,7 @@ class BaseTask:
         """Attach the channels and open the function (its `open()` hook)."""
         ctx = self.ctx
         self._attach()
+        self._router = attached_router(ctx)
         ctx.task = self
         self._counters = ctx.job_control.counters[ctx.task_slot]
         self.remaining = self.num_inputs
@@ -177,7 +181,7 @@ class BaseTask:
         """Flush outputs; publish the counters too when PUBLISH_INTERVAL has passed since the last time,
         so that they stay current in the middle of a long batch."""
         self.operator.flush()
-        self.ctx.router.flush()
+        self._router.flush()
         self._last_flush = now = time.perf_counter()
         if now - self._last_publish >= PUBLISH_INTERVAL:
             self._publish()
@@ -194,8 +198,8 @@ class BaseTask:
         self.stage = "finish"
         self.operator.finish(signal)
         self.operator.flush()
-        ctx.router.flush()
-        ctx.router.send_stop(StopSignal(signal.source or ctx.name, signal.reason))
+        self._router.flush()
+        self._router.send_stop(StopSignal(signal.source or ctx.name, signal.reason))
         self._flush_dead_letters()
         self._publish()
         self._counters[_FINISHED] = time.time()
@@ -219,7 +223,7 @@ class BaseTask:
         if self.remaining == 0:
             return self.last_signal
         gate.poll_period = self.operator.poll_period
-        router = ctx.router
+        router = self._router
         while self.remaining:
             t0 = perf()
             items = gate.read(0)
@@ -237,7 +241,7 @@ class BaseTask:
     def _tick(self, waited: float = 0.0) -> bool:
         """Called by sources every flush interval (and after a back-off); True when a stop was requested."""
         self.wait_s += waited
-        self.ctx.router.flush()
+        self._router.flush()
         self._publish()
         return self.ctx.job_control.stop_requested
 
@@ -287,7 +291,7 @@ class BaseTask:
 
     def _publish(self) -> None:
         c = self._counters
-        router = self.ctx.router
+        router = self._router
         self._last_publish = now = time.perf_counter()
         elapsed = now - self._started if self._started else 0.0
         blocked = router.blocked_seconds

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from procflow.runtime.communication.queue_descriptor import shm_queue
@@ -49,7 +50,7 @@ _fork_lock = threading.Lock()
 
 
 @contextlib.contextmanager
-def gc_paused_for_fork():
+def gc_paused_for_fork() -> Iterator[None]:
     """The driver's objects must never be collected, and so finalised, in a child.
 
     A Ray ObjectRef or actor handle the driver had dropped, collected in a forked task, spoke to the Ray

@@ -101,12 +101,12 @@ class BatchDecoder:
         self._unpacker = msgpack.Unpacker(ext_hook=codec._ext_hook, raw=False, strict_map_key=False,
                                           max_buffer_size=1 << 31)
 
-    def batch(self, body, keyed: bool, out: list) -> None:
+    def batch(self, body: bytes | memoryview, keyed: bool, out: list) -> None:
         """A frame of msgpack records one after another (keys interleaved when keyed)."""
         self._unpacker.feed(body)
         self._append(list(self._unpacker), keyed, out)
 
-    def array(self, body, keyed: bool, out: list) -> None:
+    def array(self, body: bytes | memoryview, keyed: bool, out: list) -> None:
         """A frame holding one msgpack array of records (keys interleaved when keyed)."""
         self._append(codec._unpackb(body), keyed, out)
 
@@ -116,7 +116,7 @@ class BatchDecoder:
         else:
             out.append(RecordBatch(items, None, self.input_index))
 
-    def single(self, body, out: list) -> None:
+    def single(self, body: memoryview, out: list) -> None:
         record, key, keyed = codec.decode(body)
         out.append(RecordBatch([record], [key] if keyed else None, self.input_index))
 

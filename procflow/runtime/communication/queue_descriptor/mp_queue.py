@@ -20,11 +20,14 @@ _READ_LIMIT = 4096
 # of a slow sink (the memory bench: +65 MiB and growing); 64 items of 128 KiB hold at most 8 MiB.
 ITEM_BYTES = 128 << 10
 
+# A `multiprocess` queue (and the context that makes one): that package ships no type information.
+MpQueue = Any
+
 
 class MpEdge:
     kind = "mp"
 
-    def __init__(self, q, slot: int, batch_records: int, inbox: str) -> None:
+    def __init__(self, q: MpQueue, slot: int, batch_records: int, inbox: str) -> None:
         self.queue, self.slot, self.batch_records = q, slot, batch_records
         # The consuming inbox's name: with the slot it names this channel in routing info (OutputSpec
         # queue_ids), which must tell edges into different consumers apart.
@@ -37,7 +40,7 @@ class MpEdge:
 class MpInbox:
     kind = "mp"
 
-    def __init__(self, name: str, input_indices: tuple[int, ...], context, batch_records: int = 512,
+    def __init__(self, name: str, input_indices: tuple[int, ...], context: Any, batch_records: int = 512,
                  maxsize: int = 64) -> None:
         self.name = name
         self.input_indices = input_indices
@@ -45,7 +48,7 @@ class MpInbox:
         self.maxsize = maxsize
         self.queue = context.Queue(maxsize=maxsize)
 
-    def create(self):
+    def create(self) -> _QueueOwner:
         return _QueueOwner(self.queue)
 
     def edge(self, slot: int) -> MpEdge:
@@ -56,7 +59,7 @@ class MpInbox:
 
 
 class _QueueOwner:
-    def __init__(self, q) -> None:
+    def __init__(self, q: MpQueue) -> None:
         self._queue = q
 
     def close(self) -> None:
@@ -68,7 +71,7 @@ class _QueueOwner:
 
 
 class MpChannelWriter(ChannelWriter):
-    def __init__(self, q, slot: int, batch_records: int) -> None:
+    def __init__(self, q: MpQueue, slot: int, batch_records: int) -> None:
         self._queue = q
         self._slot = slot
         self._batch: list = []
@@ -76,7 +79,7 @@ class MpChannelWriter(ChannelWriter):
         self._limit = batch_records
         self.blocked_seconds = 0.0
 
-    def _put(self, item) -> None:
+    def _put(self, item: tuple[int, list[Any]]) -> None:
         try:
             self._queue.put_nowait(item)
         except queue_mod.Full:
@@ -116,7 +119,7 @@ class MpChannelWriter(ChannelWriter):
 
 
 class MpInputGate(InputGate):
-    def __init__(self, q, input_indices: tuple[int, ...], maxsize: int = 64) -> None:
+    def __init__(self, q: MpQueue, input_indices: tuple[int, ...], maxsize: int = 64) -> None:
         self._queue = q
         self._maxsize = maxsize
         self._decoders = [BatchDecoder(slot, idx) for slot, idx in enumerate(input_indices)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import msgpack
@@ -260,8 +261,7 @@ class ShmInputGate(InputGate):
             for reader, decoder in zip(self._readers, self._decoders):
                 if reader.has_data():
                     before = len(out)
-                    progressed |= reader.drain(lambda flags, body, d=decoder: self._handle(d, flags, body),
-                                               READ_BUDGET) > 0
+                    progressed |= reader.drain(partial(self._handle, decoder), READ_BUDGET) > 0
                     taken = sum(len(b) for b in out[before:] if type(b) is RecordBatch)
                     if taken:   # for a balancing producer (balance.py)
                         reader.publish_taken(taken)
@@ -289,7 +289,7 @@ class ShmInputGate(InputGate):
                 return []
             self._doorbell.wait(seen, wait)
 
-    def _handle(self, decoder: BatchDecoder, flags: int, body) -> None:
+    def _handle(self, decoder: BatchDecoder, flags: int, body: memoryview) -> None:
         if flags & ringmod.FLAG_LIST:
             decoder.array(body, bool(flags & ringmod.FLAG_KEYED), self._out)
         elif flags & ringmod.FLAG_BATCH:
