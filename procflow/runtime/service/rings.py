@@ -41,8 +41,10 @@ The driver's stop frames go through a plain ring.py RingWriter, which always wak
 
 from __future__ import annotations
 
+import ctypes
 import struct
 import threading
+from collections.abc import Callable
 
 from procflow.runtime.communication import futex
 from procflow.runtime.communication import ring as ringmod
@@ -77,7 +79,7 @@ def _trailer(slots: int, capacity: int) -> int:
     return ringmod.inbox_size(slots, capacity)
 
 
-def asleep_word(segment: SharedSegment, slots: int, capacity: int):
+def asleep_word(segment: SharedSegment, slots: int, capacity: int) -> ctypes.c_uint32:
     """The consumer's `asleep` flag of a call inbox with `slots` rings."""
     return segment.u32(_trailer(slots, capacity) + _ASLEEP)
 
@@ -151,7 +153,7 @@ class CallRingReader(ringmod.RingReader):
         super().__init__(segment, slot, capacity)
         self._blocked = segment.u32(_trailer(slots, capacity) + _BLOCKED + 4 * slot)
 
-    def drain(self, handle, budget: int | None = None) -> int:
+    def drain(self, handle: Callable[[int, memoryview], object], budget: int | None = None) -> int:
         wpos = self._write_word.value
         rpos = self._rpos
         if wpos == rpos:

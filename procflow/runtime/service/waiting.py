@@ -24,6 +24,7 @@ at once and burns almost no CPU.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import time
 from collections.abc import Callable
@@ -45,7 +46,7 @@ class Waiter:
 
     __slots__ = ("window", "_bell", "_asleep")
 
-    def __init__(self, bell: Doorbell, asleep) -> None:
+    def __init__(self, bell: Doorbell, asleep: ctypes.c_uint32) -> None:
         self.window = 100e-6
         self._bell = bell
         self._asleep = asleep   # the inbox's `asleep` flag (rings.py), written by this consumer only
