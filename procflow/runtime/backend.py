@@ -16,8 +16,8 @@ fixed order. A backend supplies only its own parts, called in this order:
                ─ with services ───►  service_host()                  LocalServiceHost  Inline..   RayServiceHost
     start()    ───────────────────►  start(tasks, before)            fork (masked)  InlineTasks   actors
     monitor    ─ loop ────────────►  wait(timeout) -> [message | Exited]  pipes+sentinels  runs steps  ray.wait
-               ─ all ready ───────►  release_sources()
-               ─ ControlRequest ──►  request_stop() / wake()
+               ─ all ready ───────►  job_control.release_sources()
+               ─ ControlRequest ──►  job_control.request_stop(); wake()
                ─ a task died ─────►  exit_error(exited, progress)
     cleanup()  ─ 1 services stop (ServiceManager.stop_all, through the service host)
                ─ 2 ───────────────►  stop_tasks(failed, grace)       SIGTERM/grace/SIGKILL  -     wait run()
@@ -26,7 +26,7 @@ fixed order. A backend supplies only its own parts, called in this order:
                ─ 5 counters snapshot (job_control.snapshot())
                ─ 6 ───────────────►  close_job_control()             unlink segment -             kill actors
 
-Threads: `open_job` .. `start` run in the caller's thread; `wait`, `release_sources`, `request_stop`,
+Threads: `open_job` .. `start` run in the caller's thread; `wait`, the job control's release and stop,
 `exit_error` and the cleanup steps run in the monitor thread (on the inline backend, which has none, in
 the caller's thread: `runs_in_driver_thread`); `wake` may be called from any thread.
 
@@ -218,10 +218,6 @@ class Backend(Protocol):
     def wait(self, timeout: float | None) -> list[Any]: ...
 
     def wake(self) -> None: ...
-
-    def release_sources(self) -> None: ...
-
-    def request_stop(self) -> None: ...
 
     def failure_hint(self, report: ErrorReport) -> str: ...
 

@@ -222,7 +222,8 @@ class Dispatcher(JobMonitor):
         services_ready = self.service_manager is None or self.service_manager.all_ready
         if not self._released and self.manager.all_ready and services_ready:
             self._released = True
-            self.backend.release_sources()
+            assert self.job_control is not None
+            self.job_control.release_sources()
             self.log.info("all %d tasks ready; sources released", len(self.manager.tasks))
 
     def _stall_watch(self) -> StallWatch | None:
@@ -297,7 +298,8 @@ class Dispatcher(JobMonitor):
             what, reason = self._requests.pop(0)
             if what is ControlRequest.STOP:
                 self.manager.stop_requested = True
-                self.backend.request_stop()
+                assert self.job_control is not None
+                self.job_control.request_stop()
                 self.log.info("stop requested: sources will end and the job drains")
             elif what is ControlRequest.KILL:
                 self._fail(JobFailedError(f"job {self.job_id} was killed: {reason}"), status=JobStatus.KILLED)

@@ -23,15 +23,16 @@ from procflow.runtime.job_control import FIELDS
 
 
 class FakeControl:
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, calls: list[str]) -> None:
         self.counters = np.zeros((n, len(FIELDS)))
-        self.released = self.stopped = self.closed = False
+        self.closed = False
+        self._calls = calls   # the backend's, so the order of start and release shows in one list
 
     def release_sources(self) -> None:
-        self.released = True
+        self._calls.append("release_sources")
 
     def request_stop(self) -> None:
-        self.stopped = True
+        self._calls.append("request_stop")
 
     def snapshot(self) -> dict[int, dict[str, float]] | None:
         return None if self.closed else {i: dict(zip(FIELDS, row)) for i, row in enumerate(self.counters)}
@@ -71,7 +72,7 @@ class ScriptedBackend:
 
     def open_job(self, job: JobSetup) -> FakeControl:
         self.calls.append("open_job")
-        self.control = FakeControl(len(job.graph.nodes))
+        self.control = FakeControl(len(job.graph.nodes), self.calls)
         return self.control
 
     def check_capacity(self, consumers: list[Any], services: Mapping[str, Any], job_control: Any) -> None:
@@ -107,12 +108,6 @@ class ScriptedBackend:
 
     def wake(self) -> None:
         pass
-
-    def release_sources(self) -> None:
-        self.calls.append("release_sources")
-
-    def request_stop(self) -> None:
-        self.calls.append("request_stop")
 
     def failure_hint(self, report: ErrorReport) -> str:
         return ". Hint from the backend"

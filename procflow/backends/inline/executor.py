@@ -63,7 +63,7 @@ class InlineJobControl:
         self._stop = threading.Event()
 
     def release_sources(self) -> None:
-        pass
+        pass   # the sources run when the backend's wait() runs them
 
     def wait_for_start(self) -> None:
         pass
@@ -344,13 +344,6 @@ class InlineBackend:
 
     def wake(self) -> None:
         pass   # requests are applied between chunks (_source_chunk) and after each step
-
-    def release_sources(self) -> None:
-        pass   # the sources run when wait() runs them
-
-    def request_stop(self) -> None:
-        assert self.job_control is not None
-        self.job_control.request_stop()
 
     def failure_hint(self, report: ErrorReport) -> str:
         return ""

@@ -242,14 +242,6 @@ class LocalBackend:
             self._live.pop(conn, None)
         return messages
 
-    def release_sources(self) -> None:
-        assert self.job_control is not None
-        self.job_control.release_sources()
-
-    def request_stop(self) -> None:
-        assert self.job_control is not None
-        self.job_control.request_stop()
-
     def failure_hint(self, report: ErrorReport) -> str:
         return name_error_hint(report, self.start_method)
 

@@ -234,14 +234,6 @@ class RayBackend:
                 self._polls[self._watched[name].poll.remote(_POLL_S)] = name
         return events
 
-    def release_sources(self) -> None:
-        assert self.job_control is not None
-        self.job_control.release_sources()
-
-    def request_stop(self) -> None:
-        assert self.job_control is not None
-        self.job_control.request_stop()
-
     def failure_hint(self, report: ErrorReport) -> str:
         return ""
 
