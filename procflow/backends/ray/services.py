@@ -42,8 +42,8 @@ from procflow.core.service import BaseService, ServiceSpec
 from procflow.runtime.backend import Exited
 from procflow.runtime.control import Failed
 from procflow.runtime.service.calls import ServiceInfo, abandoned_error, answer, service_infos, timeout_error
-from procflow.runtime.service.hosted import DirectClient, HostedReplica, ReplicaContext
-from procflow.runtime.service.replica import METRIC_FIELDS, public_methods
+from procflow.runtime.service.hosted import DirectClient, HostedReplica
+from procflow.runtime.service.replica import METRIC_FIELDS, ReplicaContext, public_methods
 from procflow.runtime.task.entry import close_logger, open_task_logger
 
 if TYPE_CHECKING:

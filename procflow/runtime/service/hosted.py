@@ -29,48 +29,13 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any
 
 from procflow.core.errors import EncodeError
 from procflow.core.service import BaseService
 from procflow.runtime.control import ErrorReport, Failed, ServiceReady, ServiceStopped
 from procflow.runtime.service.calls import ERROR, NO_METHOD, OK, ReplicaTurns, ServiceInfo, check_call
-from procflow.runtime.service.replica import public_methods
-
-
-@dataclass
-class ReplicaContext:
-    """What a hosted replica's service sees as `self.ctx` (the local replica's ServiceContext, without
-    the process plumbing). Picklable: the logger and the client are set where the replica runs."""
-
-    name: str              # replica name, e.g. "matrix[0]"
-    service_name: str
-    parallel_index: int
-    parallelism: int
-    replica: int           # global replica index
-    job_id: str
-    env_dir: str
-    config: dict
-    directory: Any         # the backend's service directory: `connect(ctx)` gives this replica its client
-
-    def __post_init__(self) -> None:
-        self.logger: Any = None
-        self.services: Any = None
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state.pop("logger", None)
-        state.pop("services", None)
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self.logger = self.services = None
-
-    @property
-    def log_dir(self) -> str:
-        return os.path.join(self.env_dir, self.job_id)
+from procflow.runtime.service.replica import ReplicaContext, public_methods
 
 
 class _Uncopyable(Exception):

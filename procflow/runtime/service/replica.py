@@ -31,7 +31,6 @@ from procflow.runtime.service.client import (
     NO_METHOD,
     OK,
     EncodeError,
-    ServiceDirectory,
     dumps,
     loads,
 )
@@ -56,8 +55,9 @@ def public_methods(service_class: type) -> tuple[str, ...]:
 
 
 @dataclass
-class ServiceContext:
-    """What a replica process needs; picklable. The service sees it as `self.ctx`."""
+class ReplicaContext:
+    """What a replica's service sees as `self.ctx`, on every backend. Picklable: the logger and the
+    client (`services`) are set where the replica runs."""
 
     name: str              # replica name, e.g. "matrix[0]"
     service_name: str
@@ -67,9 +67,7 @@ class ServiceContext:
     job_id: str
     env_dir: str
     config: dict
-    directory: ServiceDirectory
-    metrics_segment: str
-    control: Any = None
+    directory: Any         # the backend's service directory: `connect(ctx)` gives this replica its client
 
     def __post_init__(self) -> None:
         self.logger: Any = None
@@ -88,6 +86,14 @@ class ServiceContext:
     @property
     def log_dir(self) -> str:
         return os.path.join(self.env_dir, self.job_id)
+
+
+@dataclass
+class ServiceContext(ReplicaContext):
+    """A local replica process's context: the replica's, plus its metrics segment and control pipe."""
+
+    metrics_segment: str
+    control: Any = None
 
 
 class Replica:
