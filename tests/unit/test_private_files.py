@@ -137,10 +137,11 @@ def test_log_handler_drops_records_after_close(tmp_path):
     assert mode(os.path.join(job_dir, "x_info.log")) == 0o600
 
 
-def test_pruning_keeps_the_newest_job_folders_and_nothing_else(tmp_path):
+def _job_folders_and_a_planted_link(tmp_path, n: int):
+    """`n` job folders, oldest first, and a symlink named like a job that points at a folder outside."""
     env_dir = tmp_path / "env"
     env_dir.mkdir()
-    jobs = [f"{i:08x}" for i in range(6)]
+    jobs = [f"{i:08x}" for i in range(n)]
     for i, job in enumerate(jobs):
         (env_dir / job).mkdir()
         (env_dir / job / "Dispatcher.log").write_text(job)
@@ -149,6 +150,11 @@ def test_pruning_keeps_the_newest_job_folders_and_nothing_else(tmp_path):
     outside.mkdir()
     (outside / "keep.txt").write_text("not procflow's")
     os.symlink(outside, env_dir / "deadbeef")       # named like a job, but a symlink: never followed
+    return env_dir, jobs, outside
+
+
+def test_pruning_keeps_the_newest_job_folders_and_nothing_else(tmp_path):
+    env_dir, jobs, outside = _job_folders_and_a_planted_link(tmp_path, 6)
     (env_dir / "notes").mkdir()                      # not a job folder
     (env_dir / "0000000f").write_text("a file")      # not a folder
     removed = prune_job_dirs(str(env_dir), 3, current=jobs[0])
@@ -172,17 +178,7 @@ def test_pruning_works_on_python_3_10_whose_rmtree_has_no_dir_fd(tmp_path, monke
 
     monkeypatch.setattr(shutil, "rmtree", rmtree_310)
     monkeypatch.setattr(private_files, "sys", types.SimpleNamespace(version_info=(3, 10, 14)), raising=False)
-    env_dir = tmp_path / "env"
-    env_dir.mkdir()
-    jobs = [f"{i:08x}" for i in range(4)]
-    for i, job in enumerate(jobs):
-        (env_dir / job).mkdir()
-        (env_dir / job / "Dispatcher.log").write_text(job)
-        os.utime(env_dir / job, ns=(i * 10**9, i * 10**9))
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (outside / "keep.txt").write_text("not procflow's")
-    os.symlink(outside, env_dir / "deadbeef")       # named like a job, but a symlink: never followed
+    env_dir, jobs, outside = _job_folders_and_a_planted_link(tmp_path, 4)
     removed = prune_job_dirs(str(env_dir), 2)
     assert sorted(removed) == jobs[:2]
     assert sorted(os.listdir(env_dir)) == sorted([*jobs[2:], "deadbeef"])
