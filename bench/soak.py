@@ -12,7 +12,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -60,7 +59,8 @@ def rss_mb(pid: int) -> tuple[float, float] | None:
 
 def run(records: int, sample_every: float = 0.5, env_dir: str | None = None,
         out=sys.stdout) -> dict[str, Any]:
-    env_dir = env_dir or os.path.join(tempfile.gettempdir(), "procflow-soak")
+    # None: the environment's private per-user log folder (a shared $TMPDIR/procflow-soak was open to
+    # the symlink games of issue 22).
     env = LocalEnvironment("soak", env_dir=env_dir)
     tallies = (env.from_batch(range(records), parallelism=PARALLELISM, name="source")
                   .map(lambda x: x * 3, parallelism=PARALLELISM, name="triple")
