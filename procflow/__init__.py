@@ -2,6 +2,7 @@
 
 Layout (the folders draw the architecture; each imports only those listed above it, tests/unit/test_layers.py):
     core/       the user contract: function and service base classes, StopSignal, errors, Config
+    io/         file connectors: split sources over files, sinks that commit their parts atomically
     graph/      transformations -> ExecutionGraph; pure data, starts nothing
     runtime/    the task loop, operators, channels, dispatcher and job manager
     backends/   local (one process per task), inline (all in the driver) and ray (one actor per task)

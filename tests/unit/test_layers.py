@@ -1,4 +1,4 @@
-"""The layers import one way (DESIGN §4): core <- graph <- runtime <- backends <- api <- the top-level
+"""The layers import one way (DESIGN §4): core <- io <- graph <- runtime <- backends <- api <- the top-level
 tools (cli, dashboard, testing). A module may import its own layer and those below it, never one above:
 an upward import is how api and graph once formed a cycle, and how backends grew into each other.
 
@@ -15,7 +15,7 @@ import pytest
 import procflow
 
 PACKAGE = pathlib.Path(procflow.__file__).parent
-LAYERS = ("core", "graph", "runtime", "backends", "api")
+LAYERS = ("core", "io", "graph", "runtime", "backends", "api")
 TOP = len(LAYERS)   # procflow/__init__.py, cli.py, dashboard.py, testing.py
 
 

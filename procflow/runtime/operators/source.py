@@ -9,6 +9,7 @@ from typing import Any
 
 from procflow.core.functions import BatchFunction, IterableBatch, SourceFunction
 from procflow.core.signals import StopSignal
+from procflow.core.splits import SplitSource
 from procflow.runtime.chunking import CHUNK_MAX, HOLD_S, ChunkSize
 from procflow.runtime.operators.base import Operator
 
@@ -48,12 +49,21 @@ class SourceOperator(Operator[BatchFunction[Any] | SourceFunction[Any]]):
         self.last_record = NO_RECORD
         interval = float(self.ctx.config["flush_interval"])
         fn = self.function
+        if isinstance(fn, SplitSource):
+            return self._run_iterable(self._split_records(fn), tick, interval, None)
         if isinstance(fn, IterableBatch):
             n, i = self.ctx.parallelism, self.ctx.parallel_index
             items = iter(fn.iterable) if n == 1 else itertools.islice(fn.iterable, i, None, n)
             total = _length(fn.iterable)
             return self._run_iterable(items, tick, interval, None if total is None else len(range(i, total, n)))
         return self._run_function(fn, tick, interval)
+
+    def _split_records(self, fn: SplitSource[Any]) -> Iterator[Any]:
+        """The records of this instance's splits. A fixed share for now (instance i reads splits i, i+n,
+        ...): the split enumerator that hands splits out on request replaces it."""
+        n, i = self.ctx.parallelism, self.ctx.parallel_index
+        for split in fn.plan_splits(n)[i::n]:
+            yield from fn.read_split(split)
 
     def _send(self, chunk: list[Any]) -> None:
         """Route a chunk: in one call where placement runs no user code, else record by record so that
