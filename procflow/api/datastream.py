@@ -143,7 +143,7 @@ class DataStream(Generic[T]):
             raise ValueError(f"balance() spreads an unkeyed stream by load, but {self.name!r} is already "
                              f"partitioned ({self.partitioning.strategy}); call balance() on the stream "
                              "before keyby(), or leave it out to keep equal keys together")
-        return DataStream(self.env, self.transformation, Partitioning(BALANCE))
+        return DataStream(self.env, self.transformation, Partitioning(BALANCE, explicit=True))
 
     def reduce(self, fn: Callable[[Any, T], Any] | type[fx.ReduceFunction] | fx.ReduceFunction, *args: Any,
                emit: str = "final", **kwargs: Any) -> DataStream[tuple[Any, Any]]:

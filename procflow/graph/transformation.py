@@ -83,6 +83,9 @@ class Partitioning:
     strategy: str = ROUND_ROBIN
     key_selector: FunctionSpec | None = None
     partitioner: Callable | None = None
+    # True where the user asked for this placement (`.balance()`, `.round_robin()`): such an edge
+    # redistributes records, so it is never fused into a chain; the default unkeyed edge may be.
+    explicit: bool = False
 
     @property
     def keyed(self) -> bool:
