@@ -37,7 +37,7 @@ from procflow.core.errors import InputFormatError
 from procflow.core.splits import Split
 
 MiB = 1 << 20
-BLOCK = MiB                # bytes read at a time
+BLOCK = 64 * 1024          # bytes read at a time: the lines of a block stay in cache while they are used
 SPLITS_PER_INSTANCE = 4    # a few per instance, so that a fast instance can take more (pull)
 MIN_SPLIT = 4 * MiB        # below this, a split's fixed costs (an open, a seek, a claim) start to show
 MAX_SPLIT = 64 * MiB       # above this, progress moves in big steps and the last split ends the job late
@@ -127,30 +127,33 @@ def plan_line_splits(paths: list[str], parallelism: int, split_size: int | None 
 
 def _owned_chunks(f: BufferedIOBase, base: int, stop: int) -> Iterator[bytes]:
     """Chunks of whole lines from `f`, positioned at offset `base` (a line start), up to and including
-    the last line that starts before `stop`. A chunk ends with b"\\n", except a last line without one."""
-    carry = b""
-    while base < stop:                   # `base`: the offset of carry[0], always a line start
+    the last line that starts before `stop`. A chunk ends with b"\n", except a last line without one."""
+    pending: list[bytes] = []   # the pieces of a line that has not ended yet (joined once: no quadratic
+    held = 0                    # copying for a line of many blocks); `held`: their length
+    while base < stop:          # `base`: the offset of pending[0], always a line start
         data = f.read(BLOCK)
         if not data:
-            if carry:
-                yield carry              # the file's last line, without a final newline
+            if pending:
+                yield b"".join(pending)      # the file's last line, without a final newline
             return
-        buf = carry + data if carry else data
-        last = stop - 1 - base           # the last index in buf at which an owned line may start
-        if last < len(buf):
-            end = buf.find(b"\n", last)
+        last = stop - 1 - base - held        # the last index in data at which an owned line may start
+        if last < len(data):
+            end = data.find(b"\n", max(last, 0))
             if end >= 0:
-                yield buf[:end + 1]      # through the end of the line that crosses `stop`
+                pending.append(data[:end + 1])
+                yield b"".join(pending)      # through the end of the line that crosses `stop`
                 return
-            carry = buf                  # that line goes on in the next block
-            continue
-        cut = buf.rfind(b"\n")
-        if cut < 0:
-            carry = buf                  # a line longer than a block
-            continue
-        yield buf[:cut + 1]
-        carry = buf[cut + 1:]
-        base += cut + 1
+        else:
+            end = data.rfind(b"\n")
+            if end >= 0:
+                pending.append(data[:end + 1])
+                yield b"".join(pending)
+                base += held + end + 1
+                rest = data[end + 1:]
+                pending, held = ([rest] if rest else []), len(rest)
+                continue
+        pending.append(data)                 # no line ends in this block
+        held += len(data)
 
 
 def _decode_lines(chunk: bytes, encoding: str, errors: str) -> list[str]:

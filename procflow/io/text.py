@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 from procflow.core.splits import BYTES, Split, SplitSource
@@ -40,5 +41,7 @@ class TextSource(SplitSource[str]):
         return plan_line_splits(self.paths, parallelism, self.split_size)
 
     def read_split(self, split: Split) -> Iterator[str]:
-        for block in LineReader(split.descriptor, self.encoding, self.errors):
-            yield from block
+        # chain, not `yield from` in a generator: lines then leave through C, and the generator frame
+        # runs once per block of lines instead of once per line (half the cost of a plain
+        # `for line in open(path)` loop went to that frame).
+        return itertools.chain.from_iterable(LineReader(split.descriptor, self.encoding, self.errors))

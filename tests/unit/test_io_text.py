@@ -139,9 +139,10 @@ def test_default_split_size_is_a_few_per_instance_within_bounds():
     assert lines_module.split_target(160 * MiB, 4) == 10 * MiB
 
 
+@pytest.mark.parametrize("final", [b"", b"\n", b"\r\n"])
 @pytest.mark.parametrize("suffix, opener", [(".gz", gzip.open), (".bz2", bz2.open), (".xz", lzma.open)])
-def test_compressed_files_are_one_split_each(tmp_path, suffix, opener):
-    data = AWKWARD * 50
+def test_compressed_files_are_one_split_each(tmp_path, suffix, opener, final):
+    data = AWKWARD * 50 + final
     path = str(tmp_path / f"data.txt{suffix}")
     with opener(path, "wb") as f:
         f.write(data)
