@@ -111,6 +111,10 @@ class CsvSource(SplitSource[Any]):
             else:
                 if len(rows) != len(block):
                     self._spanning_row(lines, block, before)
+                if self._opens_quote(block[-1]):
+                    # The block's (or the split's) last line leaves a quote open: its row goes on in
+                    # lines that this parse never saw, and would be misread without this check.
+                    self._spanning_row(lines, block + [""], before)
                 for i, row in enumerate(rows):
                     yield before + i, row
             before += len(block)
@@ -125,6 +129,11 @@ class CsvSource(SplitSource[Any]):
             lines.range.path, lines.line_number(before + n - 1), "a quoted field runs over the end of the line, "
             "but read_csv was told multiline=False (one row per line); read this file with multiline=True",
             block[n - 1])
+
+    def _opens_quote(self, line: str) -> bool:
+        """True if `line` ends inside a quoted field: then the csv reader takes the next line into the
+        row, so `line` and an empty line give one row, not two."""
+        return len(list(csv.reader([line, ""], **self.fmtparams))) < 2
 
     def _rows_one_by_one(self, lines: LineReader, block: list[str], before: int) -> Iterator[tuple[int, list[str]]]:
         for i, text in enumerate(block):

@@ -61,6 +61,17 @@ def test_multiline_false_names_a_row_that_spans_lines(tmp_path):
     assert info.value.text == '3,"two'
 
 
+def test_multiline_false_never_misreads_a_spanning_row_at_any_split_size(tmp_path):
+    """Wherever the split (and block) boundaries fall, also right after the line that opens the quote,
+    a row that spans lines fails with its line number; it is never silently cut in two."""
+    rows = [["k", "note"]] + [[str(i), "x"] for i in range(6)] + [["6", "two\nlines"], ["7", "y"]]
+    path = tmp_path / "multi.csv"
+    write_rows(path, rows)
+    for size in range(1, path.stat().st_size + 1):
+        with pytest.raises(InputFormatError, match=r"line 8: a quoted field runs over"):
+            read_all(CsvSource(str(path), multiline=False, split_size=size), 2)
+
+
 def test_tuples_without_header_and_dialect_options(tmp_path):
     rows = [["a", "b;c", "d"], ["1", "", "x"]]
     path = tmp_path / "semi.csv"
