@@ -11,6 +11,7 @@ import os
 import sys
 
 from bench import common
+from bench.cpu_scaling import shown as cpu_scaling_shown
 
 
 def load(name: str) -> dict | None:
@@ -53,7 +54,7 @@ def channels(doc: dict, plt) -> str:
     fig.tight_layout()
     _save(fig, "channels.png", plt)
     mc = doc.get("memcpy", {})
-    md.append("numpy.copyto 1 MiB, MB/s: " + ", ".join(f"{k} {common.fmt(v['mb_per_s'])}" for k, v in mc.items()))
+    md.append("numpy.copyto, MB/s: " + ", ".join(f"{k} {common.fmt(v['mb_per_s'])}" for k, v in mc.items()))
     lat = doc.get("latency", {})
     md.append(_md_table(["round trip", "median us", "p99 us"],
                         [[k, v and v["median_us"], v and v["p99_us"]] for k, v in lat.items()]))
@@ -67,7 +68,7 @@ def cpu_scaling(doc: dict, plt) -> str:
     w = doc["params"]["workers"]
     fig, axes = plt.subplots(1, len(grains), figsize=(5 * len(grains), 3.6), squeeze=False)
     for ax, grain in zip(axes[0], grains, strict=True):
-        c = {k: v for k, v in doc["grains"][grain]["contenders"].items() if k not in ("ray-tasks", "ray-actors")}
+        c = {k: v for k, v in doc["grains"][grain]["contenders"].items() if cpu_scaling_shown(k)}
         # Whiskers: the speed-ups of the contender's slowest and fastest runs (against the sequential
         # median), because on a shared machine the spread says as much as the median.
         seq = c.get("sequential", {}).get("median")
