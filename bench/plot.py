@@ -154,6 +154,50 @@ def services(doc: dict, plt) -> str:
                          "Manager CPU us/call"], rows))
 
 
+def etl(doc: dict, plt) -> str:
+    shapes = doc["shapes"]
+    w = doc["params"]["workers"]
+    fig, axes = plt.subplots(1, len(shapes), figsize=(5 * len(shapes), 3.0), squeeze=False)
+    md = []
+    for ax, (shape, case) in zip(axes[0], shapes.items(), strict=True):
+        c = case["contenders"]
+        ax.barh(list(c), [v["speedup"] for v in c.values()], color="tab:purple")
+        ax.axvline(w, color="grey", linestyle="--", linewidth=1)
+        ax.set_title(f"{shape}, W={w}")
+        ax.set_xlabel("speed-up over the plain loop")
+        ax.invert_yaxis()
+        rows = [[k, v["median"], _run_range(v.get("times")), v["speedup"], v["per_core"]] for k, v in c.items()]
+        md.append(f"**{shape}** ({doc['params']['lines']:,} lines, {doc['params']['bytes'] / 1e6:.0f} MB, "
+                  f"W={w}, median of {doc['params']['runs']} rounds)\n\n"
+                  + _md_table(["contender", "seconds", "fastest to slowest run", "speed-up vs plain", "per core"],
+                              rows))
+    fig.tight_layout()
+    _save(fig, "etl.png", plt)
+    md += _failures_md(doc)
+    return "\n\n".join(md)
+
+
+def files(doc: dict, plt) -> str:
+    cases = doc["cases"]
+    prm = doc["params"]
+    fig, axes = plt.subplots(1, len(cases), figsize=(5 * len(cases), 2.6), squeeze=False)
+    md = []
+    for ax, (case, entry) in zip(axes[0], cases.items(), strict=True):
+        c = entry["contenders"]
+        ax.barh(list(c), [v["mb_per_s"] for v in c.values()], color="tab:brown")
+        ax.set_title(case)
+        ax.set_xlabel("MB/s")
+        ax.invert_yaxis()
+        rows = [[k, v["median"], _run_range(v.get("times")), v["lines_per_s"], v["mb_per_s"]] for k, v in c.items()]
+        md.append(f"**{case}** ({prm['bytes'] / 1e6:.0f} MB of JSONL, {prm['lines']:,} lines, W={prm['workers']}, "
+                  f"median of {prm['runs']} rounds)\n\n"
+                  + _md_table(["contender", "seconds", "fastest to slowest run", "lines/s", "MB/s"], rows))
+    fig.tight_layout()
+    _save(fig, "files.png", plt)
+    md += _failures_md(doc)
+    return "\n\n".join(md)
+
+
 def _save(fig, name: str, plt) -> None:
     path = os.path.join(common.RESULTS_DIR, name)
     fig.savefig(path, dpi=110)
@@ -165,7 +209,9 @@ SECTIONS = [("channels", "Channels: one producer -> one consumer", channels),
             ("cpu_scaling", "CPU scaling", cpu_scaling),
             ("startup", "Start-up and memory per task", startup),
             ("memory", "Back-pressure: RSS under a slow sink", memory),
-            ("services", "Services: synchronous round trips", services)]
+            ("services", "Services: synchronous round trips", services),
+            ("etl", "ETL: a CSV group-by against the plain loop", etl),
+            ("files", "Files: reading 1 GB of JSONL", files)]
 
 
 def main(argv: list[str] | None = None) -> None:

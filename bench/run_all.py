@@ -13,7 +13,7 @@ import time
 
 from bench import common
 
-BENCHMARKS = ("channels", "cpu_scaling", "startup", "memory", "services")
+BENCHMARKS = ("channels", "cpu_scaling", "startup", "memory", "services", "etl", "files")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from bench.common import fmt
@@ -73,3 +75,30 @@ def test_wins_needed_is_8_of_11_scaled():
     from bench.cpu_scaling import wins_needed
 
     assert [wins_needed(n) for n in (11, 5, 3, 1, 22)] == [8, 4, 3, 1, 16]
+
+
+@pytest.mark.parametrize("name", ["etl", "files"])
+def test_the_new_benches_tables_come_from_their_result_files(monkeypatch, tmp_path, name):
+    """bench.etl and bench.files run at a tiny size (the plain contenders alone), and the
+    plot turns what they return into the README's table and a figure."""
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bench import common, etl, files, plot
+
+    module = {"etl": etl, "files": files}[name]
+    # Leftovers are the suite's autouse check's business here; the bench's own report waits 5 s for
+    # any child of the test process to go, which is not what this test is about.
+    monkeypatch.setattr(common, "leak_report", lambda shm_before: {})
+    # No process starts in a unit test: no procflow, and for files not the Pool's case either.
+    size = ["--lines", "300"] if name == "etl" else ["--mb", "0.05", "--cases", "lines"]
+    doc = module.main(["--quick", "--no-save", "--no-procflow", "--runs", "2", "--dir", str(tmp_path), *size])
+    saved = []
+    monkeypatch.setattr(plot, "_save", lambda fig, png, plt: saved.append(png))
+    table = getattr(plot, name)(doc, plt)
+    assert saved == [f"{name}.png"]
+    assert ("| plain | " if name == "etl" else "| plain-lines | ") in table
+    assert "Not measured in this run" in table and "disabled by --no-procflow" in table
+    assert all(t["met"] is None for t in doc["targets"])      # no procflow figure, no verdict
+    assert os.listdir(tmp_path) == []                          # the private data folder is gone
