@@ -444,6 +444,13 @@ def _derive(g: dict, w: int) -> None:
         if present:
             best = min(present, key=lambda k: c[k]["median"])
             c[collapsed] = {**c[best], "variant": c[best].get("variant", best)}
+    # A collapsed contender takes its first variant's place, so tables keep the order of the plan.
+    order = {name: i for i, name in enumerate(c)}
+    for collapsed, variants in COLLAPSED:   # in order: "ray" follows "ray-tasks" once that has moved
+        firsts = [order[k] for k in variants if k in order]
+        if collapsed in order and firsts:
+            order[collapsed] = min(firsts) - 0.5
+    g["contenders"] = c = dict(sorted(c.items(), key=lambda kv: order[kv[0]]))
     seq = c.get("sequential", {}).get("median")
     for m in c.values():
         m["speedup"] = common.ratio(seq, m["median"])

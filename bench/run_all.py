@@ -1,6 +1,6 @@
 """Run every benchmark (each in its own Python process, so one cannot disturb the next), then plot.
 
-    python -m bench.run_all            # full run, about 28 minutes on 2 cores
+    python -m bench.run_all            # full run, an hour or more on 2 cores
     python -m bench.run_all --quick    # smoke run of every contender
 """
 
