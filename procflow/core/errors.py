@@ -9,7 +9,8 @@
     ├── ChannelError          transport problems; "you closed it" vs "the peer broke" stay distinct
     │   ├── ChannelClosedError
     │   └── BrokenChannelError
-    └── UnsafePathError       a log folder or file is not private to this user (also a PermissionError)
+    ├── UnsafePathError       a log folder or file is not private to this user (also a PermissionError)
+    └── OutputExistsError     a file sink's folder holds output already (also a FileExistsError)
 Graph and argument mistakes raise the built-in ValueError / TypeError before any process starts.
 """
 
@@ -144,3 +145,8 @@ def describe_exit(exitcode: Any) -> str:
         return f"was killed by {name}{hint}"
     # sys.exit() in user code is reported like any exception; only os._exit() leaves unreported.
     return f"exited with code {exitcode} without reporting an error (os._exit() in user code?)"
+
+
+class OutputExistsError(ProcflowError, FileExistsError):
+    """A file sink's folder is not empty (mode="error"), or another running job writes into it. Raised in
+    the driver before any process starts; the message names the folder and mode="overwrite"."""
