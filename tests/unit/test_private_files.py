@@ -169,7 +169,7 @@ def test_pruning_works_on_python_3_10_whose_rmtree_has_no_dir_fd(tmp_path, monke
     import shutil
     import types
 
-    from procflow.io import safe_paths   # where rmtree_at lives (shared with the file sinks)
+    from procflow.io import safe_paths  # where rmtree_at lives (shared with the file sinks)
 
     real_rmtree = shutil.rmtree
 
