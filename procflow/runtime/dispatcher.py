@@ -25,6 +25,7 @@ Only the monitor thread handles control messages; other threads queue requests a
 
 from __future__ import annotations
 
+import inspect
 import os
 import secrets
 import threading
@@ -154,7 +155,11 @@ class Dispatcher(JobMonitor):
         process starts: a folder that must not be written into refuses the job here. The hooks are a
         function object's: one more is built here, for the driver, besides those shipped to the tasks."""
         for t in self.graph.transformations.values():
-            if t.kind is not OperatorKind.SINK:
+            target = t.function.target
+            # Judged by the class first: building a user's other sinks here would run their constructors
+            # once more, in the driver (one that opens a file would open it twice).
+            if t.kind is not OperatorKind.SINK or not (isinstance(target, CommittedOutput) or (
+                    inspect.isclass(target) and issubclass(target, CommittedOutput))):
                 continue
             function = t.function.build()
             if isinstance(function, CommittedOutput):

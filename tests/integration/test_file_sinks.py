@@ -78,22 +78,22 @@ def test_every_format_round_trips_with_spawn_too(backend, tmp_path):
 
 
 class FailAfterStaged(SinkFunction):
-    """Fails at end of input, once the other sink of the job has staged its part (observed from outside:
-    its instance report in the staging folder), so that the job fails after a sink wrote data. Notes in
-    `seen` whether it saw that before failing (inline runs tasks one step at a time in one thread, so
-    there it fails without waiting when the other sink has not closed yet)."""
+    """Fails at end of input, once every instance of the other sink of the job has written and closed its
+    part (observed from outside: their reports in the staging folder), so that the job fails after the
+    sinks wrote all their data. Notes in `seen` how many it saw (inline runs tasks one step at a time in
+    one thread, so there it does not wait)."""
 
-    def __init__(self, out: str, seen: str, wait: float) -> None:
-        self.out, self.seen, self.wait = out, seen, wait
+    def __init__(self, out: str, seen: str, wait: float, instances: int) -> None:
+        self.out, self.seen, self.wait, self.instances = out, seen, wait, instances
 
     def execute(self, record):
         pass
 
     def close(self):
         def staged():
-            return [p for p in pathlib.Path(self.out).glob("_staging-*/part-*")]
+            return list(pathlib.Path(self.out).glob("_staging-*/_instance-*.json"))
         deadline, delay = time.monotonic() + self.wait, 0.005
-        while not staged() and time.monotonic() < deadline:
+        while len(staged()) < self.instances and time.monotonic() < deadline:
             time.sleep(delay)   # observing another process's files, with backoff
             delay = min(2 * delay, 0.1)
         pathlib.Path(self.seen).write_text(str(len(staged())))
@@ -105,11 +105,11 @@ def test_a_failed_job_leaves_no_parts_and_no_staging(backend, tmp_path):
     env = backend.make_env()
     stream = env.from_batch(range(2000))
     stream.write_jsonl(out, parallelism=2)
-    stream.sink(FailAfterStaged, str(out), str(seen), 0.0 if backend.in_driver else 30.0)
+    stream.sink(FailAfterStaged, str(out), str(seen), 0.0 if backend.in_driver else 30.0, 2)
     with pytest.raises(JobFailedError, match="failing after the other sink wrote"):
         env.submit()
     if not backend.in_driver:
-        assert int(seen.read_text()) >= 1, "the job should have failed after a part was staged"
+        assert int(seen.read_text()) == 2, "the job should have failed after both parts were staged"
     assert list(out.iterdir()) == []
 
 
