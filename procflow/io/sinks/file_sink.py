@@ -8,8 +8,9 @@
                               (_instance-<i>.json: part, records, bytes) for the driver's commit
 
 A subclass names its `extension` and `format_name` and writes its format in `_start` / `_write` /
-`_finish`. The part is made at the first record because a format's header may depend on it (the dtype
-of a .npy, the schema of a Parquet file); an instance that got no records writes no part.
+`_finish` (a line format overrides `execute` itself, to batch its lines: text.py says why). The part is
+made at the first record because a format's header may depend on it (the dtype of a .npy, the schema of
+a Parquet file); an instance that got no records writes no part.
 """
 
 from __future__ import annotations
@@ -84,12 +85,15 @@ class FileSink(SinkFunction[Any]):
                 "before the job starts, so the job was aborted meanwhile, or something removed it") from None
 
     def execute(self, record: Any) -> None:
-        part = self._part
-        if part is None:
-            part = self._part = PartFile(create_file_at(self._staging_fd, self._part_name), self._part_name)
-            self._start(part, record)
+        part = self._part or self._begin(record)
         self._write(part, record)
         self.records += 1
+
+    def _begin(self, first: Any) -> PartFile:
+        """The first record: make the part (0600, O_EXCL: a name planted in staging is refused)."""
+        part = self._part = PartFile(create_file_at(self._staging_fd, self._part_name), self._part_name)
+        self._start(part, first)
+        return part
 
     def close(self) -> None:
         part = self._part
