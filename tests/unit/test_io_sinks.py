@@ -169,3 +169,24 @@ def test_an_instance_without_records_writes_no_part(tmp_path):
 def test_a_bad_mode_fails_when_the_pipeline_is_built(tmp_path, sink):
     with pytest.raises(ValueError, match="overwrite"):
         sink(tmp_path / "out", "append")
+
+
+def test_parquet_copies_arrays_it_keeps_until_the_row_group_is_written(tmp_path):
+    """A record's array may be a view on ring memory, valid only during the call (issue 19): rows wait
+    for their row group, so the sink copies arrays in them. The view here is overwritten after each
+    call, as a ring slot would be."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    from tests.unit.sink_driver import instance
+
+    driver = ParquetSink(tmp_path / "out")
+    driver.prepare_output("0badc0de", 1)
+    sink = instance(driver, 0, 1)
+    slot = np.zeros(3)
+    for i in range(5):
+        slot[:] = i
+        sink.execute({"i": i, "v": slot})
+        slot[:] = -1   # the ring reuses the space once the call has returned
+    sink.close()
+    driver.commit_output()
+    rows = pq.read_table(part_files(tmp_path / "out")[0]).to_pylist()
+    assert [r["v"] for r in rows] == [[float(i)] * 3 for i in range(5)]

@@ -173,3 +173,14 @@ def test_a_file_in_place_of_the_folder_is_refused(tmp_path):
     (tmp_path / "out").write_text("a file")
     with pytest.raises(NotADirectoryError, match="not a folder"):
         JsonlSink(tmp_path / "out").prepare_output(JOB, 1)
+
+
+def test_two_sinks_of_one_job_on_one_folder_are_refused(tmp_path):
+    out = tmp_path / "out"
+    first = JsonlSink(out)
+    first.prepare_output(JOB, 1)
+    try:
+        with pytest.raises(ValueError, match="another sink of this job"):
+            JsonlSink(out, "overwrite").prepare_output(JOB, 1)
+    finally:
+        first.abort_output()

@@ -13,6 +13,8 @@ import importlib
 import os
 from typing import Any
 
+import numpy as np
+
 from procflow.io.sinks.file_sink import FileSink
 from procflow.io.sinks.part_file import PartFile
 
@@ -30,7 +32,8 @@ def require_pyarrow(where: str) -> Any:
 
 
 class ParquetSink(FileSink):
-    """Parquet parts. `compression=` is pyarrow's ("snappy", "zstd", "gzip", "none", ...)."""
+    """Parquet parts. `compression=` is pyarrow's ("snappy", "zstd", "gzip", "none", ...). The manifest
+    counts records as they came: a RecordBatch counts as one."""
 
     extension = "parquet"
     format_name = "parquet"
@@ -67,6 +70,10 @@ class ParquetSink(FileSink):
         if not isinstance(record, dict):
             raise TypeError(f"{self!r} writes dicts (one row each) or pyarrow RecordBatches / Tables, got "
                             f"{type(record).__name__}; map records to dicts first")
+        if any(isinstance(value, np.ndarray) for value in record.values()):
+            # Kept until its row group is written, long after this call: an array may be a view on ring
+            # memory that is valid only during the call (issue 19's zero-copy arrays), so copy it now.
+            record = {k: np.array(v) if isinstance(v, np.ndarray) else v for k, v in record.items()}
         self._rows.append(record)
         if len(self._rows) >= self.row_group_size:
             self._flush_rows(part)

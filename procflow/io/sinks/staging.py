@@ -148,6 +148,9 @@ class StagedOutput:
             if st.st_uid != os.geteuid():
                 raise UnsafePathError(f"{self.where}: {name} belongs to uid {st.st_uid}, not to this user; "
                                       "remove it (if it is stale), or write into another folder")
+            if name == staging_name(self.job_id):
+                raise ValueError(f"{self.where}: another sink of this job writes into the same folder; give "
+                                 "each file sink a folder of its own")
             if os.path.join(self.path, name) in _HELD or self._locked_by_live_driver(name):
                 raise OutputExistsError(
                     f"{self.where}: another running job is writing into this folder (its staging folder "
