@@ -184,8 +184,10 @@ class Dispatcher(JobMonitor):
                     continue
                 except Exception as exc:   # any failure to publish is the job's failure, said as such
                     self.log.exception("committing the output of %s failed", name)
-                    self._fail(JobFailedError(f"job {self.job_id} finished, but committing the output of "
-                                              f"{name} failed: {type(exc).__name__}: {exc}", task=name))
+                    error = JobFailedError(f"job {self.job_id} finished, but committing the output of {name} "
+                                           f"failed: {type(exc).__name__}: {exc}", task=name)
+                    error.__cause__ = exc
+                    self._fail(error)
             try:
                 function.abort_output()
             except Exception:   # removing staging must not hide the job's own outcome; the log says it

@@ -93,6 +93,7 @@ def test_a_failed_commit_fails_the_job_naming_the_sink_and_removes_the_staging(e
     dispatcher = run(lambda b: [ready_all(b), stop_all(b)], env_dir, sink=FailsToCommit)
     assert dispatcher.manager.status is JobStatus.FAILED
     assert "committing the output of out failed: OSError: disk full" in str(dispatcher.manager.failure)
+    assert isinstance(dispatcher.manager.failure.__cause__, OSError)
     assert CALLS[-5:-3] == ["commit_output", "abort_output"]
 
 
