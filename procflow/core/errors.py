@@ -10,7 +10,8 @@
     │   ├── ChannelClosedError
     │   └── BrokenChannelError
     ├── UnsafePathError       a log folder or file is not private to this user (also a PermissionError)
-    └── InputFormatError      a line or row of an input file cannot be parsed (also a ValueError)
+    ├── InputFormatError      a line or row of an input file cannot be parsed (also a ValueError)
+    └── OutputExistsError     a file sink's folder holds output already (also a FileExistsError)
 Graph and argument mistakes raise the built-in ValueError / TypeError before any process starts.
 """
 
@@ -165,3 +166,8 @@ class InputFormatError(ProcflowError, ValueError):
     def __reduce__(self) -> tuple[Any, ...]:
         # Rebuilt from its fields: the default would call __init__ with the message alone.
         return type(self), (self.path, self.line, self.reason, self.text)
+
+
+class OutputExistsError(ProcflowError, FileExistsError):
+    """A file sink's folder is not empty (mode="error"), or another running job writes into it. Raised in
+    the driver before any process starts; the message names the folder and mode="overwrite"."""
