@@ -14,8 +14,8 @@ driver can read them at any moment for live metrics.
 A claim reads and advances a slot's cursor under `fcntl.lockf` on the cursor's bytes of the segment file.
 Why a POSIX record lock and not a lock word in the segment: the kernel drops it when its holder dies, so
 a reader SIGKILLed inside a claim cannot leave the other readers blocked forever (a futex mutex would stay
-held). A claim costs about 3 us (two fcntl calls; measured in tests/unit/test_job_control_splits.py), once
-per split: nothing next to reading a split.
+held). A claim costs 2-3 us (two fcntl calls; measured by tests/unit/test_split_plan.py), once per split:
+nothing next to reading a split.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from __future__ import annotations
 import mmap
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -51,7 +51,7 @@ class MemmapRef:
     dtype: np.dtype   # the dtype itself: its .str would lose a structured dtype's field names
     shape: tuple[int, ...]
     offset: int
-    order: str
+    order: Literal["C", "F"]
 
     def __reduce__(self) -> tuple[Callable[..., np.ndarray], tuple]:
         return (_open_memmap, (self.path, self.dtype, self.shape, self.offset, self.order))
@@ -63,7 +63,8 @@ def _attach_array(segment: str, dtype: np.dtype, shape: tuple[int, ...]) -> np.n
     return array
 
 
-def _open_memmap(path: str, dtype: np.dtype, shape: tuple[int, ...], offset: int, order: str) -> np.ndarray:
+def _open_memmap(path: str, dtype: np.dtype, shape: tuple[int, ...], offset: int,
+                 order: Literal["C", "F"]) -> np.ndarray:
     return np.memmap(path, dtype, mode="r", offset=offset, shape=shape, order=order)
 
 
@@ -96,10 +97,10 @@ def _memmap_ref(array: np.ndarray) -> MemmapRef | None:
     """A stand-in that reopens the file, for a memmap that maps its file itself (not a slice of one)."""
     if not isinstance(array, np.memmap) or not isinstance(array.base, mmap.mmap) or not array.filename:
         return None
-    order = "C" if array.flags.c_contiguous else "F" if array.flags.f_contiguous else None
-    if order is None:
+    if not (array.flags.c_contiguous or array.flags.f_contiguous):
         return None
-    return MemmapRef(array.filename, array.dtype, tuple(array.shape), int(array.offset), order)
+    return MemmapRef(array.filename, array.dtype, tuple(array.shape), int(array.offset),
+                     "C" if array.flags.c_contiguous else "F")
 
 
 def share_arrays(functions: Iterable[Any], make_segment: Callable[[str, int], SharedSegment]) -> None:

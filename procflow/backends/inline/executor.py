@@ -241,7 +241,8 @@ class InlineBackend:
             function = task.function
             if isinstance(function, IterableBatch) and node.parallelism > 1:
                 # Forked instances each read their own copy of an iterator; here they would share one,
-                # and instance 0 would drain it. Materialise it once for all the instances.
+                # and instance 0 would drain it. Materialise it once for all the instances. (Lists and
+                # other sequences are split sources: their instances claim index ranges, no copy needed.)
                 it = function.iterable
                 if iter(it) is it:
                     if node.transformation_id not in shared_iterators:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator, Sized
 from typing import Any
 
 from procflow.core.functions import BatchFunction, IterableBatch, SourceFunction
@@ -62,10 +62,16 @@ class SplitReader:
         self._began = self._pulled = 0
 
     def records(self) -> Iterator[Any]:
+        """Every record of the splits this instance claims. Chained in C: the records of a split pass
+        straight from its iterator to the source's islice, with no Python frame per record."""
+        return itertools.chain.from_iterable(self._splits())
+
+    def _splits(self) -> Iterator[Iterable[Any]]:
+        """Claims the next split when the previous one is exhausted (chain asks for it only then)."""
         plan, control, row = self.plan, self.control, self.row
         while (index := control.claim_split(plan.slot, self.instance)) is not None:
             self.split = split = plan.splits[index]
-            yield from self.fn.read_split(split)
+            yield self.fn.read_split(split)
             self.units_done += split.size
             row[UNITS_DONE] = self.units_done
         self.split = None
