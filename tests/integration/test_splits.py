@@ -71,13 +71,14 @@ def test_split_sources_on_every_backend(backend):
 
 @pytest.mark.backends(*LOCAL, "ray")
 def test_a_fast_reader_takes_more_splits_than_a_slow_one(backend):
-    """Instance 0 spends 0.3 s on each split it reads, instance 1 nothing: pulling, instance 1 takes the
-    splits while instance 0 works through its first; a fixed share would have given each 10."""
+    """Instance 0 spends 0.5 s on each split it reads, instance 1 nothing: pulling, instance 1 takes the
+    splits while instance 0 works through its first; a fixed share would have given each 10. (Instance 0
+    reads 6 or more only if instance 1 sat descheduled for 2.5 s: the margin for a loaded machine.)"""
     env = backend.make_env()
-    records, job = run(env, Numbered(20, slow=0.3), 2)
+    records, job = run(env, Numbered(20, slow=0.5), 2)
     owners = job._dispatcher.split_assignments()["src"]
     assert sorted(v for v, _, _ in records) == list(range(60))
-    assert owners.count(1) >= 15 and owners.count(0) >= 1, owners
+    assert owners.count(1) >= 14 and owners.count(0) >= 1, owners
 
 
 @pytest.mark.backends(*NO_RAY)
