@@ -78,7 +78,7 @@ def test_a_fast_reader_takes_more_splits_than_a_slow_one(backend):
     records, job = run(env, Numbered(20, slow=0.5), 2)
     owners = job._dispatcher.split_assignments()["src"]
     assert sorted(v for v, _, _ in records) == list(range(60))
-    assert owners.count(1) >= 14 and owners.count(0) >= 1, owners
+    assert owners.count(1) >= 14, owners   # (all 20 where instance 0 started late)
 
 
 @pytest.mark.backends(*NO_RAY)
