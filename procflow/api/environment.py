@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar, overload
 
 from procflow.api.datastream import CollectResult, DataStream
+from procflow.api.file_sources import FileSources
 from procflow.core import functions as fx
 from procflow.core.config import Config
 from procflow.core.enums import OperatorKind
@@ -43,7 +44,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 INTERRUPTING_SIGNALS = (signal.SIGINT, *STOP_SIGNALS)
 
 
-class BaseEnvironment:
+class BaseEnvironment(FileSources):
     """Builds a pipeline. Use as a context manager so that `close()` always runs."""
 
     backend = "base"

@@ -117,6 +117,19 @@ class TaskContext:
         return [{"target": o.target, "strategy": o.strategy, "instances": len(o.edges),
                  "queue_ids": o.queue_ids} for o in self.outputs]
 
+    def set_aside(self, record: Any, error: Exception) -> None:
+        """Report a record the function cannot process, without raising from the hook itself.
+
+        For a function that finds bad records on its own, such as a file reader meeting a line it cannot
+        parse (a source has no input record for the task to blame). The operator's `on_error` decides:
+        "fail" (the default) raises `error`, which fails the job; "skip" counts and logs the record;
+        "dead_letter" also sends `record` with the error to the dead-letter output. Returns normally
+        when the record is set aside: the function goes on with its next record.
+        """
+        if self.task is None:
+            raise error
+        self.task.set_aside(record, error)
+
     @property
     def processed_count(self) -> int:
         """Records this task has processed so far (for a source: records it has produced)."""

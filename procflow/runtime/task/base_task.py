@@ -247,6 +247,13 @@ class BaseTask:
 
     # -- errors and counters -------------------------------------------------------------------
 
+    def set_aside(self, record: Any, error: Exception) -> None:
+        """A function reports a record it cannot process (TaskContext.set_aside): raise `error` under
+        on_error="fail", else count it and log it (and dead-letter it) like a record whose call raised."""
+        if not self._sets_aside:
+            raise error
+        self._record_failed(error, record, self._on_error)
+
     def _record_failed(self, exc: Exception, record: Any, policy: str) -> None:
         self.errors += 1
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
