@@ -92,6 +92,10 @@ class Job:
                 "percent": 100.0 * done / total.amount if total.amount else 100.0,
                 "rate": rate, "eta_s": (left / rate if rate > 0 else None) if left else 0.0}
 
+    def split_assignments(self) -> dict[str, list[int | None]]:
+        """Per split source: the instance each split was handed to (None: not yet), live or final."""
+        return self._dispatcher.split_assignments()
+
     @property
     def service_metrics(self) -> dict[str, dict]:
         """Per service: replicas, calls served, errors, seconds busy, and per replica; live or final."""

@@ -53,7 +53,7 @@ def test_every_split_is_read_by_exactly_one_instance_once(backend, parallelism):
     for _, split, instance in records:
         readers.setdefault(split, set()).add(instance)
     assert all(len(r) == 1 for r in readers.values()) and len(readers) == 23
-    owners = job._dispatcher.split_assignments()["src"]
+    owners = job.split_assignments()["src"]
     assert owners == [next(iter(readers[i])) for i in range(23)]          # the driver saw the same
     rows = [m for name, m in job.metrics.items() if m["operator"] == "src"]
     assert sum(m["units_done"] for m in rows) == 23 * 3
@@ -63,7 +63,7 @@ def test_split_sources_on_every_backend(backend):
     env = backend.make_env()
     records, job = run(env, Numbered(10), 3)
     assert sorted(v for v, _, _ in records) == list(range(30))
-    owners = job._dispatcher.split_assignments()["src"]
+    owners = job.split_assignments()["src"]
     assert sorted(owners) == sorted(owners) and None not in owners and set(owners) <= {0, 1, 2}
     assert job.progress() == {"unit": "records", "total": 30, "done": 30, "percent": 100.0,
                               "rate": pytest.approx(30 / job.elapsed), "eta_s": 0.0}
@@ -76,7 +76,7 @@ def test_a_fast_reader_takes_more_splits_than_a_slow_one(backend):
     reads 6 or more only if instance 1 sat descheduled for 2.5 s: the margin for a loaded machine.)"""
     env = backend.make_env()
     records, job = run(env, Numbered(20, slow=0.5), 2)
-    owners = job._dispatcher.split_assignments()["src"]
+    owners = job.split_assignments()["src"]
     assert sorted(v for v, _, _ in records) == list(range(60))
     assert owners.count(1) >= 14, owners   # (all 20 where instance 0 started late)
 
@@ -85,7 +85,7 @@ def test_a_fast_reader_takes_more_splits_than_a_slow_one(backend):
 def test_an_empty_plan_ends_the_source_at_once(backend):
     env = backend.make_env()
     records, job = run(env, Numbered(0), 3)
-    assert records == [] and job._dispatcher.split_assignments() == {"src": []}
+    assert records == [] and job.split_assignments() == {"src": []}
     assert job.progress()["total"] == 0 and job.progress()["percent"] == 100.0
 
 
@@ -127,7 +127,7 @@ def test_a_reader_killed_mid_job_fails_the_job_cleanly(backend):
     env.from_batch(DiesReading(), parallelism=3, name="src").collect()
     with pytest.raises(JobFailedError, match=r"task src_\d \(pid \d+\) .*SIGKILL"):
         env.submit()
-    owners = env.job._dispatcher.split_assignments()["src"]
+    owners = env.job.split_assignments()["src"]
     assert owners[5] is not None      # the driver knows who had the split that was lost
     # no process and no segment is left: the autouse leak check
 
