@@ -3,7 +3,8 @@
 One Dispatcher for every backend (local processes, inline, Ray); what differs is the Backend's
 (runtime/backend.py draws who calls what).
 
-    prepare()  job folder and Dispatcher.log; committed outputs staged (a file sink's non-empty folder
+    prepare()  the split sources' plans (split_plan.py: a failing plan fails here, before anything exists);
+               job folder and Dispatcher.log; committed outputs staged (a file sink's non-empty folder
                refuses the job here, before any process); the backend's job control; its capacity check (before
                anything is created); one inbox per consuming task; services (ServiceManager); then every
                TaskContext, built here and only here, from the graph
@@ -55,6 +56,7 @@ from procflow.runtime.job_manager import JobManager
 from procflow.runtime.job_monitor import JobMonitor
 from procflow.runtime.private_files import make_job_dir
 from procflow.runtime.service.manager import ServiceManager
+from procflow.runtime.split_plan import SplitPlan, plan_job_splits
 from procflow.runtime.stall_watch import StallWatch
 
 # A task's Failed report whose error is one of these types says only that its consumer (or the service
@@ -102,6 +104,9 @@ class Dispatcher(JobMonitor):
         self.handles: Mapping[str, StartedTask] = {}
         self.inboxes: dict[str, Any] = {}
         self.job_control: JobControlView | None = None
+        self.split_plans: dict[str, SplitPlan] = {}
+        self._split_owners: dict[str, list[int | None]] = {}   # the last split_assignments() read
+        self._control_closed = False
         self.service_manager: ServiceManager | None = None
         self.in_driver: DriverCollects | None = None
         self._requests: list[tuple[ControlRequest, str]] = []
@@ -117,13 +122,14 @@ class Dispatcher(JobMonitor):
 
     def prepare(self) -> None:
         self.backend.preflight()
+        self.split_plans = plan_job_splits(self.graph)   # a plan that fails, fails here: nothing exists yet
         make_job_dir(self.env_dir, self.job_id, self.config["keep_logs"])
         self._open_log()
         self._prepare_outputs()
         backend = self.backend
         nodes = list(self.graph.nodes.values())
         self.job_control = backend.open_job(JobSetup(self.job_id, self.job_dir, self.env_dir, self.config,
-                                                     self.graph, self.log))
+                                                     self.graph, self.log, self.split_plans))
         self.in_driver = DriverCollects(self.graph, self.manager, self.job_control.counters,
                                         enabled=backend.collects_in_driver)
         driver_nodes = self.in_driver.tasks
@@ -146,6 +152,7 @@ class Dispatcher(JobMonitor):
             if node.name not in driver_nodes:
                 self.contexts[node.name] = self._context(node, slot, len(nodes), directory)
                 self.functions[node.name] = self.graph.transformations[node.transformation_id].function.build()
+        self._ship_splits()
         self.log.info("job %s prepared on the %s backend: %d tasks, %d channels, queue=%s%s", self.job_id,
                       backend.kind, len(nodes), len(self.graph.edges), self.config["queue"],
                       f"; run by the driver: {', '.join(sorted(driver_nodes))}" if driver_nodes else "")
@@ -192,6 +199,23 @@ class Dispatcher(JobMonitor):
                 function.abort_output()
             except Exception:   # removing staging must not hide the job's own outcome; the log says it
                 self.log.exception("removing the staged output of %s failed", name)
+
+    def _ship_splits(self) -> None:
+        """Every instance of a split source gets its plan (descriptors only); it claims splits at run time."""
+        for name, ctx in self.contexts.items():
+            t = self.graph.transformations[self.graph.nodes[name].transformation_id]
+            ctx.splits = self.split_plans.get(t.name)
+
+    def split_assignments(self) -> dict[str, list[int | None]]:
+        """Per split source, the instance each split was handed to so far (None: not yet); live while
+        the job runs, final after it (checkpoints snapshot this)."""
+        control = self.job_control
+        if control is not None and not self._control_closed:
+            for plan in self.split_plans.values():
+                owners = control.split_owners(plan.slot)
+                if owners is not None:
+                    self._split_owners[plan.operator] = owners
+        return {op: list(owners) for op, owners in self._split_owners.items()}
 
     def _context(self, node: Any, slot: int, n_tasks: int, directory: Any) -> TaskContext:
         """The one place a TaskContext is built, whatever the backend."""
@@ -386,4 +410,6 @@ class Dispatcher(JobMonitor):
         self.backend.close_channels()                     # 4: inboxes / rings
         if self.job_control is not None:                  # 5: the counters outlive the job control
             self.manager.last_counters = self.live_counters()
+            self.split_assignments()                      #    and so do the split claims
+        self._control_closed = True
         self.backend.close_job_control()                  # 6: the job control itself

@@ -76,6 +76,7 @@ class TaskContext:
     config: dict = field(default_factory=lambda: Config().as_dict())   # every key: readers index it
     service_directory: Any = None  # how to reach services (see runtime/service)
     control: Any = None            # write end of the control pipe
+    splits: Any = None             # a split source's SplitPlan (runtime/split_plan.py); None otherwise
 
     def __post_init__(self) -> None:
         self.kind = OperatorKind(self.kind)   # also from its string: tools and tests build contexts by hand

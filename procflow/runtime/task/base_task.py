@@ -47,7 +47,7 @@ OPERATORS: dict[OperatorKind, type[Operator]] = {
     OperatorKind.COLLECT: CollectOperator, OperatorKind.REDUCE: ReduceOperator, OperatorKind.COMAP: CoMapOperator,
     OperatorKind.JOIN: JoinOperator,
 }
-_IN, _OUT, _BUSY, _WAIT, _BLOCKED, _ERRORS, _STARTED, _FINISHED, _FILL, _CPU = range(len(FIELDS))
+_IN, _OUT, _BUSY, _WAIT, _BLOCKED, _ERRORS, _STARTED, _FINISHED, _FILL, _CPU = range(FIELDS.index("cpu_s") + 1)
 
 # Longest a working task goes without publishing its counters. Publishing once per input batch left a
 # slow operator's row at 0 in / 0 out / 0 busy for seconds (a 1 ms map reads thousands of records in one
