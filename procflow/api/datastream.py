@@ -58,9 +58,11 @@ class DataStream(Generic[T]):
         self.env = env
         self.transformation = transformation
         if partitioning is None:
-            # A key chosen upstream stays with the stream until the next keyby.
+            # A key chosen upstream stays with the stream until the next keyby. An unkeyed stream goes to
+            # whichever instance is free (DESIGN §2, turn 2): round robin made a job wait for its slowest
+            # instance (issue 19). Not `explicit`: the default edge may still be chained.
             upstream_keyed = any(i.partitioning.keyed for i in transformation.inputs)
-            partitioning = Partitioning(HASH) if upstream_keyed else Partitioning(ROUND_ROBIN)
+            partitioning = Partitioning(HASH) if upstream_keyed else Partitioning(BALANCE)
         self.partitioning = partitioning
 
     @property
@@ -112,7 +114,8 @@ class DataStream(Generic[T]):
     def keyby(self, fn: Callable[[T], Any] | type[fx.KeyByFunction[T]] | fx.KeyByFunction[T], strategy: Any = HASH,
               *args: Any, parallelism: int | None = None, **kwargs: Any) -> DataStream[T]:
         """Partition by key. `strategy`: "hash", "broadcast", "round_robin" or a partitioner callable
-        `(key, n) -> index | indices`.
+        `(key, n) -> index | indices`. "round_robin" ignores the key for placement (even counts, as
+        `round_robin()`) but still sets it on every record, for `ctx.get_key()` downstream.
 
         The key selector runs in the tasks that send the records, so keyby costs no extra process. With
         an explicit `parallelism=`, keyby becomes its own stage of that many tasks.
@@ -131,19 +134,34 @@ class DataStream(Generic[T]):
         return DataStream(self.env, source.transformation, part)
 
     def balance(self) -> DataStream[T]:
-        """Send each record to whichever instance of the next operator has the least work queued.
+        """Send each chunk of records to whichever instance of the next operator has the most room.
 
-        Round robin (the default) gives every instance the same number of records, so a job lasts as
-        long as its slowest instance; with records of uneven cost, or cores shared with other work, the
-        others then sit idle at the end. Balanced, an instance that works faster gets more records, and
-        per-instance counts differ. For unkeyed streams on the shm channels (the local default);
-        elsewhere, and when the stream also feeds another operator, records go round robin.
+        This is already the default for an unkeyed stream; calling it says so explicitly, which also
+        keeps the next operator in a task of its own (never chained with this one). An instance that
+        works faster gets more records, so per-instance counts differ; for even, deterministic counts
+        use `round_robin()`. Balancing needs channels that report what their consumer has taken (the
+        shm rings, the local default); on mp queues, Ray and the inline backend, and when the stream
+        also feeds another operator, records go round robin.
         """
-        if self.partitioning.keyed or self.partitioning.strategy != ROUND_ROBIN:
-            raise ValueError(f"balance() spreads an unkeyed stream by load, but {self.name!r} is already "
-                             f"partitioned ({self.partitioning.strategy}); call balance() on the stream "
-                             "before keyby(), or leave it out to keep equal keys together")
+        self._check_unkeyed("balance")
         return DataStream(self.env, self.transformation, Partitioning(BALANCE, explicit=True))
+
+    def round_robin(self) -> DataStream[T]:
+        """Give every instance of the next operator the same number of records, in turn.
+
+        Deterministic placement (each upstream instance starts at its own offset, so counts differ by
+        at most one per upstream instance), at a price: the job lasts as long as its slowest instance,
+        since no instance takes over another's share. Keeps the next operator in a task of its own.
+        """
+        self._check_unkeyed("round_robin")
+        return DataStream(self.env, self.transformation, Partitioning(ROUND_ROBIN, explicit=True))
+
+    def _check_unkeyed(self, method: str) -> None:
+        part = self.partitioning
+        if part.keyed or part.key_selector is not None or part.strategy not in (BALANCE, ROUND_ROBIN):
+            raise ValueError(f"{method}() places the records of an unkeyed stream, but {self.name!r} is already "
+                             f"partitioned ({part.strategy}); call {method}() on the stream before keyby(), "
+                             "or leave it out to keep equal keys together")
 
     def reduce(self, fn: Callable[[Any, T], Any] | type[fx.ReduceFunction] | fx.ReduceFunction, *args: Any,
                emit: str = "final", **kwargs: Any) -> DataStream[tuple[Any, Any]]:

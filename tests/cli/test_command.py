@@ -121,9 +121,9 @@ def test_graph_text_dot_mermaid(tmp_path):
     dot = tmp_path / "g.dot"
     assert procflow("graph", f"{PIPELINES}:counted", "--format", "dot", "--output", str(dot)).returncode == 0
     body = dot.read_text()
-    assert body.startswith("digraph procflow {") and '"batch_0" -> "flatmap_1" [label="round_robin"];' in body
+    assert body.startswith("digraph procflow {") and '"batch_0" -> "flatmap_1" [label="balance"];' in body
     mermaid = procflow("graph", f"{PIPELINES}:counted", "-f", "mermaid")
-    assert mermaid.stdout.startswith("flowchart LR") and "flatmap_0 -->|round_robin| filter_0" in mermaid.stdout
+    assert mermaid.stdout.startswith("flowchart LR") and "flatmap_0 -->|balance| filter_0" in mermaid.stdout
 
 
 @pytest.mark.timeout(60)

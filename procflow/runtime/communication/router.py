@@ -2,10 +2,12 @@
 
 A task has one OutputGroup per downstream operator. Each group partitions independently:
 
-    round_robin  the default; every upstream instance starts at its own offset, so counts stay even
-    balance      to whichever instance has the least work queued, by credits (see balance.py); round
-                 robin where the channels cannot report what was taken (mp queues, Ray, inline) or
-                 when the stream also feeds another operator
+    balance      the default of an unkeyed stream: each chunk to whichever instance has the most room,
+                 by credits (see balance.py), as Pool and Ray hand work to whoever is free; round robin
+                 where the channels cannot report what was taken (mp queues, Ray, inline) or when the
+                 stream also feeds another operator
+    round_robin  asked for (`round_robin()`, `keyby(..., "round_robin")`): even, deterministic counts;
+                 every upstream instance starts at its own offset
     hash         a *stable* hash of the key (keys.py: crc32 of canonical bytes), identical in every
                  process, run and backend, and equal for keys equal in Python (1, 1.0, True); every
                  value, falsy ones included, is a key; a key type without a stable hash is refused
