@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from procflow.core import functions as fx
@@ -164,14 +165,31 @@ class DataStream(Generic[T]):
                              "or leave it out to keep equal keys together")
 
     def reduce(self, fn: Callable[[Any, T], Any] | type[fx.ReduceFunction] | fx.ReduceFunction, *args: Any,
-               emit: str = "final", **kwargs: Any) -> DataStream[tuple[Any, Any]]:
-        """Keyed fold. emit="final": one (key, value) per key at end of input; "running": every update."""
+               emit: str = "final", combine: bool = True, **kwargs: Any) -> DataStream[tuple[Any, Any]]:
+        """Keyed fold. emit="final": one (key, value) per key at end of input; "running": every update.
+
+        With emit="final" on a hash-keyed stream, the tasks that send to the reduce pre-reduce as a
+        combiner does (Hadoop, Spark's reduceByKey): each keeps a bounded dict of key -> partial value,
+        folded with `fn`, and sends its partials when the dict is full and at end of input, so only
+        partial aggregates cross the shuffle. The reduce folds the partials with `fn` again, which gives
+        the same result when `fn` is associative (a sum, a max, a merge of counts). For a function that
+        is not, or that must see each record, pass `combine=False`: every record then reaches the reduce
+        as before. The upstream copy of a ReduceFunction class is opened and closed in each sending task.
+        """
         if not self.partitioning.keyed:
             raise ValueError("reduce() needs a keyed stream: call .keyby(selector) first")
         if emit not in ("final", "running"):
             raise ValueError(f"reduce(): emit must be 'final' or 'running', got {emit!r}")
+        if not isinstance(combine, bool):
+            raise TypeError(f"reduce(): combine must be True or False, got {combine!r}")
         kwargs["_options"] = {"emit": emit}
-        return self._then(OperatorKind.REDUCE, fx.ReduceFunction, fn, args, kwargs)
+        reduced = self._then(OperatorKind.REDUCE, fx.ReduceFunction, fn, args, kwargs)
+        # A running reduce emits every update: partials would change what it emits, so it never combines.
+        # A custom partitioner may send one record to several instances: left alone.
+        if combine and emit == "final" and self.partitioning.strategy == HASH:
+            t = reduced.transformation
+            t.inputs[0] = Input(self.transformation, replace(self.partitioning, combiner=t.function), 0)
+        return reduced
 
     def sink(self, fn: Callable[[T], object] | type[fx.SinkFunction[T]] | fx.SinkFunction[T], *args: Any,
              **kwargs: Any) -> DataStream[T]:

@@ -190,7 +190,8 @@ def test_keyed_reduce_equals_a_python_fold(backend, pairs, parallelism, running)
     # One environment per example, closed at its end (the fixture's own closes only at the test's end).
     with tempfile.TemporaryDirectory() as tmp, backend.make_env("reduce", env_dir=tmp) as env:
         stream = env.from_batch(pairs).keyby(lambda p: p[0]).map(lambda p: p[1], parallelism=parallelism)
-        result = stream.reduce(ordered_fold, parallelism=parallelism,
+        # ordered_fold is not associative: no combiner (it would fold partials, not records)
+        result = stream.reduce(ordered_fold, parallelism=parallelism, combine=False,
                                emit="running" if running else "final").collect()
         env.submit()
     got = result.results()
