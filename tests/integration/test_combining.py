@@ -36,6 +36,11 @@ def python_totals(lines):
     return totals
 
 
+def reduced_in(job, operator, parallelism):
+    """Records the reduce's tasks received: partials where its senders combine."""
+    return sum(job.metrics[f"{operator}_{i}"]["records_in"] for i in range(parallelism))
+
+
 def group_by(env, lines, combine):
     return (env.from_batch(lines).map(parse, parallelism=2).keyby(lambda r: r[0])
             .reduce(add_values, parallelism=2, combine=combine, name="total").collect())
@@ -49,11 +54,10 @@ def test_the_group_by_gives_the_plain_python_answer_and_combining_sends_partials
     job = env.submit()
     assert {key: total for key, (_, total) in result.results()} == python_totals(lines)
     assert len(result.results()) == N_KEYS   # one (key, value) per key
-    reduced_in = job.metrics["total_0"]["records_in"] + job.metrics["total_1"]["records_in"]
     if combine:   # at most one partial per key from each of the two parse tasks
-        assert N_KEYS <= reduced_in <= 2 * N_KEYS
+        assert N_KEYS <= reduced_in(job, "total", 2) <= 2 * N_KEYS
     else:         # combine=False really sends every record
-        assert reduced_in == len(lines)
+        assert reduced_in(job, "total", 2) == len(lines)
 
 
 class Offset(ReduceFunction):
@@ -70,9 +74,10 @@ class Offset(ReduceFunction):
 def test_a_reduce_class_is_opened_where_it_combines(backend):
     env = backend.make_env()
     result = (env.from_batch(range(1000), parallelism=2).keyby(lambda r: r % 3)
-              .reduce(Offset, parallelism=2).collect())
-    env.submit()
+              .reduce(Offset, parallelism=2, name="offset").collect())
+    job = env.submit()
     assert dict(result.results()) == {k: sum(r for r in range(1000) if r % 3 == k) for k in range(3)}
+    assert reduced_in(job, "offset", 2) <= 2 * 3   # combined in the two source tasks
 
 
 def test_a_key_carried_from_upstream_combines_too(backend):
@@ -83,7 +88,7 @@ def test_a_key_carried_from_upstream_combines_too(backend):
               .reduce(lambda a, b: a + b, parallelism=3, name="count").collect())
     job = env.submit()
     assert dict(result.results()) == {f"w{k}": len(range(k, 2000, 13)) for k in range(13)}
-    assert sum(job.metrics[f"count_{i}"]["records_in"] for i in range(3)) <= 2 * 13
+    assert reduced_in(job, "count", 3) <= 2 * 13
 
 
 @pytest.mark.backends(*NO_RAY)
@@ -91,10 +96,11 @@ def test_arrays_combine_to_the_same_sums(backend):
     env = backend.make_env()
     result = (env.from_batch(range(60)).map(lambda i: (i % 4, np.full(1000, float(i))), parallelism=2)
               .keyby(lambda r: r[0]).map(lambda r: r[1])
-              .reduce(lambda a, b: a + b, parallelism=2).collect())
-    env.submit()
+              .reduce(lambda a, b: a + b, parallelism=2, name="sum").collect())
+    job = env.submit()
     got = {key: total.tolist() for key, total in result.results()}
     assert got == {k: [float(sum(range(k, 60, 4)))] * 1000 for k in range(4)}
+    assert reduced_in(job, "sum", 2) <= 4
 
 
 @pytest.mark.backends(*NO_RAY)
@@ -107,10 +113,11 @@ def test_a_record_whose_key_fails_is_skipped_by_its_sender_and_the_rest_combine(
     env = backend.make_env()
     records = [(f"u{i % 5}", i) for i in range(200)]
     result = (env.from_batch(records).map(lambda r: r, parallelism=2, on_error="skip", name="parse")
-              .keyby(user_of).reduce(add_values, parallelism=2).collect())
+              .keyby(user_of).reduce(add_values, parallelism=2, name="total").collect())
     job = env.submit()
     expected = {f"u{k}": sum(i for i in range(k, 200, 5) if i != 13) for k in range(5)}
     assert {key: total for key, (_, total) in result.results()} == expected
+    assert reduced_in(job, "total", 2) <= 2 * 5
     assert job.metrics["parse_0"]["errors"] + job.metrics["parse_1"]["errors"] == 1
 
 
