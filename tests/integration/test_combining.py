@@ -8,7 +8,7 @@ import pytest
 
 from procflow import JobFailedError, ReduceFunction
 
-from .conftest import NO_RAY
+from .conftest import CORE, NO_RAY
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -46,6 +46,7 @@ def group_by(env, lines, combine):
             .reduce(add_values, parallelism=2, combine=combine, name="total").collect())
 
 
+@pytest.mark.backends(*CORE, "local-shm-spawn")   # spawn: each sending task unpickles its own copy
 @pytest.mark.parametrize("combine", [True, False], ids=["combined", "every-record"])
 def test_the_group_by_gives_the_plain_python_answer_and_combining_sends_partials(backend, combine):
     lines = csv_lines(3000)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from procflow import LocalEnvironment
 from procflow.core.errors import UnstableKeyError
@@ -76,6 +78,25 @@ def test_partials_fold_to_the_same_result_as_every_record(max_keys):
     assert sum(len(w.packets) for w in pw) == 500
     assert sent == 7 if max_keys is None else 7 <= sent <= 500   # bounded: keys cycle, little to fold
     assert combined.records_out == plain.records_out == 500   # records emitted, whatever crossed
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(records=st.lists(st.tuples(st.sampled_from([0, 1, 2.0, "a", "b", (1, "x"), None, False]),
+                                  st.integers(-50, 50)), max_size=80),
+       n=st.integers(1, 4), max_keys=st.integers(1, 6), upstream=st.integers(1, 3))
+def test_any_split_into_partials_folds_to_the_python_answer(records, n, max_keys, upstream):
+    # several sending tasks, each with its own bounded combiner, into the same n reduce instances
+    writers = [RecordingWriter() for _ in range(n)]
+    for u in range(upstream):
+        router = BaseRouter([OutputGroup("reduce", "hash", writers, None, None, (), Add())], u)
+        router._placements[0].max_keys = max_keys
+        for key, value in records[u::upstream]:
+            router.route(value, key, True)
+        router.send_stop(StopSignal(f"up{u}"))
+    expected: dict = {}
+    for key, value in records:
+        expected[key] = expected.get(key, 0) + value
+    assert fold_like_the_reduce(writers, lambda a, b: a + b) == expected
 
 
 def test_nothing_leaves_before_the_end_of_input_and_partials_precede_the_stop():

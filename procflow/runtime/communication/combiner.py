@@ -76,6 +76,12 @@ class Combining(Placement):
         if not keyed:   # a record without a key (one emitted at end of input) is not grouped: as before
             self.inner.send(payload, key, keyed)
             return
+        self._combine(payload, key)
+
+    def send_selected(self, payload: Any, key: Any, keyed: bool) -> None:
+        self._combine(payload, self.selector(payload))
+
+    def _combine(self, payload: Any, key: Any) -> None:
         partials = self.partials
         if key in partials:
             # Computed before it is stored: a fold that raises leaves the partial as it was, so a
@@ -95,9 +101,6 @@ class Combining(Placement):
         partials[key] = _held(payload)
         if len(partials) >= self.max_keys:
             self.drain()
-
-    def send_selected(self, payload: Any, key: Any, keyed: bool) -> None:
-        self.send(payload, self.selector(payload), True)
 
     def send_many(self, records: list) -> None:
         self.inner.send_many(records)   # unkeyed lists (BaseRouter.routes_many): nothing to group
