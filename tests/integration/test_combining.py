@@ -3,6 +3,8 @@ shuffle, and the results are those of reducing every record."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -136,4 +138,5 @@ def test_a_fold_that_fails_while_combining_names_the_sending_task_and_its_record
         env.submit()
     err = failed.value
     assert err.task == "parse_0" and "77" in (err.record or "")
-    assert "run as a combiner in the sending task" in (err.remote_traceback or "")
+    if sys.version_info >= (3, 11):   # exception notes
+        assert "run as a combiner in the sending task" in (err.remote_traceback or "")

@@ -89,8 +89,11 @@ class Combining(Placement):
             try:
                 folded = self._fold(partials[key], payload)
             except Exception as exc:
-                # The report names this (sending) task and its record; say why the reduce's code ran here.
-                exc.add_note(f"procflow: raised by the reduce function of {self.group.target!r}, run as a "
+                # The report names this (sending) task and its record; say why the reduce's code ran
+                # here. Notes exist from Python 3.11 on; on 3.10 the exception is reported as it is.
+                add_note = getattr(exc, "add_note", None)
+                if add_note is not None:
+                    add_note(f"procflow: raised by the reduce function of {self.group.target!r}, run as a "
                              "combiner in the sending task; pass reduce(..., combine=False) to run it only "
                              "in the reduce")
                 raise
