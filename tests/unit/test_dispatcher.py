@@ -37,6 +37,9 @@ class FakeControl:
     def snapshot(self) -> dict[int, dict[str, float]] | None:
         return None if self.closed else {i: dict(zip(FIELDS, row)) for i, row in enumerate(self.counters)}
 
+    def split_owners(self, slot: int) -> list[int | None] | None:
+        return None   # the scripted tasks claim no splits
+
     def close(self) -> None:
         self.closed = True
 
