@@ -31,8 +31,10 @@ class Split(FlatMapFunction):
 def build(env: LocalEnvironment, lines: list[str], parallelism: int = 2):
     """Split lines into words, key by word, count with a keyed reduce; returns the collect handle.
 
-    The key chosen by keyby stays with each record through the map, so the reduce sees every
-    occurrence of a word in one task, and emits one (word, count) per word at end of input.
+    The key chosen by keyby stays with each record through the map, so every occurrence of a word
+    meets in one reduce task, which emits one (word, count) per word at end of input. The maps
+    pre-reduce on the way (a combiner: `+` is associative), so what reaches the reduce is one partial
+    count per word and map task, not one record per occurrence.
     """
     words = env.from_batch(lines).flatmap(Split, parallelism=parallelism)
     ones = words.keyby(lambda w: w).map(lambda w: 1, parallelism=parallelism)

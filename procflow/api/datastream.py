@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from procflow.api.file_sinks import FileSinks
@@ -59,9 +60,11 @@ class DataStream(FileSinks, Generic[T]):
         self.env = env
         self.transformation = transformation
         if partitioning is None:
-            # A key chosen upstream stays with the stream until the next keyby.
+            # A key chosen upstream stays with the stream until the next keyby. An unkeyed stream goes to
+            # whichever instance is free (DESIGN §2, turn 2): round robin made a job wait for its slowest
+            # instance (issue 19). Not `explicit`: the default edge may still be chained.
             upstream_keyed = any(i.partitioning.keyed for i in transformation.inputs)
-            partitioning = Partitioning(HASH) if upstream_keyed else Partitioning(ROUND_ROBIN)
+            partitioning = Partitioning(HASH) if upstream_keyed else Partitioning(BALANCE)
         self.partitioning = partitioning
 
     @property
@@ -113,7 +116,8 @@ class DataStream(FileSinks, Generic[T]):
     def keyby(self, fn: Callable[[T], Any] | type[fx.KeyByFunction[T]] | fx.KeyByFunction[T], strategy: Any = HASH,
               *args: Any, parallelism: int | None = None, **kwargs: Any) -> DataStream[T]:
         """Partition by key. `strategy`: "hash", "broadcast", "round_robin" or a partitioner callable
-        `(key, n) -> index | indices`.
+        `(key, n) -> index | indices`. "round_robin" ignores the key for placement (even counts, as
+        `round_robin()`) but still sets it on every record, for `ctx.get_key()` downstream.
 
         The key selector runs in the tasks that send the records, so keyby costs no extra process. With
         an explicit `parallelism=`, keyby becomes its own stage of that many tasks.
@@ -132,29 +136,61 @@ class DataStream(FileSinks, Generic[T]):
         return DataStream(self.env, source.transformation, part)
 
     def balance(self) -> DataStream[T]:
-        """Send each record to whichever instance of the next operator has the least work queued.
+        """Send each chunk of records to whichever instance of the next operator has the most room.
 
-        Round robin (the default) gives every instance the same number of records, so a job lasts as
-        long as its slowest instance; with records of uneven cost, or cores shared with other work, the
-        others then sit idle at the end. Balanced, an instance that works faster gets more records, and
-        per-instance counts differ. For unkeyed streams on the shm channels (the local default);
-        elsewhere, and when the stream also feeds another operator, records go round robin.
+        This is already the default for an unkeyed stream; calling it says so explicitly, which also
+        keeps the next operator in a task of its own (never chained with this one). An instance that
+        works faster gets more records, so per-instance counts differ; for even, deterministic counts
+        use `round_robin()`. Balancing needs channels that report what their consumer has taken (the
+        shm rings, the local default); on mp queues, Ray and the inline backend, and when the stream
+        also feeds another operator, records go round robin.
         """
-        if self.partitioning.keyed or self.partitioning.strategy != ROUND_ROBIN:
-            raise ValueError(f"balance() spreads an unkeyed stream by load, but {self.name!r} is already "
-                             f"partitioned ({self.partitioning.strategy}); call balance() on the stream "
-                             "before keyby(), or leave it out to keep equal keys together")
+        self._check_unkeyed("balance")
         return DataStream(self.env, self.transformation, Partitioning(BALANCE, explicit=True))
 
+    def round_robin(self) -> DataStream[T]:
+        """Give every instance of the next operator the same number of records, in turn.
+
+        Deterministic placement (each upstream instance starts at its own offset, so counts differ by
+        at most one per upstream instance), at a price: the job lasts as long as its slowest instance,
+        since no instance takes over another's share. Keeps the next operator in a task of its own.
+        """
+        self._check_unkeyed("round_robin")
+        return DataStream(self.env, self.transformation, Partitioning(ROUND_ROBIN, explicit=True))
+
+    def _check_unkeyed(self, method: str) -> None:
+        part = self.partitioning
+        if part.keyed or part.key_selector is not None or part.strategy not in (BALANCE, ROUND_ROBIN):
+            raise ValueError(f"{method}() places the records of an unkeyed stream, but {self.name!r} is already "
+                             f"partitioned ({part.strategy}); call {method}() on the stream before keyby(), "
+                             "or leave it out to keep equal keys together")
+
     def reduce(self, fn: Callable[[Any, T], Any] | type[fx.ReduceFunction] | fx.ReduceFunction, *args: Any,
-               emit: str = "final", **kwargs: Any) -> DataStream[tuple[Any, Any]]:
-        """Keyed fold. emit="final": one (key, value) per key at end of input; "running": every update."""
+               emit: str = "final", combine: bool = True, **kwargs: Any) -> DataStream[tuple[Any, Any]]:
+        """Keyed fold. emit="final": one (key, value) per key at end of input; "running": every update.
+
+        With emit="final" on a hash-keyed stream, the tasks that send to the reduce pre-reduce as a
+        combiner does (Hadoop, Spark's reduceByKey): each keeps a bounded dict of key -> partial value,
+        folded with `fn`, and sends its partials when the dict is full and at end of input, so only
+        partial aggregates cross the shuffle. The reduce folds the partials with `fn` again, which gives
+        the same result when `fn` is associative (a sum, a max, a merge of counts). For a function that
+        is not, or that must see each record, pass `combine=False`: every record then reaches the reduce
+        as before. The upstream copy of a ReduceFunction class is opened and closed in each sending task.
+        """
         if not self.partitioning.keyed:
             raise ValueError("reduce() needs a keyed stream: call .keyby(selector) first")
         if emit not in ("final", "running"):
             raise ValueError(f"reduce(): emit must be 'final' or 'running', got {emit!r}")
+        if not isinstance(combine, bool):
+            raise TypeError(f"reduce(): combine must be True or False, got {combine!r}")
         kwargs["_options"] = {"emit": emit}
-        return self._then(OperatorKind.REDUCE, fx.ReduceFunction, fn, args, kwargs)
+        reduced = self._then(OperatorKind.REDUCE, fx.ReduceFunction, fn, args, kwargs)
+        # A running reduce emits every update: partials would change what it emits, so it never combines.
+        # A custom partitioner may send one record to several instances: left alone.
+        if combine and emit == "final" and self.partitioning.strategy == HASH:
+            t = reduced.transformation
+            t.inputs[0] = Input(self.transformation, replace(self.partitioning, combiner=t.function), 0)
+        return reduced
 
     def sink(self, fn: Callable[[T], object] | type[fx.SinkFunction[T]] | fx.SinkFunction[T], *args: Any,
              **kwargs: Any) -> DataStream[T]:

@@ -86,6 +86,9 @@ class Partitioning:
     # True where the user asked for this placement (`.balance()`, `.round_robin()`): such an edge
     # redistributes records, so it is never fused into a chain; the default unkeyed edge may be.
     explicit: bool = False
+    # The reduce function this edge feeds, where its senders may pre-reduce (a combiner, issue 19): set
+    # by `reduce()` on a hash-partitioned edge, unless emit="running" or combine=False.
+    combiner: FunctionSpec | None = None
 
     @property
     def keyed(self) -> bool:

@@ -96,8 +96,7 @@ class OneSlowTask(MapFunction):
 
 def lopsided(env, claim_path: str | None, balance: bool = False):
     stream = env.from_batch(range(N_LOPSIDED))
-    if balance:
-        stream = stream.balance()
+    stream = stream.balance() if balance else stream.round_robin()   # even counts: one task idles
     return stream.map(OneSlowTask, claim_path, name="work", parallelism=2).collect()
 
 

@@ -309,7 +309,7 @@ def test_graph_renderings_without_running():
     dot = render_graph(graph, "dot")
     assert dot.count(" -> ") == 8 and 'subgraph "cluster_filter"' in dot
     mermaid = render_graph(graph, "mermaid")
-    assert mermaid.count("-->") == 8 and "filter_1 -->|round_robin| collect_0" in mermaid
+    assert mermaid.count("-->") == 8 and "filter_1 -->|balance| collect_0" in mermaid
     with pytest.raises(ValueError, match="format"):
         render_graph(graph, "png")
     with pytest.raises(ValueError, match="no operator named"):

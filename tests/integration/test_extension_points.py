@@ -131,7 +131,7 @@ class Inspect(FlatMapFunction):
 
 def test_routing_info_and_processed_count(backend):
     env = backend.make_env("routing")
-    inspected = env.from_batch(range(10)).flatmap(Inspect, parallelism=2, name="inspect")
+    inspected = env.from_batch(range(10)).round_robin().flatmap(Inspect, parallelism=2, name="inspect")
     inspected.keyby(lambda r: 0).map(lambda r: r, parallelism=3, name="hashed")
     reports = inspected.collect(name="out")
     job = env.submit()
@@ -144,7 +144,7 @@ def test_routing_info_and_processed_count(backend):
         assert info["routing"] == info["connections"]
         hashed, out = info["routing"]
         assert (hashed["target"], hashed["strategy"], hashed["instances"]) == ("hashed", "hash", 3)
-        assert (out["target"], out["strategy"], out["instances"]) == ("out", "round_robin", 1)
+        assert (out["target"], out["strategy"], out["instances"]) == ("out", "balance", 1)
         assert len(hashed["queue_ids"]) == 3 and len(out["queue_ids"]) == 1
         queue_ids += hashed["queue_ids"] + out["queue_ids"]
     assert len(set(queue_ids)) == 8    # one channel per (upstream, downstream) instance pair
@@ -190,7 +190,8 @@ def test_keyed_reduce_equals_a_python_fold(backend, pairs, parallelism, running)
     # One environment per example, closed at its end (the fixture's own closes only at the test's end).
     with tempfile.TemporaryDirectory() as tmp, backend.make_env("reduce", env_dir=tmp) as env:
         stream = env.from_batch(pairs).keyby(lambda p: p[0]).map(lambda p: p[1], parallelism=parallelism)
-        result = stream.reduce(ordered_fold, parallelism=parallelism,
+        # ordered_fold is not associative: no combiner (it would fold partials, not records)
+        result = stream.reduce(ordered_fold, parallelism=parallelism, combine=False,
                                emit="running" if running else "final").collect()
         env.submit()
     got = result.results()

@@ -5,6 +5,7 @@ and balance() following the consumers' progress."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -166,7 +167,7 @@ def test_hash_placement_is_the_same_in_separate_runs(tmp_path):
 
 def test_round_robin_is_even_per_upstream_instance(backend):
     env = backend.make_env()
-    result = env.from_batch(Tagged, 1001, parallelism=2).map(WhereAmI, parallelism=3).collect()
+    result = env.from_batch(Tagged, 1001, parallelism=2).round_robin().map(WhereAmI, parallelism=3).collect()
     env.submit()
     counts = Counter((record[0], index) for record, index, _ in result.results())
     for upstream in (0, 1):
@@ -194,6 +195,37 @@ def test_balance_sends_more_records_to_the_instance_that_works_faster(make_env):
     # about its first credit's worth while the fast one takes the rest
     assert per[0] < 150 and per[0] + per[1] == 600, per
     assert job.metrics["map_0"]["records_in"] == per[0]
+
+
+class HeldUntilTheOtherIsNearlyDone(MapFunction):
+    """Instance 0 holds its first record until instance 1 has handled `threshold` records (an event
+    both inherited at fork), so instance 0 takes nothing meanwhile; a deadline ends the hold where the
+    other never gets that many (round robin: half the records each)."""
+
+    def __init__(self, event, threshold):
+        self.event, self.threshold, self.handled = event, threshold, 0
+
+    def execute(self, record):
+        self.handled += 1
+        if self.ctx.parallel_index == 0 and self.handled == 1:
+            self.event.wait(10)
+        elif self.ctx.parallel_index == 1 and self.handled == self.threshold:
+            self.event.set()
+        return record, self.ctx.parallel_index
+
+
+def test_by_default_an_instance_that_is_held_up_gets_fewer_records(make_env):
+    # Issue 19: dynamic distribution is the default for an unkeyed fan-out; no balance() here.
+    held = multiprocessing.get_context("fork").Event()
+    env = make_env()
+    result = env.from_batch(range(400)).map(HeldUntilTheOtherIsNearlyDone, held, 360, parallelism=2).collect()
+    job = env.submit()
+    assert held.is_set()
+    assert sorted(r for r, _ in result.results()) == list(range(400))     # each record exactly once
+    per = Counter(index for _, index in result.results())
+    # round robin would give each 200: the held instance takes a few credits' worth, then a share of
+    # the last 40
+    assert per[0] < 100 and job.metrics["map_0"]["records_in"] == per[0], per
 
 
 @pytest.mark.backends(*NO_RAY)

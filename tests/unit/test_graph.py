@@ -50,7 +50,8 @@ def test_one_node_per_instance_and_one_edge_per_instance_pair(env):
     # every source instance has one OutGroup towards `map`, with one edge per map instance, in order
     group, = graph.nodes["batch_1"].out_groups
     assert group.target == "map" and [e.dst for e in group.edges] == ["map_0", "map_1", "map_2"]
-    assert group.partitioning.strategy == "round_robin"
+    # unkeyed fan-out is dynamic by default (issue 19), and not a placement the user asked for
+    assert group.partitioning.strategy == "balance" and not group.partitioning.explicit
     hashed, = graph.nodes["map_2"].out_groups
     assert hashed.partitioning.strategy == "hash"
 
@@ -81,6 +82,24 @@ def test_a_key_stays_with_the_stream_until_the_next_keyby(env):
     assert after.partitioning.strategy == "hash" and after.partitioning.key_selector is None
     rekeyed = after.keyby(lambda x: x, strategy="round_robin")
     assert not rekeyed.partitioning.keyed
+
+
+def test_an_unkeyed_stream_is_balanced_unless_round_robin_is_asked_for(env):
+    src = env.from_batch(range(4))
+    assert (src.partitioning.strategy, src.partitioning.explicit) == ("balance", False)
+    assert src.map(Twice).partitioning.strategy == "balance"
+    even = src.round_robin()
+    assert (even.partitioning.strategy, even.partitioning.explicit) == ("round_robin", True)
+    assert (src.balance().partitioning.strategy, src.balance().partitioning.explicit) == ("balance", True)
+    assert even.balance().partitioning.strategy == "balance"   # the last placement asked for wins
+
+
+@pytest.mark.parametrize("method", ["balance", "round_robin"])
+@pytest.mark.parametrize("strategy", ["hash", "broadcast", "round_robin"])
+def test_placement_of_an_unkeyed_stream_is_refused_after_keyby(env, method, strategy):
+    keyed = env.from_batch(range(4)).keyby(lambda x: x, strategy=strategy)
+    with pytest.raises(ValueError, match=rf"{method}\(\) places the records of an unkeyed stream.*before keyby"):
+        getattr(keyed, method)()
 
 
 def test_empty_pipeline_is_rejected(env):

@@ -35,6 +35,7 @@ SNIPPET = textwrap.dedent('''\
     assert_type(strs.flatmap(lambda s: s.split()), DataStream[str])
     assert_type(ints.keyby(lambda x: x % 3), DataStream[int])
     assert_type(ints.balance(), DataStream[int])
+    assert_type(ints.round_robin(), DataStream[int])
     assert_type(ints.sink(print), DataStream[int])
     assert_type(ints.print(), DataStream[int])
     result = strs.collect()

@@ -2,6 +2,8 @@
 
     BaseRouter.__init__ ─► choose_placement(group) once per group ─► RoundRobin | Hash | Balanced
                                                                        | Broadcast | Custom
+                           ─► with_combiner (combiner.py): a Hash towards a reduce that combines
+                              is wrapped in Combining, which holds records back as partials
     BaseRouter.route(payload, key, keyed):
         one group, one channel per record ─► placement.send / send_selected (key from the group's
                                               selector) / send_many (lists, where allowed)
@@ -45,6 +47,8 @@ class OutputGroup:
     key_selector: Callable[[Any], Any] | None = None
     partitioner: Callable[[Any, int], Any] | None = None
     queue_ids: Sequence[str] = ()
+    # A ReduceFunction (opened) when this task pre-reduces for the target reduce (combiner.py), or None.
+    combiner: Any = None
 
     def flush(self) -> None:
         for w in self.writers:
@@ -79,7 +83,13 @@ class Placement:
     array). `send(payload, key, keyed)` is the common path of a router with this one group: it picks
     one channel and hands it the record as it is. `send_many` takes unkeyed lists, where the router
     allows it (`BaseRouter.routes_many`).
+
+    A placement that `holds_records` (a combiner) keeps some records back instead of choosing channels
+    for them: the router hands it every record through `send`, never asks it for `targets`, and calls
+    `finish` before the end-of-stream signals go out.
     """
+
+    holds_records = False
 
     def __init__(self, group: OutputGroup, start: int) -> None:
         self.group = group
@@ -121,6 +131,12 @@ class Placement:
 
     def announce_upcoming(self, records: int) -> None:
         """How many records the producer will still send (balance only; see balance.py)."""
+
+    def drain(self) -> None:
+        """Send on every record held back (combiners only)."""
+
+    def finish(self) -> None:
+        """End of input, before the StopSignals: send on what is held back (combiners only)."""
 
 
 class RoundRobin(Placement):

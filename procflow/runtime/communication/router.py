@@ -2,10 +2,12 @@
 
 A task has one OutputGroup per downstream operator. Each group partitions independently:
 
-    round_robin  the default; every upstream instance starts at its own offset, so counts stay even
-    balance      to whichever instance has the least work queued, by credits (see balance.py); round
-                 robin where the channels cannot report what was taken (mp queues, Ray, inline) or
-                 when the stream also feeds another operator
+    balance      the default of an unkeyed stream: each chunk to whichever instance has the most room,
+                 by credits (see balance.py), as Pool and Ray hand work to whoever is free; round robin
+                 where the channels cannot report what was taken (mp queues, Ray, inline) or when the
+                 stream also feeds another operator
+    round_robin  asked for (`round_robin()`, `keyby(..., "round_robin")`): even, deterministic counts;
+                 every upstream instance starts at its own offset
     hash         a *stable* hash of the key (keys.py: crc32 of canonical bytes), identical in every
                  process, run and backend, and equal for keys equal in Python (1, 1.0, True); every
                  value, falsy ones included, is a key; a key type without a stable hash is refused
@@ -14,7 +16,9 @@ A task has one OutputGroup per downstream operator. Each group partitions indepe
 
 A key chosen by `keyby` travels with the record, and with everything derived from it, until the next
 `keyby`, so a keyed stream stays partitioned through later operators. Each strategy is a placement
-(placement.py), chosen once per group when the router is built.
+(placement.py), chosen once per group when the router is built; a hash group towards a reduce that
+combines holds its keyed records back as partial aggregates (combiner.py) until it is full or the input
+ends (`send_stop`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import msgpack
 import numpy as np
 
 from procflow.runtime.communication import codec
+from procflow.runtime.communication.combiner import with_combiner
 from procflow.runtime.communication.keys import stable_hash
 from procflow.runtime.communication.placement import (
     BALANCE,
@@ -51,7 +56,8 @@ class BaseRouter:
 
     How a record leaves is decided once, here, not per record:
 
-        one channel, nothing to choose   ─► that channel's `send_object` (`fast_route`, and `route`)
+        one channel, nothing to choose   ─► that channel's `send_object` (`fast_route`, and `route`);
+                                             not where a combiner holds records back (combiner.py)
         one group                        ─► its placement's `send`: pick a channel, hand the record over
         several groups, or a group that may send one record to several channels (broadcast, custom)
                                          ─► encode the record once, copy the bytes to each channel
@@ -63,7 +69,7 @@ class BaseRouter:
         self._routed = 0
         # Records that may reach several channels take the encode-once path.
         self._fan_out = len(groups) > 1 or any(g.strategy in (BROADCAST, CUSTOM) for g in groups)
-        self._placements: list[Placement] = [choose_placement(g, parallel_index, not self._fan_out)
+        self._placements: list[Placement] = [with_combiner(choose_placement(g, parallel_index, not self._fan_out))
                                              for g in groups]
         hooked = type(self).route is not BaseRouter.route   # a subclass sees every record (inline)
         # One downstream instance, nothing to choose: records go straight to that channel's own
@@ -73,7 +79,7 @@ class BaseRouter:
         self._direct: ChannelWriter | None = None
         if (group is not None and len(group.writers) == 1 and group.key_selector is None
                 and group.strategy in (ROUND_ROBIN, HASH, BALANCE) and group.writers[0].sends_anything
-                and not hooked):
+                and not self._placements[0].holds_records and not hooked):
             self._direct = group.writers[0]
         # What `route` calls for one record, by the table in the docstring.
         self._send: Callable[[Any, Any, bool], None]
@@ -144,6 +150,9 @@ class BaseRouter:
             gkey, gkeyed = key, keyed
             if group.key_selector is not None:
                 gkey, gkeyed = group.key_selector(payload), True
+            if placement.holds_records:   # a combiner keeps the record (as itself), to send on later
+                placement.send(payload, gkey, gkeyed)
+                continue
             targets = placement.targets(gkey, gkeyed)
             key_packed = None
             if gkeyed:
@@ -171,7 +180,9 @@ class BaseRouter:
         return any(w.has_pending for g in self.groups for w in g.writers)
 
     def send_stop(self, signal: Any) -> None:
-        """Exactly one StopSignal on every output channel."""
+        """Exactly one StopSignal on every output channel, after what combiners held back."""
+        for placement in self._placements:
+            placement.finish()
         for group in self.groups:
             for w in group.writers:
                 w.send_control(signal)

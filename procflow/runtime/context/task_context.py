@@ -25,6 +25,7 @@ class OutputSpec:
     edges: list              # queue descriptors, in downstream instance order
     key_selector: Any = None  # a KeyByFunction instance, or None
     partitioner: Any = None
+    combiner: Any = None      # a ReduceFunction instance: this task pre-reduces for the target (combiner.py)
 
     @property
     def queue_ids(self) -> list[str]:
@@ -32,7 +33,8 @@ class OutputSpec:
 
 
 def output_specs(node: Any, edge_descriptor: Callable[[Any], Any]) -> list[OutputSpec]:
-    """A task's output groups, with a freshly built key selector per task (selectors may keep state).
+    """A task's output groups, with a freshly built key selector (selectors may keep state) and combining
+    reduce function per task.
 
     `edge_descriptor(edge)` returns the channel descriptor of one graph edge for the backend at hand.
     """
@@ -41,7 +43,8 @@ def output_specs(node: Any, edge_descriptor: Callable[[Any], Any]) -> list[Outpu
         part = group.partitioning
         edges = [edge_descriptor(e) for e in group.edges]
         selector = part.key_selector.build() if part.key_selector is not None else None
-        outputs.append(OutputSpec(group.target, part.strategy, edges, selector, part.partitioner))
+        combiner = part.combiner.build() if part.combiner is not None else None
+        outputs.append(OutputSpec(group.target, part.strategy, edges, selector, part.partitioner, combiner))
     return outputs
 
 
@@ -158,8 +161,13 @@ class TaskContext:
                 if hasattr(writer, "bind_control"):   # an edge into a collect run by the driver
                     writer.bind_control(self.control)
             selector = spec.key_selector.execute if spec.key_selector is not None else None
+            if spec.combiner is not None:
+                # Opened here, in the task, as an operator's function is (with this task's context);
+                # the combining placement closes it at end of input, after sending its partials.
+                spec.combiner.ctx = self
+                spec.combiner.open()
             groups.append(OutputGroup(spec.target, spec.strategy, writers, selector, spec.partitioner,
-                                      spec.queue_ids))
+                                      spec.queue_ids, spec.combiner))
         self.router = router_class(groups, self.parallel_index)
         if self.service_directory is not None:
             self.services = self.service_directory.connect(self)
