@@ -52,6 +52,7 @@ from procflow.runtime.job_monitor import JobMonitor
 from procflow.runtime.private_files import make_job_dir
 from procflow.runtime.service.manager import ServiceManager
 from procflow.runtime.stall_watch import StallWatch
+from procflow.runtime.task.chain import ChainLink
 
 # A task's Failed report whose error is one of these types says only that its consumer (or the service
 # replica it called) went away; where the backend gives a grace period, the peer's own death (which names
@@ -121,7 +122,10 @@ class Dispatcher(JobMonitor):
         self.in_driver = DriverCollects(self.graph, self.manager, self.job_control.counters,
                                         enabled=backend.collects_in_driver)
         driver_nodes = self.in_driver.tasks
-        consumers = [node for node in nodes if node.in_edges and node.name not in driver_nodes]
+        graph = self.graph
+        # Only the head of a chain has channels in: its members are fed by call (runtime/task/chain.py).
+        consumers = [node for node in nodes if node.in_edges and node.name not in driver_nodes
+                     and graph.head_of(node.name) == node.name]
         try:
             backend.check_capacity(consumers, self.service_specs, self.job_control)
         except ShmCapacityError as exc:
@@ -136,21 +140,31 @@ class Dispatcher(JobMonitor):
                                  f"{sorted(self.service_specs)}); use LocalEnvironment's process executor")
             self.service_manager = ServiceManager(self, self.service_specs, host)
             directory = self.service_manager.prepare([node.name for node in nodes])
+        controls: dict[str, Any] = {}   # one control channel per task: a chain's operators share it
         for slot, node in enumerate(nodes):
             if node.name not in driver_nodes:
-                self.contexts[node.name] = self._context(node, slot, len(nodes), directory)
+                head = graph.head_of(node.name)
+                if head not in controls:
+                    controls[head] = backend.control_channel(head)
+                self.contexts[node.name] = self._context(node, slot, len(nodes), directory, controls[head])
                 self.functions[node.name] = self.graph.transformations[node.transformation_id].function.build()
-        self.log.info("job %s prepared on the %s backend: %d tasks, %d channels, queue=%s%s", self.job_id,
-                      backend.kind, len(nodes), len(self.graph.edges), self.config["queue"],
-                      f"; run by the driver: {', '.join(sorted(driver_nodes))}" if driver_nodes else "")
+        chains = [graph.chain(h.name) for h in graph.heads() if len(graph.chain(h.name)) > 1]
+        self.log.info("job %s prepared on the %s backend: %d operator instances in %d tasks, %d channels, "
+                      "queue=%s%s%s", self.job_id, backend.kind, len(nodes), len(graph.heads()),
+                      len(graph.channel_edges), self.config["queue"],
+                      f"; run by the driver: {', '.join(sorted(driver_nodes))}" if driver_nodes else "",
+                      f"; chains: {'; '.join(' -> '.join(c) for c in chains)}" if chains else "")
 
-    def _context(self, node: Any, slot: int, n_tasks: int, directory: Any) -> TaskContext:
-        """The one place a TaskContext is built, whatever the backend."""
+    def _context(self, node: Any, slot: int, n_tasks: int, directory: Any, control: Any) -> TaskContext:
+        """The one place a TaskContext is built, whatever the backend. `control`: the control channel of
+        the task that runs this node (shared by the operators of a chain)."""
         in_driver = self.in_driver
         assert in_driver is not None, "prepare() makes the driver-side collects first"
         t = self.graph.transformations[node.transformation_id]
 
         def channel(e: Any) -> Any:
+            if self.graph.head_of(e.dst) != e.dst:   # inside a chain: a call, not a channel
+                return ChainLink(e.dst, e.slot)
             return self.backend.edge(self.inboxes[e.dst], e)
 
         return self.backend.context_class(
@@ -159,16 +173,22 @@ class Dispatcher(JobMonitor):
             job_segment=self.backend.job_segment(), n_tasks=n_tasks, inbox=self.inboxes.get(node.name),
             outputs=output_specs(node, lambda e: in_driver.edge(e, channel)),
             options=dict(t.options), config=dict(self.config),
-            control=self.backend.control_channel(node.name), service_directory=directory)
+            control=control, service_directory=directory)
 
     # -- running -----------------------------------------------------------------------------------
 
     def start(self) -> None:
-        tasks = {name: TaskStart(ctx, self.functions[name]) for name, ctx in self.contexts.items()}
+        graph = self.graph
+        tasks = {}
+        for name, ctx in self.contexts.items():
+            if graph.head_of(name) == name:
+                chained = tuple(TaskStart(self.contexts[m], self.functions[m]) for m in graph.chain(name)[1:])
+                tasks[name] = TaskStart(ctx, self.functions[name], chained)
         try:
             self.handles = self.backend.start(tasks, self._start_services)
             for name, handle in self.handles.items():
-                self.manager.tasks[name].pid = handle.pid
+                for member in graph.chain(name):
+                    self.manager.tasks[member].pid = handle.pid
             self.manager.mark_running()
             if not self.backend.runs_in_driver_thread:
                 self.start_monitor(f"procflow-{self.backend.kind}-monitor")
@@ -273,10 +293,13 @@ class Dispatcher(JobMonitor):
         if self.service_manager is not None and self.service_manager.owns(exited.task):
             self.service_manager.on_exit(exited)
             return
-        state = self.manager.tasks[exited.task]
-        state.exitcode = exited.exitcode
-        if not state.stopped and self.manager.failure is None:
-            self._fail(self.backend.exit_error(exited, state.ready, self._progress(exited.task)))
+        # The task ran every operator of its chain: each ends with it.
+        for name in self.graph.chain(exited.task):
+            state = self.manager.tasks[name]
+            state.exitcode = exited.exitcode
+            if not state.stopped and self.manager.failure is None:
+                ended = exited if name == exited.task else Exited(name, exited.exitcode, exited.cause)
+                self._fail(self.backend.exit_error(ended, state.ready, self._progress(name)))
 
     def _progress(self, name: str) -> str:
         """How far a dead task got. A working task publishes its counters at least every PUBLISH_INTERVAL

@@ -77,6 +77,7 @@ class LocalBackend:
         self._writers: list[Any] = []
         self._owners: list[Any] = []                 # inboxes and segments we created: close + unlink
         self._probes: dict[str, InputProbe] = {}
+        self._process_of: dict[str, str] = {}        # a chain member -> the task whose process runs it
         self._parent: DriverLifeline | None = None
         self._wake_r, self._wake_w = os.pipe()
 
@@ -173,7 +174,10 @@ class LocalBackend:
             masked = signal.pthread_sigmask(signal.SIG_BLOCK, STARTUP_SIGNALS)
             try:
                 for name, task in tasks.items():
-                    self.spawn(name, task_main, (task.ctx, task.function))
+                    # One process per chain: it runs `task` and the members chained behind it.
+                    self.spawn(name, task_main, (task.ctx, task.function, task.chained))
+                    for member in task.chained:
+                        self._process_of[member.ctx.name] = name
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, masked)
         # The driver keeps only the read ends: a task's writer closes with the task.
@@ -247,8 +251,9 @@ class LocalBackend:
 
     def exit_error(self, exited: Exited, ready: bool, progress: str) -> JobFailedError:
         name = exited.task
-        handle = self.handles[name]
-        crash = self._crash_report(name)
+        process = self._process_of.get(name, name)
+        handle = self.handles[process]
+        crash = self._crash_report(process)
         bootstrap = self._died_while_bootstrapping(ready, exited.exitcode)
         how = "exited with code 1 before it was ready" if bootstrap else describe_exit(exited.exitcode)
         error = JobFailedError(
