@@ -47,6 +47,7 @@ from procflow.runtime.control import (
     Stopped,
 )
 from procflow.runtime.driver_collects import DriverCollects
+from procflow.runtime.job_control import FIELDS
 from procflow.runtime.job_manager import JobManager
 from procflow.runtime.job_monitor import JobMonitor
 from procflow.runtime.private_files import make_job_dir
@@ -59,6 +60,7 @@ from procflow.runtime.task.chain import ChainLink
 # the real culprit) may win.
 BROKEN_CHANNEL = "BrokenChannelError"
 BROKEN_PEER = (BROKEN_CHANNEL, "ServiceUnavailableError")
+_FILL = FIELDS.index("input_fill")
 
 
 def new_job_id() -> str:
@@ -294,12 +296,30 @@ class Dispatcher(JobMonitor):
             self.service_manager.on_exit(exited)
             return
         # The task ran every operator of its chain: each ends with it.
-        for name in self.graph.chain(exited.task):
-            state = self.manager.tasks[name]
-            state.exitcode = exited.exitcode
-            if not state.stopped and self.manager.failure is None:
-                ended = exited if name == exited.task else Exited(name, exited.exitcode, exited.cause)
-                self._fail(self.backend.exit_error(ended, state.ready, self._progress(name)))
+        chain = self.graph.chain(exited.task)
+        for name in chain:
+            self.manager.tasks[name].exitcode = exited.exitcode
+        culprit = self._in_call(chain)
+        state = self.manager.tasks[culprit]
+        if not state.stopped and self.manager.failure is None:
+            ended = exited if culprit == exited.task else Exited(culprit, exited.exitcode, exited.cause)
+            self._fail(self.backend.exit_error(ended, state.ready, self._progress(culprit)))
+
+    def _in_call(self, chain: tuple[str, ...]) -> str:
+        """The operator of a dead task's chain to name: the last one that was handling records (a chained
+        operator's input_fill is 1 for the length of each call, runtime/task/chain.py), else the first
+        that had not stopped, else the head."""
+        tasks = self.manager.tasks
+        running = [name for name in chain if not tasks[name].stopped] or [chain[0]]
+        counters = self.job_control.counters if self.job_control is not None else None
+        if counters is not None and len(chain) > 1:
+            try:
+                busy = [name for name in running if counters[tasks[name].slot][_FILL] > 0]
+            except (TypeError, IndexError, ValueError):
+                busy = []
+            if busy:
+                return busy[-1]
+        return running[0]
 
     def _progress(self, name: str) -> str:
         """How far a dead task got. A working task publishes its counters at least every PUBLISH_INTERVAL

@@ -39,7 +39,7 @@ from procflow.runtime.control import ErrorReport
 from procflow.runtime.job_control import JobControl
 from procflow.runtime.private_files import PrivateDir
 from procflow.runtime.shm_budget import ShmBudget
-from procflow.runtime.stall_watch import InputProbe
+from procflow.runtime.stall_watch import ChainProbe, InputProbe
 from procflow.runtime.task.entry import (
     STARTUP_SIGNALS,
     crash_log_name,
@@ -161,6 +161,7 @@ class LocalBackend:
     def start(self, tasks: Mapping[str, TaskStart], before: Callable[[], None]) -> dict[str, Any]:
         if self.start_method != "fork":
             check_shippable(tasks)   # before any process starts
+        assert self.job_control is not None, "open_job() first"
         self._parent = DriverLifeline.of_this_process()
         self._tasks = list(tasks)
         # What the driver holds stays out of its children's garbage collection, so that no finaliser of
@@ -178,6 +179,7 @@ class LocalBackend:
                     self.spawn(name, task_main, (task.ctx, task.function, task.chained))
                     for member in task.chained:
                         self._process_of[member.ctx.name] = name
+                        self._probes[member.ctx.name] = ChainProbe(self.job_control.counters, member.ctx.task_slot)
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, masked)
         # The driver keeps only the read ends: a task's writer closes with the task.

@@ -152,10 +152,15 @@ class BaseTask:
         self.operator.open()
         self._unkeyed_step, self._keyed_step = choose_steps(self.operator, ctx, self._chunk, time.perf_counter)
         if self.members:
+            chain = self.chain
+            assert chain is not None
             for member in self.members:   # open() in chain order, before any record moves
-                member.open()
-            assert self.chain is not None
-            bind_links(self.chain_tasks(), self.chain)
+                try:
+                    member.open()
+                except BaseException:
+                    chain.failed = member   # the report names the operator whose open() raised
+                    raise
+            bind_links(self.chain_tasks(), chain)
 
     def begin(self) -> None:
         """Start the clocks of every task of the chain: the loop is about to run."""
@@ -174,11 +179,19 @@ class BaseTask:
     # -- a member of a chain: fed by its upstream's router, by call (chain.py) ------------------------
 
     def take_many(self, records: list) -> None:
-        """Unkeyed records from the upstream operator of the chain, as a batch from a channel would be."""
+        """Unkeyed records from the upstream operator of the chain, as a batch from a channel would be.
+        For the length of the call its input counts as full (input_fill 1): the operator before it
+        waits on it, and the stall watch sees records taken and not finished (stall_watch.ChainProbe)."""
+        counters = self._counters
+        counters[_FILL] = 1.0
         self._process_records(records, None)
+        counters[_FILL] = 0.0
 
     def take_one(self, record: Any) -> None:
+        counters = self._counters
+        counters[_FILL] = 1.0
         self._process_records([record], None)
+        counters[_FILL] = 0.0
 
     def end_of_link(self, signal: StopSignal) -> None:
         """The upstream operator of the chain has finished: this task's one input ends, so it finishes
