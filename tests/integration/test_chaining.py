@@ -193,31 +193,22 @@ def test_chained_operators_give_the_same_records_on_ray(case, backend, tmp_path)
     test_chained_operators_give_the_same_records_with_chaining_on_and_off(case, backend, tmp_path)
 
 
-class Keep(SinkFunction):
-    def open(self):
-        self.kept = 0
-
-    def execute(self, record):
-        self.kept += 1
-
-
 def test_a_splittable_source_follows_its_map_and_each_chain_is_one_task(backend):
     env = backend.make_env("follow")
-    mapped = env.from_batch(Numbers, 10_000).map(_double, parallelism=2).filter(_odd_tens, parallelism=2)
-    mapped.sink(Keep, parallelism=2)
-    result = mapped.collect()
-    assert env.compile().chains["batch_0"] == ("batch_0", "map_0", "filter_0", "sink_0")
+    result = (env.from_batch(Numbers, 10_000).map(_double, parallelism=2).filter(_odd_tens, parallelism=2)
+              .collect(parallelism=2))
+    assert env.compile().chains["batch_0"] == ("batch_0", "map_0", "filter_0", "collect_0")
     job = env.submit()
     expected = [2 * x for x in range(10_000) if _odd_tens(2 * x)]
     assert sorted(result.results()) == expected
     m = job.metrics
     for i in (0, 1):   # one pid per chain; every operator keeps its own row
-        assert m[f"batch_{i}"]["pid"] == m[f"map_{i}"]["pid"] == m[f"filter_{i}"]["pid"] == m[f"sink_{i}"]["pid"]
+        assert m[f"batch_{i}"]["pid"] == m[f"map_{i}"]["pid"] == m[f"filter_{i}"]["pid"] == m[f"collect_{i}"]["pid"]
         assert m[f"map_{i}"]["records_in"] == m[f"batch_{i}"]["records_out"] == m[f"map_{i}"]["records_out"]
         assert m[f"filter_{i}"]["records_in"] == m[f"map_{i}"]["records_out"]
-        assert m[f"sink_{i}"]["records_in"] == m[f"filter_{i}"]["records_out"]
+        assert m[f"collect_{i}"]["records_in"] == m[f"filter_{i}"]["records_out"]
     assert m["batch_0"]["records_out"] + m["batch_1"]["records_out"] == 10_000
-    assert m["sink_0"]["records_in"] + m["sink_1"]["records_in"] == len(expected)
+    assert m["collect_0"]["records_in"] + m["collect_1"]["records_in"] == len(expected)
     if not backend.in_driver:
         assert m["batch_0"]["pid"] != m["batch_1"]["pid"]
     assert job.summary()["source_records"] == 10_000

@@ -210,7 +210,8 @@ def test_an_exit_without_stopped_asks_the_backend_for_the_error(env_dir):
     assert dispatcher.manager.tasks["map_1"].exitcode == -9
 
 
-def chained_run(script: Callable[[ScriptedBackend], list[list[Any]]], env_dir: str) -> tuple[Dispatcher, ScriptedBackend]:
+def chained_run(script: Callable[[ScriptedBackend], list[list[Any]]],
+                env_dir: str) -> tuple[Dispatcher, ScriptedBackend]:
     """batch -> map -> sink, each of parallelism 1: one chain, one task."""
     env = LocalEnvironment("scripted", env_dir=env_dir)
     env.from_batch([1, 2]).map(lambda r: r).sink(lambda r: None)
