@@ -216,7 +216,7 @@ class Indexes(SplitSource):
 
 def test_forward_edges_fuse_into_chains_of_one_edge_per_instance(env):
     (env.from_batch(Indexes).map(Twice, parallelism=3).filter(lambda x: x > 0, parallelism=3)
-     .keyby(lambda x: x).reduce(lambda a, b: a + b, parallelism=3).map(str, parallelism=3, name="show"))
+     .keyby(lambda x: x).reduce(lambda a, b: a + b, parallelism=3).map(lambda kv: kv, parallelism=3, name="show"))
     graph = env.compile()
     for i in range(3):
         assert graph.chain(f"filter_{i}") == (f"batch_{i}", f"map_{i}", f"filter_{i}")
