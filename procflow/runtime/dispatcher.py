@@ -303,7 +303,10 @@ class Dispatcher(JobMonitor):
         state = self.manager.tasks[culprit]
         if not state.stopped and self.manager.failure is None:
             ended = exited if culprit == exited.task else Exited(culprit, exited.exitcode, exited.cause)
-            self._fail(self.backend.exit_error(ended, state.ready, self._progress(culprit)))
+            progress = self._progress(culprit)
+            if len(chain) > 1:   # where the counters cannot tell which operator was running (Ray)
+                progress += f" (its task ran the chain {' -> '.join(chain)})"
+            self._fail(self.backend.exit_error(ended, state.ready, progress))
 
     def _in_call(self, chain: tuple[str, ...]) -> str:
         """The operator of a dead task's chain to name: the last one that was handling records (a chained

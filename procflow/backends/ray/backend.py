@@ -253,8 +253,10 @@ class RayBackend:
             node = ray.get(self._where[actor], timeout=1)[0]
         except (RayError, TimeoutError, KeyError):
             pass
+        chain = self.job.graph.chain(name) if self.job is not None else (name,)
+        ran = f", which ran the chain {' -> '.join(chain)}" if len(chain) > 1 else ""
         return JobFailedError(
-            f"task {name} (Ray actor {self.actor_name(actor)}, node {node}) died: {exited.cause}; the job was "
+            f"task {name} (Ray actor {self.actor_name(actor)}{ran}, node {node}) died: {exited.cause}; the job was "
             "stopped and every other task ended. An actor dies when its worker process exits (os._exit, a "
             "crash in native code, the OOM killer) or its node goes away.", task=name)
 
