@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
 EXTRAS ?= dev,ray,bench,arrow
 
-.PHONY: install run shell dashboard graph test test-fast lint bench soak clean help
+.PHONY: install run example-files shell dashboard graph test test-fast lint bench soak clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -26,6 +26,9 @@ run: $(STAMP)  ## run the example word count over a generated text
 	@echo
 	@echo "procflow is installed in $(VENV), not on your PATH: run '. $(VENV)/bin/activate' (or 'make shell')"
 	@echo "to use procflow and python in this shell, or call $(VENV)/bin/procflow and $(VENV)/bin/python."
+
+example-files: $(STAMP)  ## a batch job over files: 300 MB of generated JSONL logs summarised per endpoint
+	$(PY) examples/files_job.py
 
 shell: $(STAMP)  ## a bash with .venv activated: procflow and python on PATH ('exit' leaves it)
 	@# The usual start-up files first, then activate, so that nothing in them puts another python ahead.

@@ -263,11 +263,7 @@ def leak_report(shm_before: set[str], grace: float = 5.0) -> dict[str, list]:
         # The stdlib's resource tracker (started by the first spawned helper, e.g. the Ray runs' driver
         # process) belongs to this process and ends with it: not a leftover of any contender.
         kids = [p for p in child_pids() if "multiprocessing.resource_tracker" not in _cmdline(p)]
-        # Other procflow drivers on the machine create segments too: count only our own
-        # (procflow names carry the owner pid) and anything that is not procflow's.
-        mine = f"procflow_{os.getpid()}_"
-        new_shm = sorted(e for e in shm_entries() - shm_before
-                         if e.startswith(mine) or not e.startswith("procflow_"))
+        new_shm = leftover_shm(shm_before, shm_entries(), os.getpid())
         if (not kids and not new_shm) or time.monotonic() > deadline:
             break
         time.sleep(0.1)
@@ -275,6 +271,19 @@ def leak_report(shm_before: set[str], grace: float = 5.0) -> dict[str, list]:
     if kids or new_shm:
         print(f"WARNING: leftovers after benchmark: {report}", file=sys.stderr)
     return report
+
+
+def leftover_shm(before: set[str], after: set[str], pid: int) -> list[str]:
+    """The /dev/shm entries in `after` but not `before` that a benchmark in process `pid` left behind.
+
+    Other procflow drivers on the machine create segments too: count only our own (procflow names
+    carry the owner pid) and anything that is not procflow's. Our driver's owner lock file
+    (`procflow_<pid>_<token>.lock`) lives as long as this process by design and goes at exit: it is no
+    leftover, and reporting it had every bench warn after its first procflow job.
+    """
+    mine = f"procflow_{pid}_"
+    return sorted(e for e in after - before
+                  if (e.startswith(mine) and not e.endswith(".lock")) or not e.startswith("procflow_"))
 
 
 def _cmdline(pid: int) -> str:

@@ -11,6 +11,7 @@ import os
 import sys
 
 from bench import common
+from bench.cpu_scaling import shown as cpu_scaling_shown
 
 
 def load(name: str) -> dict | None:
@@ -53,7 +54,7 @@ def channels(doc: dict, plt) -> str:
     fig.tight_layout()
     _save(fig, "channels.png", plt)
     mc = doc.get("memcpy", {})
-    md.append("numpy.copyto 1 MiB, MB/s: " + ", ".join(f"{k} {common.fmt(v['mb_per_s'])}" for k, v in mc.items()))
+    md.append("numpy.copyto, MB/s: " + ", ".join(f"{k} {common.fmt(v['mb_per_s'])}" for k, v in mc.items()))
     lat = doc.get("latency", {})
     md.append(_md_table(["round trip", "median us", "p99 us"],
                         [[k, v and v["median_us"], v and v["p99_us"]] for k, v in lat.items()]))
@@ -67,7 +68,7 @@ def cpu_scaling(doc: dict, plt) -> str:
     w = doc["params"]["workers"]
     fig, axes = plt.subplots(1, len(grains), figsize=(5 * len(grains), 3.6), squeeze=False)
     for ax, grain in zip(axes[0], grains, strict=True):
-        c = {k: v for k, v in doc["grains"][grain]["contenders"].items() if k not in ("ray-tasks", "ray-actors")}
+        c = {k: v for k, v in doc["grains"][grain]["contenders"].items() if cpu_scaling_shown(k)}
         # Whiskers: the speed-ups of the contender's slowest and fastest runs (against the sequential
         # median), because on a shared machine the spread says as much as the median.
         seq = c.get("sequential", {}).get("median")
@@ -153,6 +154,50 @@ def services(doc: dict, plt) -> str:
                          "Manager CPU us/call"], rows))
 
 
+def etl(doc: dict, plt) -> str:
+    shapes = doc["shapes"]
+    w = doc["params"]["workers"]
+    fig, axes = plt.subplots(1, len(shapes), figsize=(5 * len(shapes), 3.0), squeeze=False)
+    md = []
+    for ax, (shape, case) in zip(axes[0], shapes.items(), strict=True):
+        c = case["contenders"]
+        ax.barh(list(c), [v["speedup"] for v in c.values()], color="tab:purple")
+        ax.axvline(w, color="grey", linestyle="--", linewidth=1)
+        ax.set_title(f"{shape}, W={w}")
+        ax.set_xlabel("speed-up over the plain loop")
+        ax.invert_yaxis()
+        rows = [[k, v["median"], _run_range(v.get("times")), v["speedup"], v["per_core"]] for k, v in c.items()]
+        md.append(f"**{shape}** ({doc['params']['lines']:,} lines, {doc['params']['bytes'] / 1e6:.0f} MB, "
+                  f"W={w}, median of {doc['params']['runs']} rounds)\n\n"
+                  + _md_table(["contender", "seconds", "fastest to slowest run", "speed-up vs plain", "per core"],
+                              rows))
+    fig.tight_layout()
+    _save(fig, "etl.png", plt)
+    md += _failures_md(doc)
+    return "\n\n".join(md)
+
+
+def files(doc: dict, plt) -> str:
+    cases = doc["cases"]
+    prm = doc["params"]
+    fig, axes = plt.subplots(1, len(cases), figsize=(5 * len(cases), 2.6), squeeze=False)
+    md = []
+    for ax, (case, entry) in zip(axes[0], cases.items(), strict=True):
+        c = entry["contenders"]
+        ax.barh(list(c), [v["mb_per_s"] for v in c.values()], color="tab:brown")
+        ax.set_title(case)
+        ax.set_xlabel("MB/s")
+        ax.invert_yaxis()
+        rows = [[k, v["median"], _run_range(v.get("times")), v["lines_per_s"], v["mb_per_s"]] for k, v in c.items()]
+        md.append(f"**{case}** ({prm['bytes'] / 1e6:.0f} MB of JSONL, {prm['lines']:,} lines, W={prm['workers']}, "
+                  f"median of {prm['runs']} rounds)\n\n"
+                  + _md_table(["contender", "seconds", "fastest to slowest run", "lines/s", "MB/s"], rows))
+    fig.tight_layout()
+    _save(fig, "files.png", plt)
+    md += _failures_md(doc)
+    return "\n\n".join(md)
+
+
 def _save(fig, name: str, plt) -> None:
     path = os.path.join(common.RESULTS_DIR, name)
     fig.savefig(path, dpi=110)
@@ -164,7 +209,9 @@ SECTIONS = [("channels", "Channels: one producer -> one consumer", channels),
             ("cpu_scaling", "CPU scaling", cpu_scaling),
             ("startup", "Start-up and memory per task", startup),
             ("memory", "Back-pressure: RSS under a slow sink", memory),
-            ("services", "Services: synchronous round trips", services)]
+            ("services", "Services: synchronous round trips", services),
+            ("etl", "ETL: a CSV group-by against the plain loop", etl),
+            ("files", "Files: reading 1 GB of JSONL", files)]
 
 
 def main(argv: list[str] | None = None) -> None:

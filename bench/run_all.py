@@ -1,6 +1,6 @@
 """Run every benchmark (each in its own Python process, so one cannot disturb the next), then plot.
 
-    python -m bench.run_all            # full run, about 28 minutes on 2 cores
+    python -m bench.run_all            # full run, an hour or more on 2 cores
     python -m bench.run_all --quick    # smoke run of every contender
 """
 
@@ -13,7 +13,7 @@ import time
 
 from bench import common
 
-BENCHMARKS = ("channels", "cpu_scaling", "startup", "memory", "services")
+BENCHMARKS = ("channels", "cpu_scaling", "startup", "memory", "services", "etl", "files")
 
 
 def main(argv: list[str] | None = None) -> int:

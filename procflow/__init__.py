@@ -14,7 +14,9 @@ from procflow.api.datastream import CollectResult, ConnectedStreams, DataStream
 from procflow.api.local_environment import LocalEnvironment
 from procflow.api.ray_environment import RayEnvironment
 from procflow.core.errors import (
+                                    InputFormatError,
                                     JobFailedError,
+                                    OutputExistsError,
                                     ProcflowError,
                                     ServiceError,
                                     ServiceTimeoutError,
@@ -35,6 +37,7 @@ from procflow.core.functions import (
 )
 from procflow.core.service import BaseService
 from procflow.core.signals import StopSignal
+from procflow.core.splits import Split, SplitSource
 from procflow.graph.transformation import Partitioner
 from procflow.runtime.task.factory import TaskFactory
 
@@ -42,8 +45,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BaseFunction", "BaseService", "BatchFunction", "CoMapFunction", "CollectResult", "ConnectedStreams",
-    "DataStream", "FilterFunction", "FlatMapFunction", "JobFailedError", "JoinFunction", "KeyByFunction",
-    "LocalEnvironment", "MapFunction", "Partitioner", "ProcflowError", "RayEnvironment", "ReduceFunction",
-    "ServiceError", "ServiceTimeoutError", "SinkFunction", "SourceFunction", "StopSignal",
-    "TaskFactory", "UnknownServiceError", "__version__",
+    "DataStream", "FilterFunction", "FlatMapFunction", "InputFormatError", "JobFailedError", "JoinFunction",
+    "KeyByFunction", "LocalEnvironment", "MapFunction", "OutputExistsError", "Partitioner", "ProcflowError",
+    "RayEnvironment", "ReduceFunction", "ServiceError", "ServiceTimeoutError", "SinkFunction", "SourceFunction",
+    "Split", "SplitSource", "StopSignal", "TaskFactory", "UnknownServiceError", "__version__",
 ]

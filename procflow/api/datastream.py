@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
+from procflow.api.file_sinks import FileSinks
 from procflow.core import functions as fx
 from procflow.core.enums import OperatorKind
 from procflow.graph.transformation import (
@@ -46,7 +47,7 @@ class CollectResult(Generic[T]):
         return len(self._records)
 
 
-class DataStream(Generic[T]):
+class DataStream(FileSinks, Generic[T]):
     """A stream of records of type T leaving one operator, plus how they will be partitioned downstream.
 
     The type parameter is for type checkers and editors only (nothing checks records at run time):

@@ -16,12 +16,14 @@ from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar, overload
 
 from procflow.api.datastream import CollectResult, DataStream
+from procflow.api.file_sources import FileSources
 from procflow.core import functions as fx
 from procflow.core.config import Config
 from procflow.core.enums import OperatorKind
 from procflow.core.service import BaseService, ServiceSpec, services_called
 from procflow.graph.execution_graph import ExecutionGraph, compile_graph
 from procflow.graph.transformation import FunctionSpec, Input, Transformation, check_parallelism
+from procflow.io.sequence import SequenceSource, is_splittable
 from procflow.runtime.backend import Backend
 from procflow.runtime.dispatcher import Dispatcher
 from procflow.runtime.job import Job
@@ -42,7 +44,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 INTERRUPTING_SIGNALS = (signal.SIGINT, *STOP_SIGNALS)
 
 
-class BaseEnvironment:
+class BaseEnvironment(FileSources):
     """Builds a pipeline. Use as a context manager so that `close()` always runs."""
 
     backend = "base"
@@ -80,12 +82,24 @@ class BaseEnvironment:
     def from_batch(self, source: Iterable[T], *args: Any, **kwargs: Any) -> DataStream[T]: ...
 
     def from_batch(self, source: Any, *args: Any, **kwargs: Any) -> DataStream[Any]:
-        """A bounded source: any iterable, or a BatchFunction subclass (extra args go to its constructor).
+        """A bounded source: any iterable, or a BatchFunction subclass (extra args go to its constructor);
+        a SplitSource (procflow.core.splits) is read by its splits.
 
-        With parallelism n, instance i of an iterable source takes items i, i+n, ... of the iterable.
+        A list, tuple, range or numpy array (a memmap too) is split by index ranges (io/sequence.py): with
+        parallelism n, the n instances take ranges on request, a few per instance, each reading them from
+        its own copy of the input (inherited at fork; under spawn a numpy array goes through shared memory
+        once). Records keep their order within a range, and with parallelism 1 overall.
+
+        A generator or another plain iterable cannot be split: with parallelism n, instance i takes items
+        i, i+n, ... and every instance walks the whole iterable. Give a list (or a SplitSource) to read a
+        large input in parallel.
         """
         if inspect.isclass(source) or isinstance(source, fx.BaseFunction):
             t = self._add(OperatorKind.BATCH, fx.BatchFunction, source, args, kwargs, inputs=[])
+        elif is_splittable(source):
+            if args:
+                raise TypeError("from_batch(sequence) takes no extra positional arguments")
+            t = self._add(OperatorKind.BATCH, fx.BatchFunction, SequenceSource, (source,), kwargs, inputs=[])
         elif isinstance(source, Iterable) and not isinstance(source, (str, bytes, dict)):
             if args:
                 raise TypeError("from_batch(iterable) takes no extra positional arguments")

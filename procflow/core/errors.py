@@ -9,7 +9,9 @@
     ├── ChannelError          transport problems; "you closed it" vs "the peer broke" stay distinct
     │   ├── ChannelClosedError
     │   └── BrokenChannelError
-    └── UnsafePathError       a log folder or file is not private to this user (also a PermissionError)
+    ├── UnsafePathError       a log folder or file is not private to this user (also a PermissionError)
+    ├── InputFormatError      a line or row of an input file cannot be parsed (also a ValueError)
+    └── OutputExistsError     a file sink's folder holds output already (also a FileExistsError)
 Graph and argument mistakes raise the built-in ValueError / TypeError before any process starts.
 """
 
@@ -144,3 +146,28 @@ def describe_exit(exitcode: Any) -> str:
         return f"was killed by {name}{hint}"
     # sys.exit() in user code is reported like any exception; only os._exit() leaves unreported.
     return f"exited with code {exitcode} without reporting an error (os._exit() in user code?)"
+
+
+class InputFormatError(ProcflowError, ValueError):
+    """A record of an input file (a JSONL line, a CSV row) cannot be parsed. `path`, `line` (1-based, or
+    None where unknown) and `reason` (the parser's message) say where and why; `text` is the raw line."""
+
+    def __init__(self, path: str, line: int | None, reason: str, text: str = "") -> None:
+        where = f"{path}, line {line}" if line is not None else path
+        shown = text if len(text) <= 120 else text[:117] + "..."
+        super().__init__(
+            f"{where}: {reason} (the line: {shown!r}). To set bad lines aside instead of failing the job, "
+            "pass on_error='skip' or on_error='dead_letter' to the reader.")
+        self.path = path
+        self.line = line
+        self.reason = reason
+        self.text = text
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from its fields: the default would call __init__ with the message alone.
+        return type(self), (self.path, self.line, self.reason, self.text)
+
+
+class OutputExistsError(ProcflowError, FileExistsError):
+    """A file sink's folder is not empty (mode="error"), or another running job writes into it. Raised in
+    the driver before any process starts; the message names the folder and mode="overwrite"."""

@@ -7,7 +7,9 @@ fixed order. A backend supplies only its own parts, called in this order:
 
     Dispatcher                       Backend                         local          inline        ray
     ──────────                       ───────                         ─────          ──────        ───
-    prepare()  ───────────────────►  open_job(job)  -> JobControl    shm segment    flags+table   actor view
+    prepare()  ─ plan the split sources' splits (split_plan.py), once
+               ───────────────────►  open_job(job)  -> JobControl    shm segment    flags+table   actor view
+                                     (with split claims)             cursor+lockf   counter       enumerator actor
                ───────────────────►  check_capacity(consumers,...)   /dev/shm room  -             -
                ─ per consumer ────►  make_inbox(node)                shm/mp inbox   deque inbox   actor inbox
                ─ per edge ────────►  edge(inbox, edge)               ring slot      deque slot    credits
@@ -67,7 +69,7 @@ whose `service_host()` returns None runs no services: the Dispatcher refuses the
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -78,6 +80,7 @@ if TYPE_CHECKING:
     from procflow.graph.execution_graph import ExecutionGraph
     from procflow.runtime.context.task_context import TaskContext
     from procflow.runtime.control import ErrorReport
+    from procflow.runtime.split_plan import SplitPlan
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,8 @@ class JobSetup:
     config: Mapping[str, Any]
     graph: ExecutionGraph
     log: logging.Logger
+    # The split sources' plans (split_plan.py), by operator: the job control keeps a claim cursor for each.
+    splits: Mapping[str, SplitPlan] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -125,11 +130,14 @@ class TaskStart:
 
 
 class JobControlView(Protocol):
-    """The job-control object a backend makes: the start/stop words and the live counters."""
+    """The job-control object a backend makes: the start/stop words, the live counters, and the split
+    sources' claims (the tasks call claim_split; the driver reads split_owners)."""
 
     counters: Any
 
     def release_sources(self) -> None: ...
+
+    def split_owners(self, slot: int) -> list[int | None] | None: ...
 
     def request_stop(self) -> None: ...
 

@@ -2,6 +2,8 @@
 
     Job.completed_records() ─► Completion.records(job.metrics) ─► the progress bar (done / total),
                                                                   the summary's and dashboard's rate
+    Job.progress()          ─► Completion.units(job.metrics)   ─► the same for an input in bytes (file
+                                                                  splits), from the sources' units_done
 
 Counting records that left the sources is no measure of a job's progress: the sources fill the rings
 in front of a slow operator at once, so a 7 s CPU-bound job showed 100% from its first frame and its
@@ -31,6 +33,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from procflow.graph.transformation import BROADCAST
+from procflow.runtime.job_control import FIELDS, UNITS_DONE
+
+UNITS_FIELD = FIELDS[UNITS_DONE]
 
 
 @dataclass(frozen=True)
@@ -78,3 +83,18 @@ class Completion:
             share = min(share, got / expected)
             expected_out[op] = expected * sent / got if got else 0.0
         return emitted * max(min(share, 1.0), 0.0)
+
+    def units(self, metrics: dict[str, dict]) -> float:
+        """Input units (a split source's: bytes, or records) whose work the whole pipeline has done.
+
+        Sources count `units_done` as each split ends; of those, the share done is the share of the
+        emitted records that `records()` finds done. Exact at the end (every split read, every record
+        done); during the job it trails by at most the split each source is reading.
+        """
+        sources = {stage.operator for stage in self.stages if not stage.feeds}
+        rows = [row for row in metrics.values() if row["operator"] in sources]
+        units = sum(row.get(UNITS_FIELD, 0.0) for row in rows)
+        emitted = sum(row["records_out"] for row in rows)
+        if not emitted:
+            return units
+        return units * min(self.records(metrics) / emitted, 1.0)

@@ -3,7 +3,9 @@
 One Dispatcher for every backend (local processes, inline, Ray); what differs is the Backend's
 (runtime/backend.py draws who calls what).
 
-    prepare()  job folder and Dispatcher.log; the backend's job control; its capacity check (before
+    prepare()  the split sources' plans (split_plan.py: a failing plan fails here, before anything exists);
+               job folder and Dispatcher.log; committed outputs staged (a file sink's non-empty folder
+               refuses the job here, before any process); the backend's job control; its capacity check (before
                anything is created); one inbox per consuming task; services (ServiceManager); then every
                TaskContext, built here and only here, from the graph
     start()    backend.start(tasks), services first; the monitor thread (inline: the caller's thread)
@@ -16,13 +18,15 @@ One Dispatcher for every backend (local processes, inline, Ray); what differs is
                  stop / kill requests from other threads (ControlRequest)
                  with config stall_timeout, where the backend supports it: no progress anywhere for
                  that long while records wait -> fail the job naming the stalled task (stall_watch.py)
-    cleanup()  one fixed order of small steps (see `cleanup`). Idempotent.
+    cleanup()  one fixed order of small steps (see `cleanup`): once every task has ended, committed
+               outputs are published if the job finished, else removed. Idempotent.
 
 Only the monitor thread handles control messages; other threads queue requests and wake it.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import secrets
 import threading
@@ -30,7 +34,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from procflow.core.enums import ControlRequest, JobStatus
+from procflow.core.committed_output import CommittedOutput
+from procflow.core.enums import ControlRequest, JobStatus, OperatorKind
 from procflow.core.errors import JobFailedError, RemoteTraceback, ShmCapacityError
 from procflow.core.service import ServiceSpec
 from procflow.graph.execution_graph import ExecutionGraph
@@ -52,6 +57,7 @@ from procflow.runtime.job_manager import JobManager
 from procflow.runtime.job_monitor import JobMonitor
 from procflow.runtime.private_files import make_job_dir
 from procflow.runtime.service.manager import ServiceManager
+from procflow.runtime.split_plan import SplitPlan, plan_job_splits
 from procflow.runtime.stall_watch import StallWatch
 from procflow.runtime.task.chain import ChainLink
 
@@ -101,6 +107,9 @@ class Dispatcher(JobMonitor):
         self.handles: Mapping[str, StartedTask] = {}
         self.inboxes: dict[str, Any] = {}
         self.job_control: JobControlView | None = None
+        self.split_plans: dict[str, SplitPlan] = {}
+        self._split_owners: dict[str, list[int | None]] = {}   # the last split_assignments() read
+        self._control_closed = False
         self.service_manager: ServiceManager | None = None
         self.in_driver: DriverCollects | None = None
         self._requests: list[tuple[ControlRequest, str]] = []
@@ -109,18 +118,21 @@ class Dispatcher(JobMonitor):
         self._cleaned = False
         self._aborted = False
         self._cleanup_lock = threading.Lock()
+        self.outputs: list[tuple[str, CommittedOutput]] = []   # (operator, its driver-side function)
         backend.bind(self)
 
     # -- preparing ---------------------------------------------------------------------------------
 
     def prepare(self) -> None:
         self.backend.preflight()
+        self.split_plans = plan_job_splits(self.graph)   # a plan that fails, fails here: nothing exists yet
         make_job_dir(self.env_dir, self.job_id, self.config["keep_logs"])
         self._open_log()
+        self._prepare_outputs()
         backend = self.backend
         nodes = list(self.graph.nodes.values())
         self.job_control = backend.open_job(JobSetup(self.job_id, self.job_dir, self.env_dir, self.config,
-                                                     self.graph, self.log))
+                                                     self.graph, self.log, self.split_plans))
         self.in_driver = DriverCollects(self.graph, self.manager, self.job_control.counters,
                                         enabled=backend.collects_in_driver)
         driver_nodes = self.in_driver.tasks
@@ -150,12 +162,73 @@ class Dispatcher(JobMonitor):
                     controls[head] = backend.control_channel(head)
                 self.contexts[node.name] = self._context(node, slot, len(nodes), directory, controls[head])
                 self.functions[node.name] = self.graph.transformations[node.transformation_id].function.build()
+        self._ship_splits()
         chains = [graph.chain(h.name) for h in graph.heads() if len(graph.chain(h.name)) > 1]
         self.log.info("job %s prepared on the %s backend: %d operator instances in %d tasks, %d channels, "
                       "queue=%s%s%s", self.job_id, backend.kind, len(nodes), len(graph.heads()),
                       len(graph.channel_edges), self.config["queue"],
                       f"; run by the driver: {', '.join(sorted(driver_nodes))}" if driver_nodes else "",
                       f"; chains: {'; '.join(' -> '.join(c) for c in chains)}" if chains else "")
+
+    def _prepare_outputs(self) -> None:
+        """Stage every sink whose output the driver commits (core/committed_output.py), before any
+        process starts: a folder that must not be written into refuses the job here. The hooks are a
+        function object's: one more is built here, for the driver, besides those shipped to the tasks."""
+        for t in self.graph.transformations.values():
+            target = t.function.target
+            # Judged by the class first: building a user's other sinks here would run their constructors
+            # once more, in the driver (one that opens a file would open it twice).
+            if t.kind is not OperatorKind.SINK or not (isinstance(target, CommittedOutput) or (
+                    inspect.isclass(target) and issubclass(target, CommittedOutput))):
+                continue
+            function = t.function.build()
+            if isinstance(function, CommittedOutput):
+                instances = sum(1 for n in self.graph.nodes.values() if n.transformation_id == t.id)
+                self.outputs.append((t.name, function))   # before prepare: a half-prepared one is aborted
+                function.prepare_output(self.job_id, instances)
+                self.log.info("output of %s staged for %d instance(s): %r", t.name, instances, function)
+
+    def _settle_outputs(self) -> None:
+        """Every task has ended: publish the committed outputs if the job finished (not failed, stopped
+        or killed), else remove what they staged. A commit that fails fails the job, and what is still
+        staged is removed."""
+        outputs, self.outputs = self.outputs, []
+        manager = self.manager
+        finished = manager.all_stopped and manager.failure is None and not manager.stop_requested \
+            and not self._aborted
+        for name, function in outputs:
+            if finished and manager.failure is None:
+                try:
+                    function.commit_output()
+                    self.log.info("output of %s committed", name)
+                    continue
+                except Exception as exc:   # any failure to publish is the job's failure, said as such
+                    self.log.exception("committing the output of %s failed", name)
+                    error = JobFailedError(f"job {self.job_id} finished, but committing the output of {name} "
+                                           f"failed: {type(exc).__name__}: {exc}", task=name)
+                    error.__cause__ = exc
+                    self._fail(error)
+            try:
+                function.abort_output()
+            except Exception:   # removing staging must not hide the job's own outcome; the log says it
+                self.log.exception("removing the staged output of %s failed", name)
+
+    def _ship_splits(self) -> None:
+        """Every instance of a split source gets its plan (descriptors only); it claims splits at run time."""
+        for name, ctx in self.contexts.items():
+            t = self.graph.transformations[self.graph.nodes[name].transformation_id]
+            ctx.splits = self.split_plans.get(t.name)
+
+    def split_assignments(self) -> dict[str, list[int | None]]:
+        """Per split source, the instance each split was handed to so far (None: not yet); live while
+        the job runs, final after it (checkpoints snapshot this)."""
+        control = self.job_control
+        if control is not None and not self._control_closed:
+            for plan in self.split_plans.values():
+                owners = control.split_owners(plan.slot)
+                if owners is not None:
+                    self._split_owners[plan.operator] = owners
+        return {op: list(owners) for op, owners in self._split_owners.items()}
 
     def _context(self, node: Any, slot: int, n_tasks: int, directory: Any, control: Any) -> TaskContext:
         """The one place a TaskContext is built, whatever the backend. `control`: the control channel of
@@ -378,8 +451,11 @@ class Dispatcher(JobMonitor):
         if self.service_manager is not None:
             self.service_manager.stop_all(grace)          # 1: services, after every task has ended
         self.backend.stop_tasks(failed, grace)            # 2: tasks (and replicas) gone
+        self._settle_outputs()                            # 2b: committed outputs published or removed
         self.backend.close_control()                      # 3: control channels
         self.backend.close_channels()                     # 4: inboxes / rings
         if self.job_control is not None:                  # 5: the counters outlive the job control
             self.manager.last_counters = self.live_counters()
+            self.split_assignments()                      #    and so do the split claims
+        self._control_closed = True
         self.backend.close_job_control()                  # 6: the job control itself

@@ -7,10 +7,11 @@ from typing import Any
 
 from procflow.core.enums import ControlRequest, JobStatus
 from procflow.core.errors import JobFailedError
+from procflow.core.splits import BYTES
 from procflow.graph.transformation import ROUND_ROBIN
 from procflow.runtime.completion import Completion
 from procflow.runtime.dispatcher import Dispatcher
-from procflow.runtime.progress import ProgressBar, known_total, progress_wanted
+from procflow.runtime.progress import ProgressBar, progress_total, progress_wanted
 
 # An operator fed by round robin whose tasks finished at least this far apart, and this share of its
 # run, is reported as uneven: its early finishers sat idle while the others still had records.
@@ -27,10 +28,10 @@ class Job:
         self.source_tasks = frozenset(n.name for n in dispatcher.graph.sources())
         self._completion = Completion.of(dispatcher.graph)
         self._progress: ProgressBar | None = None
-        total = known_total(dispatcher.graph)
-        if total is not None and progress_wanted(dispatcher.config["progress"]):
-            self._progress = ProgressBar(total, self.completed_records, self._manager.done,
-                                         status=lambda: self.status).start()
+        self._total = progress_total(dispatcher.graph, dispatcher.split_plans)
+        if self._total is not None and progress_wanted(dispatcher.config["progress"]):
+            self._progress = ProgressBar(self._total.amount, self.completed_units, self._manager.done,
+                                         status=lambda: self.status, unit=self._total.unit).start()
 
     @property
     def status(self) -> JobStatus:
@@ -67,6 +68,33 @@ class Job:
         estimated from each operator's out/in ratio otherwise: see runtime/completion.py); from
         `metrics` if given, else the counters now. Records still waiting in rings do not count."""
         return int(self._completion.records(self.metrics if metrics is None else metrics))
+
+    def completed_units(self, metrics: dict[str, Any] | None = None) -> int:
+        """Input done, in the unit of `progress()`: completed records, or for an input measured in bytes
+        (file splits) the bytes of the finished splits that the whole pipeline has finished with."""
+        metrics = self.metrics if metrics is None else metrics
+        if self._total is not None and self._total.unit == BYTES:
+            return int(self._completion.units(metrics))
+        return self.completed_records(metrics)
+
+    def progress(self, metrics: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """How far the job is through its input, where its size is known (split sources, sized inputs):
+        unit ("records" or "bytes"), total, done, percent, rate per second and eta_s (None until a rate
+        is known); None for an input of unknown size (a generator, an unbounded source)."""
+        total = self._total
+        if total is None:
+            return None
+        done = min(self.completed_units(metrics), total.amount)
+        elapsed = self.elapsed
+        rate = done / elapsed if elapsed > 0 else 0.0
+        left = total.amount - done
+        return {"unit": total.unit, "total": total.amount, "done": done,
+                "percent": 100.0 * done / total.amount if total.amount else 100.0,
+                "rate": rate, "eta_s": (left / rate if rate > 0 else None) if left else 0.0}
+
+    def split_assignments(self) -> dict[str, list[int | None]]:
+        """Per split source: the instance each split was handed to (None: not yet), live or final."""
+        return self._dispatcher.split_assignments()
 
     @property
     def service_metrics(self) -> dict[str, dict]:
@@ -120,6 +148,7 @@ class Job:
                 "source_records": emitted, "completed_records": completed,
                 "throughput_rps": completed / elapsed if elapsed else 0.0,
                 "operators": by_op, "bottleneck": bottleneck, "uneven": uneven,
+                "progress": self.progress(tasks),
                 "error": str(failure) if failure else None,
                 "log_dir": self.log_dir, "tasks": tasks, "services": self.service_metrics}
 

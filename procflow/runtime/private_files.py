@@ -24,21 +24,18 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 import stat
-import sys
 import tempfile
 from typing import Any
 
 from procflow.core.errors import UnsafePathError
+from procflow.io.safe_paths import DIR_FLAGS as _DIR_FLAGS
+from procflow.io.safe_paths import DIR_MODE, FILE_MODE
+from procflow.io.safe_paths import FILE_FLAGS as _FILE_FLAGS
+from procflow.io.safe_paths import rmtree_at as _rmtree_at
 
-DIR_MODE = 0o700
-FILE_MODE = 0o600
 # procflow's job ids (runtime.dispatcher.new_job_id): only folders named so are ever pruned.
 JOB_DIR_NAME = re.compile(r"[0-9a-f]{8}")
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 # -- where ------------------------------------------------------------------------------------------
@@ -177,20 +174,6 @@ def prune_job_dirs(env_dir: str, keep: int, *, current: str | None = None) -> li
     finally:
         os.close(dir_fd)
     return removed
-
-
-def _rmtree_at(dir_fd: int, name: str) -> None:
-    """`shutil.rmtree(name, dir_fd=dir_fd)`, also on Python 3.10, whose rmtree has no `dir_fd` (it came in
-    3.11: on 3.10 the call raised TypeError, which no caller caught, so pruning ended the job's start).
-
-    There the folder is named through /proc/self/fd/<dir_fd>, which resolves to the directory this fd
-    holds open, not to whatever env_dir's path leads to now; rmtree itself refuses a symlink at the top
-    (OSError) and removes the rest relative to fds, as it does with dir_fd.
-    """
-    if sys.version_info >= (3, 11):
-        shutil.rmtree(name, dir_fd=dir_fd)
-    else:
-        shutil.rmtree(f"/proc/self/fd/{dir_fd}/{name}")
 
 
 # -- private files -----------------------------------------------------------------------------------

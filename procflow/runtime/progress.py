@@ -1,4 +1,5 @@
-"""Driver-side progress bar for inputs of known size (sized iterables given to `from_batch`).
+"""Driver-side progress bar for inputs of known size: split sources (their plans' total, in records or
+bytes) and sized iterables given to `from_batch`.
 
     Job starts ─► ProgressBar.start(): one driver thread (not a daemon)
                     every `interval` s: count the source records the whole pipeline has finished with
@@ -7,8 +8,10 @@
     Job.wait / stop / kill / close ─► ProgressBar.join()
 
 What the bar counts: source records whose work is done all the way down the pipeline (see
-completion.py), out of the input's size; its rate is that count over the time since the job started, so
-it is the job's rate, and the ETA follows from both. It once counted records leaving the sources, which
+completion.py), out of the input's size; for an input measured in bytes (file splits), the bytes of the
+finished splits scaled by the share of their records the pipeline has finished (Completion.units).
+Its rate is that count over the time since the job started, so it is the job's rate, and the ETA
+follows from both. It once counted records leaving the sources, which
 fill the rings at once: 100% from the first frame of a CPU-bound job (issue 23.1).
 
 The tasks are never involved: the bar costs them nothing. It is on by default only where someone can
@@ -21,31 +24,62 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Sized
+from collections.abc import Callable, Mapping, Sized
+from dataclasses import dataclass
 from typing import IO, Any
 
 from procflow.core.enums import OperatorKind
 from procflow.core.functions import IterableBatch
+from procflow.core.splits import BYTES, RECORDS
+from procflow.io.sequence import SequenceSource
+from procflow.runtime.split_plan import SplitPlan
 
 _WIDTH = 30
 
 
-def known_total(graph: Any) -> int | None:
-    """Records the sources will emit, when every source knows its size (a sized iterable); else None:
-    a bar over part of the input would stop short of, or run past, 100%."""
+@dataclass(frozen=True)
+class Total:
+    """How much input the job has: `amount` of `unit` (records, or bytes for file splits)."""
+
+    amount: int
+    unit: str = RECORDS
+
+
+def progress_total(graph: Any, plans: Mapping[str, SplitPlan] | None = None) -> Total | None:
+    """The input's size, when every source knows it, in one unit; else None: a bar over part of the
+    input would stop short of, or run past, 100%.
+
+    A split source knows it from its plan (`plans`, by operator: the Dispatcher's), in its own unit;
+    `from_batch` over a sized input from the input's length, before any plan exists.
+    """
     total = 0
+    units = set()
     for t in graph.transformations.values():
         if t.inputs:
             continue
+        plan = plans.get(t.name) if plans else None
+        if plan is not None:
+            total += plan.total
+            units.add(plan.unit)
+            continue
         spec = t.function
-        if not (t.kind == OperatorKind.BATCH and spec.target is IterableBatch and spec.args
+        if not (t.kind == OperatorKind.BATCH and spec.target in (IterableBatch, SequenceSource) and spec.args
                 and isinstance(spec.args[0], Sized)):
             return None
         try:
             total += len(spec.args[0])
         except TypeError:
             return None
-    return total
+        units.add(RECORDS)
+    if len(units) > 1:
+        return None   # records of one source and bytes of another add up to nothing
+    return Total(total, units.pop() if units else RECORDS)
+
+
+def known_total(graph: Any, plans: Mapping[str, SplitPlan] | None = None) -> int | None:
+    """`progress_total(...)`'s amount, or None."""
+    found = progress_total(graph, plans)
+    return None if found is None else found.amount
 
 
 def progress_wanted(setting: bool | None, stream: IO[str] | None = None) -> bool:
@@ -61,8 +95,18 @@ def progress_wanted(setting: bool | None, stream: IO[str] | None = None) -> bool
         return False
 
 
-def render(done: int, total: int, elapsed: float, final: str = "") -> str:
-    """One line: ``[#######-------]  45%  4,500/10,000 records  12,345 rec/s  ETA 0:03``."""
+def _amount(n: float, unit: str) -> str:
+    if unit != BYTES:
+        return f"{n:,.0f}"
+    for scale, name in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if n >= scale:
+            return f"{n / scale:,.1f} {name}"
+    return f"{n:,.0f} B"
+
+
+def render(done: int, total: int, elapsed: float, final: str = "", unit: str = RECORDS) -> str:
+    """One line: ``[#######-------]  45%  4,500/10,000 records  12,345 rec/s  ETA 0:03``; in bytes
+    (file splits): ``[###----]  45%  1.2 GiB/2.7 GiB  80.0 MiB/s  ETA 0:19``."""
     frac = min(done / total, 1.0) if total else 1.0
     filled = int(frac * _WIDTH)
     rate = done / elapsed if elapsed > 0 else 0.0
@@ -73,8 +117,11 @@ def render(done: int, total: int, elapsed: float, final: str = "") -> str:
         tail = f"ETA {eta // 60}:{eta % 60:02d}"
     else:
         tail = ""
-    return (f"[{'#' * filled}{'-' * (_WIDTH - filled)}] {100 * frac:3.0f}%  {done:,}/{total:,} records  "
-            f"{rate:,.0f} rec/s  {tail}").rstrip()
+    if unit == BYTES:
+        counts = f"{_amount(done, unit)}/{_amount(total, unit)}  {_amount(rate, unit)}/s"
+    else:
+        counts = f"{done:,}/{total:,} records  {rate:,.0f} rec/s"
+    return f"[{'#' * filled}{'-' * (_WIDTH - filled)}] {100 * frac:3.0f}%  {counts}  {tail}".rstrip()
 
 
 class ProgressBar:
@@ -85,8 +132,9 @@ class ProgressBar:
 
     def __init__(self, total: int, count: Callable[[], int], finished: threading.Event, *,
                  status: Callable[[], str] = lambda: "", stream: IO[str] | None = None,
-                 interval: float = 0.2) -> None:
+                 interval: float = 0.2, unit: str = RECORDS) -> None:
         self.total = total
+        self.unit = unit
         self._count = count
         self._finished = finished
         self._status = status
@@ -113,10 +161,11 @@ class ProgressBar:
             elapsed = time.monotonic() - started
             if ended:
                 status = self._status()
-                self._draw(render(done, self.total, elapsed, "done" if status == "finished" else status))
+                self._draw(render(done, self.total, elapsed, "done" if status == "finished" else status,
+                                  self.unit))
                 self._write("\n")
                 return
-            self._draw(render(done, self.total, elapsed))
+            self._draw(render(done, self.total, elapsed, unit=self.unit))
 
     def _safe_count(self) -> int:
         try:

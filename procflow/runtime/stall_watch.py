@@ -47,8 +47,6 @@ _PROC_STATES = {
 class InputProbe:
     """What waits at one task's input, read by the driver without disturbing the task."""
 
-    in_chain = False   # see ChainProbe
-
     def __init__(self, inbox: Any, segment: Any = None) -> None:
         self._inbox = inbox
         self._segment = segment   # the driver's own mapping of the task's inbox (shm), else None
@@ -84,7 +82,6 @@ class ChainProbe:
     the job naming that operator."""
 
     counts_bytes = False
-    in_chain = True
 
     def __init__(self, counters: Any, slot: int) -> None:
         self._counters = counters
@@ -157,7 +154,7 @@ class StallWatch:
         if queued:
             doing.append(f"{queued} byte(s) wait in its input" if self._probes[name].counts_bytes
                          else "its input queue holds records")
-        if unfinished and self._probes[name].in_chain:
+        if unfinished and isinstance(self._probes[name], ChainProbe):
             doing.append("it holds records from the operator before it in its chain and has not finished them")
         elif unfinished:
             doing.append(f"it took {unfinished} record(s) out and has not finished them")

@@ -9,6 +9,7 @@ arguments: a recipe that ran pip through it would show up in the output, and ins
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -92,3 +93,36 @@ def test_what_make_run_runs_counts_words(tmp_path):
     first, *top = out.stdout.splitlines()
     assert first.startswith("2,000 lines, 24,000 words in "), first
     assert len(top) == 3 and top[0].split()[0] == "stream", top   # the Zipf-like text's most common word
+
+
+def test_example_files_runs_the_files_job(fake_venv, tmp_path):
+    out = make("example-files", venv=fake_venv, tmp_path=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["fake python: examples/files_job.py"]
+
+
+@pytest.mark.timeout(120)
+def test_what_make_example_files_runs_summarises_the_logs_it_generated(tmp_path):
+    """The example behind `make example-files`, run for real on 0.3 MB of logs, keeping its output."""
+    import procflow
+
+    env_has = hasattr(procflow.LocalEnvironment, "read_jsonl") and hasattr(procflow.DataStream, "write_jsonl")
+    if not env_has:
+        pytest.skip("env.read_jsonl and stream.write_jsonl are not in this build (issue 18)")
+    kept = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "examples/files_job.py", "--mb", "0.3", "--parallelism", "2",
+                          "--top", "3", "--out", str(kept)], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=100)
+    assert out.returncode == 0, out.stderr[-3000:]
+    generated, done, header, *top = out.stdout.splitlines()
+    lines = int(generated.split()[1].replace(",", ""))
+    assert generated.startswith("generated ") and lines > 1000, generated
+    assert done.endswith("committed with _SUCCESS"), done
+    assert header.split()[:2] == ["endpoint", "requests"] and len(top) == 3
+    assert top[0].split()[0] == "/api/orders", top              # the most requested endpoint by design
+    manifest = json.loads((kept / "_SUCCESS").read_text())
+    rows = [json.loads(line) for part in manifest["files"] for line in (kept / part["name"]).read_text().splitlines()]
+    assert manifest["records"] == len(rows) == 12                # one row per endpoint
+    assert sum(row["requests"] for row in rows) == lines
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("procflow_files_job_")] == []   # logs gone

@@ -63,3 +63,10 @@ def test_waiting_for_a_quiet_machine_returns_within_its_timeout():
     waited = common.wait_for_quiet(idle_share=1.01, window=0.05, timeout=0.2)   # never quiet enough
     assert 0.2 <= waited < 1.0
     assert common.wait_for_quiet(idle_share=0.0, window=0.05) < 0.5               # always quiet enough
+
+
+def test_leftover_shm_is_our_own_segments_and_foreign_files_but_not_our_owner_lock():
+    before = {"procflow_7_aaaa_job_old", "unrelated_old"}
+    after = before | {"procflow_7_aaaa.lock", "procflow_7_aaaa_job_ring_x", "procflow_8_bbbb_job_ring_y",
+                      "procflow_8_bbbb.lock", "psm_deadbeef"}
+    assert common.leftover_shm(before, after, pid=7) == ["procflow_7_aaaa_job_ring_x", "psm_deadbeef"]

@@ -37,6 +37,9 @@ class FakeControl:
     def snapshot(self) -> dict[int, dict[str, float]] | None:
         return None if self.closed else {i: dict(zip(FIELDS, row)) for i, row in enumerate(self.counters)}
 
+    def split_owners(self, slot: int) -> list[int | None] | None:
+        return None   # the scripted tasks claim no splits
+
     def close(self) -> None:
         self.closed = True
 
@@ -132,7 +135,8 @@ class ScriptedBackend:
 def run(script: Callable[[ScriptedBackend], list[list[Any]]], env_dir: str,
         collect: bool = False) -> tuple[Dispatcher, ScriptedBackend, Any]:
     env = LocalEnvironment("scripted", env_dir=env_dir)
-    stream = env.from_batch([1, 2, 3]).map(lambda r: r, parallelism=2)
+    # parallelism=1: a source of its own, feeding both maps over channels (it would follow them, chained)
+    stream = env.from_batch([1, 2, 3], parallelism=1).map(lambda r: r, parallelism=2)
     result = stream.collect() if collect else None
     backend = ScriptedBackend(script)
     checked: Backend = backend   # the scripted backend is a Backend as far as a type checker is concerned

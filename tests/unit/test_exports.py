@@ -7,10 +7,10 @@ import procflow
 
 PUBLIC = {
     "BaseFunction", "BaseService", "BatchFunction", "CoMapFunction", "CollectResult", "ConnectedStreams",
-    "DataStream", "FilterFunction", "FlatMapFunction", "JobFailedError", "JoinFunction", "KeyByFunction",
-    "LocalEnvironment", "MapFunction", "Partitioner", "ProcflowError", "RayEnvironment", "ReduceFunction",
-    "ServiceError", "ServiceTimeoutError", "SinkFunction", "SourceFunction", "StopSignal",
-    "TaskFactory", "UnknownServiceError", "__version__",
+    "DataStream", "FilterFunction", "FlatMapFunction", "InputFormatError", "JobFailedError", "JoinFunction",
+    "KeyByFunction", "LocalEnvironment", "MapFunction", "OutputExistsError", "Partitioner", "ProcflowError",
+    "RayEnvironment", "ReduceFunction", "ServiceError", "ServiceTimeoutError", "SinkFunction", "SourceFunction",
+    "Split", "SplitSource", "StopSignal", "TaskFactory", "UnknownServiceError", "__version__",
 }
 
 
@@ -26,5 +26,6 @@ def test_every_public_name_is_importable():
 
 def test_the_user_contract_lives_in_core():
     """Function classes, StopSignal, errors and services come from the bottom layer (issue 17)."""
-    for name in ("MapFunction", "SinkFunction", "StopSignal", "JobFailedError", "BaseService", "ProcflowError"):
+    for name in ("MapFunction", "SinkFunction", "SplitSource", "StopSignal", "JobFailedError", "BaseService",
+                 "ProcflowError"):
         assert getattr(procflow, name).__module__.startswith("procflow.core."), name

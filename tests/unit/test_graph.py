@@ -259,20 +259,22 @@ def test_a_one_instance_collect_stays_with_the_driver_and_a_wider_one_chains(env
     env.from_batch([1], name="wide").map(Twice, parallelism=2, name="w").collect(parallelism=2)
     graph = env.compile()
     assert graph.chain("batch_0") == ("batch_0", "map_0")
-    assert graph.chain("w_1") == ("w_1", "collect2_1")
+    assert graph.chain("wide_1") == ("wide_1", "w_1", "collect2_1")
 
 
 @pytest.mark.parametrize("source, given, config, follows", [
     ("splits", False, {}, True),
     ("splits", True, {}, False),                     # the user set the source's parallelism
     ("splits", False, {"chaining": False}, False),
-    ("list", False, {}, False),                      # not a SplitSource (yet: the splits work makes it one)
+    ("list", False, {}, True),                       # from_batch(list) is a SplitSource too
+    ("generator", False, {}, False),                 # one reader: it cannot be split
 ])
 def test_a_splittable_source_follows_the_parallelism_of_the_operator_it_feeds(env_dir, source, given, config,
                                                                               follows):
     env = LocalEnvironment("graph", config=config, env_dir=env_dir)
     options = {"parallelism": 1} if given else {}
-    stream = env.from_batch(Indexes, **options) if source == "splits" else env.from_batch([1, 2, 3])
+    stream = {"splits": lambda: env.from_batch(Indexes, **options), "list": lambda: env.from_batch([1, 2, 3]),
+              "generator": lambda: env.from_batch(x for x in range(3))}[source]()
     stream.map(Twice, parallelism=4).collect()
     graph = env.compile()
     sources = [n.name for n in graph.sources()]

@@ -169,7 +169,7 @@ def test_pruning_works_on_python_3_10_whose_rmtree_has_no_dir_fd(tmp_path, monke
     import shutil
     import types
 
-    from procflow.runtime import private_files
+    from procflow.io import safe_paths  # where rmtree_at lives (shared with the file sinks)
 
     real_rmtree = shutil.rmtree
 
@@ -177,7 +177,7 @@ def test_pruning_works_on_python_3_10_whose_rmtree_has_no_dir_fd(tmp_path, monke
         real_rmtree(path, ignore_errors, onerror)
 
     monkeypatch.setattr(shutil, "rmtree", rmtree_310)
-    monkeypatch.setattr(private_files, "sys", types.SimpleNamespace(version_info=(3, 10, 14)), raising=False)
+    monkeypatch.setattr(safe_paths, "sys", types.SimpleNamespace(version_info=(3, 10, 14)), raising=False)
     env_dir, jobs, outside = _job_folders_and_a_planted_link(tmp_path, 4)
     removed = prune_job_dirs(str(env_dir), 2)
     assert sorted(removed) == jobs[:2]

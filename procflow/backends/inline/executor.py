@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +45,7 @@ from procflow.runtime.context.task_context import TaskContext
 from procflow.runtime.control import ErrorReport, Failed, Ready, Stopped
 from procflow.runtime.job_control import FIELDS
 from procflow.runtime.operators.source import SourceOperator
+from procflow.runtime.split_plan import SplitCursors, split_counts
 from procflow.runtime.task.base_task import BaseTask
 from procflow.runtime.task.entry import close_logger, open_task_logger
 
@@ -54,10 +55,12 @@ from .services import InlineServiceHost
 DEFAULT_CHUNK = 1024   # records a source emits between two pumps of the downstream tasks
 
 
-class InlineJobControl:
-    """The in-process stand-in for the job segment: start/stop flags and the counters table."""
+class InlineJobControl(SplitCursors):
+    """The in-process stand-in for the job segment: start/stop flags, the counters table, and split claims
+    (a counter per split source: its instances run one after another, so the first reads every split)."""
 
-    def __init__(self, n_tasks: int) -> None:
+    def __init__(self, n_tasks: int, split_counts: Sequence[int] = ()) -> None:
+        super().__init__(split_counts)
         self.n_tasks = n_tasks
         self.counters = np.zeros((n_tasks, len(FIELDS)), dtype=np.float64)
         self._stop = threading.Event()
@@ -200,7 +203,7 @@ class InlineBackend:
 
     def open_job(self, job: JobSetup) -> InlineJobControl:
         self.job = job
-        self.job_control = InlineJobControl(len(job.graph.nodes))
+        self.job_control = InlineJobControl(len(job.graph.nodes), split_counts(job.splits))
         return self.job_control
 
     def check_capacity(self, consumers: list[Any], services: Mapping[str, Any], job_control: Any) -> None:
@@ -238,7 +241,8 @@ class InlineBackend:
             function = task.function
             if isinstance(function, IterableBatch) and node.parallelism > 1:
                 # Forked instances each read their own copy of an iterator; here they would share one,
-                # and instance 0 would drain it. Materialise it once for all the instances.
+                # and instance 0 would drain it. Materialise it once for all the instances. (Lists and
+                # other sequences are split sources: their instances claim index ranges, no copy needed.)
                 it = function.iterable
                 if iter(it) is it:
                     if node.transformation_id not in shared_iterators:

@@ -1,12 +1,14 @@
 """LocalBackend: one OS process per task on this machine (the Backend of LocalEnvironment's process executor).
 
-    open_job()        sweep segments of dead drivers; create the job segment (JobControl)
+    open_job()        sweep segments of dead drivers; create the job segment (JobControl, with the split
+                      sources' claim cursors)
     check_capacity()  /dev/shm must hold every ring and service segment (ShmBudget), before any exists
     make_inbox()      one shm inbox (committed memory) or mp inbox per consuming task
     control_channel() one control pipe per task and replica: the task gets the writer, we keep the reader
-    start()           refuse a function that cannot be shipped (spawn); with the driver's gc paused and
-                      SIGINT/SIGTERM/SIGHUP blocked, start every replica then every task through the
-                      TaskFactory; close our copies of the writers
+    start()           under spawn: numpy inputs into shared memory, and refuse a function that cannot
+                      be shipped; with the driver's gc paused and SIGINT/SIGTERM/SIGHUP blocked, start
+                      every replica then every task through the TaskFactory; close our copies of the
+                      writers
     wait()            multiprocessing.connection.wait(control readers + process sentinels + wake pipe);
                       a fired sentinel yields its task's last messages, then Exited(exit code)
     exit_error()      a dead task's error: exit status, last counters, faulthandler's stack if any
@@ -38,7 +40,9 @@ from procflow.runtime.context.task_context import TaskContext
 from procflow.runtime.control import ErrorReport
 from procflow.runtime.job_control import JobControl
 from procflow.runtime.private_files import PrivateDir
+from procflow.runtime.shared_arrays import share_arrays
 from procflow.runtime.shm_budget import ShmBudget
+from procflow.runtime.split_plan import split_counts
 from procflow.runtime.stall_watch import ChainProbe, InputProbe
 from procflow.runtime.task.entry import (
     STARTUP_SIGNALS,
@@ -96,7 +100,8 @@ class LocalBackend:
         removed = sweep_orphans()
         if removed:
             job.log.warning("removed %d shared-memory segment(s) left by dead drivers", len(removed))
-        self.job_control = JobControl.create(segment_name(job.job_id, "job"), len(job.graph.nodes))
+        self.job_control = JobControl.create(segment_name(job.job_id, "job"), len(job.graph.nodes),
+                                             split_counts(job.splits))
         return self.job_control
 
     def check_capacity(self, consumers: list[Any], services: Mapping[str, ServiceSpec],
@@ -160,6 +165,8 @@ class LocalBackend:
 
     def start(self, tasks: Mapping[str, TaskStart], before: Callable[[], None]) -> dict[str, Any]:
         if self.start_method != "fork":
+            # Numpy inputs go through shared memory once, not pickled into every task (shared_arrays.py).
+            share_arrays([t.function for head in tasks.values() for t in (head, *head.chained)], self.segment)
             check_shippable(tasks)   # before any process starts
         assert self.job_control is not None, "open_job() first"
         self._parent = DriverLifeline.of_this_process()

@@ -6,6 +6,7 @@
                                                  task_main(): Ready ... Stopped, or Failed on any error
     poll.remote(t)  ◄── (messages, closed) ────  poll(): long-poll of the control outbox
     release.remote() / request_stop.remote() ►  the start / stop words (threading.Events)
+    (a split source's run())  ─ claim_split ──►  the job's split enumerator actor (RayBackend.open_job)
     counters.remote() ◄──────────────────────── this task's live counters row
     producers: push.remote(slot, seq, frames) ► push(): into the gate, never blocks
 
@@ -32,12 +33,31 @@ from procflow.runtime.task.entry import close_logger, open_task_logger, report_c
 
 
 class ActorJobControl:
-    """The JobControl interface (start/stop words, counters) for one task inside its actor."""
+    """The JobControl interface (start/stop words, counters, split claims) for one task inside its actor.
 
-    def __init__(self, n_tasks: int) -> None:
+    Split claims go to the job's enumerator actor (RayBackend.open_job), one remote call per split.
+    """
+
+    def __init__(self, n_tasks: int, enumerator: Any = None) -> None:
         self.counters = np.zeros((max(n_tasks, 1), len(FIELDS)), dtype=np.float64)
         self._start = threading.Event()
         self._stop = threading.Event()
+        self._enumerator = enumerator
+        self._claimed: dict[int, int] = {}   # per slot: splits handed out, as far as this actor saw
+
+    def claim_split(self, slot: int, instance: int) -> int | None:
+        if self._enumerator is None:
+            raise RuntimeError("a split source's task actor was started without the job's split enumerator; "
+                               "this is a procflow bug, please report it")
+        index = ray.get(self._enumerator.claim_split.remote(slot, instance))
+        if index is not None:
+            self._claimed[slot] = index + 1
+        return index
+
+    def splits_claimed(self, slot: int) -> int:
+        """A lower bound (the cursor after this actor's last claim): asking the enumerator at every chunk
+        would cost a remote call per chunk, for an estimate that only balanced output uses."""
+        return self._claimed.get(slot, 0)
 
     def release_sources(self) -> None:
         self._start.set()
@@ -113,11 +133,11 @@ def unpack(messages: list[bytes]) -> list[Any]:
 
 
 class TaskActor:
-    def __init__(self, ctx: RayTaskContext, function: Any, chained: tuple = ()) -> None:
+    def __init__(self, ctx: RayTaskContext, function: Any, enumerator: Any = None, chained: tuple = ()) -> None:
         self.ctx = ctx
         self.function = function
         self.chained = chained   # the operators chained behind this task's (runtime/task/chain.py)
-        self.job_control = ctx.actor_job_control = ActorJobControl(ctx.n_tasks)
+        self.job_control = ctx.actor_job_control = ActorJobControl(ctx.n_tasks, enumerator)
         for member in chained:
             member.ctx.actor_job_control = self.job_control
         self.outbox = Outbox()

@@ -6,6 +6,8 @@
     wait()         one outstanding poll.remote() per task and service replica (`watch`); blocks in
                    ray.wait(polls, timeout) and returns each actor's control messages; a poll raising
                    RayActorError (the actor died) or a closed outbox becomes an Exited event
+    open_job()     with split sources: one enumerator actor (SplitCursors) that every source instance
+                   claims its next split from, and the driver reads the claims from
     release_sources / request_stop   release.remote() / request_stop.remote() on every actor
     stop_tasks()   wait (bounded) for run() to return, so that the actors close their logs
     close_job_control()   ray.kill every actor of the job (the live counters went with the view)
@@ -32,6 +34,7 @@ from procflow.core.errors import JobFailedError
 from procflow.runtime.backend import Exited, JobSetup, TaskStart
 from procflow.runtime.control import ErrorReport
 from procflow.runtime.job_control import FIELDS
+from procflow.runtime.split_plan import SplitCursors, split_counts
 
 _POLL_S = 2.0       # an actor's long-poll returns empty after this long
 _REQUEST_S = 0.1    # how often the monitor looks at stop/kill requests between control messages
@@ -105,6 +108,16 @@ class RayJobView:
                 out[slot] = dict(zip(FIELDS, row))
         return out
 
+    def split_owners(self, slot: int) -> list[int | None] | None:
+        """Which instance each split of source `slot` went to, asked from the enumerator actor."""
+        enumerator = self._backend.enumerator
+        if self.closed or enumerator is None:
+            return None
+        try:
+            return ray.get(enumerator.split_owners.remote(slot), timeout=5)
+        except (RayError, TimeoutError):
+            return None
+
     def close(self) -> None:
         self.closed = True
 
@@ -125,6 +138,7 @@ class RayBackend:
         self.job: JobSetup | None = None
         self.job_control: RayJobView | None = None
         self.actors: dict[str, Any] = {}
+        self.enumerator: Any = None   # the split enumerator actor, where the job has split sources
         self.placement: dict[str, tuple[str, int]] = {}   # task -> (node id, pid), filled by locate()
         self._runs: dict[str, Any] = {}
         self._where: dict[str, Any] = {}
@@ -147,6 +161,12 @@ class RayBackend:
     def open_job(self, job: JobSetup) -> RayJobView:
         self.job = job
         self.job_control = RayJobView(self, {name: i for i, name in enumerate(job.graph.nodes)})
+        if job.splits:
+            # One actor hands out every split source's splits: the instances are actors on any node, with
+            # no memory in common, and claims are rare (one per split), so a remote call each is cheap.
+            self.enumerator = ray.remote(SplitCursors).options(
+                name=f"procflow-{job.job_id}-splits", namespace=self.namespace, num_cpus=0,
+            ).remote(split_counts(job.splits))
         return self.job_control
 
     def check_capacity(self, consumers: list[Any], services: Mapping[str, Any], job_control: Any) -> None:
@@ -185,7 +205,7 @@ class RayBackend:
             # One actor per chain: it runs the task and the operators chained behind it.
             self.actors[name] = remote_cls.options(
                 name=self.actor_name(name), namespace=self.namespace, **options).remote(
-                    task.ctx, task.function, task.chained)
+                    task.ctx, task.function, self.enumerator, task.chained)
         graph = self.job.graph
         for name in tasks:
             peers = {self.actor_name(e.dst): self.actors[e.dst] for member in graph.chain(name)
@@ -283,7 +303,10 @@ class RayBackend:
     def close_job_control(self) -> None:
         if self.job_control is not None:
             self.job_control.close()
-        for name, actor in self.actors.items():
+        actors = dict(self.actors)
+        if self.enumerator is not None:
+            actors["(split enumerator)"] = self.enumerator
+        for name, actor in actors.items():
             try:
                 ray.kill(actor, no_restart=True)
             except (RayError, ValueError) as exc:

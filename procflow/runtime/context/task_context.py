@@ -76,6 +76,7 @@ class TaskContext:
     config: dict = field(default_factory=lambda: Config().as_dict())   # every key: readers index it
     service_directory: Any = None  # how to reach services (see runtime/service)
     control: Any = None            # write end of the control pipe
+    splits: Any = None             # a split source's SplitPlan (runtime/split_plan.py); None otherwise
 
     def __post_init__(self) -> None:
         self.kind = OperatorKind(self.kind)   # also from its string: tools and tests build contexts by hand
@@ -115,6 +116,19 @@ class TaskContext:
         """Downstream connections and queue ids, for tools and visualisation."""
         return [{"target": o.target, "strategy": o.strategy, "instances": len(o.edges),
                  "queue_ids": o.queue_ids} for o in self.outputs]
+
+    def set_aside(self, record: Any, error: Exception) -> None:
+        """Report a record the function cannot process, without raising from the hook itself.
+
+        For a function that finds bad records on its own, such as a file reader meeting a line it cannot
+        parse (a source has no input record for the task to blame). The operator's `on_error` decides:
+        "fail" (the default) raises `error`, which fails the job; "skip" counts and logs the record;
+        "dead_letter" also sends `record` with the error to the dead-letter output. Returns normally
+        when the record is set aside: the function goes on with its next record.
+        """
+        if self.task is None:
+            raise error
+        self.task.set_aside(record, error)
 
     @property
     def processed_count(self) -> int:

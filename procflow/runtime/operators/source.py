@@ -1,17 +1,20 @@
-"""Source operators: the loop that pulls records from a BatchFunction, an iterable or a SourceFunction."""
+"""Source operators: the loop that pulls records from a split source, a BatchFunction, an iterable or a
+SourceFunction."""
 
 from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator, Sized
 from typing import Any
 
 from procflow.core.functions import BatchFunction, IterableBatch, SourceFunction
 from procflow.core.signals import StopSignal
-from procflow.core.splits import SplitSource
+from procflow.core.splits import RECORDS, Split, SplitSource
 from procflow.runtime.chunking import CHUNK_MAX, HOLD_S, ChunkSize
+from procflow.runtime.job_control import UNITS_DONE
 from procflow.runtime.operators.base import Operator
+from procflow.runtime.split_plan import SplitPlan
 
 NO_RECORD = object()
 _BACKOFF_MIN, _BACKOFF_MAX = 0.0005, 0.05
@@ -29,6 +32,62 @@ def _length(iterable: Any) -> int | None:
         return len(iterable)
     except Exception:
         return None
+
+
+class SplitReader:
+    """A split source's instance: claims splits one at a time from the job control and reads each.
+
+    Pull, not a fixed share: an instance asks for its next split only when it has read the last one, so
+    a fast instance (a free core, cheap records) reads more splits and the source ends when the input
+    does, not when its slowest instance does. The plan (descriptors only) came with the TaskContext; a
+    claim costs a few microseconds (job_control.py), once per split. As each split ends, its size is
+    added to the task's `units_done` counter, which the driver's progress reads.
+    """
+
+    def __init__(self, fn: SplitSource[Any], ctx: Any) -> None:
+        plan = ctx.splits
+        if plan is None:
+            raise RuntimeError(f"task {ctx.name}: {type(fn).__name__} is a SplitSource but its task got no "
+                               "split plan (TaskContext.splits); the Dispatcher plans split sources in "
+                               "prepare(). This is a procflow bug, please report it")
+        self.fn = fn
+        self.plan: SplitPlan = plan
+        self.instance = ctx.parallel_index
+        self.parallelism = ctx.parallelism
+        self.control = ctx.job_control
+        self.row = ctx.job_control.counters[ctx.task_slot]
+        self.units_done = 0
+        self.split: Split | None = None   # the split being read
+        self._seen: Split | None = None   # the split `upcoming` saw last, and where it began (estimated)
+        self._began = self._pulled = 0
+
+    def records(self) -> Iterator[Any]:
+        """Every record of the splits this instance claims. Chained in C: the records of a split pass
+        straight from its iterator to the source's islice, with no Python frame per record."""
+        return itertools.chain.from_iterable(self._splits())
+
+    def _splits(self) -> Iterator[Iterable[Any]]:
+        """Claims the next split when the previous one is exhausted (chain asks for it only then)."""
+        plan, control, row = self.plan, self.control, self.row
+        while (index := control.claim_split(plan.slot, self.instance)) is not None:
+            self.split = split = plan.splits[index]
+            yield self.fn.read_split(split)
+            self.units_done += split.size
+            row[UNITS_DONE] = self.units_done
+        self.split = None
+
+    def upcoming(self, pulled: int) -> int:
+        """Records this instance will still emit after the first `pulled` (an estimate, for balanced
+        output): the rest of its split, plus its share of the splits nobody has claimed yet. The rest of
+        the split is exact to within a chunk: a split that began inside the last chunk is taken to have
+        begun at its start."""
+        split = self.split
+        if split is not self._seen:
+            self._seen, self._began = split, self._pulled
+        self._pulled = pulled
+        left = max(split.size - (pulled - self._began), 0) if split is not None else 0
+        unclaimed = self.plan.units_from(self.control.splits_claimed(self.plan.slot))
+        return left + unclaimed // self.parallelism
 
 
 class SourceOperator(Operator[BatchFunction[Any] | SourceFunction[Any]]):
@@ -50,20 +109,18 @@ class SourceOperator(Operator[BatchFunction[Any] | SourceFunction[Any]]):
         interval = float(self.ctx.config["flush_interval"])
         fn = self.function
         if isinstance(fn, SplitSource):
-            return self._run_iterable(self._split_records(fn), tick, interval, None)
+            reader = SplitReader(fn, self.ctx)
+            upcoming = reader.upcoming if reader.plan.unit == RECORDS else None
+            return self._run_iterable(reader.records(), tick, interval, upcoming)
         if isinstance(fn, IterableBatch):
             n, i = self.ctx.parallelism, self.ctx.parallel_index
             items = iter(fn.iterable) if n == 1 else itertools.islice(fn.iterable, i, None, n)
             total = _length(fn.iterable)
-            return self._run_iterable(items, tick, interval, None if total is None else len(range(i, total, n)))
+            if total is None:
+                return self._run_iterable(items, tick, interval, None)
+            count = len(range(i, total, n))
+            return self._run_iterable(items, tick, interval, lambda pulled: max(count - pulled, 0))
         return self._run_function(fn, tick, interval)
-
-    def _split_records(self, fn: SplitSource[Any]) -> Iterator[Any]:
-        """The records of this instance's splits. A fixed share for now (instance i reads splits i, i+n,
-        ...): the split enumerator that hands splits out on request replaces it."""
-        n, i = self.ctx.parallelism, self.ctx.parallel_index
-        for split in fn.plan_splits(n)[i::n]:
-            yield from fn.read_split(split)
 
     def _send(self, chunk: list[Any]) -> None:
         """Route a chunk: in one call where placement runs no user code, else record by record so that
@@ -80,14 +137,15 @@ class SourceOperator(Operator[BatchFunction[Any] | SourceFunction[Any]]):
                 self.last_record = record
                 raise
 
-    def _run_iterable(self, items: Iterator[Any], tick: Tick, interval: float, count: int | None) -> str:
+    def _run_iterable(self, items: Iterator[Any], tick: Tick, interval: float,
+                      upcoming: Callable[[int], int] | None) -> str:
         """Pull chunks with islice, sized by `ChunkSize` so that a slow generator (a file, a network
         read) still sends each record within about one interval. If the iterable raises, the records of
-        the chunk being pulled are lost with the job that fails. `count`: how many records this task
-        will emit, when the iterable knows its length; the router hears how many are still to come."""
+        the chunk being pulled are lost with the job that fails. `upcoming(pulled)`: how many records
+        this task will still emit after the first `pulled`, where that is known; the router hears it."""
         perf = time.perf_counter
-        announce = self.router.announce_upcoming if count is not None else None
-        left = count or 0   # records still to come, where `count` is known (announce is set)
+        announce = self.router.announce_upcoming if upcoming is not None else None
+        pulled = 0
         chunk_size = ChunkSize(interval)
         due = perf() + interval
         while True:
@@ -95,9 +153,9 @@ class SourceOperator(Operator[BatchFunction[Any] | SourceFunction[Any]]):
             started = perf()
             chunk = list(itertools.islice(items, size))
             if chunk:
-                if announce is not None:
-                    left -= len(chunk)
-                    announce(max(left, 0))
+                if announce is not None and upcoming is not None:
+                    pulled += len(chunk)
+                    announce(upcoming(pulled))
                 self._send(chunk)
             now = perf()
             if len(chunk) < size:

@@ -51,7 +51,7 @@ OPERATORS: dict[OperatorKind, type[Operator]] = {
     OperatorKind.COLLECT: CollectOperator, OperatorKind.REDUCE: ReduceOperator, OperatorKind.COMAP: CoMapOperator,
     OperatorKind.JOIN: JoinOperator,
 }
-_IN, _OUT, _BUSY, _WAIT, _BLOCKED, _ERRORS, _STARTED, _FINISHED, _FILL, _CPU = range(len(FIELDS))
+_IN, _OUT, _BUSY, _WAIT, _BLOCKED, _ERRORS, _STARTED, _FINISHED, _FILL, _CPU = range(FIELDS.index("cpu_s") + 1)
 
 # Longest a working task goes without publishing its counters. Publishing once per input batch left a
 # slow operator's row at 0 in / 0 out / 0 busy for seconds (a 1 ms map reads thousands of records in one
@@ -332,6 +332,13 @@ class BaseTask:
         return self.ctx.job_control.stop_requested
 
     # -- errors and counters -------------------------------------------------------------------
+
+    def set_aside(self, record: Any, error: Exception) -> None:
+        """A function reports a record it cannot process (TaskContext.set_aside): raise `error` under
+        on_error="fail", else count it and log it (and dead-letter it) like a record whose call raised."""
+        if not self._sets_aside:
+            raise error
+        self._record_failed(error, record, self._on_error)
 
     def _record_failed(self, exc: Exception, record: Any, policy: str) -> None:
         self.errors += 1

@@ -1,0 +1,264 @@
+"""The driver's half of a committed file sink: stage, then publish by atomic rename, or remove.
+
+    <dir>/                                    what a reader sees: only committed output
+      _staging-<job id>/                      made 0700 by prepare(), before any task starts
+        .lock                                 lockf-held by the driver for the job's lifetime
+        part-00000-of-00004.jsonl             written by instance 0 (0600; none if it got no records)
+        _instance-00000.json                  instance 0's report at close(): its part, records, bytes
+        ...
+      part-00000-of-00004.jsonl ...           commit(): each part renamed here (atomic per file)
+      _SUCCESS                                commit(): the manifest, renamed in last: the output is
+                                              complete exactly when _SUCCESS exists
+
+    prepare()  dir made if missing; stale staging of dead drivers removed (a live one refuses the job);
+               mode "error": dir must be empty; the staging folder and its lock
+    commit()   every instance's report read and checked against its file; mode "overwrite": the old
+               _SUCCESS, then the old parts, removed; parts renamed in; _SUCCESS renamed in; staging gone
+    abort()    staging removed (idempotent); nothing in <dir> changes
+
+A driver killed by SIGKILL leaves its staging folder behind, and its lock goes with the process: the next
+prepare() on the same dir takes the lock, which proves the owner dead (a pid alone could have been
+reused), and removes the folder. lockf locks belong to a process, so folders held by this process are
+also remembered in `_HELD` (two jobs of one driver on one dir must not take each other's staging for a
+dead one); and, unlike flock, a forked task does not inherit the lock, so it ends with the driver itself.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import fcntl
+import json
+import os
+import stat
+import threading
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from procflow.core.errors import OutputExistsError, UnsafePathError
+from procflow.io.safe_paths import create_file_at, make_dir_at, open_dir_fd, rmtree_at
+
+STAGING_PREFIX = "_staging-"
+LOCK_NAME = ".lock"
+MANIFEST_NAME = "_SUCCESS"
+PART_PREFIX = "part-"
+
+_HELD: set[str] = set()          # staging folders (absolute paths) whose lock this process holds
+_HELD_LOCK = threading.Lock()
+
+
+class WriteMode(str, enum.Enum):
+    """What a file sink does with a dir that already holds something."""
+
+    ERROR = "error"            # refuse the job (before any process starts)
+    OVERWRITE = "overwrite"    # replace the old parts and _SUCCESS, and only once the job has succeeded
+
+    @classmethod
+    def of(cls, value: Any, where: str) -> WriteMode:
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"{where}: mode must be one of {[m.value for m in cls]}, got {value!r}") from None
+
+
+def staging_name(job_id: str) -> str:
+    return f"{STAGING_PREFIX}{job_id}"
+
+
+def part_name(index: int, parallelism: int, extension: str) -> str:
+    """`part-00003-of-00008.jsonl`: zero-padded so that a sorted listing is in instance order."""
+    return f"{PART_PREFIX}{index:05d}-of-{parallelism:05d}.{extension}"
+
+
+def report_name(index: int) -> str:
+    return f"_instance-{index:05d}.json"
+
+
+@dataclass(frozen=True)
+class PartReport:
+    """What one sink instance wrote: its part's file name (None: it received no records), records, bytes."""
+
+    part: str | None
+    records: int
+    bytes: int
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+class StagedOutput:
+    """The driver-side staging of one file sink's output (see the module docstring)."""
+
+    def __init__(self, path: str, mode: WriteMode, format_name: str, operator: str = "") -> None:
+        self.path = path
+        self.mode = mode
+        self.format_name = format_name
+        self.where = f"{format_name} sink{f' {operator!r}' if operator else ''} into {path}"
+        self.job_id = ""
+        self.parallelism = 0
+        self.staging = ""
+        self._dir_fd = -1
+        self._staging_fd = -1
+        self._lock_fd = -1
+
+    # -- prepare -----------------------------------------------------------------------------------
+
+    def prepare(self, job_id: str, parallelism: int) -> None:
+        self.job_id, self.parallelism = job_id, parallelism
+        os.makedirs(os.path.dirname(self.path) or ".", 0o700, exist_ok=True)
+        try:
+            os.mkdir(self.path, 0o700)
+        except FileExistsError:
+            pass   # the user's own folder, or an earlier run's output: checked below
+        try:
+            self._dir_fd = open_dir_fd(self.path)
+        except OSError as exc:
+            if os.path.islink(self.path):
+                raise UnsafePathError(f"{self.where}: {self.path} is a symlink; procflow writes output only "
+                                      "into a real folder. Pass the folder it points to instead") from exc
+            raise NotADirectoryError(f"{self.where}: {self.path} is not a folder ({exc.strerror}); pass the "
+                                     "path of a folder (it is made if missing)") from exc
+        self._clear_stale_staging()
+        if self.mode is WriteMode.ERROR:
+            existing = sorted(os.listdir(self._dir_fd))
+            if existing:
+                shown = ", ".join(existing[:5]) + (", ..." if len(existing) > 5 else "")
+                raise OutputExistsError(
+                    f"{self.where}: the folder is not empty ({len(existing)} entries: {shown}); a file sink "
+                    "writes only into an empty or new folder, so that it never mixes its parts with other "
+                    "files. Pass mode=\"overwrite\" to replace an earlier run's parts and _SUCCESS once this "
+                    "job succeeds, or write into another folder")
+        name = staging_name(job_id)
+        make_dir_at(self._dir_fd, name)
+        self.staging = name   # only now is it ours to remove
+        self._staging_fd = open_dir_fd(self.staging, dir_fd=self._dir_fd)
+        self._lock_fd = create_file_at(self._staging_fd, LOCK_NAME, read=True)
+        fcntl.lockf(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with _HELD_LOCK:
+            _HELD.add(os.path.join(self.path, self.staging))
+
+    def _clear_stale_staging(self) -> None:
+        """Remove the staging folders that dead drivers left in dir; refuse the job if one is live."""
+        for name in os.listdir(self._dir_fd):
+            if not name.startswith(STAGING_PREFIX):
+                continue
+            st = os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode):
+                continue   # not one of ours: an ordinary entry (mode "error" then refuses the folder)
+            if st.st_uid != os.geteuid():
+                raise UnsafePathError(f"{self.where}: {name} belongs to uid {st.st_uid}, not to this user; "
+                                      "remove it (if it is stale), or write into another folder")
+            if name == staging_name(self.job_id):
+                raise ValueError(f"{self.where}: another sink of this job writes into the same folder; give "
+                                 "each file sink a folder of its own")
+            if os.path.join(self.path, name) in _HELD or self._locked_by_live_driver(name):
+                raise OutputExistsError(
+                    f"{self.where}: another running job is writing into this folder (its staging folder "
+                    f"{name} is held); wait for it to end, or write into another folder")
+            rmtree_at(self._dir_fd, name)
+
+    def _locked_by_live_driver(self, name: str) -> bool:
+        staging_fd = open_dir_fd(name, dir_fd=self._dir_fd)
+        try:
+            lock_fd = os.open(LOCK_NAME, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=staging_fd)
+        except FileNotFoundError:
+            return False   # its driver died between making the folder and its lock
+        finally:
+            os.close(staging_fd)
+        try:
+            fcntl.lockf(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EAGAIN):
+                return True
+            raise
+        finally:
+            os.close(lock_fd)   # releases the lock we may have taken: we only asked
+        return False
+
+    # -- commit ------------------------------------------------------------------------------------
+
+    def commit(self) -> dict[str, Any]:
+        """Publish every part and the manifest; returns the manifest."""
+        reports = [self._report(i) for i in range(self.parallelism)]
+        files = [{"name": r.part, "records": r.records, "bytes": r.bytes} for r in reports if r.part is not None]
+        manifest = {"format": self.format_name, "job_id": self.job_id, "parallelism": self.parallelism,
+                    "records": sum(r.records for r in reports), "bytes": sum(r.bytes for r in reports),
+                    "files": files}
+        dir_fd, staging_fd = self._dir_fd, self._staging_fd
+        if self.mode is WriteMode.OVERWRITE:
+            self._remove_old_output()
+        else:
+            clash = [f["name"] for f in files if _exists_at(dir_fd, str(f["name"]))] + \
+                ([MANIFEST_NAME] if _exists_at(dir_fd, MANIFEST_NAME) else [])
+            if clash:
+                raise OutputExistsError(f"{self.where}: {clash} appeared in the folder while the job ran; "
+                                        "nothing was committed")
+        for f in files:
+            os.rename(str(f["name"]), str(f["name"]), src_dir_fd=staging_fd, dst_dir_fd=dir_fd)
+        fd = create_file_at(staging_fd, MANIFEST_NAME)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(manifest, out, indent=2)
+            out.flush()
+            os.fsync(out.fileno())
+        os.rename(MANIFEST_NAME, MANIFEST_NAME, src_dir_fd=staging_fd, dst_dir_fd=dir_fd)
+        os.fsync(dir_fd)   # the renames themselves survive a crash of the machine
+        self.abort()       # what is left of staging: the reports and the lock
+        return manifest
+
+    def _report(self, index: int) -> PartReport:
+        name = report_name(index)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._staging_fd)
+        except FileNotFoundError:
+            raise RuntimeError(f"{self.where}: instance {index} of {self.parallelism} left no report ({name}) "
+                               "although the job finished; its part cannot be trusted, nothing was "
+                               "committed") from None
+        with os.fdopen(fd, encoding="utf-8") as f:
+            report = PartReport(**json.load(f))
+        if report.part is not None:
+            size = os.stat(report.part, dir_fd=self._staging_fd, follow_symlinks=False).st_size
+            if size != report.bytes:
+                raise RuntimeError(f"{self.where}: part {report.part} has {size} bytes, but its instance "
+                                   f"reported {report.bytes}; nothing was committed")
+        return report
+
+    def _remove_old_output(self) -> None:
+        """mode "overwrite": _SUCCESS first (from here on the folder is visibly incomplete), then the parts."""
+        dir_fd = self._dir_fd
+        names = os.listdir(dir_fd)
+        for name in [MANIFEST_NAME] + sorted(n for n in names if n.startswith(PART_PREFIX)):
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                os.unlink(name, dir_fd=dir_fd)   # a symlink itself, never its target
+
+    # -- abort -------------------------------------------------------------------------------------
+
+    def abort(self) -> None:
+        """Remove the staging folder and close every fd. Idempotent; safe after a prepare() that failed."""
+        if self._staging_fd >= 0:
+            os.close(self._staging_fd)
+            self._staging_fd = -1
+        if self.staging and self._dir_fd >= 0:
+            try:
+                rmtree_at(self._dir_fd, self.staging)
+            except FileNotFoundError:
+                pass
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)   # after the folder is gone: no other job can take it for stale meanwhile
+            self._lock_fd = -1
+        with _HELD_LOCK:
+            _HELD.discard(os.path.join(self.path, self.staging))
+        if self._dir_fd >= 0:
+            os.close(self._dir_fd)
+            self._dir_fd = -1
+
+
+def _exists_at(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
