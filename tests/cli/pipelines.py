@@ -14,7 +14,7 @@ SLOW_SECONDS = 0.002
 
 def counted(env):
     """Exact counts: 1000 in, flatmap doubles (2000), filter keeps multiples of 3 (2 * 334 = 668)."""
-    return (env.from_batch(range(N_COUNTED))
+    return (env.from_batch(range(N_COUNTED), parallelism=1)   # one source: its counts are exact
             .flatmap(lambda x: [x, x], parallelism=2)
             .filter(lambda x: x % 3 == 0)
             .collect())
@@ -96,7 +96,7 @@ class OneSlowTask(MapFunction):
 
 
 def lopsided(env, claim_path: str | None, balance: bool = False):
-    stream = env.from_batch(range(N_LOPSIDED))
+    stream = env.from_batch(range(N_LOPSIDED), parallelism=1)   # one source, round robin to both
     if balance:
         stream = stream.balance()
     return stream.map(OneSlowTask, claim_path, name="work", parallelism=2).collect()

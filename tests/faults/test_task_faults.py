@@ -43,8 +43,9 @@ def remote_tb(error: JobFailedError) -> str:
 
 
 def build(env: LocalEnvironment, where: str, fault: FaultAt) -> None:
-    """A pipeline with `fault` in operator `where` (named `where`), fed 0..999."""
-    src = env.from_batch(range(1000), name="src")
+    """A pipeline with `fault` in operator `where` (named `where`), fed 0..999 by one source instance
+    (parallelism=1: not following the operator's parallelism), round robin."""
+    src = env.from_batch(range(1000), name="src", parallelism=1)
     if where == "map":
         src.map(fault, parallelism=2, name="map").sink(lambda r: None, name="sink")
     elif where == "flatmap":
@@ -182,7 +183,8 @@ def test_a_service_whose_log_files_cannot_be_opened_is_reported_by_name(env_dir,
 def test_task_process_dies(env_dir, tmp_path, how, exitcode, words):
     stamp = str(tmp_path / "stamp")
     env = LocalEnvironment("faults", env_dir=env_dir)
-    env.from_batch(range(1000), name="src").map(FaultAt(500, how, stamp=stamp), parallelism=2, name="map") \
+    env.from_batch(range(1000), name="src", parallelism=1).map(FaultAt(500, how, stamp=stamp), parallelism=2,
+                                                                name="map") \
         .sink(lambda r: None, name="sink")
     error, raised = fails(env)
     assert raised - read_stamp(stamp) < FAULT_TO_ERROR_S
