@@ -98,7 +98,7 @@ class StallWatch:
     """`tasks`: the job table's TaskStates (slot, pid, stopped) by task name; `counters()`: the live
     counters table, or None once it is gone."""
 
-    def __init__(self, job_id: str, timeout: float, graph: Any, probes: dict[str, InputProbe],
+    def __init__(self, job_id: str, timeout: float, graph: Any, probes: Mapping[str, InputProbe | ChainProbe],
                  counters: Callable[[], Any], tasks: Mapping[str, Any]) -> None:
         self.job_id = job_id
         self.timeout = timeout

@@ -15,7 +15,7 @@ import pytest
 from procflow import CoMapFunction, FlatMapFunction, JobFailedError, MapFunction, SinkFunction
 from procflow.core.splits import Split, SplitSource
 
-from .conftest import NO_RAY
+from .conftest import CORE, NO_RAY, SPAWN
 from .test_operators import CASES, EXPECTED, multiset
 
 pytestmark = pytest.mark.timeout(120)
@@ -193,6 +193,7 @@ def test_chained_operators_give_the_same_records_on_ray(case, backend, tmp_path)
     test_chained_operators_give_the_same_records_with_chaining_on_and_off(case, backend, tmp_path)
 
 
+@pytest.mark.backends(*CORE, *SPAWN)
 def test_a_splittable_source_follows_its_map_and_each_chain_is_one_task(backend):
     env = backend.make_env("follow")
     result = (env.from_batch(Numbers, 10_000).map(_double, parallelism=2).filter(_odd_tens, parallelism=2)

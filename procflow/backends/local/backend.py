@@ -80,7 +80,7 @@ class LocalBackend:
         self._sentinels: dict[Any, str] | None = None
         self._writers: list[Any] = []
         self._owners: list[Any] = []                 # inboxes and segments we created: close + unlink
-        self._probes: dict[str, InputProbe] = {}
+        self._probes: dict[str, InputProbe | ChainProbe] = {}
         self._process_of: dict[str, str] = {}        # a chain member -> the task whose process runs it
         self._parent: DriverLifeline | None = None
         self._wake_r, self._wake_w = os.pipe()
