@@ -15,6 +15,7 @@ from procflow.graph.transformation import (
     CUSTOM,
     HASH,
     ROUND_ROBIN,
+    ChainPolicy,
     FunctionSpec,
     Input,
     Partitioning,
@@ -164,6 +165,23 @@ class DataStream(FileSinks, Generic[T]):
             raise ValueError(f"{method}() places the records of an unkeyed stream, but {self.name!r} is already "
                              f"partitioned ({part.strategy}); call {method}() on the stream before keyby(), "
                              "or leave it out to keep equal keys together")
+
+    def start_new_chain(self) -> DataStream[T]:
+        """Begin a new chain at this stream's operator: it never shares a task with the operator before
+        it (it may still with the ones after it). For an operator that should get a process of its own,
+        say one that holds the GIL long enough to slow the operators fused with it."""
+        self._set_chaining(ChainPolicy.HEAD)
+        return self
+
+    def disable_chaining(self) -> DataStream[T]:
+        """Run this stream's operator in a task of its own, fused with no operator before or after it."""
+        self._set_chaining(ChainPolicy.NEVER)
+        return self
+
+    def _set_chaining(self, policy: ChainPolicy) -> None:
+        if self.transformation.is_source and policy is ChainPolicy.HEAD:
+            return   # a source begins its chain anyway
+        self.transformation.chaining = policy
 
     def reduce(self, fn: Callable[[Any, T], Any] | type[fx.ReduceFunction] | fx.ReduceFunction, *args: Any,
                emit: str = "final", combine: bool = True, **kwargs: Any) -> DataStream[tuple[Any, Any]]:

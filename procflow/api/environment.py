@@ -141,7 +141,8 @@ class BaseEnvironment(FileSources):
         if on_error not in _ON_ERROR:
             raise ValueError(f"{where}: on_error must be one of {_ON_ERROR}, got {on_error!r}")
         spec = FunctionSpec.of(base, fn, args, kwargs, where=where)
-        t = Transformation(kind, name, spec, parallelism, list(inputs), {"on_error": on_error, **extra})
+        t = Transformation(kind, name, spec, parallelism, list(inputs), {"on_error": on_error, **extra},
+                           parallelism_set="parallelism" in opts)
         self._transformations.append(t)
         return t
 
@@ -163,12 +164,13 @@ class BaseEnvironment(FileSources):
         for t in self._transformations:
             if t.name == operator:
                 t.parallelism = check_parallelism(parallelism, f"operator {operator!r}")
+                t.parallelism_set = True
                 return
         raise ValueError(f"no operator named {operator!r}; the pipeline has {self.operator_names}")
 
     def compile(self) -> ExecutionGraph:
         """The execution graph the next submit() will run (for tools, tests and `procflow graph`)."""
-        return compile_graph(self._transformations)
+        return compile_graph(self._transformations, chaining=self.config["chaining"])
 
     # -- running ----------------------------------------------------------------------------------
 

@@ -62,6 +62,10 @@ class Config:
         "take. Watched by LocalEnvironment's process executor; the inline executor and RayEnvironment "
         "ignore it", kind=float,
         minimum=0.0, exclusive=True, optional=True, zero_is_none=True)
+    chaining: bool = _option(True, "run operators joined by a forward edge (same parallelism, unkeyed, "
+                             "nothing else fed) in one task, passing records by call; a splittable "
+                             "source whose parallelism is not given then takes that of the operator it "
+                             "feeds. False: one task per operator instance", kind=bool)
     keep_logs: int | None = _option(20, "job log folders kept per environment, the newest first; older "
                                     "ones are pruned (0: only the running job's; None: keep every one)",
                                     kind=int, minimum=0, optional=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import inspect
 import itertools
 from collections.abc import Callable
@@ -95,6 +96,19 @@ class Partitioning:
         return self.strategy in (HASH, CUSTOM)
 
 
+class ChainPolicy(enum.Enum):
+    """How an operator may share a task with its neighbours (see execution_graph.plan_chains).
+
+    AUTO   chains with the operator before it and after it wherever the edge is a forward one
+    HEAD   `stream.start_new_chain()`: begins a new chain (never fused with the operator before it)
+    NEVER  `stream.disable_chaining()`: a task of its own, fused with nothing
+    """
+
+    AUTO = "auto"
+    HEAD = "head"
+    NEVER = "never"
+
+
 @dataclass(frozen=True)
 class Input:
     upstream: Transformation
@@ -111,6 +125,10 @@ class Transformation:
     inputs: list[Input] = field(default_factory=list)
     options: dict = field(default_factory=dict)
     id: int = field(default_factory=lambda: next(_ids))
+    # True when the user gave `parallelism=` (or set it later): a splittable source whose parallelism
+    # was not given takes that of the operator it feeds (execution_graph.plan_parallelism).
+    parallelism_set: bool = False
+    chaining: ChainPolicy = ChainPolicy.AUTO
 
     def __post_init__(self) -> None:
         # A kind given as its string ("map") becomes the enum member; a misspelt one fails here, in the

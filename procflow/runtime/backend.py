@@ -112,10 +112,21 @@ class JobSetup:
 
 @dataclass(frozen=True)
 class TaskStart:
-    """One task to start: its context (built by the Dispatcher) and its function (built in the driver)."""
+    """One task to start: its context (built by the Dispatcher) and its function (built in the driver).
+
+    `chained`: the further operators of its chain (graph.chains), each a TaskStart of its own, in chain
+    order; the task runs them all (runtime/task/chain.py) and reports Ready / Stopped for each. A backend
+    starts one process, actor or inline task per TaskStart it is given, whatever its chain.
+    """
 
     ctx: TaskContext
     function: Any
+    chained: tuple[TaskStart, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every node this task runs, head first."""
+        return (self.ctx.name, *(member.ctx.name for member in self.chained))
 
 
 class JobControlView(Protocol):

@@ -52,18 +52,21 @@ from procflow.runtime.control import (
     Stopped,
 )
 from procflow.runtime.driver_collects import DriverCollects
+from procflow.runtime.job_control import FIELDS
 from procflow.runtime.job_manager import JobManager
 from procflow.runtime.job_monitor import JobMonitor
 from procflow.runtime.private_files import make_job_dir
 from procflow.runtime.service.manager import ServiceManager
 from procflow.runtime.split_plan import SplitPlan, plan_job_splits
 from procflow.runtime.stall_watch import StallWatch
+from procflow.runtime.task.chain import ChainLink
 
 # A task's Failed report whose error is one of these types says only that its consumer (or the service
 # replica it called) went away; where the backend gives a grace period, the peer's own death (which names
 # the real culprit) may win.
 BROKEN_CHANNEL = "BrokenChannelError"
 BROKEN_PEER = (BROKEN_CHANNEL, "ServiceUnavailableError")
+_FILL = FIELDS.index("input_fill")
 
 
 def new_job_id() -> str:
@@ -133,7 +136,10 @@ class Dispatcher(JobMonitor):
         self.in_driver = DriverCollects(self.graph, self.manager, self.job_control.counters,
                                         enabled=backend.collects_in_driver)
         driver_nodes = self.in_driver.tasks
-        consumers = [node for node in nodes if node.in_edges and node.name not in driver_nodes]
+        graph = self.graph
+        # Only the head of a chain has channels in: its members are fed by call (runtime/task/chain.py).
+        consumers = [node for node in nodes if node.in_edges and node.name not in driver_nodes
+                     and graph.head_of(node.name) == node.name]
         try:
             backend.check_capacity(consumers, self.service_specs, self.job_control)
         except ShmCapacityError as exc:
@@ -148,14 +154,21 @@ class Dispatcher(JobMonitor):
                                  f"{sorted(self.service_specs)}); use LocalEnvironment's process executor")
             self.service_manager = ServiceManager(self, self.service_specs, host)
             directory = self.service_manager.prepare([node.name for node in nodes])
+        controls: dict[str, Any] = {}   # one control channel per task: a chain's operators share it
         for slot, node in enumerate(nodes):
             if node.name not in driver_nodes:
-                self.contexts[node.name] = self._context(node, slot, len(nodes), directory)
+                head = graph.head_of(node.name)
+                if head not in controls:
+                    controls[head] = backend.control_channel(head)
+                self.contexts[node.name] = self._context(node, slot, len(nodes), directory, controls[head])
                 self.functions[node.name] = self.graph.transformations[node.transformation_id].function.build()
         self._ship_splits()
-        self.log.info("job %s prepared on the %s backend: %d tasks, %d channels, queue=%s%s", self.job_id,
-                      backend.kind, len(nodes), len(self.graph.edges), self.config["queue"],
-                      f"; run by the driver: {', '.join(sorted(driver_nodes))}" if driver_nodes else "")
+        chains = [graph.chain(h.name) for h in graph.heads() if len(graph.chain(h.name)) > 1]
+        self.log.info("job %s prepared on the %s backend: %d operator instances in %d tasks, %d channels, "
+                      "queue=%s%s%s", self.job_id, backend.kind, len(nodes), len(graph.heads()),
+                      len(graph.channel_edges), self.config["queue"],
+                      f"; run by the driver: {', '.join(sorted(driver_nodes))}" if driver_nodes else "",
+                      f"; chains: {'; '.join(' -> '.join(c) for c in chains)}" if chains else "")
 
     def _prepare_outputs(self) -> None:
         """Stage every sink whose output the driver commits (core/committed_output.py), before any
@@ -217,13 +230,16 @@ class Dispatcher(JobMonitor):
                     self._split_owners[plan.operator] = owners
         return {op: list(owners) for op, owners in self._split_owners.items()}
 
-    def _context(self, node: Any, slot: int, n_tasks: int, directory: Any) -> TaskContext:
-        """The one place a TaskContext is built, whatever the backend."""
+    def _context(self, node: Any, slot: int, n_tasks: int, directory: Any, control: Any) -> TaskContext:
+        """The one place a TaskContext is built, whatever the backend. `control`: the control channel of
+        the task that runs this node (shared by the operators of a chain)."""
         in_driver = self.in_driver
         assert in_driver is not None, "prepare() makes the driver-side collects first"
         t = self.graph.transformations[node.transformation_id]
 
         def channel(e: Any) -> Any:
+            if self.graph.head_of(e.dst) != e.dst:   # inside a chain: a call, not a channel
+                return ChainLink(e.dst, e.slot)
             return self.backend.edge(self.inboxes[e.dst], e)
 
         return self.backend.context_class(
@@ -232,16 +248,22 @@ class Dispatcher(JobMonitor):
             job_segment=self.backend.job_segment(), n_tasks=n_tasks, inbox=self.inboxes.get(node.name),
             outputs=output_specs(node, lambda e: in_driver.edge(e, channel)),
             options=dict(t.options), config=dict(self.config),
-            control=self.backend.control_channel(node.name), service_directory=directory)
+            control=control, service_directory=directory)
 
     # -- running -----------------------------------------------------------------------------------
 
     def start(self) -> None:
-        tasks = {name: TaskStart(ctx, self.functions[name]) for name, ctx in self.contexts.items()}
+        graph = self.graph
+        tasks = {}
+        for name, ctx in self.contexts.items():
+            if graph.head_of(name) == name:
+                chained = tuple(TaskStart(self.contexts[m], self.functions[m]) for m in graph.chain(name)[1:])
+                tasks[name] = TaskStart(ctx, self.functions[name], chained)
         try:
             self.handles = self.backend.start(tasks, self._start_services)
             for name, handle in self.handles.items():
-                self.manager.tasks[name].pid = handle.pid
+                for member in graph.chain(name):
+                    self.manager.tasks[member].pid = handle.pid
             self.manager.mark_running()
             if not self.backend.runs_in_driver_thread:
                 self.start_monitor(f"procflow-{self.backend.kind}-monitor")
@@ -346,10 +368,34 @@ class Dispatcher(JobMonitor):
         if self.service_manager is not None and self.service_manager.owns(exited.task):
             self.service_manager.on_exit(exited)
             return
-        state = self.manager.tasks[exited.task]
-        state.exitcode = exited.exitcode
+        # The task ran every operator of its chain: each ends with it.
+        chain = self.graph.chain(exited.task)
+        for name in chain:
+            self.manager.tasks[name].exitcode = exited.exitcode
+        culprit = self._in_call(chain)
+        state = self.manager.tasks[culprit]
         if not state.stopped and self.manager.failure is None:
-            self._fail(self.backend.exit_error(exited, state.ready, self._progress(exited.task)))
+            ended = exited if culprit == exited.task else Exited(culprit, exited.exitcode, exited.cause)
+            progress = self._progress(culprit)
+            if len(chain) > 1:   # where the counters cannot tell which operator was running (Ray)
+                progress += f" (its task ran the chain {' -> '.join(chain)})"
+            self._fail(self.backend.exit_error(ended, state.ready, progress))
+
+    def _in_call(self, chain: tuple[str, ...]) -> str:
+        """The operator of a dead task's chain to name: the last one that was handling records (a chained
+        operator's input_fill is 1 for the length of each call, runtime/task/chain.py), else the first
+        that had not stopped, else the head."""
+        tasks = self.manager.tasks
+        running = [name for name in chain if not tasks[name].stopped] or [chain[0]]
+        counters = self.job_control.counters if self.job_control is not None else None
+        if counters is not None and len(chain) > 1:
+            try:
+                busy = [name for name in running if counters[tasks[name].slot][_FILL] > 0]
+            except (TypeError, IndexError, ValueError):
+                busy = []
+            if busy:
+                return busy[-1]
+        return running[0]
 
     def _progress(self, name: str) -> str:
         """How far a dead task got. A working task publishes its counters at least every PUBLISH_INTERVAL

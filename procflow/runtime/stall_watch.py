@@ -31,8 +31,8 @@ from procflow.runtime.communication import ring as ringmod
 from procflow.runtime.job_control import FIELDS
 
 _MOVES = tuple(FIELDS.index(f) for f in ("records_in", "records_out", "errors"))
-_IN, _OUT, _BUSY, _WAIT, _BLOCKED = (FIELDS.index(f) for f in ("records_in", "records_out", "busy_s",
-                                                                 "wait_s", "blocked_s"))
+_IN, _OUT, _BUSY, _WAIT, _BLOCKED, _FILL = (FIELDS.index(f) for f in ("records_in", "records_out", "busy_s",
+                                                                        "wait_s", "blocked_s", "input_fill"))
 # /proc/<pid>/stat states worth naming in the error (others are just "state X").
 _PROC_STATES = {
     "T": "stopped (SIGSTOP, SIGTSTP or Ctrl-Z), so it will never continue by itself",
@@ -75,11 +75,30 @@ class InputProbe:
             return 0, 0
 
 
+class ChainProbe:
+    """What waits at a chained operator's input: its upstream's call (runtime/task/chain.py). The member
+    sets its input_fill to 1 for the length of each call, so records handed over and not finished show
+    as work here, as records taken out of a ring do: a record that never finishes inside a chain fails
+    the job naming that operator."""
+
+    counts_bytes = False
+
+    def __init__(self, counters: Any, slot: int) -> None:
+        self._counters = counters
+        self._slot = slot
+
+    def backlog(self) -> tuple[int, int]:
+        try:
+            return 0, int(self._counters[self._slot][_FILL] > 0)
+        except (TypeError, ValueError, IndexError):   # the table is gone: the job is over anyway
+            return 0, 0
+
+
 class StallWatch:
     """`tasks`: the job table's TaskStates (slot, pid, stopped) by task name; `counters()`: the live
     counters table, or None once it is gone."""
 
-    def __init__(self, job_id: str, timeout: float, graph: Any, probes: dict[str, InputProbe],
+    def __init__(self, job_id: str, timeout: float, graph: Any, probes: Mapping[str, InputProbe | ChainProbe],
                  counters: Callable[[], Any], tasks: Mapping[str, Any]) -> None:
         self.job_id = job_id
         self.timeout = timeout
@@ -135,7 +154,9 @@ class StallWatch:
         if queued:
             doing.append(f"{queued} byte(s) wait in its input" if self._probes[name].counts_bytes
                          else "its input queue holds records")
-        if unfinished:
+        if unfinished and isinstance(self._probes[name], ChainProbe):
+            doing.append("it holds records from the operator before it in its chain and has not finished them")
+        elif unfinished:
             doing.append(f"it took {unfinished} record(s) out and has not finished them")
         return (f"task {name} (pid {pid}): {' and '.join(doing)}; its last published counters showed "
                 f"{int(row[_IN])} record(s) in, {int(row[_OUT])} out, busy {row[_BUSY]:.2f}s, waiting for "

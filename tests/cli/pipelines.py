@@ -14,7 +14,7 @@ SLOW_SECONDS = 0.002
 
 def counted(env):
     """Exact counts: 1000 in, flatmap doubles (2000), filter keeps multiples of 3 (2 * 334 = 668)."""
-    return (env.from_batch(range(N_COUNTED))
+    return (env.from_batch(range(N_COUNTED), parallelism=1)   # one source: its counts are exact
             .flatmap(lambda x: [x, x], parallelism=2)
             .filter(lambda x: x % 3 == 0)
             .collect())
@@ -63,12 +63,13 @@ class Crawl(MapFunction):
 def crawl(env):
     """N_CRAWL records through a 5 ms map ('work'): about 2 s of work, all of it after the source's
     first few milliseconds."""
-    return env.from_batch(range(N_CRAWL)).map(Crawl, name="work").collect()
+    # A task of its own behind a ring (not chained with the source): the source runs ahead of it.
+    return env.from_batch(range(N_CRAWL)).map(Crawl, name="work").start_new_chain().collect()
 
 
 def crawl_long(env):
     """The same map over 20,000 records (100 s): stopped with Ctrl-C by its test."""
-    env.from_batch(range(20_000)).map(Crawl, name="work").sink(lambda x: None, name="sink")
+    env.from_batch(range(20_000)).map(Crawl, name="work").start_new_chain().sink(lambda x: None, name="sink")
 
 
 N_LOPSIDED = 200
@@ -95,7 +96,7 @@ class OneSlowTask(MapFunction):
 
 
 def lopsided(env, claim_path: str | None, balance: bool = False):
-    stream = env.from_batch(range(N_LOPSIDED))
+    stream = env.from_batch(range(N_LOPSIDED), parallelism=1)   # one source
     stream = stream.balance() if balance else stream.round_robin()   # even counts: one task idles
     return stream.map(OneSlowTask, claim_path, name="work", parallelism=2).collect()
 

@@ -24,7 +24,9 @@ from procflow.testing import wait_until
 from . import pipelines
 
 # Small rings in front of the slow operator, so that they fill and the fill shows.
-SMALL_RINGS = {"ring_bytes": 16 << 10, "batch_bytes": 4 << 10}
+# Rings that fill up in front of a slow operator: one task per operator (chained operators pass records
+# by call, with no ring between them to fill).
+SMALL_RINGS = {"ring_bytes": 16 << 10, "batch_bytes": 4 << 10, "chaining": False}
 
 
 @pytest.mark.timeout(60)
@@ -305,11 +307,15 @@ def test_graph_renderings_without_running():
         env.set_parallelism("filter", 2)
         graph = env.compile()
     text = render_graph(graph, "text")
-    assert text.startswith("4 operators, 6 tasks, 8 channels")
+    # flatmap_i and filter_i share a task (a chain); the collect runs in the driver
+    assert text.startswith("4 operators, 4 tasks, 4 channels")
+    assert "  flatmap_0 -> filter_0\n  flatmap_1 -> filter_1\n" in text and "from flatmap[chained]" in text
     dot = render_graph(graph, "dot")
-    assert dot.count(" -> ") == 8 and 'subgraph "cluster_filter"' in dot
+    assert dot.count(" -> ") == 6 and 'subgraph "cluster_filter"' in dot
+    assert '"flatmap_1" -> "filter_1" [label="chained", style=bold];' in dot
     mermaid = render_graph(graph, "mermaid")
-    assert mermaid.count("-->") == 8 and "filter_1 -->|balance| collect_0" in mermaid
+    assert mermaid.count("-->") == 4 and "filter_1 -->|balance| collect_0" in mermaid
+    assert "flatmap_0 ==>|chained| filter_0" in mermaid
     with pytest.raises(ValueError, match="format"):
         render_graph(graph, "png")
     with pytest.raises(ValueError, match="no operator named"):

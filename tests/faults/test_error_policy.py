@@ -93,7 +93,15 @@ def test_unpicklable_dead_letter_travels_as_repr(env_dir):
     def explode(record):
         raise ValueError("always")
 
-    env = LocalEnvironment("policy", env_dir=env_dir)
+    # Unchained, the record cannot even leave the source.
+    env = LocalEnvironment("policy", {"chaining": False}, env_dir=env_dir)
     env.from_batch([Unencodable()]).map(explode, on_error="dead_letter").sink(lambda r: None)
-    with pytest.raises(JobFailedError):   # the record cannot even leave the source
+    with pytest.raises(JobFailedError):
         env.submit()
+    # Chained with its source (the default), the map receives it by call, fails on it, and its dead
+    # letter, which pickle refuses, reaches the driver as the record's repr.
+    env = LocalEnvironment("policy", env_dir=env_dir)
+    env.from_batch([Unencodable(), 1]).map(explode, on_error="dead_letter", name="m").sink(lambda r: None)
+    job = env.submit()
+    # (the letters shipped with it travel as reprs too)
+    assert [(d["task"], d["record"]) for d in job.dead_letters] == [("m_0", "Unencodable()"), ("m_0", "1")]

@@ -35,7 +35,7 @@ def docker_default_shm(monkeypatch):
 
 
 def nine_tasks(env: LocalEnvironment) -> None:
-    env.from_batch(range(100), name="src").map(lambda r: r, parallelism=4, name="a").map(
+    env.from_batch(range(100), name="src", parallelism=1).map(lambda r: r, parallelism=4, name="a").map(
         lambda r: r, parallelism=3, name="b").sink(lambda r: None, name="sink")
 
 

@@ -23,9 +23,11 @@ STALL_S = 1.0
 PROMPT_S = STALL_S + 3.0
 
 
-def stall_env(env_dir: str, queue: str = "shm") -> LocalEnvironment:
+def stall_env(env_dir: str, queue: str = "shm", chaining: bool = False) -> LocalEnvironment:
+    """Unchained by default: these tests stop one task of several, with rings between them (a chain runs
+    its operators in one process; test_a_record_that_never_finishes_inside_a_chain covers that)."""
     return LocalEnvironment("stall", {"queue": queue, "stall_timeout": STALL_S, "ring_bytes": 64 << 10,
-                                      "stop_timeout": 1.0}, env_dir=env_dir)
+                                      "stop_timeout": 1.0, "chaining": chaining}, env_dir=env_dir)
 
 
 def running_pid(job, task: str) -> int:
@@ -84,6 +86,20 @@ def test_a_record_that_never_finishes_fails_the_job(env_dir):
     assert info.value.task == "map_0"
     assert "has not finished them" in message   # mid-batch: records taken out, not done
     assert "asleep (state S" in message
+
+
+def test_a_record_that_never_finishes_inside_a_chain_fails_the_job_naming_its_operator(env_dir):
+    env = stall_env(env_dir, chaining=True)
+    env.from_batch(range(1000), name="src").map(HangsAt(10), name="map").sink(lambda r: None, name="sink")
+    assert env.compile().chains["src_0"] == ("src_0", "map_0", "sink_0")
+    started = time.monotonic()
+    with pytest.raises(JobFailedError) as info:
+        env.submit()
+    assert time.monotonic() - started < PROMPT_S + 2
+    message = str(info.value)
+    assert info.value.task == "map_0" and "task map_0" in message
+    assert "holds records from the operator before it in its chain and has not finished them" in message
+    assert "task src_0" not in message and "task sink_0" not in message
 
 
 class SlowSink:

@@ -43,8 +43,9 @@ def remote_tb(error: JobFailedError) -> str:
 
 
 def build(env: LocalEnvironment, where: str, fault: FaultAt) -> None:
-    """A pipeline with `fault` in operator `where` (named `where`), fed 0..999."""
-    src = env.from_batch(range(1000), name="src")
+    """A pipeline with `fault` in operator `where` (named `where`), fed 0..999 by one source instance
+    (parallelism=1: not following the operator's parallelism)."""
+    src = env.from_batch(range(1000), name="src", parallelism=1)
     if where == "map":   # round robin: the error's "after receiving N record(s)" is known in advance
         src.round_robin().map(fault, parallelism=2, name="map").sink(lambda r: None, name="sink")
     elif where == "flatmap":
@@ -182,7 +183,7 @@ def test_a_service_whose_log_files_cannot_be_opened_is_reported_by_name(env_dir,
 def test_task_process_dies(env_dir, tmp_path, how, exitcode, words):
     stamp = str(tmp_path / "stamp")
     env = LocalEnvironment("faults", env_dir=env_dir)
-    env.from_batch(range(1000), name="src").round_robin() \
+    env.from_batch(range(1000), name="src", parallelism=1).round_robin() \
         .map(FaultAt(500, how, stamp=stamp), parallelism=2, name="map").sink(lambda r: None, name="sink")
     error, raised = fails(env)
     assert raised - read_stamp(stamp) < FAULT_TO_ERROR_S
@@ -285,7 +286,8 @@ def test_failure_while_producers_are_blocked_on_full_rings(env_dir, tmp_path, fa
 
 
 def test_record_that_cannot_be_encoded_names_task_and_record(env_dir):
-    env = LocalEnvironment("faults", env_dir=env_dir)
+    # Unchained: the map's output leaves through a channel (a chain passes records by call, unencoded).
+    env = LocalEnvironment("faults", {"chaining": False}, env_dir=env_dir)
     env.from_batch(range(100)).map(EmitUnencodable(42), name="enc").sink(lambda r: None)
     error, _ = fails(env)
     # Channels encode whole batches after the fact, so the error names the record that could not be
@@ -296,10 +298,20 @@ def test_record_that_cannot_be_encoded_names_task_and_record(env_dir):
 
 
 def test_source_record_that_cannot_be_encoded(env_dir):
-    env = LocalEnvironment("faults", env_dir=env_dir)
+    env = LocalEnvironment("faults", {"chaining": False}, env_dir=env_dir)
     env.from_batch([1, 2, Unencodable(), 4], name="src").sink(lambda r: None)
     error, _ = fails(env)
     assert error.task == "src_0" and error.record == "Unencodable()" and error.error_type == "EncodeError"
+
+
+def test_a_record_that_cannot_be_encoded_passes_inside_a_chain(env_dir):
+    from procflow.testing import Unencodable
+
+    env = LocalEnvironment("faults", env_dir=env_dir)
+    out = (env.from_batch([1, 2, Unencodable(), 4], name="src").map(repr, name="show").collect())
+    assert env.compile().chains["src_0"] == ("src_0", "show_0")
+    env.submit()
+    assert out.results() == ["1", "2", "Unencodable()", "4"]
 
 
 def test_function_that_cannot_be_shipped_under_spawn(env_dir):

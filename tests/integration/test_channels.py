@@ -93,7 +93,8 @@ class Slow(MapFunction):
 @pytest.mark.timeout(60)
 def test_a_small_ring_applies_backpressure_and_loses_nothing(make_env):
     env = make_env(("shm", "fork"), ring_bytes=64 << 10)
-    result = env.from_batch(Blobs, 3000, 1024).map(Slow).collect()
+    # start_new_chain: a ring between source and map (chained, they would share a task, and no ring)
+    result = env.from_batch(Blobs, 3000, 1024).map(Slow).start_new_chain().collect()
     job = env.submit()
     expected = sorted(zlib.crc32(i.to_bytes(4, "little") * 256) for i in range(1, 3001))
     assert sorted(result.results()) == expected

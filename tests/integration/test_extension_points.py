@@ -58,9 +58,11 @@ def test_user_task_factory_runs_every_task(queue, tmp_path):
         out = env.from_batch(range(100)).map(lambda x: x + 1, parallelism=2).collect()
         job = env.submit()
     assert sorted(out.results()) == list(range(1, 101))
-    # collect_0 has nothing to decide, so the map tasks ship to the driver and it needs no process
-    assert sorted(factory.started) == ["batch_0", "map_0", "map_1"]
-    assert sorted(job.metrics) == ["batch_0", "collect_0", "map_0", "map_1"]
+    # collect_0 has nothing to decide, so the map tasks ship to the driver and it needs no process; the
+    # source follows the map's parallelism and each instance runs with its map (a chain): the factory
+    # starts one process per chain, named by its head, and the metrics keep a row per operator instance
+    assert sorted(factory.started) == ["batch_0", "batch_1"]
+    assert sorted(job.metrics) == ["batch_0", "batch_1", "collect_0", "map_0", "map_1"]
     assert job.metrics["collect_0"]["pid"] == os.getpid()
 
 
@@ -131,7 +133,9 @@ class Inspect(FlatMapFunction):
 
 def test_routing_info_and_processed_count(backend):
     env = backend.make_env("routing")
-    inspected = env.from_batch(range(10)).round_robin().flatmap(Inspect, parallelism=2, name="inspect")
+    # one source instance, round robin: a channel to each flatmap instance
+    inspected = env.from_batch(range(10), parallelism=1).round_robin().flatmap(Inspect, parallelism=2,
+                                                                              name="inspect")
     inspected.keyby(lambda r: 0).map(lambda r: r, parallelism=3, name="hashed")
     reports = inspected.collect(name="out")
     job = env.submit()

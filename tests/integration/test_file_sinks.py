@@ -32,7 +32,9 @@ def test_jsonl_round_trip_with_success_manifest(backend, tmp_path):
     out = tmp_path / "out"
     records = [{"id": i, "key": f"k{i % 5}", "text": "ü" * (i % 3)} for i in range(500)]
     env = backend.make_env()
-    env.from_batch(records).map(lambda r: r, parallelism=2).write_jsonl(out)
+    # one source instance, round robin to both maps, so that each writes a part (a source that follows
+    # the map's parallelism pulls splits, and one fast instance may take them all)
+    env.from_batch(records, parallelism=1).map(lambda r: r, parallelism=2).write_jsonl(out)
     env.submit()
     files = parts(out)
     assert [f.name for f in files] == ["part-00000-of-00002.jsonl", "part-00001-of-00002.jsonl"]
@@ -144,7 +146,7 @@ def test_a_non_empty_folder_refuses_the_job_before_any_process(backend, tmp_path
 def test_overwrite_replaces_the_previous_output_once_the_job_succeeds(backend, tmp_path):
     out = tmp_path / "out"
     first = backend.make_env("first")
-    first.from_batch(range(30)).write_jsonl(out, parallelism=3)
+    first.from_batch(range(30), parallelism=1).write_jsonl(out, parallelism=3)   # a part per instance
     first.submit()
     assert len(parts(out)) == 3
     second = backend.make_env("second")

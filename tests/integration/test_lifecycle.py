@@ -338,7 +338,7 @@ def test_sink_returns_the_same_stream_and_print_writes_to_stdout(backend, capfd)
 
 def test_metrics_count_records_in_and_out_exactly(backend):
     env = backend.make_env()
-    (env.from_batch(range(1000)).round_robin().filter(lambda x: x % 2 == 0, parallelism=2)
+    (env.from_batch(range(1000), parallelism=1).round_robin().filter(lambda x: x % 2 == 0, parallelism=2)
      .flatmap(lambda x: [x, x], parallelism=1).collect())
     job = env.submit()
     m = job.metrics

@@ -135,7 +135,8 @@ class ScriptedBackend:
 def run(script: Callable[[ScriptedBackend], list[list[Any]]], env_dir: str,
         collect: bool = False) -> tuple[Dispatcher, ScriptedBackend, Any]:
     env = LocalEnvironment("scripted", env_dir=env_dir)
-    stream = env.from_batch([1, 2, 3]).map(lambda r: r, parallelism=2)
+    # parallelism=1: a source of its own, feeding both maps over channels (it would follow them, chained)
+    stream = env.from_batch([1, 2, 3], parallelism=1).map(lambda r: r, parallelism=2)
     result = stream.collect() if collect else None
     backend = ScriptedBackend(script)
     checked: Backend = backend   # the scripted backend is a Backend as far as a type checker is concerned
@@ -146,12 +147,17 @@ def run(script: Callable[[ScriptedBackend], list[list[Any]]], env_dir: str,
     return dispatcher, backend, result
 
 
+def every_node(b: ScriptedBackend) -> list[str]:
+    """The nodes of the started tasks, the operators chained behind each included."""
+    return [name for task in b.started.values() for name in task.names]
+
+
 def ready_all(b: ScriptedBackend) -> list[Any]:
-    return [Ready(name, 1000 + i) for i, name in enumerate(b.started)]
+    return [Ready(name, 1000 + i) for i, name in enumerate(every_node(b))]
 
 
 def stop_all(b: ScriptedBackend) -> list[Any]:
-    return [Stopped(name, {"records_in": 1}) for name in b.started]
+    return [Stopped(name, {"records_in": 1}) for name in every_node(b)]
 
 
 def test_every_context_is_built_by_the_dispatcher_from_the_backends_parts(env_dir):
@@ -206,6 +212,56 @@ def test_an_exit_without_stopped_asks_the_backend_for_the_error(env_dir):
     assert "task map_1 vanished with code -9, its last published counters showed 0 record(s) in" in str(
         dispatcher.manager.failure)
     assert dispatcher.manager.tasks["map_1"].exitcode == -9
+
+
+def chained_run(script: Callable[[ScriptedBackend], list[list[Any]]],
+                env_dir: str) -> tuple[Dispatcher, ScriptedBackend]:
+    """batch -> map -> sink, each of parallelism 1: one chain, one task."""
+    env = LocalEnvironment("scripted", env_dir=env_dir)
+    env.from_batch([1, 2]).map(lambda r: r).sink(lambda r: None)
+    backend = ScriptedBackend(script)
+    dispatcher = Dispatcher(env.compile(), config=env.config, env_dir=env.env_dir, backend=backend,
+                            collectors={})
+    dispatcher.prepare()
+    dispatcher.start()
+    return dispatcher, backend
+
+
+def test_a_chain_is_one_task_whose_operators_keep_their_own_contexts(env_dir):
+    from procflow.runtime.task.chain import ChainLink
+
+    dispatcher, backend = chained_run(lambda b: [ready_all(b), stop_all(b)], env_dir)
+    assert list(backend.started) == ["batch_0"]
+    assert backend.started["batch_0"].names == ("batch_0", "map_0", "sink_0")
+    contexts = dispatcher.contexts
+    assert set(contexts) == {"batch_0", "map_0", "sink_0"}
+    # fed by call: no inbox for the members, a ChainLink where a channel would be, one control channel
+    assert [ctx.inbox for ctx in contexts.values()] == [None, None, None]
+    link, = contexts["batch_0"].outputs[0].edges
+    assert isinstance(link, ChainLink) and link.dst == "map_0"
+    assert {ctx.control for ctx in contexts.values()} == {"control:batch_0"}
+    assert [ctx.task_slot for ctx in contexts.values()] == [0, 1, 2]   # a counters row each
+    assert dispatcher.manager.status is JobStatus.FINISHED
+    assert list(dispatcher.handles) == ["batch_0"]
+
+
+def test_the_exit_of_a_chains_task_fails_the_operators_that_did_not_stop(env_dir):
+    dispatcher, _ = chained_run(lambda b: [ready_all(b), [Stopped("sink_0"), Exited("batch_0", -9)]], env_dir)
+    failure = dispatcher.manager.failure
+    assert failure is not None and failure.task == "batch_0"
+    assert [t.exitcode for t in dispatcher.manager.tasks.values()] == [-9, -9, -9]
+
+
+def test_chaining_false_gives_every_operator_instance_a_task(env_dir):
+    env = LocalEnvironment("scripted", config={"chaining": False}, env_dir=env_dir)
+    env.from_batch([1, 2]).map(lambda r: r).sink(lambda r: None)
+    backend = ScriptedBackend(lambda b: [ready_all(b), stop_all(b)])
+    dispatcher = Dispatcher(env.compile(), config=env.config, env_dir=env.env_dir, backend=backend,
+                            collectors={})
+    dispatcher.prepare()
+    dispatcher.start()
+    assert list(backend.started) == ["batch_0", "map_0", "sink_0"]
+    assert all(not t.chained for t in backend.started.values())
 
 
 @pytest.mark.parametrize("request_, status", [(ControlRequest.STOP, JobStatus.STOPPED),

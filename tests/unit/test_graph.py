@@ -218,3 +218,107 @@ def test_compile_starts_no_process(env):
     env.from_batch(range(3)).map(Twice, parallelism=4).collect()
     env.compile()
     assert child_pids() == before
+
+
+# -- chains (issue 19) ---------------------------------------------------------------------------------
+
+from procflow.core.splits import Split, SplitSource  # noqa: E402
+
+
+class Indexes(SplitSource):
+    def plan_splits(self, parallelism):
+        return [Split(i, (i, i + 1), 1) for i in range(4)]
+
+    def read_split(self, split):
+        return range(*split.descriptor)
+
+
+def test_forward_edges_fuse_into_chains_of_one_edge_per_instance(env):
+    (env.from_batch(Indexes).map(Twice, parallelism=3).filter(lambda x: x > 0, parallelism=3)
+     .keyby(lambda x: x).reduce(lambda a, b: a + b, parallelism=3).map(lambda kv: kv, parallelism=3, name="show"))
+    graph = env.compile()
+    for i in range(3):
+        assert graph.chain(f"filter_{i}") == (f"batch_{i}", f"map_{i}", f"filter_{i}")
+        assert graph.chain(f"reduce_{i}") == (f"reduce_{i}",)   # keyed: a shuffle, never chained...
+        assert graph.chain(f"show_{i}") == (f"show_{i}",)
+        group, = graph.nodes[f"map_{i}"].out_groups
+        assert group.chained and [e.dst for e in group.edges] == [f"filter_{i}"]   # instance i to i only
+        assert graph.nodes[f"filter_{i}"].num_inputs == 1
+    # ...and a keyed stream stays keyed after the reduce, so reduce -> show is not forward either
+    assert [h.name for h in graph.heads()] == [f"{op}_{i}" for op in ("batch", "reduce", "show") for i in range(3)]
+    assert len(graph.channel_edges) == 9 + 9
+
+
+@pytest.mark.parametrize("build, chained", [
+    (lambda env: env.from_batch([1]).map(Twice).map(Twice, name="m2"), True),
+    (lambda env: env.from_batch([1]).map(Twice, parallelism=2).map(Twice, name="m2"), False),   # 2 -> 1
+    (lambda env: env.from_batch([1]).map(Twice).balance().map(Twice, name="m2"), False),        # placed
+    (lambda env: env.from_batch([1]).map(Twice).keyby(lambda x: x).map(Twice, name="m2"), False),
+    (lambda env: env.from_batch([1]).map(Twice).keyby(lambda x: x, "broadcast").map(Twice, name="m2"), False),
+    (lambda env: env.from_batch([1]).map(Twice).map(Twice, name="m2").start_new_chain(), False),
+    (lambda env: env.from_batch([1]).map(Twice).disable_chaining().map(Twice, name="m2"), False),
+    (lambda env: env.from_batch([1]).map(Twice).sink(print).map(Twice, name="m2"), False),       # fan-out
+])
+def test_what_makes_an_edge_forward(env, build, chained):
+    build(env)
+    graph = env.compile()
+    assert ("m2_0" in graph.chain("map_0")) is chained
+
+
+def test_a_two_input_operator_is_never_chained(env):
+    a = env.from_batch([1]).map(Twice)
+    b = env.from_batch([2]).map(Twice, name="other")
+    a.connect(b).comap(BothMaps)
+    graph = env.compile()
+    assert graph.head_of("comap_0") == "comap_0" and graph.nodes["comap_0"].num_inputs == 2
+
+
+def test_a_one_instance_collect_stays_with_the_driver_and_a_wider_one_chains(env):
+    env.from_batch([1]).map(Twice).collect()
+    env.from_batch([1], name="wide").map(Twice, parallelism=2, name="w").collect(parallelism=2)
+    graph = env.compile()
+    assert graph.chain("batch_0") == ("batch_0", "map_0")
+    assert graph.chain("wide_1") == ("wide_1", "w_1", "collect2_1")
+
+
+@pytest.mark.parametrize("source, given, config, follows", [
+    ("splits", False, {}, True),
+    ("splits", True, {}, False),                     # the user set the source's parallelism
+    ("splits", False, {"chaining": False}, False),
+    ("list", False, {}, True),                       # from_batch(list) is a SplitSource too
+    ("generator", False, {}, False),                 # one reader: it cannot be split
+])
+def test_a_splittable_source_follows_the_parallelism_of_the_operator_it_feeds(env_dir, source, given, config,
+                                                                              follows):
+    env = LocalEnvironment("graph", config=config, env_dir=env_dir)
+    options = {"parallelism": 1} if given else {}
+    stream = {"splits": lambda: env.from_batch(Indexes, **options), "list": lambda: env.from_batch([1, 2, 3]),
+              "generator": lambda: env.from_batch(x for x in range(3))}[source]()
+    stream.map(Twice, parallelism=4).collect()
+    graph = env.compile()
+    sources = [n.name for n in graph.sources()]
+    assert len(sources) == (4 if follows else 1)
+    assert all(graph.chain(s) == (s, f"map_{s[-1]}") for s in sources) is follows
+
+
+def test_set_parallelism_counts_as_given(env):
+    env.from_batch(Indexes).map(Twice, parallelism=3)
+    env.set_parallelism("batch", 1)
+    assert [n.name for n in env.compile().sources()] == ["batch_0"]
+
+
+def test_a_source_does_not_follow_across_a_keyed_or_placed_edge(env):
+    env.from_batch(Indexes).keyby(lambda x: x).map(Twice, parallelism=3)
+    env.from_batch(Indexes, name="b2").balance().map(Twice, parallelism=3, name="m2")
+    graph = env.compile()
+    assert [n.name for n in graph.sources()] == ["batch_0", "b2_0"]
+
+
+def test_text_rendering_lists_the_chains(env):
+    from procflow.graph.render import render_graph
+
+    env.from_batch(Indexes).map(Twice, parallelism=2).collect()
+    text = render_graph(env.compile(), "text")
+    assert text.startswith("3 operators, 3 tasks, 2 channels")
+    assert "chains (one task each, records passed by call):\n  batch_0 -> map_0\n  batch_1 -> map_1\n" in text
+    assert "from batch[chained]" in text and "map_1                    inputs=1   -> collect[round_robin]" in text

@@ -248,8 +248,13 @@ class InlineBackend:
                     if node.transformation_id not in shared_iterators:
                         shared_iterators[node.transformation_id] = list(it)
                     function.iterable = shared_iterators[node.transformation_id]
-            task.ctx.logger = open_task_logger(name, task.ctx.log_dir, self.job.config["log_level"])
-            self.tasks.append(InlineTask(task.ctx, function, self))
+            head = InlineTask(task.ctx, function, self)
+            # The operators chained behind it run in its task (runtime/task/chain.py), as in a process.
+            head.chain_with([InlineTask(member.ctx, member.function, self) for member in task.chained])
+            for member in head.chain_tasks():
+                member.ctx.logger = open_task_logger(member.ctx.name, member.ctx.log_dir,
+                                                     self.job.config["log_level"])
+            self.tasks.append(head)
         return {name: InDriver(os.getpid()) for name in tasks}
 
     def wait(self, timeout: float | None) -> list[Any]:
@@ -260,9 +265,9 @@ class InlineBackend:
                 self._opened = True
                 for task in self.tasks:
                     self._step(task, task.open)
-                    task._start_clock()
-                    task.stage = "run"
-                    self.deliver(Ready(task.ctx.name, os.getpid()))
+                    task.begin()
+                    for member in task.chain_tasks():
+                        self.deliver(Ready(member.ctx.name, os.getpid()))
                 return []
             for task in self.tasks:
                 if isinstance(task.operator, SourceOperator):
@@ -335,8 +340,10 @@ class InlineBackend:
         finally:
             self._current = previous
 
-    def _failed(self, task: InlineTask, exc: BaseException) -> Failed:
-        """What a task process would report, with the live exception for pdb.post_mortem."""
+    def _failed(self, head: InlineTask, exc: BaseException) -> Failed:
+        """What a task process would report, with the live exception for pdb.post_mortem: for the
+        operator of the chain that raised."""
+        task = head.failing_task()
         has_record, record = task.current_record(exc)
         label = getattr(task.operator, "label", type(task.operator.function).__name__)
         report = ErrorReport.from_exception(exc, task=task.ctx.name, pid=os.getpid(), function=label,
@@ -358,9 +365,10 @@ class InlineBackend:
     # -- cleaning up -------------------------------------------------------------------------------
 
     def stop_tasks(self, failed: bool, grace: float) -> None:
-        for task in self.tasks:
-            task.ctx.detach()
-            close_logger(task.ctx.logger)
+        for head in self.tasks:
+            for task in head.chain_tasks():
+                task.ctx.detach()
+                close_logger(task.ctx.logger)
 
     def close_control(self) -> None:
         pass

@@ -43,7 +43,7 @@ from procflow.runtime.private_files import PrivateDir
 from procflow.runtime.shared_arrays import share_arrays
 from procflow.runtime.shm_budget import ShmBudget
 from procflow.runtime.split_plan import split_counts
-from procflow.runtime.stall_watch import InputProbe
+from procflow.runtime.stall_watch import ChainProbe, InputProbe
 from procflow.runtime.task.entry import (
     STARTUP_SIGNALS,
     crash_log_name,
@@ -80,7 +80,8 @@ class LocalBackend:
         self._sentinels: dict[Any, str] | None = None
         self._writers: list[Any] = []
         self._owners: list[Any] = []                 # inboxes and segments we created: close + unlink
-        self._probes: dict[str, InputProbe] = {}
+        self._probes: dict[str, InputProbe | ChainProbe] = {}
+        self._process_of: dict[str, str] = {}        # a chain member -> the task whose process runs it
         self._parent: DriverLifeline | None = None
         self._wake_r, self._wake_w = os.pipe()
 
@@ -165,8 +166,9 @@ class LocalBackend:
     def start(self, tasks: Mapping[str, TaskStart], before: Callable[[], None]) -> dict[str, Any]:
         if self.start_method != "fork":
             # Numpy inputs go through shared memory once, not pickled into every task (shared_arrays.py).
-            share_arrays([task.function for task in tasks.values()], self.segment)
+            share_arrays([t.function for head in tasks.values() for t in (head, *head.chained)], self.segment)
             check_shippable(tasks)   # before any process starts
+        assert self.job_control is not None, "open_job() first"
         self._parent = DriverLifeline.of_this_process()
         self._tasks = list(tasks)
         # What the driver holds stays out of its children's garbage collection, so that no finaliser of
@@ -180,7 +182,11 @@ class LocalBackend:
             masked = signal.pthread_sigmask(signal.SIG_BLOCK, STARTUP_SIGNALS)
             try:
                 for name, task in tasks.items():
-                    self.spawn(name, task_main, (task.ctx, task.function))
+                    # One process per chain: it runs `task` and the members chained behind it.
+                    self.spawn(name, task_main, (task.ctx, task.function, task.chained))
+                    for member in task.chained:
+                        self._process_of[member.ctx.name] = name
+                        self._probes[member.ctx.name] = ChainProbe(self.job_control.counters, member.ctx.task_slot)
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, masked)
         # The driver keeps only the read ends: a task's writer closes with the task.
@@ -254,8 +260,9 @@ class LocalBackend:
 
     def exit_error(self, exited: Exited, ready: bool, progress: str) -> JobFailedError:
         name = exited.task
-        handle = self.handles[name]
-        crash = self._crash_report(name)
+        process = self._process_of.get(name, name)
+        handle = self.handles[process]
+        crash = self._crash_report(process)
         bootstrap = self._died_while_bootstrapping(ready, exited.exitcode)
         how = "exited with code 1 before it was ready" if bootstrap else describe_exit(exited.exitcode)
         error = JobFailedError(

@@ -15,7 +15,8 @@ def check_shippable(tasks: Mapping[str, TaskStart]) -> None:
     import dill
 
     seen: set[str] = set()
-    for task in tasks.values():
+    every = [t for head in tasks.values() for t in (head, *head.chained)]
+    for task in every:
         ctx = task.ctx
         operator = ctx.operator_name
         if operator in seen:

@@ -29,7 +29,7 @@ from procflow.backends.ray import channel
 from procflow.runtime.communication.router import BaseRouter
 from procflow.runtime.context.task_context import TaskContext
 from procflow.runtime.job_control import FIELDS
-from procflow.runtime.task.entry import close_logger, open_task_logger, report_failure
+from procflow.runtime.task.entry import close_logger, open_task_logger, report_chain_failure
 
 
 class ActorJobControl:
@@ -133,10 +133,13 @@ def unpack(messages: list[bytes]) -> list[Any]:
 
 
 class TaskActor:
-    def __init__(self, ctx: RayTaskContext, function: Any, enumerator: Any = None) -> None:
+    def __init__(self, ctx: RayTaskContext, function: Any, enumerator: Any = None, chained: tuple = ()) -> None:
         self.ctx = ctx
         self.function = function
+        self.chained = chained   # the operators chained behind this task's (runtime/task/chain.py)
         self.job_control = ctx.actor_job_control = ActorJobControl(ctx.n_tasks, enumerator)
+        for member in chained:
+            member.ctx.actor_job_control = self.job_control
         self.outbox = Outbox()
         self.gate = ctx.inbox.create_gate() if ctx.inbox is not None else None
 
@@ -157,8 +160,10 @@ class TaskActor:
     def request_stop(self) -> None:
         self.job_control.request_stop()
 
-    def counters(self) -> list[float]:
-        return self.job_control.counters[self.ctx.task_slot].tolist()
+    def counters(self) -> dict[int, list[float]]:
+        """The live counters row of every operator this task runs, by slot."""
+        slots = [self.ctx.task_slot, *(member.ctx.task_slot for member in self.chained)]
+        return {slot: self.job_control.counters[slot].tolist() for slot in slots}
 
     def where(self) -> tuple[str, int]:
         """(node id, pid) this task runs on."""
@@ -168,20 +173,26 @@ class TaskActor:
 
     def run(self, peers: dict[str, Any]) -> None:
         """What task_main() does in a local child, minus the process plumbing: the actor is the process."""
-        from procflow.runtime.task.base_task import BaseTask
+        from procflow.runtime.task.entry import build_task
 
         ctx, function = self.ctx, self.function
         channel.register_peers(peers)
         ctx.control = self.outbox
         ctx.logger = logger = open_task_logger(ctx.name, ctx.log_dir, ctx.config["log_level"])
-        task = BaseTask(ctx, function)
+        for member in self.chained:
+            member.ctx.control = self.outbox
+            member.ctx.logger = open_task_logger(member.ctx.name, ctx.log_dir, ctx.config["log_level"])
+        task = build_task(ctx, function, self.chained)
         try:
             task.run()
         except BaseException as exc:  # report everything, SystemExit from user code included
             # The same report as a local task's (entry.py): counters, dead letters, and the record, which
             # for an unshippable one is on the exception rather than the task's current position.
-            report_failure(ctx, function, task, task.stage, exc, logger)
+            report_chain_failure(ctx, function, task, task.stage, exc, logger)
         finally:
+            for member in self.chained:
+                member.ctx.detach()
+                close_logger(member.ctx.logger)
             ctx.detach()
             if ctx.inbox is not None:
                 ctx.inbox.release()

@@ -99,11 +99,13 @@ class RayJobView:
         names = list(actors)
         refs = [actors[n].counters.remote() for n in names]
         out: dict[int, dict[str, float]] = {}
-        for name, ref in zip(names, refs):
-            try:   # one by one: a dead actor loses its own row, not everyone's
-                out[self._slots[name]] = dict(zip(FIELDS, ray.get(ref, timeout=5)))
+        for ref in refs:
+            try:   # one by one: a dead actor loses its own rows, not everyone's
+                rows = ray.get(ref, timeout=5)
             except (RayError, TimeoutError):
                 continue
+            for slot, row in rows.items():   # a row per operator of the actor's chain
+                out[slot] = dict(zip(FIELDS, row))
         return out
 
     def split_owners(self, slot: int) -> list[int | None] | None:
@@ -194,18 +196,20 @@ class RayBackend:
     def start(self, tasks: Mapping[str, TaskStart], before: Callable[[], None]) -> dict[str, Any]:
         assert self.job is not None
         before()
-        ship_by_value([t.function for t in tasks.values()], [t.ctx for t in tasks.values()])
+        every = [t for head in tasks.values() for t in (head, *head.chained)]
+        ship_by_value([t.function for t in every], [t.ctx for t in every])
         options = {"num_cpus": 0, "max_concurrency": 8, "scheduling_strategy": "SPREAD",
                    **self.actor_options}
         remote_cls = ray.remote(TaskActor)
         for name, task in tasks.items():
+            # One actor per chain: it runs the task and the operators chained behind it.
             self.actors[name] = remote_cls.options(
-                name=self.actor_name(name), namespace=self.namespace, **options).remote(task.ctx, task.function,
-                                                                               self.enumerator)
+                name=self.actor_name(name), namespace=self.namespace, **options).remote(
+                    task.ctx, task.function, self.enumerator, task.chained)
         graph = self.job.graph
         for name in tasks:
-            peers = {self.actor_name(e.dst): self.actors[e.dst]
-                     for g in graph.nodes[name].out_groups for e in g.edges if e.dst in self.actors}
+            peers = {self.actor_name(e.dst): self.actors[e.dst] for member in graph.chain(name)
+                     for g in graph.nodes[member].out_groups for e in g.edges if e.dst in self.actors}
             self._runs[name] = self.actors[name].run.remote(peers)
             self._where[name] = self.actors[name].where.remote()
             self.watch(name, self.actors[name])
@@ -264,12 +268,15 @@ class RayBackend:
             return JobFailedError(f"task {name} ended without reporting Stopped or Failed; the job was stopped",
                                   task=name)
         node = "?"
+        actor = self.job.graph.head_of(name) if self.job is not None else name   # a chain's actor
         try:
-            node = ray.get(self._where[name], timeout=1)[0]
+            node = ray.get(self._where[actor], timeout=1)[0]
         except (RayError, TimeoutError, KeyError):
             pass
+        chain = self.job.graph.chain(name) if self.job is not None else (name,)
+        ran = f", which ran the chain {' -> '.join(chain)}" if len(chain) > 1 else ""
         return JobFailedError(
-            f"task {name} (Ray actor {self.actor_name(name)}, node {node}) died: {exited.cause}; the job was "
+            f"task {name} (Ray actor {self.actor_name(actor)}{ran}, node {node}) died: {exited.cause}; the job was "
             "stopped and every other task ended. An actor dies when its worker process exits (os._exit, a "
             "crash in native code, the OOM killer) or its node goes away.", task=name)
 

@@ -8,6 +8,9 @@ own outputs so nothing waits on us), hand its records to the operator by the rec
 counters after each batch and at least every PUBLISH_INTERVAL. The task ends after exactly one
 StopSignal from each input channel: no timers, no names. Then the operator finishes
 (handle_stop_signal, close), outputs flush, and one StopSignal goes out on every output channel.
+
+A task may run a chain (chain.py): the head is this loop; each further operator is a member BaseTask
+without a gate, fed by call through its upstream's router (`take_many` / `take_one`, `end_of_link`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from procflow.runtime.operators.transforms import (
     ReduceOperator,
     SinkOperator,
 )
+from procflow.runtime.task.chain import ChainState, LinkWriter, bind_links
 from procflow.runtime.task.steps import NO_INDEX, RecordStep, choose_steps
 
 OPERATORS: dict[OperatorKind, type[Operator]] = {
@@ -85,16 +89,43 @@ class BaseTask:
         self._keyed_step: RecordStep
         # The context's router, from attach() on: the loop's flushes, counters and end read it.
         self._router: BaseRouter
+        # Chains (chain.py): the members after this head, the state they share, and the links between.
+        self.members: list[BaseTask] = []
+        self.chain: ChainState | None = None
+        self.out_links: list[LinkWriter] = []
+        self.in_link: LinkWriter | None = None
+        self._linked_inputs = 0   # 1 for a member: its upstream's router is its one input
+
+    def chain_with(self, members: list[BaseTask]) -> None:
+        """Run `members` (in record order) after this task's operator, in this task (before open())."""
+        if not members:
+            return
+        state = ChainState(self)
+        self.members = list(members)
+        for task in self.chain_tasks():
+            task.chain = state
+        for member in members:
+            member._linked_inputs = 1
+
+    def chain_tasks(self) -> list[BaseTask]:
+        """This task and the members it runs, in chain order."""
+        return [self, *self.members]
+
+    def failing_task(self) -> BaseTask:
+        """The task of the chain whose operator raised the exception being handled (self if alone)."""
+        state = self.chain
+        return state.failed if state is not None and state.failed is not None else self
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def run(self) -> None:
         ctx = self.ctx
         self.open()
-        ctx.control.send(Ready(ctx.name, os.getpid()))
-        ctx.logger.info("ready (pid %d, %d input channel(s))", os.getpid(), self.num_inputs)
-        self._start_clock()
-        self.stage = "run"
+        for task in self.chain_tasks():
+            task.ctx.control.send(Ready(task.ctx.name, os.getpid()))
+            task.ctx.logger.info("ready (pid %d, %d input channel(s)%s)", os.getpid(), task.num_inputs,
+                                 f", in the task of {ctx.name}" if task is not self else "")
+        self.begin()
         if isinstance(self.operator, SourceOperator):
             ctx.job_control.wait_for_start()
             self._started = self._last_flush = time.perf_counter()
@@ -120,6 +151,22 @@ class BaseTask:
         self.stage = "open"
         self.operator.open()
         self._unkeyed_step, self._keyed_step = choose_steps(self.operator, ctx, self._chunk, time.perf_counter)
+        if self.members:
+            chain = self.chain
+            assert chain is not None
+            for member in self.members:   # open() in chain order, before any record moves
+                try:
+                    member.open()
+                except BaseException:
+                    chain.failed = member   # the report names the operator whose open() raised
+                    raise
+            bind_links(self.chain_tasks(), chain)
+
+    def begin(self) -> None:
+        """Start the clocks of every task of the chain: the loop is about to run."""
+        for task in self.chain_tasks():
+            task._start_clock()
+            task.stage = "run"
 
     def _attach(self) -> None:
         self.ctx.attach()
@@ -128,6 +175,42 @@ class BaseTask:
         self._started = time.perf_counter()
         self._counters[_STARTED] = time.time()
         self._last_flush = self._started
+
+    # -- a member of a chain: fed by its upstream's router, by call (chain.py) ------------------------
+
+    def take_many(self, records: list) -> None:
+        """Unkeyed records from the upstream operator of the chain, as a batch from a channel would be.
+        For the length of the call its input counts as full (input_fill 1): the operator before it
+        waits on it, and the stall watch sees records taken and not finished (stall_watch.ChainProbe)."""
+        counters = self._counters
+        counters[_FILL] = 1.0
+        self._process_records(records, None)
+        counters[_FILL] = 0.0
+
+    def take_one(self, record: Any) -> None:
+        counters = self._counters
+        counters[_FILL] = 1.0
+        self._process_records([record], None)
+        counters[_FILL] = 0.0
+
+    def end_of_link(self, signal: StopSignal) -> None:
+        """The upstream operator of the chain has finished: this task's one input ends, so it finishes
+        too (close() in chain order) and reports Stopped."""
+        self.remaining -= 1
+        self.last_signal = signal
+        if self.remaining == 0:
+            self.finish(signal)
+            ctx = self.ctx
+            ctx.control.send(Stopped(ctx.name, self.metrics()))
+            ctx.logger.info("stopped: %d in, %d out (%s)", self.records_in, self._router.records_out,
+                            signal.reason)
+
+    def flush_from_link(self) -> None:
+        self._flush_outputs()
+
+    @property
+    def has_pending(self) -> bool:
+        return self._router.has_pending
 
     @property
     def done(self) -> bool:
@@ -162,7 +245,9 @@ class BaseTask:
                 end = step.run(records, keys, pos, self._last_flush + interval)
             except BaseException as exc:
                 failed = step.failed_at
-                if failed == NO_INDEX:
+                chain = self.chain
+                # Raised further down the chain: that member names its record and applied its policy.
+                if failed == NO_INDEX or (chain is not None and chain.failed is not None):
                     raise
                 self.records_in += failed + 1 - pos
                 # KeyboardInterrupt and the like end the task whatever the policy.
@@ -206,7 +291,8 @@ class BaseTask:
 
     @property
     def num_inputs(self) -> int:
-        return len(self.ctx.inbox.input_indices) if self.ctx.inbox is not None else 0
+        channels = len(self.ctx.inbox.input_indices) if self.ctx.inbox is not None else 0
+        return channels + self._linked_inputs
 
     @property
     def processed_count(self) -> int:
@@ -302,14 +388,26 @@ class BaseTask:
         self._last_publish = now = time.perf_counter()
         elapsed = now - self._started if self._started else 0.0
         blocked = router.blocked_seconds
+        # In a chain the time inside this task's operator is the time in its calls (the head: all but
+        # its waits) less the time its calls into the next member took.
+        link = self.in_link
+        inside = link.call_s if link is not None else elapsed - self.wait_s
+        busy = max(inside - sum(out.call_s for out in self.out_links) - blocked, 0.0)
         c[_IN] = self.records_in
         c[_OUT] = router.records_out
         c[_WAIT] = self.wait_s
         c[_BLOCKED] = blocked
-        c[_BUSY] = max(elapsed - self.wait_s - blocked, 0.0)
+        c[_BUSY] = busy
         c[_ERRORS] = self.errors
         if self.cpu_clock is not None:
-            c[_CPU] = self.cpu_clock()
+            cpu = self.cpu_clock()
+            chain = self.chain
+            if chain is not None:
+                # One thread's CPU for the whole chain: each operator gets its share of the chain's time.
+                head = chain.head
+                total = (now - head._started - head.wait_s) if head._started else 0.0
+                cpu = cpu * min(busy / total, 1.0) if total > 0 else 0.0
+            c[_CPU] = cpu
         if self.ctx.gate is not None:
             c[_FILL] = self.ctx.gate.fill()
 

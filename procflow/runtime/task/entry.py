@@ -145,8 +145,16 @@ def end_child(logger: logging.Logger | None, control: Any, code: int) -> None:
     os._exit(code)
 
 
-def task_main(ctx: TaskContext, function: Any, driver: DriverLifeline) -> None:
-    """The whole life of a task process.
+def build_task(ctx: TaskContext, function: Any, chained: tuple = ()) -> BaseTask:
+    """The BaseTask of one task, with the members of its chain (`chained`: TaskStart-like objects with
+    `ctx` and `function`, in chain order) fused behind it (chain.py)."""
+    task = BaseTask(ctx, function)
+    task.chain_with([BaseTask(member.ctx, member.function) for member in chained])
+    return task
+
+
+def task_main(ctx: TaskContext, function: Any, chained: tuple, driver: DriverLifeline) -> None:
+    """The whole life of a task process (and of the chain it runs: `chained`, see build_task).
 
     Every exception, the task's own set-up included (log files, crash log, building its operator),
     reaches the driver as a Failed that names the task (issue 22.11): one raised outside `task.run()`
@@ -170,12 +178,14 @@ def task_main(ctx: TaskContext, function: Any, driver: DriverLifeline) -> None:
         # symlinks, which mode "w" followed and truncated a root-only file. It stays open until the end.
         crash_file = open_private_text(ctx.log_dir, crash_log_name(ctx.name), exclusive=True)
         faulthandler.enable(crash_file, all_threads=False)
+        for member in chained:   # each operator of the chain keeps its own log files
+            member.ctx.logger = open_task_logger(member.ctx.name, member.ctx.log_dir, ctx.config["log_level"])
         step = "building its operator"
-        task = BaseTask(ctx, function)
+        task = build_task(ctx, function, chained)
         task.run()
     except BaseException as exc:  # report everything, SystemExit from user code included
         code = 1
-        report_failure(ctx, function, task, step, exc, logger)
+        report_chain_failure(ctx, function, task, step, exc, logger)
     finally:
         if crash_file is not None:
             faulthandler.disable()
@@ -185,6 +195,9 @@ def task_main(ctx: TaskContext, function: Any, driver: DriverLifeline) -> None:
             except OSError:
                 pass
         try:
+            for member in chained:
+                member.ctx.detach()
+                close_logger(member.ctx.logger)
             ctx.detach()
             shm_queue.detach_all()
         except Exception:
@@ -192,6 +205,25 @@ def task_main(ctx: TaskContext, function: Any, driver: DriverLifeline) -> None:
             if logger is not None:
                 logger.exception("could not detach from the job's shared memory")
     end_child(logger, ctx.control, code)
+
+
+def report_chain_failure(ctx: TaskContext, function: Any, task: BaseTask | None, step: str, exc: BaseException,
+                         logger: logging.Logger | None) -> None:
+    """report_failure for the operator of the chain that raised (the head when it runs alone); the other
+    operators publish their counters and ship their dead letters too."""
+    if task is None:
+        report_failure(ctx, function, task, step, exc, logger)
+        return
+    culprit = task.failing_task()
+    for other in task.chain_tasks():
+        if other is not culprit:
+            try:
+                other._publish()
+                other._flush_dead_letters()
+            except Exception:   # not attached yet, or the control pipe broke: the report still goes
+                pass
+    report_failure(culprit.ctx, culprit.operator.function, culprit, step,  exc,
+                   logger if culprit is task else culprit.ctx.logger)
 
 
 def report_failure(ctx: TaskContext, function: Any, task: BaseTask | None, step: str, exc: BaseException,
