@@ -218,7 +218,9 @@ def test_by_default_an_instance_that_is_held_up_gets_fewer_records(make_env):
     # Issue 19: dynamic distribution is the default for an unkeyed fan-out; no balance() here.
     held = multiprocessing.get_context("fork").Event()
     env = make_env()
-    result = env.from_batch(range(400)).map(HeldUntilTheOtherIsNearlyDone, held, 360, parallelism=2).collect()
+    # One source instance (parallelism=1) fanning out to two: the default edge, not a chain.
+    result = env.from_batch(range(400), parallelism=1).map(HeldUntilTheOtherIsNearlyDone, held, 360,
+                                                           parallelism=2).collect()
     job = env.submit()
     assert held.is_set()
     assert sorted(r for r, _ in result.results()) == list(range(400))     # each record exactly once
@@ -360,3 +362,17 @@ def test_connected_map_is_a_union(backend):
     result = a.connect(b).map(lambda x: x * 10).collect()
     env.submit()
     assert sorted(result.results()) == [10, 20, 30]
+
+
+def test_a_held_up_instance_of_a_chained_source_reads_fewer_splits(make_env):
+    # Issue 19, the pipeline as users write it: the source follows the map's parallelism and shares its
+    # task, so no edge distributes anything; the split enumerator does (pull), and the instance that is
+    # held up reads only the split it took first (400 records in 8 splits of 50).
+    held = multiprocessing.get_context("fork").Event()
+    env = make_env()
+    result = env.from_batch(range(400)).map(HeldUntilTheOtherIsNearlyDone, held, 300, parallelism=2).collect()
+    job = env.submit()
+    assert held.is_set()
+    assert sorted(r for r, _ in result.results()) == list(range(400))
+    per = Counter(index for _, index in result.results())
+    assert per[0] <= 100 and job.metrics["map_0"]["records_in"] == per[0], per
