@@ -8,7 +8,10 @@ Contenders move the same records from one OS process to another:
   mp.Pipe        multiprocessing.Pipe, send/recv per record
   faster-fifo    faster_fifo.Queue, put_many/get_many in batches
 
-Payloads: small dict records, 4 KiB bytes, 1 MiB float64 numpy arrays. Every consumer counts and
+Payloads: small dict records, 4 KiB bytes, 1 MiB float64 numpy arrays, and 64 MiB float64 arrays (larger
+than a ring: procflow's oversized-message path; procflow-shm and mp.Pipe only). Each 64 MiB record is a
+view into one buffer made before the clock starts (record i starts at element i), so that the bench
+times the channel and not the source's 16k page faults per fresh array. Every consumer counts and
 checksums what it received (the same `Checker` code for all), and a wrong total raises.
 
 Contenders run in rounds, each once per round (see bench.common.interleaved), so that the drift of
@@ -55,7 +58,11 @@ JOIN_TIMEOUT = 120.0
 
 # name -> (records per run, records per run with --quick). Runs of procflow last 0.2-0.5 s: shorter ones
 # (50,000 small records took 0.08 s) measured start-up jitter as much as throughput.
-SIZES = {"small": (200_000, 10_000), "4k": (100_000, 4_000), "1m": (1_500, 100)}
+SIZES = {"small": (200_000, 10_000), "4k": (100_000, 4_000), "1m": (1_500, 100), "64m": (48, 6)}
+BIG_LEN = 64 * ARRAY_LEN
+# Contenders for a payload, where not all of them: a 64 MiB array does not fit a faster-fifo queue, and
+# one pipe peer is enough to show the pickling path at that size.
+ONLY = {"64m": ("procflow-shm", "mp.Pipe")}
 
 
 # -- payloads and the shared checker -----------------------------------------------------------------
@@ -72,7 +79,24 @@ def make_1m(i: int) -> np.ndarray:
     return np.full(ARRAY_LEN, float(i))
 
 
-MAKERS = {"small": make_small, "4k": make_4k, "1m": make_1m}
+_big: list[np.ndarray] = []
+MAX_BIG_RECORDS = 4096
+
+
+def make_64m(i: int) -> np.ndarray:
+    """Element k of record i is i + k: a distinct array per record, none of them written after it is
+    returned (a source's records may wait in a batch), and no allocation per record."""
+    if not _big:
+        _big.append(np.arange(BIG_LEN + MAX_BIG_RECORDS, dtype=np.float64))
+    return _big[0][i:i + BIG_LEN]
+
+
+def warm(kind: str) -> None:
+    """Build what a payload's records are cut from, before a producer starts its clock."""
+    MAKERS[kind](0)
+
+
+MAKERS = {"small": make_small, "4k": make_4k, "1m": make_1m, "64m": make_64m}
 
 
 def record_bytes(kind: str) -> int:
@@ -81,7 +105,7 @@ def record_bytes(kind: str) -> int:
         import msgpack
 
         return len(msgpack.packb(make_small(123456)))
-    return {"4k": 4096, "1m": MIB}[kind]
+    return {"4k": 4096, "1m": MIB, "64m": 64 * MIB}[kind]
 
 
 class Checker:
@@ -112,6 +136,14 @@ class Checker:
         self.id_sum += i
         self.nbytes += r.nbytes
         if r.shape != (ARRAY_LEN,) or r[-1] != i or r[ARRAY_LEN // 2] != i:
+            self.bad += 1
+
+    def _add_64m(self, r: np.ndarray) -> None:
+        i = int(r[0])
+        self.count += 1
+        self.id_sum += i
+        self.nbytes += r.nbytes
+        if r.shape != (BIG_LEN,) or r[-1] != i + BIG_LEN - 1 or r[BIG_LEN // 2] != i + BIG_LEN // 2:
             self.bad += 1
 
     def summary(self) -> dict:
@@ -150,6 +182,7 @@ def _queue_consumer(kind, n, q, res):
 
 def _pipe_producer(kind, n, conn, res):
     make, send = MAKERS[kind], conn.send
+    warm(kind)
     res.send(time.perf_counter())
     for i in range(n):
         send(make(i))
@@ -240,6 +273,7 @@ class GenSource(BatchFunction):
 
     def open(self) -> None:
         self.i, self.t0, self.make = 0, None, MAKERS[self.kind]
+        warm(self.kind)
 
     def execute(self):
         i = self.i
@@ -480,7 +514,7 @@ PEERS = ("mp.Queue", "mp.Pipe", "faster-fifo")
 
 def main(argv: list[str] | None = None) -> dict:
     parser = common.base_parser("python -m bench.channels", __doc__, default_runs=5)
-    parser.add_argument("--payloads", default="small,4k,1m", help="comma list of: small, 4k, 1m")
+    parser.add_argument("--payloads", default="small,4k,1m,64m", help="comma list of: small, 4k, 1m, 64m")
     parser.add_argument("--no-procflow", action="store_true", help="run the peers only")
     args = parser.parse_args(argv)
     shm_before = common.shm_entries()
@@ -508,7 +542,7 @@ def main(argv: list[str] | None = None) -> dict:
         n = SIZES[kind][1 if args.quick else 0]
         nbytes = record_bytes(kind)
         fns = {}
-        for name in contenders:
+        for name in (c for c in contenders if c in ONLY.get(kind, contenders)):
             if name.startswith("procflow-"):
                 fns[name] = functools.partial(run_procflow, name.split("-", 1)[1], kind, n)
             else:
@@ -525,7 +559,7 @@ def main(argv: list[str] | None = None) -> dict:
         base = results.get("mp.Queue", {}).get("records_per_s")
         for m in results.values():
             m["vs_mp_queue"] = common.ratio(m["records_per_s"], base)
-        if kind == "1m":
+        if kind in ("1m", "64m"):
             for m in results.values():
                 m["pct_of_memcpy"] = 100 * m["mb_per_s"] / ceiling
         doc["payloads"][kind] = {"n": n, "record_bytes": nbytes, "contenders": results}
@@ -569,7 +603,8 @@ def targets(doc: dict) -> list[dict]:
     pipe_lat = (lat.get("mp.Pipe") or {}).get("median_us")
     rows = [("small records, shm vs mp.Queue", get("small", "procflow-shm", "vs_mp_queue"), 8.0, "x"),
             ("1 MiB arrays, shm vs mp.Queue", get("1m", "procflow-shm", "vs_mp_queue"), 15.0, "x"),
-            ("1 MiB arrays, shm % of memcpy", get("1m", "procflow-shm", "pct_of_memcpy"), 40.0, "%")]
+            ("1 MiB arrays, shm % of memcpy", get("1m", "procflow-shm", "pct_of_memcpy"), 85.0, "%"),
+            ("64 MiB arrays, shm % of memcpy", get("64m", "procflow-shm", "pct_of_memcpy"), 85.0, "%")]
     out = [{"name": name, "value": v, "goal": f">= {goal:g}{unit}", "met": None if v is None else v >= goal}
            for name, v, goal, unit in rows]
     out.append({"name": "latency, ring vs mp.Pipe (us)", "value": pf_lat,

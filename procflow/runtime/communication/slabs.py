@@ -157,9 +157,12 @@ class SlabViews:
 
     def __init__(self) -> None:
         self._mapped: dict[str, tuple[SharedSegment, Any, memoryview]] = {}
-        # weak reference to the memoryview under a handed-out array -> (state word, its address)
-        self._live: dict[weakref.ref, tuple[Any, int]] = {}
+        # id of a weak reference to the memoryview under a handed-out array -> (the reference, the
+        # slab's state word, its address). By id: a weak reference hashes as its referent, and a
+        # read-only memoryview hashes its bytes (14 ms for 64 MiB).
+        self._live: dict[int, tuple[weakref.ref, Any, int]] = {}
         self._fresh: list[weakref.ref] = []   # handed out since the last `settle()`
+        self.handed_bytes = 0                  # bytes of every array handed out, ever
 
     def array(self, name: str, dtype: np.dtype, shape: list) -> np.ndarray:
         mapped = self._mapped.get(name)
@@ -170,30 +173,31 @@ class SlabViews:
         for n in shape:
             count *= n
         flat = np.frombuffer(data, dtype=dtype, count=count)
+        self.handed_bytes += flat.nbytes
         # numpy wraps `data` in a memoryview of its own, which every view of this array (and views of
         # those) keeps alive: its death is the last view's.
         ref = weakref.ref(flat.base, self._release)
-        self._live[ref] = (state, segment.address)
+        self._live[id(ref)] = (ref, state, segment.address)
         self._fresh.append(ref)
         return flat.reshape(shape)
 
     def _release(self, ref: weakref.ref) -> None:
-        entry = self._live.pop(ref, None)
+        entry = self._live.pop(id(ref), None)
         if entry is not None:
-            entry[0].value = FREE
-            futex.wake(entry[1])
+            entry[1].value = FREE
+            futex.wake(entry[2])
 
     def settle(self) -> None:
         """The calls that received the arrays handed out so far have returned (the task reads again):
         mark the slabs of those still alive KEPT, so that their producer stops waiting for them."""
         for ref in self._fresh:
-            entry = self._live.get(ref)
-            if entry is None:
+            entry = self._live.get(id(ref))
+            if entry is None or entry[0] is not ref:
                 continue
-            entry[0].value = KEPT
-            futex.wake(entry[1])
+            entry[1].value = KEPT
+            futex.wake(entry[2])
             if ref() is None:   # died while we marked it (its release ran first, in another thread)
-                entry[0].value = FREE
+                entry[1].value = FREE
         self._fresh = []
 
     def _map(self, name: str) -> tuple[SharedSegment, Any, memoryview]:

@@ -260,6 +260,7 @@ class ShmInputGate(InputGate):
         self._capacity = capacity * max(len(input_indices), 1)
         self._spin = ringmod.SpinPolicy()
         self._handed_at = time.perf_counter()   # when the last read returned: the task has worked since
+        self._slab_bytes = 0                     # bytes of slab arrays this read has handed out
         # poll_period > 0 (InputGate): a consumer that needs no prompt wake-ups (collect batches results
         # for 100 ms anyway) polls its rings this often instead of sleeping on the doorbell, which every
         # producer commit rings: behind two 1 ms-flushing maps, 2000 wake-ups a second on 2 cores.
@@ -275,6 +276,7 @@ class ShmInputGate(InputGate):
             reader.publish_done(busy_s)
         self.slabs.settle()
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._slab_bytes = 0
         spins = 0
         out = self._out
         while True:
@@ -311,15 +313,25 @@ class ShmInputGate(InputGate):
                 return []
             self._doorbell.wait(seen, wait)
 
-    def _handle(self, decoder: BatchDecoder, flags: int, body: memoryview) -> None:
+    def _handle(self, decoder: BatchDecoder, flags: int, body: memoryview) -> bool:
+        """Decode one frame into `_out`; True once this read holds READ_BUDGET bytes of slab arrays.
+
+        Why stop there: a slab is freed only when the task is done with its array, at the earliest
+        once it asks for more. A read that took every array in flight (their frames are small) would
+        leave the producer nothing to fill until the whole batch is processed; one at a time, it fills
+        the others meanwhile, as it did the ring space freed behind each copied array."""
+        if not flags & (ringmod.FLAG_LIST | ringmod.FLAG_BATCH | ringmod.FLAG_CONTROL):
+            handed = self.slabs.handed_bytes
+            decoder.single(body, self._out)
+            self._slab_bytes += self.slabs.handed_bytes - handed
+            return self._slab_bytes >= READ_BUDGET
         if flags & ringmod.FLAG_LIST:
             decoder.array(body, bool(flags & ringmod.FLAG_KEYED), self._out)
         elif flags & ringmod.FLAG_BATCH:
             decoder.batch(body, bool(flags & ringmod.FLAG_KEYED), self._out)
-        elif flags & ringmod.FLAG_CONTROL:
-            decoder.control(pickle.loads(body), self._out)
         else:
-            decoder.single(body, self._out)
+            decoder.control(pickle.loads(body), self._out)
+        return False
 
     def close(self) -> None:
         for reader in self._readers:
