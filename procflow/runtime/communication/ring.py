@@ -295,7 +295,7 @@ class RingReader:
             body_start = data + pos + _FRAME.size
             body = view[body_start:body_start + length]
             rpos += _FRAME.size + _align8(length)
-            enough = False
+            enough: object = False
             if flags & FLAG_MORE:
                 if self._partial is None:
                     self._partial = bytearray()

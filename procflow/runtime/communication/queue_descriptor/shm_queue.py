@@ -1,4 +1,5 @@
-"""The `shm` channel kind: one shared-memory inbox per consuming task, one ring per incoming edge."""
+"""The `shm` channel kind: one shared-memory inbox per consuming task, one ring per incoming edge, and
+beside each ring a pool of slabs in which large numpy arrays travel, received without a copy (slabs.py)."""
 
 from __future__ import annotations
 
@@ -203,7 +204,9 @@ class ShmChannelWriter(ChannelWriter):
             self._write_batch()
         if nbytes >= slabmod.SLAB_MIN and self.slabs is not None:
             raw = codec.array_bytes_of(parts)
-            name = None if raw is None else self.slabs.put(raw, self._ring.commit)
+            name = None
+            if raw is not None and raw.nbytes >= slabmod.SLAB_MIN:
+                name = self.slabs.put(raw, self._ring.commit)
             if name is not None:
                 # A few bytes in the ring stand for the slab: publish now, or the frame would wait for
                 # batch_bytes of others while the pool runs out of free slabs.
