@@ -2,14 +2,18 @@
 
 Contenders move the same records from one OS process to another:
 
-  procflow-shm   procflow pipeline  from_batch(source) -> sink, config {"queue": "shm"}
+  procflow-shm   procflow pipeline  from_batch(source) -> sink, config {"queue": "shm", "chaining": False}
+                 (two processes: chained, the source would call the sink directly and no channel would run)
   procflow-mp    the same pipeline with config {"queue": "mp"}
   mp.Queue       multiprocessing.Queue, put/get per record (the baseline every ratio is taken against)
   mp.Pipe        multiprocessing.Pipe, send/recv per record
   faster-fifo    faster_fifo.Queue, put_many/get_many in batches
 
-Payloads: small dict records, 4 KiB bytes, 1 MiB and 64 MiB float64 numpy arrays. Every consumer counts
-and checksums what it received (the same `Checker` code for all), and a wrong total raises.
+Payloads: small dict records, 4 KiB bytes, 1 MiB float64 numpy arrays, and 64 MiB float64 arrays (larger
+than a ring: procflow's oversized-message path; procflow-shm and mp.Pipe only). Each 64 MiB record is a
+view into one buffer made before the clock starts (record i starts at element i), so that the bench
+times the channel and not the source's 16k page faults per fresh array. Every consumer counts and
+checksums what it received (the same `Checker` code for all), and a wrong total raises.
 
 Contenders run in rounds, each once per round (see bench.common.interleaved), so that the drift of
 a shared machine spreads over all of them rather than landing on one.
@@ -58,7 +62,7 @@ JOIN_TIMEOUT = 120.0
 
 # name -> (records per run, records per run with --quick). Runs of procflow last 0.2-0.5 s: shorter ones
 # (50,000 small records took 0.08 s) measured start-up jitter as much as throughput.
-SIZES = {"small": (200_000, 10_000), "4k": (100_000, 4_000), "1m": (1_500, 100), "64m": (32, 4)}
+SIZES = {"small": (200_000, 10_000), "4k": (100_000, 4_000), "1m": (1_500, 100), "64m": (48, 6)}
 # Bytes every memcpy measurement copies per run (the reps follow from the array size).
 MEMCPY_BYTES = (2000 * MIB, 200 * MIB)   # (default, --quick)
 # The out-of-cache copy rotates over buffers of at least this many bytes each side, and at least
@@ -66,6 +70,10 @@ MEMCPY_BYTES = (2000 * MIB, 200 * MIB)   # (default, --quick)
 # would have measured a partly cache-resident copy and flattered the ceiling.
 MEMCPY_POOL_MIN = 256 * MIB
 LLC_FACTOR = 4
+BIG_LEN = 64 * ARRAY_LEN
+# Contenders for a payload, where not all of them: a 64 MiB array does not fit a faster-fifo queue, and
+# one pipe peer is enough to show the pickling path at that size.
+ONLY = {"64m": ("procflow-shm", "mp.Pipe")}
 
 
 # -- payloads and the shared checker -----------------------------------------------------------------
@@ -82,8 +90,21 @@ def make_1m(i: int) -> np.ndarray:
     return np.full(ARRAY_LEN, float(i))
 
 
+_big: list[np.ndarray] = []
+MAX_BIG_RECORDS = 4096
+
+
 def make_64m(i: int) -> np.ndarray:
-    return np.full(ARRAY_BYTES["64m"] // 8, float(i))
+    """Element k of record i is i + k: a distinct array per record, none of them written after it is
+    returned (a source's records may wait in a batch), and no allocation per record."""
+    if not _big:
+        _big.append(np.arange(BIG_LEN + MAX_BIG_RECORDS, dtype=np.float64))
+    return _big[0][i:i + BIG_LEN]
+
+
+def warm(kind: str) -> None:
+    """Build what a payload's records are cut from, before a producer starts its clock."""
+    MAKERS[kind](0)
 
 
 MAKERS = {"small": make_small, "4k": make_4k, "1m": make_1m, "64m": make_64m}
@@ -132,7 +153,12 @@ class Checker:
         self._add_array(r, ARRAY_LEN)
 
     def _add_64m(self, r: np.ndarray) -> None:
-        self._add_array(r, ARRAY_BYTES["64m"] // 8)
+        i = int(r[0])
+        self.count += 1
+        self.id_sum += i
+        self.nbytes += r.nbytes
+        if r.shape != (BIG_LEN,) or r[-1] != i + BIG_LEN - 1 or r[BIG_LEN // 2] != i + BIG_LEN // 2:
+            self.bad += 1
 
     def summary(self) -> dict:
         return {"count": self.count, "id_sum": self.id_sum, "nbytes": self.nbytes, "bad": self.bad}
@@ -170,6 +196,7 @@ def _queue_consumer(kind, n, q, res):
 
 def _pipe_producer(kind, n, conn, res):
     make, send = MAKERS[kind], conn.send
+    warm(kind)
     res.send(time.perf_counter())
     for i in range(n):
         send(make(i))
@@ -261,6 +288,7 @@ class GenSource(BatchFunction):
 
     def open(self) -> None:
         self.i, self.t0, self.make = 0, None, MAKERS[self.kind]
+        warm(self.kind)
 
     def execute(self):
         i = self.i
@@ -301,7 +329,7 @@ def run_procflow(queue: str, kind: str, n: int) -> float:
     contender = f"procflow-{queue}"
     try:
         src_path, sink_path = os.path.join(tmp, "src.json"), os.path.join(tmp, "sink.json")
-        env = procflow.LocalEnvironment(f"bench_channels_{queue}", config={"queue": queue})
+        env = procflow.LocalEnvironment(f"bench_channels_{queue}", config={"queue": queue, "chaining": False})
         try:
             env.from_batch(GenSource, kind, n, src_path).sink(CheckSink, kind, sink_path)
             common.submit_with_watchdog(env, JOIN_TIMEOUT)
@@ -593,7 +621,7 @@ def main(argv: list[str] | None = None) -> dict:
         n = args.n or SIZES[kind][1 if args.quick else 0]
         nbytes = record_bytes(kind)
         fns = {}
-        for name in contenders:
+        for name in (c for c in contenders if c in ONLY.get(kind, contenders)):
             if name.startswith("procflow-"):
                 fns[name] = functools.partial(run_procflow, name.split("-", 1)[1], kind, n)
             else:

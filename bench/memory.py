@@ -148,7 +148,7 @@ def run_procflow(queue: str, n: int, sleep_s: float) -> dict:
     tmp = tempfile.mkdtemp(prefix="procflow_bench_")
     pid_path, out_path = os.path.join(tmp, "pids"), os.path.join(tmp, "out.json")
     sampler = Sampler()
-    env = procflow.LocalEnvironment(f"bench_memory_{queue}", config={"queue": queue})
+    env = procflow.LocalEnvironment(f"bench_memory_{queue}", config={"queue": queue, "chaining": False})
     try:
         env.from_batch(FastSource, n, pid_path).sink(SlowSink, sleep_s, pid_path, out_path)
         sampler.start()

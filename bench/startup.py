@@ -90,7 +90,7 @@ def startup_procflow(queue: str) -> None:
 
     env = procflow.LocalEnvironment("bench_startup", config={"queue": queue})
     try:
-        res = env.from_batch([]).map(_identity, parallelism=TASKS - 1).collect()
+        res = env.from_batch([], parallelism=1).map(_identity, parallelism=TASKS - 1).collect()
         common.submit_with_watchdog(env, JOB_TIMEOUT)
         common.verify(f"procflow-{queue}", "records collected", len(res.results()), 0)
     finally:

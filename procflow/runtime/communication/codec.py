@@ -2,11 +2,13 @@
 
 Wire format of one encoded record (the frame body of a ring slot)::
 
-    byte 0      tag: PLAIN | NDARRAY | PICKLED, plus KEYED when a partition key travels with the record
+    byte 0      tag: PLAIN | NDARRAY | PICKLED | SLAB, plus KEYED when a partition key travels with it
     [key]       if KEYED: u32 length + msgpack(key)            (keys are small and usually plain data)
     body        PLAIN:   msgpack(record)
                 NDARRAY: u32 header length + msgpack([dtype.str, shape]) + raw C-order bytes
                 PICKLED: u32 count + u64 length per out-of-band buffer + pickle-5 bytes + the buffers
+                SLAB:    the NDARRAY header, then u16 length + the name of the slab holding the raw
+                         bytes (slabs.py: a large array on a shm edge; received as a read-only view)
 
 msgpack carries plain data fast; tuples travel as an extension type so they come back as tuples, and
 `strict_types` sends subclasses (an OrderedDict, an IntEnum) to pickle instead of flattening them. A
@@ -45,7 +47,7 @@ import numpy as np
 
 from procflow.core.errors import EncodeError
 
-PLAIN, NDARRAY, PICKLED = 0, 1, 2
+PLAIN, NDARRAY, PICKLED, SLAB = 0, 1, 2, 3
 KEYED = 0x10
 _KIND_MASK = 0x0F
 
@@ -57,6 +59,7 @@ _EXT_MEMORYVIEW = 4
 # The formats memoryview.cast can rebuild a received memoryview with ('@' is the native default).
 _CASTABLE_FORMATS = frozenset("bBhHiIlLqQnNfd?Pc") | frozenset("@" + f for f in "bBhHiIlLqQnNfd?Pc")
 
+_U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
@@ -298,8 +301,10 @@ def encode_key(key: Any) -> bytes:
     return _U32.pack(len(packed)) + packed
 
 
-def decode(view: memoryview) -> tuple[Any, Any, bool]:
-    """Decode one frame body into (record, key, keyed). Never keeps a reference into `view`."""
+def decode(view: memoryview, slabs: Any = None) -> tuple[Any, Any, bool]:
+    """Decode one frame body into (record, key, keyed). Never keeps a reference into `view`.
+
+    `slabs` (a slabs.SlabViews) resolves SLAB frames, which only a shm channel sends."""
     tag = view[0]
     pos = 1
     key = None
@@ -315,6 +320,8 @@ def decode(view: memoryview) -> tuple[Any, Any, bool]:
         return _unpackb(body), key, keyed
     if kind == NDARRAY:
         return _array_from(body, copy=True), key, keyed
+    if kind == SLAB:
+        return _slab_array(body, slabs), key, keyed
     (count,) = _U32.unpack_from(body, 0)
     lens = [_U64.unpack_from(body, 4 + 8 * i)[0] for i in range(count)]
     pos = 4 + 8 * count
@@ -326,6 +333,29 @@ def decode(view: memoryview) -> tuple[Any, Any, bool]:
         bufs.append(bytearray(body[pos:pos + n]))
         pos += n
     return pickle.loads(data, buffers=bufs), key, keyed
+
+
+def _slab_array(body: memoryview, slabs: Any) -> np.ndarray:
+    (hlen,) = _U32.unpack_from(body, 0)
+    dtype_str, shape = _unpackb(body[4:4 + hlen])
+    (nlen,) = _U16.unpack_from(body, 4 + hlen)
+    name = bytes(body[6 + hlen:6 + hlen + nlen]).decode()
+    return slabs.array(name, np.dtype(dtype_str), shape)
+
+
+def array_bytes_of(parts: list) -> memoryview | None:
+    """The raw bytes of a frame that carries one numpy array (NDARRAY), else None."""
+    if parts[0][0] & _KIND_MASK != NDARRAY:
+        return None
+    return parts[-1]
+
+
+def slab_frame(parts: list, slab_name: str) -> tuple[list, int]:
+    """An NDARRAY frame's parts (`frame`) turned into a SLAB frame: the same tag bits, key and header,
+    the slab's name in place of the raw bytes, which the caller has put in that slab."""
+    name = slab_name.encode()
+    parts = [bytes((parts[0][0] & KEYED | SLAB,)), *parts[1:-1], _U16.pack(len(name)) + name]
+    return parts, sum(len(p) for p in parts)
 
 
 def frame(kind: int, body: list, key_bytes: bytes | None) -> tuple[list, int]:

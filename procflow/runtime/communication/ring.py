@@ -268,7 +268,8 @@ class RingReader:
         return self._write_word.value - self._read_word.value
 
     def drain(self, handle: Callable[[int, memoryview], object], budget: int | None = None) -> int:
-        """Call `handle(flags, body)` for the complete frames now in the ring, then free the space.
+        """Call `handle(flags, body)` for the complete frames now in the ring, then free the space. A
+        true result from `handle` stops the drain after that frame (it received enough: slabs.py).
 
         `body` is a view into shared memory, valid only during the call: handlers copy what they keep.
         `budget`: stop once about this many ring bytes were consumed, so that a consumer behind a full ring
@@ -294,6 +295,7 @@ class RingReader:
             body_start = data + pos + _FRAME.size
             body = view[body_start:body_start + length]
             rpos += _FRAME.size + _align8(length)
+            enough: object = False
             if flags & FLAG_MORE:
                 if self._partial is None:
                     self._partial = bytearray()
@@ -301,13 +303,13 @@ class RingReader:
             elif self._partial is not None:
                 self._partial += body
                 whole, self._partial = self._partial, None
-                handle(flags, memoryview(whole))
+                enough = handle(flags, memoryview(whole))
             else:
-                handle(flags, body)
+                enough = handle(flags, body)
             # Free space as we go so a producer blocked on a huge message can continue.
             if rpos - self._rpos >= cap // 8:
                 self._release(rpos)
-            if rpos >= limit:
+            if rpos >= limit or enough:
                 break
         self._release(rpos)
         return rpos - start

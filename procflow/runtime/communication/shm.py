@@ -9,6 +9,10 @@ A created segment is committed at once (`posix_fallocate`): tmpfs hands out page
 page it cannot back kills the toucher with SIGBUS, mid-job and without a hint (issue 22 item 9: a 64 MiB
 Docker /dev/shm). Committed, a shortage is an ENOSPC here, at prepare, raised as ShmCapacityError.
 
+A task may make segments of its own beside one of the driver's, named after it (``<name>_<suffix>``: an
+edge's slabs, slabs.py): unlinking the driver's segment removes them too, so a task killed before it
+could clean up leaves nothing behind.
+
 Names are ``procflow_<driver pid>_<driver token>_<job id>_<role>_<secret>``. The first two parts are the
 driver's owner key, whose lock (see shm_owner.py) lets `sweep_orphans()` remove the segments of a driver
 that was killed with SIGKILL, and only those: a segment whose owner is dead belongs to nobody.
@@ -89,11 +93,18 @@ class SharedSegment:
         self._mmap = None
 
     def unlink(self) -> None:
-        """Remove the name. Only the creating process calls this, once."""
+        """Remove the name, and those of segments named after it. Only the creating process calls
+        this, once."""
+        derived = self.name + "_"
         try:
-            os.unlink(os.path.join(SHM_DIR, self.name))
+            names = [n for n in os.listdir(SHM_DIR) if n.startswith(derived)]
         except FileNotFoundError:
-            pass
+            names = []
+        for name in (self.name, *names):
+            try:
+                os.unlink(os.path.join(SHM_DIR, name))
+            except FileNotFoundError:
+                pass
 
     def __reduce__(self) -> tuple[Callable[[str], SharedSegment], tuple[str]]:
         return (_attach, (self.name,))

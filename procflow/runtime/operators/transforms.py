@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from procflow.core.functions import (
     BaseFunction,
     FilterFunction,
@@ -14,6 +16,7 @@ from procflow.core.functions import (
     SinkFunction,
 )
 from procflow.runtime.communication.queue_descriptor.driver import DriverWriter
+from procflow.runtime.communication.slabs import owned
 from procflow.runtime.context.task_context import attached_router
 from procflow.runtime.operators.base import Operator
 
@@ -169,6 +172,8 @@ class ReduceOperator(Operator[ReduceFunction]):
             value = self.function.execute(state[key], record)
         else:
             value = record
+        if type(value) is np.ndarray:   # a received array is a read-only view on a slab: keep a copy
+            value = owned(value)
         state[key] = value
         if self._running:
             self.emit((key, value))

@@ -28,6 +28,7 @@ from procflow.runtime.communication.codec import EncodeError
 from procflow.runtime.communication.packet import RecordBatch
 from procflow.runtime.communication.queue_descriptor.driver import SEND_INTERVAL
 from procflow.runtime.communication.router import BaseRouter
+from procflow.runtime.communication.slabs import owned
 from procflow.runtime.context.task_context import TaskContext, attached_router
 from procflow.runtime.control import DeadLetter, Ready, Stopped, short_repr
 from procflow.runtime.job_control import FIELDS
@@ -321,6 +322,9 @@ class BaseTask:
                 items = gate.read(SEND_INTERVAL if router.has_pending else None)
             self.wait_s += perf() - t0
             self.process_batch(items)
+            # Processed: drop them before the next read, which frees the slabs of received arrays
+            # that no one kept (slabs.py); held through the read, they would all look kept.
+            del items
             self._publish()
         return self.last_signal
 
@@ -347,8 +351,8 @@ class BaseTask:
                                 type(exc).__name__, exc, policy)
         self.ctx.logger.debug("%s", tb)
         if policy == "dead_letter":
-            self._dead_letters.append({"task": self.ctx.name, "record": record, "error": f"{type(exc).__name__}: {exc}",
-                                       "traceback": tb})
+            self._dead_letters.append({"task": self.ctx.name, "record": owned(record),
+                                       "error": f"{type(exc).__name__}: {exc}", "traceback": tb})
             if len(self._dead_letters) >= 256:
                 self._flush_dead_letters()
 

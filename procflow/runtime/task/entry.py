@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from procflow.runtime.allocator import keep_freed_memory
 from procflow.runtime.communication.queue_descriptor import shm_queue
 from procflow.runtime.context.task_context import TaskContext
 from procflow.runtime.control import ErrorReport, Failed
@@ -92,6 +93,7 @@ def become_child(driver: DriverLifeline) -> None:
     reset to the default action here.
     """
     _keep_inherited_objects()
+    keep_freed_memory()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -95,9 +95,10 @@ class InputGate(ABC):
 class BatchDecoder:
     """Turns received frames into RecordBatches for one input slot; shared by the channel kinds."""
 
-    def __init__(self, slot: int, input_index: int) -> None:
+    def __init__(self, slot: int, input_index: int, slabs: Any = None) -> None:
         self.slot = slot
         self.input_index = input_index
+        self._slabs = slabs   # a shm gate's slabs.SlabViews: resolves arrays sent in slabs
         self._unpacker = msgpack.Unpacker(ext_hook=codec._ext_hook, raw=False, strict_map_key=False,
                                           max_buffer_size=1 << 31)
 
@@ -117,7 +118,7 @@ class BatchDecoder:
             out.append(RecordBatch(items, None, self.input_index))
 
     def single(self, body: memoryview, out: list) -> None:
-        record, key, keyed = codec.decode(body)
+        record, key, keyed = codec.decode(body, self._slabs)
         out.append(RecordBatch([record], [key] if keyed else None, self.input_index))
 
     def control(self, signal: Any, out: list) -> None:

@@ -18,8 +18,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from procflow.runtime.communication import codec
 from procflow.runtime.communication.queue_descriptor.base import ChannelWriter
+from procflow.runtime.communication.slabs import owned
 from procflow.runtime.control import Results, short_repr
 
 # Results travel when BATCH records are waiting or SEND_INTERVAL has passed (and all at end of input):
@@ -60,13 +63,17 @@ class DriverWriter(ChannelWriter):
     def bind_control(self, control: Any) -> None:
         self.control = control
 
+    # Records wait here up to SEND_INTERVAL: an array received on a slab is copied (slabs.owned), or
+    # it would hold the slab, and its producer would fall back to copying through the ring.
     def send_object(self, record: Any, key: Any, keyed: bool) -> None:
-        self._buffer.append(record)
+        self._buffer.append(owned(record) if type(record) is np.ndarray else record)
         self.objects_sent += 1
         if len(self._buffer) >= BATCH:
             self._ship()
 
     def send_many(self, records: list) -> None:
+        if np.ndarray in map(type, records):
+            records = [owned(r) for r in records]
         self._buffer += records
         self.objects_sent += len(records)
         if len(self._buffer) >= BATCH:

@@ -1,4 +1,5 @@
-"""The `shm` channel kind: one shared-memory inbox per consuming task, one ring per incoming edge."""
+"""The `shm` channel kind: one shared-memory inbox per consuming task, one ring per incoming edge, and
+beside each ring a pool of slabs in which large numpy arrays travel, received without a copy (slabs.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 
 from procflow.runtime.communication import codec
 from procflow.runtime.communication import ring as ringmod
+from procflow.runtime.communication import slabs as slabmod
 from procflow.runtime.communication.packet import RecordBatch
 from procflow.runtime.communication.queue_descriptor.base import BatchDecoder, ChannelWriter, InputGate
 from procflow.runtime.communication.shm import SharedSegment
@@ -47,7 +49,9 @@ class ShmEdge:
 
     def open_writer(self) -> ShmChannelWriter:
         seg = _attach(self.inbox)
-        return ShmChannelWriter(ringmod.RingWriter(seg, self.slot, self.capacity), self.batch_bytes)
+        # Slabs for large arrays: up to twice the ring in bytes (slabs.py), made on first use.
+        pool = slabmod.SlabPool(self.inbox, self.slot, 2 * self.capacity)
+        return ShmChannelWriter(ringmod.RingWriter(seg, self.slot, self.capacity), self.batch_bytes, pool)
 
 
 @dataclass(frozen=True)
@@ -78,13 +82,18 @@ class ShmChannelWriter(ChannelWriter):
     - `send_object` keeps Python objects and encodes a whole batch with one msgpack call at flush
       (about half the cost of encoding records one by one); the batch length adapts to record size;
     - `send_record` appends records someone already encoded (fan-out: encode once, copy to each ring).
+
+    A numpy array of at least SLAB_MIN bytes goes in a slab when its pool has one to spare
+    (slabs.py): the ring carries its name, and the consumer views the slab instead of copying.
     """
 
     _MAX_PENDING = 1024
     sends_anything = True
 
-    def __init__(self, ring: ringmod.RingWriter, batch_bytes: int) -> None:
+    def __init__(self, ring: ringmod.RingWriter, batch_bytes: int,
+                 slabs: slabmod.SlabPool | None = None) -> None:
         self._ring = ring
+        self.slabs = slabs
         self._batch = bytearray()
         self._batch_keyed = False
         self._batch_bytes = batch_bytes
@@ -193,6 +202,18 @@ class ShmChannelWriter(ChannelWriter):
             self._write_pending()
         if self._batch:
             self._write_batch()
+        if nbytes >= slabmod.SLAB_MIN and self.slabs is not None:
+            raw = codec.array_bytes_of(parts)
+            name = None
+            if raw is not None and raw.nbytes >= slabmod.SLAB_MIN:
+                name = self.slabs.put(raw, self._ring.commit)
+            if name is not None:
+                # A few bytes in the ring stand for the slab: publish now, or the frame would wait for
+                # batch_bytes of others while the pool runs out of free slabs.
+                parts, nbytes = codec.slab_frame(parts, name)
+                self._ring.write(parts, nbytes, 0)
+                self._ring.commit()
+                return
         self._ring.write(parts, nbytes, 0)
         if self._ring.pending_bytes >= self._batch_bytes:
             self._ring.commit()
@@ -219,10 +240,12 @@ class ShmChannelWriter(ChannelWriter):
 
     @property
     def blocked_seconds(self) -> float:  # type: ignore[override]
-        return self._ring.blocked_seconds
+        return self._ring.blocked_seconds + (self.slabs.blocked_seconds if self.slabs is not None else 0.0)
 
     def close(self) -> None:
         self._ring.close()
+        if self.slabs is not None:
+            self.slabs.close()
 
 
 # Ring bytes decoded per input channel per read(): bounds the Python objects a consumer holds at once
@@ -234,11 +257,13 @@ class ShmInputGate(InputGate):
     def __init__(self, segment: SharedSegment, input_indices: tuple[int, ...], capacity: int) -> None:
         self._doorbell = ringmod.Doorbell(segment)
         self._readers = [ringmod.RingReader(segment, slot, capacity) for slot in range(len(input_indices))]
-        self._decoders = [BatchDecoder(slot, idx) for slot, idx in enumerate(input_indices)]
+        self.slabs = slabmod.SlabViews()
+        self._decoders = [BatchDecoder(slot, idx, self.slabs) for slot, idx in enumerate(input_indices)]
         self._out: list = []
         self._capacity = capacity * max(len(input_indices), 1)
         self._spin = ringmod.SpinPolicy()
         self._handed_at = time.perf_counter()   # when the last read returned: the task has worked since
+        self._slab_bytes = 0                     # bytes of slab arrays this read has handed out
         # poll_period > 0 (InputGate): a consumer that needs no prompt wake-ups (collect batches results
         # for 100 ms anyway) polls its rings this often instead of sleeping on the doorbell, which every
         # producer commit rings: behind two 1 ms-flushing maps, 2000 wake-ups a second on 2 cores.
@@ -252,7 +277,9 @@ class ShmInputGate(InputGate):
         busy_s = time.perf_counter() - self._handed_at
         for reader in self._readers:
             reader.publish_done(busy_s)
+        self.slabs.settle()
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._slab_bytes = 0
         spins = 0
         out = self._out
         while True:
@@ -289,17 +316,28 @@ class ShmInputGate(InputGate):
                 return []
             self._doorbell.wait(seen, wait)
 
-    def _handle(self, decoder: BatchDecoder, flags: int, body: memoryview) -> None:
+    def _handle(self, decoder: BatchDecoder, flags: int, body: memoryview) -> bool:
+        """Decode one frame into `_out`; True once this read holds READ_BUDGET bytes of slab arrays.
+
+        Why stop there: a slab is freed only when the task is done with its array, at the earliest
+        once it asks for more. A read that took every array in flight (their frames are small) would
+        leave the producer nothing to fill until the whole batch is processed; one at a time, it fills
+        the others meanwhile, as it did the ring space freed behind each copied array."""
+        if not flags & (ringmod.FLAG_LIST | ringmod.FLAG_BATCH | ringmod.FLAG_CONTROL):
+            handed = self.slabs.handed_bytes
+            decoder.single(body, self._out)
+            self._slab_bytes += self.slabs.handed_bytes - handed
+            return self._slab_bytes >= READ_BUDGET
         if flags & ringmod.FLAG_LIST:
             decoder.array(body, bool(flags & ringmod.FLAG_KEYED), self._out)
         elif flags & ringmod.FLAG_BATCH:
             decoder.batch(body, bool(flags & ringmod.FLAG_KEYED), self._out)
-        elif flags & ringmod.FLAG_CONTROL:
-            decoder.control(pickle.loads(body), self._out)
         else:
-            decoder.single(body, self._out)
+            decoder.control(pickle.loads(body), self._out)
+        return False
 
     def close(self) -> None:
         for reader in self._readers:
             reader.close()
         self._readers = []
+        self.slabs.close()
