@@ -14,7 +14,9 @@ import pytest
 from procflow import BatchFunction, JobFailedError, SinkFunction
 from procflow.runtime.communication.slabs import SLAB_MIN
 
-RING = {"ring_bytes": 256 << 10}   # a few arrays fill it: 400 of them wrap it hundreds of times
+# A few arrays fill the ring: 400 of them wrap it hundreds of times. Chaining off: every operator in a
+# task of its own, so that each array crosses a channel (chained, a source hands its arrays on by call).
+RING = {"ring_bytes": 256 << 10, "chaining": False}
 BIG = 2 * SLAB_MIN // 8            # float64 elements: 128 KiB, travels in a slab on shm
 SMALL = 1024                       # 8 KiB: travels in the ring, copied
 N = 400
@@ -120,7 +122,8 @@ def flags(a):
 @pytest.mark.backends("local-shm", "local-shm-spawn")
 def test_on_shm_a_large_array_arrives_read_only_and_a_small_one_as_a_writable_copy(backend):
     env = backend.make_env()
-    result = env.from_batch([np.zeros(BIG), np.zeros(SMALL)]).map(flags).collect()
+    # disable_chaining: the map in a task of its own, fed over a channel (chained, it gets the source's arrays)
+    result = env.from_batch([np.zeros(BIG), np.zeros(SMALL)]).map(flags).disable_chaining().collect()
     env.submit()
     assert sorted(result.results()) == [(SMALL * 8, True), (BIG * 8, False)]
 
@@ -134,6 +137,6 @@ def write_into(a):
 @pytest.mark.backends("local-shm")
 def test_writing_into_a_received_view_fails_the_job_and_says_so(backend):
     env = backend.make_env()
-    env.from_batch([np.zeros(BIG)]).map(write_into).collect()
+    env.from_batch([np.zeros(BIG)]).map(write_into).disable_chaining().collect()
     with pytest.raises(JobFailedError, match="read-only"):
         env.submit()

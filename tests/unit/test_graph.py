@@ -321,4 +321,4 @@ def test_text_rendering_lists_the_chains(env):
     text = render_graph(env.compile(), "text")
     assert text.startswith("3 operators, 3 tasks, 2 channels")
     assert "chains (one task each, records passed by call):\n  batch_0 -> map_0\n  batch_1 -> map_1\n" in text
-    assert "from batch[chained]" in text and "map_1                    inputs=1   -> collect[round_robin]" in text
+    assert "from batch[chained]" in text and "map_1                    inputs=1   -> collect[balance]" in text
