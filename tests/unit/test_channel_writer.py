@@ -242,3 +242,53 @@ def test_bytearrays_in_a_batch_come_back_as_bytearrays(inbox):
     assert [type(r["blob"]) for r in got[300:]] == [bytearray] * 300
     writer.close()
     gate.close()
+
+
+def _frame_flags(writer) -> list[int]:
+    """The flags of every frame the writer wrote so far, read back from its ring without consuming."""
+    seen: list[int] = []
+    real_write = writer._ring.write
+
+    def spy(parts, nbytes, flags=0):
+        seen.append(flags)
+        return real_write(parts, nbytes, flags)
+
+    writer._ring.write = spy
+    return seen
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["unkeyed", "keyed"])
+def test_tuple_records_travel_as_arrays_and_arrive_as_tuples_with_their_insides_intact(inbox, keyed):
+    # Issue 19: a (key, value) tuple went through msgpack's extension hook, a nested pack per record (a
+    # third of a keyed hop). A batch of plain tuples now travels as arrays, flagged, and is rebuilt.
+    writer = inbox.edge(0).open_writer()
+    flags = _frame_flags(writer)
+    gate = inbox.open_gate()
+    records = [("user1", i, (i, "inner tuple"), [i, "inner list"], {"d": (1, 2)}) for i in range(300)]
+    for r in records:
+        writer.send_object(r, r[0], keyed)
+    writer.send_control("stop")
+    got = read_all(gate)
+    assert [p.payload for p in got] == records
+    assert all(type(p.payload) is tuple and type(p.payload[2]) is tuple and type(p.payload[3]) is list
+               for p in got)
+    assert [p.partition_key for p in got] == ([r[0] for r in records] if keyed else [None] * 300)
+    data_frames = [f for f in flags if not f & ringmod.FLAG_CONTROL]
+    assert data_frames and all(f & ringmod.FLAG_TUPLES for f in data_frames)
+    writer.close()
+    gate.close()
+
+
+def test_a_batch_mixing_tuples_and_lists_keeps_each_type(inbox):
+    writer = inbox.edge(0).open_writer()
+    flags = _frame_flags(writer)
+    gate = inbox.open_gate()
+    records = [(i, "t") if i % 2 else [i, "l"] for i in range(50)]
+    for r in records:
+        writer.send_object(r, None, False)
+    writer.send_control("stop")
+    got = [p.payload for p in read_all(gate)]
+    assert got == records and [type(r) for r in got] == [type(r) for r in records]
+    assert not any(f & ringmod.FLAG_TUPLES for f in flags)
+    writer.close()
+    gate.close()

@@ -3,6 +3,8 @@ never by replacing its own methods. Driven with in-memory writers: no processes,
 
 from __future__ import annotations
 
+import enum
+
 import numpy as np
 import pytest
 
@@ -122,3 +124,47 @@ def test_a_balanced_group_places_by_room_one_record_or_a_list_at_a_time(monkeypa
     assert len(busy.records) == CAP_START and idle.records[-3:] == ["one", "a", "b"]
     assert router.records_out == 2 * CAP_START + 3
     assert router.blocked_seconds == clock.now > 0   # the balancer's waits count as blocked time
+
+
+def test_hash_remembers_str_and_int_keys_channels_and_places_them_as_the_stable_hash_does(monkeypatch):
+    # Issue 19: a group-by hashed every record's key (encode + crc32); the channel of a str or int key is
+    # now remembered, and must be the one the stable hash gives, in every process.
+    from procflow.runtime.communication import placement
+    from procflow.runtime.communication.keys import stable_hash
+
+    writers = [BatchingWriter() for _ in range(3)]
+    router = BaseRouter([OutputGroup("down", "hash", writers)])
+    keys = [f"user{i}" for i in range(40)] + list(range(40))
+    for _ in range(3):
+        for k in keys:
+            router.route(("record", k), k, True)
+    for i, w in enumerate(writers):
+        assert all(stable_hash(r[1]) % 3 == i for r in w.records)
+    assert sum(len(w.records) for w in writers) == 3 * len(keys)
+    hashed = []
+    monkeypatch.setattr(placement, "stable_hash", lambda key: hashed.append(key) or stable_hash(key))
+    fresh = BaseRouter([OutputGroup("down", "hash", [BatchingWriter() for _ in range(3)])])
+    for _ in range(5):
+        for k in keys:
+            fresh.route(("record", k), k, True)
+    assert sorted(hashed, key=repr) == sorted(keys, key=repr)   # each key hashed once, not per record
+
+
+class _Level(enum.IntEnum):
+    ONE = 1
+
+
+def test_hash_keys_equal_in_python_but_of_other_types_take_the_full_hash_and_land_together(monkeypatch):
+    from procflow.runtime.communication import placement
+
+    writers = [BatchingWriter() for _ in range(5)]
+    router = BaseRouter([OutputGroup("down", "hash", writers)])
+    for key in (1, True, 1.0, np.int64(1), _Level.ONE, 1):
+        router.route(("r", repr(key)), key, True)
+    homes = [i for i, w in enumerate(writers) for _ in w.records]
+    assert len(set(homes)) == 1   # every key equal to 1 lands with 1, remembered or not
+    monkeypatch.setattr(placement, "KNOWN_KEYS_MAX", 8)
+    bounded = BaseRouter([OutputGroup("down", "hash", [BatchingWriter() for _ in range(2)])])
+    for k in range(100):
+        bounded.route(k, k, True)
+    assert len(bounded._placements[0]._known) <= 8

@@ -41,6 +41,7 @@ FLAG_BATCH = 2     # body is a batch of msgpack records
 FLAG_KEYED = 4     # batch alternates key, record
 FLAG_CONTROL = 8   # body is a pickled control message (StopSignal)
 FLAG_LIST = 16     # body is one msgpack array of records (alternating key, record when KEYED)
+FLAG_TUPLES = 32   # with LIST: every record was a tuple and travels as an array (rebuilt on receipt)
 
 # A producer facing a full ring re-checks at least this often, so a lost wake-up (which the futex
 # protocol rules out) could cost latency but never a hang.

@@ -107,15 +107,18 @@ class BatchDecoder:
         self._unpacker.feed(body)
         self._append(list(self._unpacker), keyed, out)
 
-    def array(self, body: bytes | memoryview, keyed: bool, out: list) -> None:
-        """A frame holding one msgpack array of records (keys interleaved when keyed)."""
-        self._append(codec._unpackb(body), keyed, out)
+    def array(self, body: bytes | memoryview, keyed: bool, out: list, tuples: bool = False) -> None:
+        """A frame holding one msgpack array of records (keys interleaved when keyed); `tuples`: every
+        record was a tuple, sent as an array (codec.tuples_as_lists), and becomes one again here."""
+        self._append(codec._unpackb(body), keyed, out, tuples)
 
-    def _append(self, items: list, keyed: bool, out: list) -> None:
+    def _append(self, items: list, keyed: bool, out: list, tuples: bool = False) -> None:
         if keyed:
-            out.append(RecordBatch(items[1::2], items[0::2], self.input_index))
+            records = items[1::2]
+            out.append(RecordBatch(list(map(tuple, records)) if tuples else records, items[0::2],
+                                   self.input_index))
         else:
-            out.append(RecordBatch(items, None, self.input_index))
+            out.append(RecordBatch(list(map(tuple, items)) if tuples else items, None, self.input_index))
 
     def single(self, body: memoryview, out: list) -> None:
         record, key, keyed = codec.decode(body, self._slabs)

@@ -155,8 +155,9 @@ class ShmChannelWriter(ChannelWriter):
         pending, keyed = self._pending, self._pending_keyed
         self._pending = []
         self._sent += len(pending) // 2 if keyed else len(pending)
+        tuples = codec.all_tuples(pending[1::2] if keyed else pending)
         try:
-            packed = codec.pack(self._packer, pending)
+            packed = codec.pack(self._packer, codec.tuples_as_lists(pending, keyed) if tuples else pending)
         except (TypeError, ValueError, OverflowError):
             # Something in the batch is not plain data: send record by record (pickle fallback).
             step = 2 if keyed else 1
@@ -170,7 +171,7 @@ class ShmChannelWriter(ChannelWriter):
         # Aim for about `batch_bytes` per frame whatever the record size.
         per_record = max(len(packed) // max(count, 1), 1)
         self._pending_limit = max(1, min(self._MAX_PENDING, self._batch_bytes // per_record))
-        flags = ringmod.FLAG_LIST | (ringmod.FLAG_KEYED if keyed else 0)
+        flags = ringmod.FLAG_LIST | (ringmod.FLAG_KEYED if keyed else 0) | (ringmod.FLAG_TUPLES if tuples else 0)
         self._ring.write([packed], len(packed), flags)
         if self._ring.pending_bytes >= self._batch_bytes:
             self._ring.commit()
@@ -329,7 +330,7 @@ class ShmInputGate(InputGate):
             self._slab_bytes += self.slabs.handed_bytes - handed
             return self._slab_bytes >= READ_BUDGET
         if flags & ringmod.FLAG_LIST:
-            decoder.array(body, bool(flags & ringmod.FLAG_KEYED), self._out)
+            decoder.array(body, bool(flags & ringmod.FLAG_KEYED), self._out, bool(flags & ringmod.FLAG_TUPLES))
         elif flags & ringmod.FLAG_BATCH:
             decoder.batch(body, bool(flags & ringmod.FLAG_KEYED), self._out)
         else:
