@@ -201,6 +201,16 @@ def import_procflow() -> tuple[Any, str | None]:
         return None, f"{type(exc).__name__}: {exc}"
 
 
+def procflow_unless(disabled: bool, doc: dict[str, Any]) -> Any:
+    """procflow's module for a bench's procflow contenders, or None (`--no-procflow`, or it does not
+    import), with the reason noted in `doc["skipped"]` and printed."""
+    module, why = (None, "disabled by --no-procflow") if disabled else import_procflow()
+    if module is None:
+        doc["skipped"]["procflow"] = why
+        print(f"NOTE: procflow contenders skipped ({why})")
+    return module
+
+
 def submit_with_watchdog(env: Any, timeout: float) -> Any:
     """`env.submit(autostop=True)`, but a job still running after `timeout` seconds is killed.
 

@@ -236,13 +236,10 @@ def main(argv: list[str] | None = None) -> dict:
     lines = args.lines or (QUICK_LINES if args.quick else DEFAULT_LINES)
     shm_before = common.shm_entries()
 
-    procflow_mod, why = (None, "disabled by --no-procflow") if args.no_procflow else common.import_procflow()
     doc: dict[str, Any] = {"params": {"runs": runs, "quick": args.quick, "workers": w, "keys": args.keys,
                                       "source_parallelism": args.source_parallelism},
                            "shapes": {}, "skipped": {}, "failed": {}}
-    if procflow_mod is None:
-        doc["skipped"]["procflow"] = why
-        print(f"NOTE: procflow contenders skipped ({why})")
+    procflow_mod = common.procflow_unless(args.no_procflow, doc)
 
     tmp = tempfile.mkdtemp(prefix="procflow_bench_etl_", dir=args.dir)   # mode 0700: ours alone
     try:

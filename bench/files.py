@@ -273,13 +273,10 @@ def main(argv: list[str] | None = None) -> dict:
     mb = args.mb or (QUICK_MB if args.quick else DEFAULT_MB)
     shm_before = common.shm_entries()
 
-    procflow_mod, why = (None, "disabled by --no-procflow") if args.no_procflow else common.import_procflow()
     doc: dict[str, Any] = {"params": {"runs": runs, "quick": args.quick, "workers": w, "users": args.users,
                                       "ranges_per_worker": args.ranges_per_worker},
                            "cases": {}, "skipped": {}, "failed": {}}
-    if procflow_mod is None:
-        doc["skipped"]["procflow"] = why
-        print(f"NOTE: procflow contenders skipped ({why})")
+    procflow_mod = common.procflow_unless(args.no_procflow, doc)
 
     tmp = tempfile.mkdtemp(prefix="procflow_bench_files_", dir=args.dir)   # mode 0700: ours alone
     try:

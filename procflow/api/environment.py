@@ -240,12 +240,7 @@ class BaseEnvironment(FileSources):
         """Prepare and start the job on this environment's backend (inline: run it to its end)."""
         dispatcher = Dispatcher(graph, config=self.config, env_dir=self.env_dir, backend=self._backend(),
                                 collectors=self._collectors, services=self.services)
-        try:
-            dispatcher.prepare()
-        except BaseException:
-            dispatcher.cleanup()
-            dispatcher.close_log()
-            raise
+        dispatcher.prepare_or_clean_up()
         dispatcher.start()
         return Job(dispatcher)
 

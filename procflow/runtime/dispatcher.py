@@ -170,6 +170,17 @@ class Dispatcher(JobMonitor):
                       f"; run by the driver: {', '.join(sorted(driver_nodes))}" if driver_nodes else "",
                       f"; chains: {'; '.join(' -> '.join(c) for c in chains)}" if chains else "")
 
+    def prepare_or_clean_up(self) -> None:
+        """`prepare()`, leaving nothing behind when it fails (a refused output folder, no room in
+        /dev/shm, a plan that raises): what it made is cleaned up and its log closed, then the error
+        propagates."""
+        try:
+            self.prepare()
+        except BaseException:
+            self.cleanup()
+            self.close_log()
+            raise
+
     def _prepare_outputs(self) -> None:
         """Stage every sink whose output the driver commits (core/committed_output.py), before any
         process starts: a folder that must not be written into refuses the job here. The hooks are a

@@ -108,15 +108,10 @@ def test_a_prepare_that_raises_refuses_the_job_and_is_aborted(env_dir):
     CALLS.clear()
     backend = ScriptedBackend(lambda b: [])
     backend.calls = CALLS
-    with pytest.raises(FileExistsError, match="not empty"):   # what BaseEnvironment._launch does
-        dispatcher = Dispatcher(env.compile(), config=env.config, env_dir=env.env_dir, backend=backend,
-                                collectors={})
-        try:
-            dispatcher.prepare()
-        except BaseException:
-            dispatcher.cleanup()
-            dispatcher.close_log()
-            raise
+    dispatcher = Dispatcher(env.compile(), config=env.config, env_dir=env.env_dir, backend=backend,
+                            collectors={})
+    with pytest.raises(FileExistsError, match="not empty"):   # as BaseEnvironment._launch prepares
+        dispatcher.prepare_or_clean_up()
     assert "open_job" not in CALLS and "start" not in CALLS
     assert CALLS[:3] == ["bind", "preflight", "prepare_output"] and "abort_output" in CALLS
 
