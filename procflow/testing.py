@@ -42,6 +42,18 @@ def child_pids(pid: int | None = None) -> set[int]:
     return alive
 
 
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid`, children of children too (under forkserver the tasks are the fork
+    server's children)."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        children = child_pids(todo.pop()) - found
+        found |= children
+        todo.extend(children)
+    return found
+
+
 def mp_helper_pids() -> set[int]:
     """Pids of multiprocess's own long-lived helpers (the resource tracker that spawn starts, the fork
     server): children of this process by design, living until it exits, so never a leak."""

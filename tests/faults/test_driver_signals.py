@@ -15,7 +15,7 @@ from procflow import LocalEnvironment
 from procflow.runtime.communication.shm import SHM_DIR
 from procflow.runtime.communication.shm_owner import driver_key
 from procflow.runtime.job_monitor import JobMonitor
-from procflow.testing import DriverProcess, Endless, child_pids, own_segments, wait_gone, wait_until
+from procflow.testing import DriverProcess, Endless, descendants, own_segments, wait_gone, wait_until
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -56,16 +56,6 @@ finally:
     env.close()
 """
 
-
-def descendants(pid: int) -> set[int]:
-    """Every live process below `pid` (under forkserver the tasks are the fork server's children)."""
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        children = child_pids(todo.pop()) - found
-        found |= children
-        todo.extend(children)
-    return found
 
 
 def start_driver(env_dir: str, start_method: str = "fork", script: str = DRIVER,

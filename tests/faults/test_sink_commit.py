@@ -12,7 +12,7 @@ import pytest
 
 from procflow import LocalEnvironment
 from procflow.core.errors import OutputExistsError
-from procflow.testing import DriverProcess, child_pids, wait_gone
+from procflow.testing import DriverProcess, descendants, wait_gone
 from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(150)
@@ -30,15 +30,6 @@ records.sink(AnnounceOnce, name="announce")
 env.submit()
 """
 
-
-def descendants(pid: int) -> set[int]:
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        children = child_pids(todo.pop()) - found
-        found |= children
-        todo.extend(children)
-    return found
 
 
 def test_sigkilled_driver_leaves_staging_that_the_next_run_clears(env_dir, tmp_path):
