@@ -350,3 +350,24 @@ def test_user_exception_in_a_service(env_dir):
     assert raised - started < 10
     assert error.task == "caller_0" and error.record == "0"
     assert "broken" in str(error) and "no entry for 0" in remote_tb(error)
+
+
+def _key_fails_at_537(record):
+    if record == 537 * 10:
+        raise KeyError("no key for this one")
+    return record % 3
+
+
+@pytest.mark.parametrize("reduce", [False, True], ids=["keyby-map", "keyby-reduce-combining"])
+def test_a_key_selector_failing_in_a_maps_chunk_names_the_maps_input_record(env_dir, reduce):
+    # Issue 19: a map before a keyby hands its outputs to the key selector a chunk at a time; an error
+    # there must still name the record the map was given (537), as record-by-record routing did.
+    env = LocalEnvironment("faults", env_dir=env_dir)
+    keyed = env.from_batch(range(1000), name="src").map(lambda r: r * 10, name="times10").keyby(_key_fails_at_537)
+    if reduce:
+        keyed.reduce(lambda a, b: a + b, name="total").collect()
+    else:
+        keyed.map(lambda r: r, parallelism=2, name="after").collect()
+    error, _ = fails(env)
+    assert error.task == "times10_0" and error.record == "537", error
+    assert "KeyError" in str(error) and "no key for this one" in remote_tb(error)

@@ -168,3 +168,26 @@ def test_hash_keys_equal_in_python_but_of_other_types_take_the_full_hash_and_lan
     for k in range(100):
         bounded.route(k, k, True)
     assert len(bounded._placements[0]._known) <= 8
+
+
+def test_a_keyby_list_is_placed_as_record_by_record_and_a_failing_selector_says_where():
+    # Issue 19: BaseRouter.route_selected_many, a map's chunk through a keyby's selector in one call.
+    def selector(r):
+        if r == "bad":
+            raise ValueError("no key")
+        return r[0]
+
+    records = [f"{c}{i}" for i in range(30) for c in "abcde"]
+    one_by_one = [BatchingWriter() for _ in range(3)]
+    listed = [BatchingWriter() for _ in range(3)]
+    a = BaseRouter([OutputGroup("down", "hash", one_by_one, selector)])
+    b = BaseRouter([OutputGroup("down", "hash", listed, selector)])
+    assert b.routes_selected_many and not b.routes_many
+    for r in records:
+        a.route(r, None, False)
+    b.route_selected_many(records)
+    assert [w.records for w in listed] == [w.records for w in one_by_one] and b.records_out == len(records)
+    with pytest.raises(ValueError, match="no key"):
+        b.route_selected_many(["a1", "b2", "bad", "c3"])
+    assert b.failed_at == 2 and b.records_out == len(records) + 2
+    assert not BaseRouter([OutputGroup("down", "round_robin", [BatchingWriter()])]).routes_selected_many

@@ -108,6 +108,16 @@ class Combining(Placement):
     def send_many(self, records: list) -> None:
         self.inner.send_many(records)   # unkeyed lists (BaseRouter.routes_many): nothing to group
 
+    def send_selected_many(self, records: list) -> None:
+        selector, combine = self.selector, self._combine
+        i = 0
+        try:
+            for i, payload in enumerate(records):  # noqa: B007 (i names the failing record)
+                combine(payload, selector(payload))
+        except BaseException:
+            self.failed_at = i
+            raise
+
     def drain(self) -> None:
         partials, self.partials = self.partials, {}
         send = self.inner.send

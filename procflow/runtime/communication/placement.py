@@ -124,6 +124,20 @@ class Placement:
     def send_many(self, records: list) -> None:
         raise NotImplementedError(f"{type(self).__name__} places records one at a time")
 
+    # After `send_selected_many` raised: the index of the record whose selector or placement failed.
+    failed_at = 0
+
+    def send_selected_many(self, records: list) -> None:
+        """`send_selected` over a list (hash groups with a key selector: BaseRouter.routes_selected_many)."""
+        send_selected = self.send_selected
+        i = 0
+        try:
+            for i, payload in enumerate(records):  # noqa: B007 (i names the failing record)
+                send_selected(payload, None, True)
+        except BaseException:
+            self.failed_at = i
+            raise
+
     @property
     def waited_s(self) -> float:
         """Seconds spent waiting for room (balance only)."""
@@ -218,6 +232,23 @@ class Hash(RoundRobin):
             self.send_array(payload, key, True)
             return
         self.writers[self._channel(key)].send_object(payload, key, True)
+
+    def send_selected_many(self, records: list) -> None:
+        # The loop of a group-by's sending side: a remembered key's channel is a dict lookup inline.
+        selector, writers, known, channel = self.selector, self.writers, self._known, self._channel
+        i = 0
+        try:
+            for i, payload in enumerate(records):  # noqa: B007 (i names the failing record)
+                key = selector(payload)
+                if type(payload) is np.ndarray:
+                    self.send_array(payload, key, True)
+                    continue
+                t = type(key)
+                c = known.get(key) if t is str or t is int else None
+                writers[channel(key) if c is None else c].send_object(payload, key, True)
+        except BaseException:
+            self.failed_at = i
+            raise
 
 
 class Balanced(RoundRobin):

@@ -22,12 +22,25 @@ from procflow.runtime.operators.base import Operator
 
 
 class MapOperator(Operator[MapFunction[Any, Any]]):
+    """One output per record. Chunked where the router takes lists: unkeyed ones (`routes_many`), or a
+    keyby's (`routes_selected_many`: the key selector runs over the list, and since a map's outputs
+    match its inputs one to one, the output that failed there names the input record; on_error="fail"
+    only)."""
+
     chunks_when_routing_lists = True
 
     def open(self) -> None:
         super().open()
         self._execute = self.function.execute
         self._route = self.router.fast_route
+        router = self.router
+        # Only where a failing record fails the task: a record set aside (skip, dead_letter) in the
+        # middle of a routed list would have the task call the function again on the records after it.
+        if not router.routes_many and router.routes_selected_many and self.ctx.options.get("on_error") == "fail":
+            self.chunked = True
+            self._route_list = router.route_selected_many
+        else:
+            self._route_list = router.route_many
 
     def process(self, record: Any) -> None:
         ctx = self.ctx
@@ -46,7 +59,11 @@ class MapOperator(Operator[MapFunction[Any, Any]]):
             raise
         finally:
             if out:   # also what was done before a failure leaves, as it would record by record
-                self.router.route_many(out)
+                try:
+                    self._route_list(out)
+                except BaseException:
+                    self.completed = self.router.failed_at   # out[i] came from records[i]
+                    raise
 
 
 class FilterOperator(Operator[FilterFunction[Any]]):
