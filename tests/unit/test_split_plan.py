@@ -216,3 +216,39 @@ def test_arrays_for_spawn_go_through_shared_memory_once(segments, tmp_path):
     reopened = pickle.loads(pickle.dumps(mapped))
     assert isinstance(reopened.data, np.memmap) and np.array_equal(reopened.data, memmap)
     del shipped, reopened
+
+
+class SlowClaims(SplitCursors):
+    """In-process cursors whose claims take as long as a remote call on a loaded machine."""
+
+    def __init__(self, counts, delay):
+        super().__init__(counts)
+        self.delay = delay
+        self.counters = np.zeros((1, len(FIELDS)))
+
+    def claim_split(self, slot, instance):
+        time.sleep(self.delay)
+        return super().claim_split(slot, instance)
+
+
+class Ranges(SplitSource):
+    def plan_splits(self, parallelism):
+        return [Split(i, (i * 10, i * 10 + 10), 10) for i in range(3)]
+
+    def read_split(self, split):
+        return iter(range(*split.descriptor))
+
+
+def test_the_time_a_split_claim_takes_is_reported_as_waiting_not_work():
+    from types import SimpleNamespace
+
+    from procflow.runtime.operators.source import SplitReader
+
+    plan = plan_one("src", Ranges(), 1, 0)
+    ctx = SimpleNamespace(splits=plan, parallel_index=0, parallelism=1, task_slot=0,
+                          job_control=SlowClaims([len(plan)], delay=0.01))
+    waits = []
+    reader = SplitReader(Ranges(), ctx, waits.append)
+    assert list(reader.records()) == list(range(30))
+    assert len(waits) == 4                 # three splits, and the claim that found none left
+    assert all(w >= 0.01 for w in waits)

@@ -286,7 +286,7 @@ class InlineBackend:
     def _run_source(self, task: InlineTask) -> None:
         operator = task.operator
         assert isinstance(operator, SourceOperator)
-        reason = operator.run(task._tick)
+        reason = operator.run(task._tick, task._waited)
         self._finish(task, StopSignal(task.ctx.name, reason))
 
     def _finish(self, task: InlineTask, signal: StopSignal) -> None:

@@ -44,7 +44,7 @@ class SplitReader:
     added to the task's `units_done` counter, which the driver's progress reads.
     """
 
-    def __init__(self, fn: SplitSource[Any], ctx: Any) -> None:
+    def __init__(self, fn: SplitSource[Any], ctx: Any, waited: Callable[[float], Any] | None = None) -> None:
         plan = ctx.splits
         if plan is None:
             raise RuntimeError(f"task {ctx.name}: {type(fn).__name__} is a SplitSource but its task got no "
@@ -60,6 +60,9 @@ class SplitReader:
         self.split: Split | None = None   # the split being read
         self._seen: Split | None = None   # the split `upcoming` saw last, and where it began (estimated)
         self._began = self._pulled = 0
+        # A claim is a wait, not work: on Ray it is a remote call that a loaded machine can stretch to a
+        # large share of a second, which would otherwise show as the source's busy time.
+        self._waited = waited
 
     def records(self) -> Iterator[Any]:
         """Every record of the splits this instance claims. Chained in C: the records of a split pass
@@ -68,8 +71,15 @@ class SplitReader:
 
     def _splits(self) -> Iterator[Iterable[Any]]:
         """Claims the next split when the previous one is exhausted (chain asks for it only then)."""
-        plan, control, row = self.plan, self.control, self.row
-        while (index := control.claim_split(plan.slot, self.instance)) is not None:
+        plan, control, row, waited = self.plan, self.control, self.row, self._waited
+        perf = time.perf_counter
+        while True:
+            started = perf()
+            index = control.claim_split(plan.slot, self.instance)
+            if waited is not None:
+                waited(perf() - started)
+            if index is None:
+                break
             self.split = split = plan.splits[index]
             yield self.fn.read_split(split)
             self.units_done += split.size
@@ -104,12 +114,13 @@ class SourceOperator(Operator[BatchFunction[Any] | SourceFunction[Any]]):
 
     last_record: Any = NO_RECORD
 
-    def run(self, tick: Tick) -> str:
+    def run(self, tick: Tick, waited: Callable[[float], Any] | None = None) -> str:
+        """`waited(seconds)`: the task counts that time as waiting, not work (a split claim)."""
         self.last_record = NO_RECORD
         interval = float(self.ctx.config["flush_interval"])
         fn = self.function
         if isinstance(fn, SplitSource):
-            reader = SplitReader(fn, self.ctx)
+            reader = SplitReader(fn, self.ctx, waited)
             upcoming = reader.upcoming if reader.plan.unit == RECORDS else None
             return self._run_iterable(reader.records(), tick, interval, upcoming)
         if isinstance(fn, IterableBatch):

@@ -130,7 +130,7 @@ class BaseTask:
         if isinstance(self.operator, SourceOperator):
             ctx.job_control.wait_for_start()
             self._started = self._last_flush = time.perf_counter()
-            reason = self.operator.run(self._tick)
+            reason = self.operator.run(self._tick, self._waited)
             signal = StopSignal(ctx.name, reason)
         else:
             signal = self._consume()
@@ -327,6 +327,9 @@ class BaseTask:
             del items
             self._publish()
         return self.last_signal
+
+    def _waited(self, seconds: float) -> None:
+        self.wait_s += seconds
 
     def _tick(self, waited: float = 0.0) -> bool:
         """Called by sources every flush interval (and after a back-off); True when a stop was requested."""
