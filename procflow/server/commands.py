@@ -64,6 +64,8 @@ def _client_command(fn: Callable[[argparse.Namespace, Client], int]) -> Callable
     """Connect, run the command, and turn the server's refusals into a message and an exit code."""
 
     def run(args: argparse.Namespace) -> int:
+        # `python -m procflow.cli` runs cli.py as __main__: its UsageError is not the one load_target raises.
+        from procflow.cli import UsageError
         from procflow.server.paths import socket_path
 
         try:
@@ -75,6 +77,9 @@ def _client_command(fn: Callable[[argparse.Namespace, Client], int]) -> Callable
         except RequestError as exc:
             print(f"procflow {args.command}: error: {exc}", file=sys.stderr)
             return EXIT_USAGE if exc.kind == UNKNOWN_JOB else EXIT_FAILED
+        except UsageError as exc:
+            print(f"procflow {args.command}: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
 
     return run
 

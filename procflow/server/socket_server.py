@@ -234,13 +234,20 @@ def _claim_socket(path: str) -> None:
 
 def serve(options: ServeOptions) -> int:
     """Run the server until SIGTERM / SIGINT / SIGHUP; returns the exit code."""
-    os.umask(0o077)   # every file and socket the server makes is private from the start
     serve_http = None
     if options.http is not None:
         try:
             serve_http = importlib.import_module("procflow.server.web").serve_http
         except ImportError:
             raise ServeError(WEB_MISSING) from None
+    previous_umask = os.umask(0o077)   # every file and socket the server makes is private from the start
+    try:
+        return _serve_in_state(options, serve_http)
+    finally:
+        os.umask(previous_umask)
+
+
+def _serve_in_state(options: ServeOptions, serve_http: Any) -> int:
     state = paths.state_dir(options.state_dir)
     lock = _lock_state(state)
     try:
