@@ -323,7 +323,7 @@ function renderError(job, live) {
   const card = $("error-card");
   if (!error && !job.error) { card.hidden = true; return; }
   card.hidden = false;
-  $("error-where").textContent = error ? "in " + error.task + ": " + error.message : job.error;
+  $("error-where").textContent = error ? (error.task ? "in " + error.task + ": " : "") + error.message : job.error;
   $("error-traceback").textContent = error ? error.traceback : "";
 }
 
