@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import stat
 
 import pytest
@@ -98,3 +99,25 @@ def test_a_busy_port_is_a_clear_error():
             bind_loopback("127.0.0.1", first.getsockname()[1])
     finally:
         first.close()
+
+
+def test_serve_http_prints_the_url_once_and_serves_until_cancelled(service, tmp_path, capsys):
+    import httpx
+
+    from procflow.testing import wait_until
+    from tests.web.conftest import LoopThread
+
+    state = str(tmp_path / "state")
+    runner = LoopThread(lambda: serve_http(service, "127.0.0.1", 0, state))
+    try:
+        printed: list[str] = []
+        found = wait_until(lambda: printed.append(capsys.readouterr().err) or re.search(
+            r"web dashboard at (http://127\.0\.0\.1:\d+/\?token=(\S+))", "".join(printed)), 30)
+        assert found, printed
+        assert found.group(2) == load_or_create_token(state)
+        with httpx.Client(timeout=30, follow_redirects=True) as client:
+            page = client.get(found.group(1))
+        assert page.status_code == 200 and "<title>procflow</title>" in page.text
+    finally:
+        runner.cancel()
+    assert "".join(printed).count("web dashboard at") == 1

@@ -335,6 +335,8 @@ async function loadLogs(jobId) {
   if (state.jobId !== jobId) return;
   const select = $("log-select");
   const current = state.logName;
+  const listed = [...select.options].map((o) => o.value);
+  if (listed.length === names.length && listed.every((n, i) => n === names[i])) return;   // an open list stays open
   select.replaceChildren();
   for (const name of names) {
     const option = el("option", "", name);
