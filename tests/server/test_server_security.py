@@ -69,7 +69,7 @@ def test_private_files_and_a_log_request_cannot_escape(start_server, tmp_path):
 
 @pytest.mark.timeout(180)
 def test_oversized_and_malformed_requests_get_errors_and_harm_no_running_job(start_server):
-    server = start_server("--max-jobs", "2", "--cores", "64")
+    server = start_server("--max-jobs", "2", "--cores", "64", "--stop-grace", "6")
     job_id = server.submit("crawl_long")
     server.wait_running(job_id)
 
