@@ -33,7 +33,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                            http=args.http, stop_grace=args.stop_grace)
     try:
         return serve(options)
-    except (ServeError, UnsafePathError, ValueError) as exc:
+    except (ServeError, UnsafePathError, ValueError, OSError) as exc:
+        # OSError: the socket could not be bound (a race for its path), the state folder is unreadable...
         print(f"procflow serve: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
 

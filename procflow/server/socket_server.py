@@ -259,16 +259,16 @@ def _serve_in_state(options: ServeOptions, serve_http: Any) -> int:
             runner = Runner(store, state, max_jobs=options.max_jobs, cores=options.cores,
                             stop_grace=options.stop_grace)
             service = JobService(store, runner, state)
-            asyncio.run(_serve(service, runner, path, state, options, serve_http))
+            return asyncio.run(_serve(service, runner, path, state, options, serve_http))
         finally:
             store.close()
     finally:
         os.close(lock)
-    return 0
 
 
 async def _serve(service: JobService, runner: Runner, path: str, state: str, options: ServeOptions,
-                 serve_http: Any) -> None:
+                 serve_http: Any) -> int:
+    """Serve until a stop signal (exit 0), or until the web app fails (exit 1: e.g. its port is taken)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -279,6 +279,7 @@ async def _serve(service: JobService, runner: Runner, path: str, state: str, opt
     await server.start()
     lost = runner.start(loop)
     web = None
+    code = 0
     try:
         marked = f"; {len(lost)} job(s) of a previous server marked lost" if lost else ""
         print(f"procflow: serving on {path} (state in {state}; up to {runner.max_jobs} job(s) and "
@@ -291,8 +292,10 @@ async def _serve(service: JobService, runner: Runner, path: str, state: str, opt
         for waiter in waiters:
             if waiter not in done:
                 waiter.cancel()
-        if web is not None and web in done and not web.cancelled() and web.exception() is not None:
-            print(f"procflow serve: the web dashboard stopped: {web.exception()}", file=sys.stderr, flush=True)
+        if web is not None and web in done and not web.cancelled():
+            code = 1
+            print(f"procflow serve: error: the web dashboard stopped: {web.exception() or 'it returned'}",
+                  file=sys.stderr, flush=True)
         print("procflow: shutting down; stopping running jobs", file=sys.stderr, flush=True)
     finally:
         await runner.shutdown()
@@ -301,3 +304,4 @@ async def _serve(service: JobService, runner: Runner, path: str, state: str, opt
             await asyncio.gather(web, return_exceptions=True)
         await server.close()
         print("procflow: server stopped", file=sys.stderr, flush=True)
+    return code

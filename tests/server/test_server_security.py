@@ -69,7 +69,7 @@ def test_private_files_and_a_log_request_cannot_escape(start_server, tmp_path):
 
 @pytest.mark.timeout(180)
 def test_oversized_and_malformed_requests_get_errors_and_harm_no_running_job(start_server):
-    server = start_server("--max-jobs", "2", "--cores", "64")
+    server = start_server("--max-jobs", "2", "--cores", "64", "--stop-grace", "6")
     job_id = server.submit("crawl_long")
     server.wait_running(job_id)
 
@@ -142,3 +142,26 @@ def test_the_client_reports_a_reply_it_cannot_read(short_dir):
             peer.sendall(b'"just a string"\n')
             with pytest.raises(RequestError, match="does not understand"):
                 client.call("ping")
+
+
+def test_http_runs_the_web_app_on_the_servers_loop_with_the_service(monkeypatch, tmp_path, short_dir):
+    """The web helper's `serve_http(service, host, port, state_dir)` runs as a task of the server's loop;
+    here a stand-in records its arguments, answers through the service, then fails: serve exits 1."""
+    import types
+
+    from procflow.server.jobs import JobService
+    from procflow.server.socket_server import ServeOptions, serve
+
+    seen = {}
+
+    async def serve_http(service, host, port, state_dir):
+        seen.update(service=service, host=host, port=port, state_dir=state_dir, jobs=service.list_jobs())
+        raise OSError("address already in use")
+
+    monkeypatch.setitem(sys.modules, "procflow.server.web", types.SimpleNamespace(serve_http=serve_http))
+    socket_path = os.path.join(short_dir, "h.sock")
+    code = serve(ServeOptions(socket=socket_path, state_dir=str(tmp_path / "state"), http=("127.0.0.1", 8765)))
+    assert code == 1
+    assert isinstance(seen["service"], JobService) and seen["jobs"] == []
+    assert (seen["host"], seen["port"], seen["state_dir"]) == ("127.0.0.1", 8765, str(tmp_path / "state"))
+    assert not os.path.exists(socket_path)    # removed on the way out
