@@ -50,7 +50,8 @@ class FakeJob:
     def record(self) -> dict[str, Any]:
         ended = self.status in FINAL
         return {"id": self.id, "name": self.name, "target": "examples/etl.py:pipeline", "status": self.status,
-                "submitted_at": self.submitted_at, "started_at": self.submitted_at + 0.1,
+                "submitted_at": self.submitted_at,
+                "started_at": None if self.status == "queued" else self.submitted_at + 0.1,
                 "finished_at": self.submitted_at + 12.0 if ended else None,
                 "exit_code": {"succeeded": 0, "failed": 1, "stopped": 130}.get(self.status),
                 "error": self.error["message"] if self.error else None}
@@ -76,7 +77,8 @@ class FakeJob:
 
 
 class FakeJobService:
-    """Three jobs: `running1` (running), `done0001` (succeeded), `fail0001` (failed with a traceback)."""
+    """Four jobs, newest first: `queued01` (waiting: no live snapshot yet), `running1` (running),
+    `done0001` (succeeded), `fail0001` (failed with a traceback)."""
 
     def __init__(self, root: str) -> None:
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
@@ -84,7 +86,8 @@ class FakeJobService:
         now = time.time()
         for index, (job_id, name, status) in enumerate([("fail0001", "nightly <b>etl</b>", "failed"),
                                                         ("done0001", "word count", "succeeded"),
-                                                        ("running1", "clickstream etl", "running")]):
+                                                        ("running1", "clickstream etl", "running"),
+                                                        ("queued01", "waiting job", "queued")]):
             log_dir = os.path.join(root, job_id, "logs")
             os.makedirs(os.path.join(log_dir, "0a1b2c3d"), mode=0o700)
             with open(os.path.join(log_dir, "driver.log"), "w") as f:
@@ -114,12 +117,12 @@ class FakeJobService:
     def get_job(self, job_id: str) -> dict[str, Any]:
         self.calls.append(("get_job", (job_id,)))
         job = self._job(job_id)
-        return {**job.record(), "live": job.live(), "summary": None}
+        return {**job.record(), "live": None if job.status == "queued" else job.live(), "summary": None}
 
     def stop_job(self, job_id: str) -> dict[str, Any]:
         self.calls.append(("stop_job", (job_id,)))
         job = self._job(job_id)
-        if job.status == "running":
+        if job.status in ("running", "queued"):
             job.frozen_elapsed = job.elapsed()
             job.status = "stopped"
         return job.record()

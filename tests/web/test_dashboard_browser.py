@@ -87,6 +87,18 @@ def test_untrusted_text_stays_text(browser, served):
     page.close()
 
 
+def test_a_queued_job_shows_that_it_waits(browser, served):
+    errors: list[str] = []
+    page = open_dashboard(browser, served, errors, [])
+    page.goto(served.base + "/#job=queued01")
+    page.wait_for_function("() => document.getElementById('job-status').textContent === 'queued'")
+    assert page.inner_text("#progress-text") == "waiting for the job to start"
+    assert page.locator("#graph .op").count() == 0 and page.is_hidden("#error-card")
+    assert page.is_enabled("#stop")                                  # a queued job can be taken off the queue
+    assert errors == []
+    page.close()
+
+
 def test_without_the_token_the_browser_gets_nothing(browser, served):
     page = browser.new_page()
     response = page.goto(served.base + "/")

@@ -1,6 +1,7 @@
 """The dashboard end to end: a real `procflow serve --http 127.0.0.1:0` (subprocess, tmp socket and
-state folder) running a real job, watched and stopped from headless Chromium; the API's guards checked
-on the real server too; nothing left behind once the server is stopped."""
+state folder) running a real job, watched and stopped from headless Chromium, then a failing job whose
+error and remote traceback the page shows; the API's guards checked on the real server too; nothing left
+behind once the server is stopped."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from tests.server.conftest import ServerProcess, procflow, wait_dead
 from tests.web.test_dashboard_browser import WAIT_MS, save_screenshot
 
 PIPELINES = str(Path(__file__).resolve().parent / "pipelines.py")
+CLI_PIPELINES = str(Path(__file__).resolve().parents[1] / "cli" / "pipelines.py")
 
 
 @pytest.fixture
@@ -106,6 +108,16 @@ def test_a_real_job_watched_and_stopped_in_the_browser(server, browser, tmp_path
 
     page.click("#stop")
     page.wait_for_function("() => document.getElementById('job-status').textContent === 'stopped'", timeout=120_000)
+
+    # a job that fails: its error and the remote traceback are on the page
+    submitted = procflow("submit", f"{CLI_PIPELINES}:failing", "--socket", server.socket)
+    assert submitted.returncode == 0, submitted.stderr
+    failing = submitted.stdout.strip()
+    assert procflow("wait", failing, "--socket", server.socket).returncode == 1
+    page.goto(f"{base}/#job={failing}")
+    page.wait_for_function("() => document.getElementById('job-status').textContent === 'failed'")
+    assert "unlucky record 13" in page.inner_text("#error-where")
+    assert "ValueError" in page.inner_text("#error-traceback")
     assert errors == []
     page.close()
 

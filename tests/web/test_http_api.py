@@ -35,7 +35,7 @@ def read_events(lines: Iterator[str], limit: int = 100) -> list[tuple[str, dict]
 def test_jobs_list_and_one_job(served):
     with client(served) as c:
         jobs = c.get("/api/jobs").json()
-        assert [j["status"] for j in jobs] == ["running", "succeeded", "failed"]
+        assert [j["status"] for j in jobs] == ["queued", "running", "succeeded", "failed"]
         job = c.get("/api/jobs/running1").json()
     assert job["id"] == "running1" and job["summary"] is None
     live = job["live"]

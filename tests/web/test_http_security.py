@@ -78,7 +78,7 @@ def test_first_visit_turns_the_url_token_into_a_strict_cookie(served):
 def test_bearer_token_opens_the_api(served):
     response = httpx.get(served.base + "/api/jobs", headers=served.auth, timeout=30)
     assert response.status_code == 200
-    assert [job["id"] for job in response.json()] == ["running1", "done0001", "fail0001"]
+    assert [job["id"] for job in response.json()] == ["queued01", "running1", "done0001", "fail0001"]
 
 
 def test_a_foreign_host_header_is_refused_even_with_the_token(served):
