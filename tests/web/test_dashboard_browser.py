@@ -1,7 +1,7 @@
 """The dashboard in a real headless Chromium (Debian's, driven by Playwright) over the fake JobService:
 it loads, draws the running job's graph, its numbers move, the stop button stops the job, untrusted text
-stays text, and nothing loads from outside. A screenshot is saved (PROCFLOW_DASHBOARD_SCREENSHOT=path
-also copies it there: that is how docs/dashboard.png is made)."""
+stays text, and nothing loads from outside. A screenshot is saved (test_dashboard_real_server.py's, taken
+of a real job, is the README's docs/dashboard.png: PROCFLOW_DASHBOARD_SCREENSHOT=docs/dashboard.png)."""
 
 from __future__ import annotations
 
@@ -21,12 +21,13 @@ def open_dashboard(browser, served, errors: list[str], requests: list[str]):
     return page
 
 
-def save_screenshot(page, tmp_path) -> str:
+def save_screenshot(page, tmp_path, *, publish: bool = False) -> str:
+    """The page as a PNG in tmp_path; with `publish`, also at $PROCFLOW_DASHBOARD_SCREENSHOT if set."""
     path = str(tmp_path / "dashboard.png")
     page.screenshot(path=path, full_page=True)
     assert os.path.getsize(path) > 10_000
     target = os.environ.get("PROCFLOW_DASHBOARD_SCREENSHOT")
-    if target:
+    if publish and target:
         shutil.copyfile(path, target)
     return path
 

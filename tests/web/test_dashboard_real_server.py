@@ -20,7 +20,6 @@ from procflow.testing import own_segments, wait_until
 from tests.server.conftest import ServerProcess, procflow, wait_dead
 from tests.web.test_dashboard_browser import WAIT_MS, save_screenshot
 
-PIPELINES = str(Path(__file__).resolve().parent / "pipelines.py")
 CLI_PIPELINES = str(Path(__file__).resolve().parents[1] / "cli" / "pipelines.py")
 
 
@@ -59,7 +58,9 @@ def test_a_real_job_watched_and_stopped_in_the_browser(server, browser, tmp_path
     auth = {"Authorization": f"Bearer {token}"}
     assert (Path(server.state_dir) / "http-token").stat().st_mode & 0o777 == 0o600
 
-    submitted = procflow("submit", f"{PIPELINES}:clickstream", "--name", "clickstream <etl>", "--socket", server.socket)
+    # relative to the repository root, where procflow() runs the client
+    submitted = procflow("submit", "tests/web/pipelines.py:clickstream", "--name", "clickstream <etl>",
+                         "--socket", server.socket)
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip()
 
@@ -104,7 +105,7 @@ def test_a_real_job_watched_and_stopped_in_the_browser(server, browser, tmp_path
     page.wait_for_function("() => (document.querySelector('#plot polyline')?.getAttribute('points') || '')"
                            ".split(' ').length >= 8")
     page.wait_for_function("() => document.getElementById('log-tail').textContent.length > 0")
-    save_screenshot(page, tmp_path)
+    save_screenshot(page, tmp_path, publish=True)
 
     page.click("#stop")
     page.wait_for_function("() => document.getElementById('job-status').textContent === 'stopped'", timeout=120_000)

@@ -345,7 +345,9 @@ async function loadLogs(jobId) {
   }
   if (current && names.includes(current)) select.value = current;
   else if (names.length) {
-    select.value = names.find((n) => n.endsWith("_info.log")) || names[0];
+    const bottleneck = state.job && state.job.live && state.job.live.bottleneck;
+    select.value = (bottleneck && names.find((n) => n.endsWith("/" + bottleneck + "_0_info.log")))
+      || names.find((n) => n.endsWith("Dispatcher.log")) || names.find((n) => n.endsWith("_info.log")) || names[0];
     showLog(jobId, select.value);
   }
 }
