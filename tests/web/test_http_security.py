@@ -169,3 +169,22 @@ def test_malformed_requests_get_4xx_and_the_server_keeps_serving(served, data):
     assert status is not None and 400 <= status < 500, reply[:200]
     job = httpx.get(served.base + "/api/jobs/running1", headers=served.auth, timeout=30)
     assert job.status_code == 200 and job.json()["status"] == "running"
+
+
+def test_the_dashboard_serves_on_ipv6_loopback_too(service, tmp_path):
+    from procflow.server.web import HttpDashboard
+    from tests.web.conftest import LoopThread
+
+    try:
+        dashboard = HttpDashboard(service, "::1", 0, str(tmp_path / "state"))
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback on this machine ({exc})")
+    assert dashboard.url.startswith(f"http://[::1]:{dashboard.port}/?token=")
+    runner = LoopThread(dashboard.run)
+    try:
+        with httpx.Client(timeout=30, follow_redirects=True) as client:
+            page = client.get(dashboard.url)
+            assert page.status_code == 200 and "<title>procflow</title>" in page.text
+            assert client.get(f"http://[::1]:{dashboard.port}/api/jobs").status_code == 200   # by the cookie
+    finally:
+        runner.cancel()
