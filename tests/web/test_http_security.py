@@ -75,6 +75,17 @@ def test_first_visit_turns_the_url_token_into_a_strict_cookie(served):
         assert client.get("/api/jobs").status_code == 200
 
 
+def test_the_login_redirect_stays_on_this_server(served):
+    conn = http.client.HTTPConnection("127.0.0.1", served.dashboard.port, timeout=30)
+    try:
+        conn.request("GET", f"//evil.example/?token={served.token}")
+        response = conn.getresponse()
+        response.read()
+    finally:
+        conn.close()
+    assert response.status == 303 and response.getheader("location") == "/evil.example/"
+
+
 def test_bearer_token_opens_the_api(served):
     response = httpx.get(served.base + "/api/jobs", headers=served.auth, timeout=30)
     assert response.status_code == 200

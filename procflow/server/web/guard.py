@@ -99,7 +99,7 @@ class Guard:
 
     def _login(self, scope: Scope, rest: list[tuple[str, str]]) -> RedirectResponse:
         """First visit with ?token=: keep the token in a cookie and drop it from the address bar."""
-        path = scope.get("path", "/") or "/"
+        path = "/" + (scope.get("path") or "/").lstrip("/")   # never '//host/...', a link to another site
         target = path + ("?" + urlencode(rest) if rest else "")
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(self.cookie, self.token, httponly=True, samesite="strict", path="/")
