@@ -100,6 +100,15 @@ def test_a_queued_job_shows_that_it_waits(browser, served):
     page.close()
 
 
+def test_an_unknown_job_in_the_address_says_so(browser, served):
+    errors: list[str] = []
+    page = open_dashboard(browser, served, errors, [])
+    page.goto(served.base + "/#job=nosuchjob")
+    page.wait_for_function("() => document.getElementById('connection').textContent === 'cannot follow job nosuchjob'")
+    assert errors == []
+    page.close()
+
+
 def test_without_the_token_the_browser_gets_nothing(browser, served):
     page = browser.new_page()
     response = page.goto(served.base + "/")

@@ -7,7 +7,8 @@ const FINAL = new Set(["succeeded", "failed", "stopped", "lost"]);
 const SVG = "http://www.w3.org/2000/svg";
 const LOG_LINES = 2000;
 
-const state = { jobId: null, events: null, job: null, logName: null, logOffset: 0, logTimer: null, lastGraph: "" };
+const state = { jobId: null, events: null, job: null, logName: null, logOffset: 0, logTimer: null, lastGraph: "",
+                unreachable: false };
 
 const $ = (id) => document.getElementById(id);
 
@@ -61,8 +62,10 @@ async function refreshJobs() {
   let jobs;
   try {
     jobs = await api("/api/jobs");
-    setConnection(state.events ? "live" : "connected");
+    if (state.unreachable) setConnection("connected");
+    state.unreachable = false;
   } catch (e) {
+    state.unreachable = true;
     setConnection("server unreachable: " + e.message);
     return;
   }
@@ -116,7 +119,10 @@ function selectJob(jobId) {
     setConnection("job finished");
     refreshJobs();
   });
-  source.onerror = () => { if (state.events === source) setConnection("reconnecting…"); };
+  source.onerror = () => {   // the browser retries by itself, except after an answer that is not a stream
+    if (state.events !== source) return;
+    setConnection(source.readyState === EventSource.CLOSED ? "cannot follow job " + jobId : "reconnecting…");
+  };
   loadLogs(jobId);
 }
 
