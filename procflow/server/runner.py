@@ -24,7 +24,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import procflow
@@ -47,7 +47,6 @@ class Running:
     pid: int | None = None
     kill_timer: asyncio.TimerHandle | None = None
     task: asyncio.Task | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Runner:
@@ -142,6 +141,7 @@ class Runner:
             return
         running.pid = proc.pid
         self.store.update(job_id, status="running", started_at=time.time(), pid=proc.pid)
+        _say(f"job {job_id} started ({row['target']}, driver pid {proc.pid})")
         now = self.store.get(job_id)
         if (now is not None and now["stop_requested"]) or self._closing:   # asked while it was starting
             self._signal_stop(job_id)
@@ -150,7 +150,9 @@ class Runner:
             running.kill_timer.cancel()
         await self._clear_process_group(proc.pid)
         final = self.store.get(job_id) or row
-        self.store.update(job_id, **self._outcome(job_id, rc, final["stop_requested"]))
+        outcome = self._outcome(job_id, rc, final["stop_requested"])
+        self.store.update(job_id, **outcome)
+        _say(f"job {job_id} {outcome['status']} (exit code {outcome['exit_code']})")
         self.running.pop(job_id, None)
         self._finished(job_id)
         self._schedule()
@@ -278,6 +280,11 @@ class Runner:
             return
         event = self._events.setdefault(job_id, asyncio.Event())
         await event.wait()
+
+
+def _say(line: str) -> None:
+    """One line on the server's stderr (what `procflow serve` shows in its terminal or log)."""
+    print(f"procflow: {line}", file=sys.stderr, flush=True)
 
 
 def read_json(path: str) -> Any:

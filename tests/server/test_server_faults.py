@@ -50,3 +50,24 @@ def test_a_restarted_server_shows_the_history_and_marks_running_jobs_lost(start_
     assert rows[running]["status"] == "lost" and rows[running]["finished_at"] is not None
     assert again.cli("wait", running).returncode == 1
     assert "lost" in again.cli("list").stdout
+
+
+@pytest.mark.timeout(180)
+def test_ctrl_c_on_serve_stops_its_jobs_gracefully_and_leaves_nothing(start_server):
+    server = start_server("--max-jobs", "2", "--cores", "64")
+    job_id = server.submit("forever")    # an unbounded source: a graceful stop ends it, nothing to drain
+
+    def running_with_live() -> dict | None:
+        job = server.call("status", id=job_id)
+        return job if job["status"] == "running" and job["live"] and job["live"]["operators"] else None
+
+    job = wait_until(running_with_live, 60)
+    assert job, server.log()
+    assert server.stop(signal.SIGINT) == 0
+    assert wait_dead([job["pid"]])
+    assert wait_until(lambda: not own_segments(job["pid"]), 30)
+    again = start_server()
+    row = again.status(job_id)
+    # Stopped by the driver itself (sources ended, tasks drained), not killed after the grace period.
+    assert row["status"] == "stopped" and row["exit_code"] == 130 and row["error"] == "stopped"
+    assert row["summary"]["status"] == "stopped"
