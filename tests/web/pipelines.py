@@ -1,5 +1,5 @@
 """A pipeline for the dashboard's end-to-end test (and its README screenshot): a split source, a
-chained parse, a slow parallel enrich step behind a ring, a keyed count and a sink; about 25 s of work
+chained parse, a slow parallel enrich step behind a ring, a keyed count and a sink; about a minute of work
 unless stopped, which its test does."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import time
 
 from procflow import MapFunction
 
-N_CLICKS = 40_000
+N_CLICKS = 100_000
 ENRICH_SECONDS = 0.002
 
 
