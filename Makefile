@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
 EXTRAS ?= dev,ray,bench,arrow
 
-.PHONY: install run example-files shell dashboard graph test test-fast lint bench soak clean help
+.PHONY: install run example-files shell dashboard graph serve test test-fast lint bench soak clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -42,6 +42,9 @@ dashboard: $(STAMP)  ## the word count through the procflow command, with the li
 
 graph: $(STAMP)  ## the word count's execution graph (text)
 	$(PY) -m procflow.cli graph examples/wordcount.py:pipeline
+
+serve: $(STAMP)  ## the job server on its default socket (then procflow submit / list / status / logs / wait)
+	$(PY) -m procflow.cli serve $(SERVE_ARGS)
 
 test: $(STAMP)  ## the whole suite, in parallel
 	$(PY) -m pytest -n auto -q

@@ -2,6 +2,7 @@
 
     procflow run   TARGET [options]   build the pipeline with TARGET(env), run it, print the job summary
     procflow graph TARGET [options]   print the execution graph as text, or write it as DOT / Mermaid
+    procflow serve / submit / list / status / stop / logs / wait   the job server (procflow/server/)
 
 TARGET is `module:function` (a dotted module, or a path to a .py file); the function receives a fresh
 environment and adds operators to it, e.g. `def build(env): env.from_batch(range(10)).map(f).print()`.
@@ -297,6 +298,10 @@ def make_parser() -> argparse.ArgumentParser:
                        help="text (default), dot (Graphviz) or mermaid")
     graph.add_argument("--output", "-o", metavar="FILE", help="write to FILE instead of standard output")
     graph.set_defaults(func=cmd_graph)
+
+    from procflow.server.commands import add_server_commands
+
+    add_server_commands(sub, parse_parallelism)   # serve, submit, list, status, stop, logs, wait
     return parser
 
 
