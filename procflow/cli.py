@@ -138,8 +138,8 @@ def format_summary(summary: dict) -> str:
     for name in summary.get("uneven", ()):
         op = ops[name]
         lines.append(f"uneven: {name}'s {op['tasks']} tasks finished {op['finish_spread_s']:.2f}s apart (round robin "
-                     f"gives each the same number\n        of records, so the fast ones sat idle); call "
-                     f".balance() before {name} to send each record to a free task")
+                     f"gives each the same number\n        of records, so the fast ones sat idle); drop the "
+                     f"round robin before {name} (the default, .balance(), sends each record to a free task)")
     lines.append(f"logs: {summary['log_dir']}")
     return "\n".join(lines)
 

@@ -121,6 +121,14 @@ class UnstableKeyError(ProcflowError, TypeError):
     """
 
 
+def unhashable_key_error(key: Any, operator: str) -> UnstableKeyError:
+    """A keyed reduce holds its state in a dict: a key that a dict cannot hold (a list, a dict, a set) has
+    a stable hash for routing but fails there, with the message Python gives for it, "unhashable type"."""
+    return UnstableKeyError(f"reduce {operator!r} keeps one value per key, but the key {key!r} is a "
+                            f"{type(key).__name__}, which cannot be a dict key; return a hashable key from "
+                            "the key selector (a tuple instead of a list, a frozenset instead of a set)")
+
+
 def describe_exit(exitcode: Any) -> str:
     """Explain a child's exit status the way a user needs it."""
     import signal

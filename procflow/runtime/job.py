@@ -157,7 +157,7 @@ class Job:
 
         Round robin gives every task the same number of records, so when records differ in cost or
         cores differ in speed (a shared VM), the job waits for the slowest task. Each such operator gets
-        `finish_spread_s` in its summary row; `balance()` before it is the remedy (the CLI says so).
+        `finish_spread_s` in its summary row; the default distribution (balance) is the remedy (the CLI says so).
         """
         graph = self._dispatcher.graph
         fed_by: dict[str, set[str]] = {}

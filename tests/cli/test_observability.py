@@ -58,7 +58,7 @@ def test_summary_points_at_round_robin_leaving_a_task_idle(env_dir, tmp_path):
     # 100 records each: one task slept 0.2 s, the other finished at once.
     assert s["uneven"] == ["work"]
     assert s["operators"]["work"]["finish_spread_s"] >= 0.1
-    assert ".balance() before work" in format_summary(s)
+    assert "drop the round robin before work" in format_summary(s)
 
 
 @pytest.mark.timeout(60)

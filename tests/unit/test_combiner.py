@@ -172,6 +172,23 @@ def test_a_key_without_a_stable_hash_fails_at_its_first_record_not_at_the_end():
         router.route(1, object(), True)
 
 
+def test_a_key_a_dict_cannot_hold_fails_naming_the_reduce_and_the_fix():
+    router, _ = combining_router()
+    with pytest.raises(UnstableKeyError, match=r"reduce 'reduce' .* key \[1\] is a list.*a tuple instead"):
+        router.route(1, [1], True)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("combine", [True, False])
+def test_a_job_keyed_by_lists_fails_with_the_same_clear_error_with_or_without_a_combiner(env, combine):
+    from procflow.core.errors import JobFailedError
+
+    (env.from_batch([[i % 3, 1] for i in range(30)]).map(lambda r: r, parallelism=2)
+     .keyby(lambda r: [r[0]]).reduce(lambda a, b: [a[0], a[1] + b[1]], combine=combine).collect())
+    with pytest.raises(JobFailedError, match="cannot be a dict key; return a hashable key"):
+        env.submit()
+
+
 def test_held_read_only_arrays_are_copies():
     # A received array may be a read-only view on ring memory that the ring reuses after the call.
     router, writers = combining_router(n=1, fn=CallableReduce(lambda a, b: b))   # keeps the last one

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from procflow.core.errors import unhashable_key_error
 from procflow.runtime.communication.placement import Hash, Placement
 
 # Keys held per task and output group before every partial is sent on. For the group-bys this is for
@@ -83,7 +84,11 @@ class Combining(Placement):
 
     def _combine(self, payload: Any, key: Any) -> None:
         partials = self.partials
-        if key in partials:
+        try:
+            held = key in partials
+        except TypeError:
+            raise unhashable_key_error(key, self.group.target) from None
+        if held:
             # Computed before it is stored: a fold that raises leaves the partial as it was, so a
             # record skipped by on_error="skip" is not half-counted.
             try:

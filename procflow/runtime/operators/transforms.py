@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from procflow.core.errors import unhashable_key_error
 from procflow.core.functions import (
     BaseFunction,
     FilterFunction,
@@ -185,7 +186,11 @@ class ReduceOperator(Operator[ReduceFunction]):
     def process(self, record: Any) -> None:
         key = self.ctx.current_key
         state = self._state
-        if key in state:
+        try:
+            held = key in state
+        except TypeError:
+            raise unhashable_key_error(key, self.ctx.operator_name) from None
+        if held:
             value = self.function.execute(state[key], record)
         else:
             value = record
