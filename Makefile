@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # It has no prerequisites on purpose: a newer mtime alone (a git checkout, a fresh worktree) once made
 # every target reinstall into whichever VENV it was given, though nothing it installs had changed.
 STAMP  := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
-EXTRAS ?= dev,ray,bench,arrow
+EXTRAS ?= dev,ray,bench,arrow,web
 
 .PHONY: install run example-files shell dashboard graph serve test test-fast lint bench soak clean help
 
@@ -19,7 +19,7 @@ $(STAMP):
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	rm -f $(VENV)/.installed-*; touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install procflow with its dev, ray, bench and arrow extras
+install: $(STAMP)  ## create .venv and install procflow with its dev, ray, bench, arrow and web extras
 
 run: $(STAMP)  ## run the example word count over a generated text
 	$(PY) examples/wordcount.py
