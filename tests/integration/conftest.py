@@ -200,8 +200,9 @@ def make_env(env_dir):
         env.close()
 
 
-def wait_for(predicate, timeout=10.0, what="condition"):
-    """Deadline loop with backoff, for observing OS state (a file written, a process gone)."""
+def wait_for(predicate, timeout=30.0, what="condition"):
+    """Deadline loop with backoff, for observing OS state (a file written, a process gone). The deadline
+    is generous: Ray actors took over 10 s to start on a CI machine loaded by the parallel suite."""
     deadline = time.monotonic() + timeout
     delay = 0.005
     while True:

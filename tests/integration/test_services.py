@@ -129,7 +129,9 @@ def test_async_calls_overlap_across_replicas(backend):
         assert elapsed >= 8 * 0.2, elapsed
     else:
         assert n_pids == 4      # a process (or actor) per replica
-        assert elapsed < 8 * 0.2 / 2, elapsed   # four replicas: about 2 x 0.2 s, not 8 x 0.2 s
+        # Four replicas: about 2 x 0.2 s, not 8 x 0.2 s. The bound leaves room for a loaded CI machine
+        # (0.86 s seen under a load average of 15) and still fails calls that ran one after another.
+        assert elapsed < 8 * 0.2 * 0.75, elapsed
 
 
 class Faulty(BaseService):
