@@ -10,17 +10,25 @@
                    claims its next split from, and the driver reads the claims from
     release_sources / request_stop   release.remote() / request_stop.remote() on every actor
     stop_tasks()   wait (bounded) for run() to return, so that the actors close their logs
-    close_job_control()   ray.kill every actor of the job (the live counters went with the view)
+    close_job_control()   ray.kill every actor of the job (the live counters went with the view), then wait
+                   (bounded) until each one is dead: a job leaves no worker process behind for the next
+                   job (or the user's own Ray work) to compete with
     locate()       task -> (node id, pid), for tools and tests
 
 The wait timeout only bounds how late a stop/kill request from another thread is noticed; control
 messages wake the monitor at once. A producer's BrokenChannelError waits `broken_channel_grace` for its
 consumer's own death, which names the real culprit.
+
+No actor is ever looked up by name (`ray.get_actor`): every handle a task or replica calls reaches it from
+the driver (run(peers), ServiceActor.connect). A by-name lookup is a synchronous GCS request that, in a
+mixed load of Ray jobs on a busy machine, failed with `GetTimeoutError ... getting the actor handle ...
+GCS server is dead or under high load` (issue 24); the names stay, for `ray list actors` and tools.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -39,6 +47,7 @@ from procflow.runtime.split_plan import SplitCursors, split_counts
 _POLL_S = 2.0       # an actor's long-poll returns empty after this long
 _REQUEST_S = 0.1    # how often the monitor looks at stop/kill requests between control messages
 _BROKEN_GRACE_S = 3.0   # how long a "consumer died" report waits for the consumer's own death to show
+_DEATH_WAIT_S = 10.0    # how long close_job_control waits for the killed actors to be dead
 
 
 def ship_by_value(functions: Any, contexts: Any) -> None:
@@ -70,6 +79,35 @@ def ship_by_value(functions: Any, contexts: Any) -> None:
                 cloudpickle.register_pickle_by_value(module)
             except (ValueError, TypeError):  # a module cloudpickle refuses stays by reference
                 pass
+
+
+def wait_until_dead(actors: Mapping[str, Any], timeout: float) -> list[str]:
+    """Wait until every (killed) actor is dead; returns the names of those still answering at `timeout`.
+
+    ray.kill only asks: the actor's worker process exits later. A job that returned at once left its
+    actors' processes dying beside the next job's starting ones (and the GCS busy with both), which is
+    how a mixed load of Ray jobs overloaded a small machine (issue 24). A call to a dead actor fails with
+    RayActorError, so each actor is probed until its probe fails; a probe that an actor still answers
+    (the kill not yet done) is repeated after a short backoff.
+    """
+    deadline = time.monotonic() + timeout
+    alive = dict(actors)
+    backoff = 0.01
+    while alive:
+        probes = {actor.__ray_ready__.remote(): name for name, actor in alive.items()}
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        done, _ = ray.wait(list(probes), num_returns=len(probes), timeout=remaining)
+        for ref in done:
+            try:
+                ray.get(ref)
+            except RayError:   # RayActorError: dead, as wanted (any other error: nothing more to learn)
+                alive.pop(probes[ref], None)
+        if alive:
+            time.sleep(min(backoff, max(deadline - time.monotonic(), 0)))   # backoff between OS-state polls
+            backoff = min(backoff * 2, 0.2)
+    return sorted(alive)
 
 
 class RayJobView:
@@ -144,6 +182,7 @@ class RayBackend:
         self._where: dict[str, Any] = {}
         self._watched: dict[str, Any] = {}   # task or service replica -> the actor whose outbox is polled
         self._polls: dict[Any, str] = {}     # outstanding poll.remote() -> its task or replica
+        self._services: RayServiceHost | None = None
         self.ended: set[str] = set()         # tasks and replicas whose outbox closed or whose actor died
 
     def actor_name(self, task: str) -> str:
@@ -186,7 +225,8 @@ class RayBackend:
         return ""
 
     def service_host(self) -> RayServiceHost:
-        return RayServiceHost(self)   # a Ray actor per replica (services.py)
+        self._services = RayServiceHost(self)   # a Ray actor per replica (services.py)
+        return self._services
 
     def stall_probes(self) -> dict[str, Any]:
         return {}
@@ -207,9 +247,12 @@ class RayBackend:
                 name=self.actor_name(name), namespace=self.namespace, **options).remote(
                     task.ctx, task.function, self.enumerator, task.chained)
         graph = self.job.graph
+        replicas = self._services.handles() if self._services is not None else {}
         for name in tasks:
+            # The handles this task will call: its consumers' and every service replica's (channel.peer).
             peers = {self.actor_name(e.dst): self.actors[e.dst] for member in graph.chain(name)
                      for g in graph.nodes[member].out_groups for e in g.edges if e.dst in self.actors}
+            peers.update(replicas)
             self._runs[name] = self.actors[name].run.remote(peers)
             self._where[name] = self.actors[name].where.remote()
             self.watch(name, self.actors[name])
@@ -312,6 +355,9 @@ class RayBackend:
             except (RayError, ValueError) as exc:
                 if self.job is not None:
                     self.job.log.warning("could not kill the actor of task %s: %s", name, exc)
+        left = wait_until_dead(actors, _DEATH_WAIT_S)
+        if left and self.job is not None:
+            self.job.log.warning("actors still alive %.0f s after ray.kill: %s", _DEATH_WAIT_S, ", ".join(left))
         self._runs.clear()
 
 
