@@ -81,6 +81,14 @@ def ship_by_value(functions: Any, contexts: Any) -> None:
                 pass
 
 
+def node_alive(node_id: str) -> bool:
+    """Whether the GCS counts node `node_id` alive (an unknown node counts as gone)."""
+    try:
+        return any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes())
+    except RayError:
+        return True   # cannot tell: say nothing about the node rather than something wrong
+
+
 def wait_until_dead(actors: Mapping[str, Any], timeout: float) -> list[str]:
     """Wait until every (killed) actor is dead; returns the names of those still answering at `timeout`.
 
@@ -318,6 +326,11 @@ class RayBackend:
             pass
         chain = self.job.graph.chain(name) if self.job is not None else (name,)
         ran = f", which ran the chain {' -> '.join(chain)}" if len(chain) > 1 else ""
+        if node != "?" and not node_alive(node):
+            return JobFailedError(
+                f"task {name} (Ray actor {self.actor_name(actor)}{ran}) was lost: its node {node} is gone (removed, "
+                f"shut down or unreachable): {exited.cause}; the job was stopped and every other task ended. Run "
+                "it again once the cluster has room for every task actor.", task=name)
         return JobFailedError(
             f"task {name} (Ray actor {self.actor_name(actor)}{ran}, node {node}) died: {exited.cause}; the job was "
             "stopped and every other task ended. An actor dies when its worker process exits (os._exit, a "
