@@ -6,8 +6,9 @@
     wait()         one outstanding poll.remote() per task and service replica (`watch`); blocks in
                    ray.wait(polls, timeout) and returns each actor's control messages; a poll raising
                    RayActorError (the actor died) or a closed outbox becomes an Exited event
-    open_job()     with split sources: one enumerator actor (SplitCursors) that every source instance
-                   claims its next split from, and the driver reads the claims from
+    open_job()     the job's view; with split sources, the split counts: one task actor (the first
+                   created) holds the job's SplitCursors, every source instance claims its next split
+                   from it and the driver reads the claims there (no enumerator actor of its own)
     release_sources / request_stop   release.remote() / request_stop.remote() on every actor
     stop_tasks()   wait (bounded) for run() to return, so that the actors close their logs
     close_job_control()   ray.kill every actor of the job (the live counters went with the view), then wait
@@ -42,7 +43,7 @@ from procflow.core.errors import JobFailedError
 from procflow.runtime.backend import Exited, JobSetup, TaskStart
 from procflow.runtime.control import ErrorReport
 from procflow.runtime.job_control import FIELDS
-from procflow.runtime.split_plan import SplitCursors, split_counts
+from procflow.runtime.split_plan import split_counts
 
 _POLL_S = 2.0       # an actor's long-poll returns empty after this long
 _REQUEST_S = 0.1    # how often the monitor looks at stop/kill requests between control messages
@@ -184,7 +185,8 @@ class RayBackend:
         self.job: JobSetup | None = None
         self.job_control: RayJobView | None = None
         self.actors: dict[str, Any] = {}
-        self.enumerator: Any = None   # the split enumerator actor, where the job has split sources
+        self.enumerator: Any = None   # the task actor holding the split cursors, where the job has split sources
+        self._split_counts: tuple[int, ...] | None = None
         self.placement: dict[str, tuple[str, int]] = {}   # task -> (node id, pid), filled by locate()
         self._runs: dict[str, Any] = {}
         self._where: dict[str, Any] = {}
@@ -208,12 +210,11 @@ class RayBackend:
     def open_job(self, job: JobSetup) -> RayJobView:
         self.job = job
         self.job_control = RayJobView(self, {name: i for i, name in enumerate(job.graph.nodes)})
-        if job.splits:
-            # One actor hands out every split source's splits: the instances are actors on any node, with
-            # no memory in common, and claims are rare (one per split), so a remote call each is cheap.
-            self.enumerator = ray.remote(SplitCursors).options(
-                name=f"procflow-{job.job_id}-splits", namespace=self.namespace, num_cpus=0,
-            ).remote(split_counts(job.splits))
+        # One task actor hands out every split source's splits (start()): the instances are actors on any
+        # node, with no memory in common, and claims are rare (one per split), so a remote call each is
+        # cheap. An enumerator actor of its own cost a worker process's start (0.5-2 s of CPU on 2 cores,
+        # in the critical path: the sources wait for their first split) for a handful of calls.
+        self._split_counts = split_counts(job.splits) if job.splits else None
         return self.job_control
 
     def check_capacity(self, consumers: list[Any], services: Mapping[str, Any], job_control: Any) -> None:
@@ -250,10 +251,14 @@ class RayBackend:
                    **self.actor_options}
         remote_cls = ray.remote(TaskActor)
         for name, task in tasks.items():
-            # One actor per chain: it runs the task and the operators chained behind it.
+            # One actor per chain: it runs the task and the operators chained behind it. The first one
+            # holds the job's split cursors, and the others claim from it.
+            holds = self._split_counts if self.enumerator is None else None
             self.actors[name] = remote_cls.options(
                 name=self.actor_name(name), namespace=self.namespace, **options).remote(
-                    task.ctx, task.function, self.enumerator, task.chained)
+                    task.ctx, task.function, self.enumerator, task.chained, holds)
+            if holds:
+                self.enumerator = self.actors[name]
         graph = self.job.graph
         replicas = self._services.handles() if self._services is not None else {}
         for name in tasks:
@@ -359,9 +364,7 @@ class RayBackend:
     def close_job_control(self) -> None:
         if self.job_control is not None:
             self.job_control.close()
-        actors = dict(self.actors)
-        if self.enumerator is not None:
-            actors["(split enumerator)"] = self.enumerator
+        actors = dict(self.actors)   # the split cursors' holder among them
         for name, actor in actors.items():
             try:
                 ray.kill(actor, no_restart=True)
