@@ -20,6 +20,8 @@ Contenders (all use W worker processes, all results checked against the sequenti
                     write it, distribution left to procflow
   procflow-balance  the same with .balance() before the map: records go to whichever map is free
   procflow-ray      RayEnvironment, same pipeline (skipped with a note when unavailable)
+  procflow-ray-before   with `--before ROOT`: procflow-ray on the procflow found in ROOT (another checkout,
+                    e.g. `git worktree add ROOT main`), in the same rounds: before/after from one run
 
 Timings include creating and tearing down each contender's worker processes (a Pool, a WorkerPool, a
 procflow job), except Ray's cluster start (several seconds), and end once every result is held in the
@@ -253,13 +255,16 @@ def _report(round_index: int, name: str, seconds: float | None) -> None:
     print(f"  round {round_index + 1}  {name:20s} {shown}", flush=True)
 
 
-def ray_start(w: int) -> str | None:
-    """Start a private local Ray instance (never another host). Returns None or why it is unavailable."""
+def ray_start(w: int, root: str | None = None) -> str | None:
+    """Start a private local Ray instance (never another host). Returns None or why it is unavailable.
+
+    `root`: a checkout whose procflow the driver and Ray's workers import instead of this one's."""
     try:
         import ray
 
+        path = os.pathsep.join(p for p in (root, common.REPO_ROOT) if p)
         ray.init(num_cpus=w, include_dashboard=False, address="local", log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": common.REPO_ROOT}})
+                 runtime_env={"env_vars": {"PYTHONPATH": path}})
         return None
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
@@ -276,7 +281,8 @@ def ray_stop() -> None:
 
 
 RAY_RUNNERS = {**{ray_tasks_name(c): functools.partial(run_ray_tasks, per_worker=c) for c in RAY_CHUNKS},
-               "ray-actors": run_ray_actors, "procflow-ray": run_procflow_ray}
+               "ray-actors": run_ray_actors, "procflow-ray": run_procflow_ray,
+               "procflow-ray-before": run_procflow_ray}
 
 
 class Measured(NamedTuple):
@@ -292,13 +298,15 @@ def _warm_up_ray(w: int) -> None:
     ray.get([ray.remote(_spin_range).remote(0, 1, 1) for _ in range(2 * w)])
 
 
-def _ray_driver_main(conn, w: int) -> None:
+def _ray_driver_main(conn, w: int, root: str | None = None) -> None:
     """The Ray driver process: start Ray, warm it up, run one contender when asked, shut Ray down."""
     # Run as `python -m bench.cpu_scaling`, this process knows this module as __mp_main__, a name Ray's
     # workers cannot import; the functions shipped to them must come from its importable name.
     from bench import cpu_scaling
 
-    why = ray_start(w)
+    if root:   # procflow-ray-before: nothing has imported procflow in this fresh interpreter yet
+        sys.path.insert(0, root)
+    why = ray_start(w, root)
     try:
         if why is None:
             cpu_scaling._warm_up_ray(w)
@@ -321,7 +329,7 @@ def _ray_driver_main(conn, w: int) -> None:
         ray_stop()
 
 
-def ray_runner(name: str):
+def ray_runner(name: str, root: str | None = None):
     """A Ray contender with the local ones' signature, run in a freshly spawned interpreter.
 
     Each run gets its own Ray instance, started (and its workers warmed up) before the clock starts and
@@ -333,7 +341,7 @@ def ray_runner(name: str):
     def run(work, n, w):
         ctx = multiprocessing.get_context("spawn")
         conn, child_conn = ctx.Pipe()
-        process = ctx.Process(target=_ray_driver_main, args=(child_conn, w), daemon=True,
+        process = ctx.Process(target=_ray_driver_main, args=(child_conn, w, root), daemon=True,
                               name=f"bench-ray-{name}")
         process.start()
         child_conn.close()
@@ -364,6 +372,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--n", type=int, default=None, help="records per run (default: per grain)")
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray contenders")
     parser.add_argument("--no-procflow", action="store_true", help="run the peers only")
+    parser.add_argument("--ray-only", action="store_true",
+                        help="sequential, Ray tasks and actors, and procflow-ray only (issue 24's comparison)")
+    parser.add_argument("--before", metavar="ROOT", default=None,
+                        help="also run procflow-ray-before: procflow-ray on the procflow of checkout ROOT")
     args = parser.parse_args(argv)
     w = args.workers
     shm_before = common.shm_entries()
@@ -393,14 +405,18 @@ def main(argv: list[str] | None = None) -> dict:
 
         want: list = []  # filled by the first sequential run; every contender must reproduce it
         plan = [("sequential", run_sequential)]
-        plan += [(pool_name(c), functools.partial(run_pool, per_worker=c)) for c in POOL_CHUNKS]
-        plan.append(("mpire", run_mpire))
+        if not args.ray_only:
+            plan += [(pool_name(c), functools.partial(run_pool, per_worker=c)) for c in POOL_CHUNKS]
+            plan.append(("mpire", run_mpire))
         if not ray_why:
             plan += [(name, ray_runner(name)) for name in (*map(ray_tasks_name, RAY_CHUNKS), "ray-actors")]
         if procflow_mod is not None:
-            plan += [("procflow", run_procflow), ("procflow-balance", run_procflow_balance)]
+            if not args.ray_only:
+                plan += [("procflow", run_procflow), ("procflow-balance", run_procflow_balance)]
             if not ray_why:
                 plan.append(("procflow-ray", ray_runner("procflow-ray")))
+                if args.before:
+                    plan.append(("procflow-ray-before", ray_runner("procflow-ray-before", args.before)))
         fns = {name: verified(name, runner, work, n, w, want) for name, runner in plan}
         results, failures = common.interleaved(fns, runs, progress=_report)
         g["runs"] = runs
@@ -466,6 +482,8 @@ def _print_grain(grain: str, g: dict, w: int, runs: int) -> None:
 
 # Issue 19's peers for the pipeline as users write it: Pool and Ray tasks, each with its best chunking.
 TARGET_PEERS = ("mp.Pool.imap", "ray-tasks")
+# Issue 24: procflow-on-Ray against plain Ray tasks with their best batching, per grain.
+RAY_PARITY = {"1ms": 0.95, "20us": 0.9}
 
 
 def targets(doc: dict, w: int) -> list[dict]:
@@ -490,6 +508,14 @@ def targets(doc: dict, w: int) -> list[dict]:
                         "goal": f"{f'>= {floor:g}' if floor else '> 1'}, >= {needed} rounds faster",
                         "met": None if ahead is None or wins is None else ahead and wins[0] >= needed,
                         "rounds_faster": rounds_faster(pf.get("times"), c[peer].get("times"))})
+        floor = RAY_PARITY.get(grain)
+        pf_ray, tasks = c.get("procflow-ray", {}), c.get("ray-tasks")
+        if floor is not None and tasks is not None and pf_ray.get("median"):
+            value = common.ratio(tasks["median"], pf_ray["median"])
+            out.append({"name": f"{grain}: procflow-ray vs ray-tasks ({tasks.get('variant', 'ray-tasks')})",
+                        "value": value, "goal": f">= {floor:g}",
+                        "met": None if value is None else value >= floor,
+                        "rounds_faster": rounds_faster(pf_ray.get("times"), tasks.get("times"))})
     return out
 
 

@@ -11,11 +11,19 @@ put and one get, each an actor call on the queue actor, which is how Queue is me
 
     python -m bench.ray_backend            # 1,000,000 vs 10,000 records
     python -m bench.ray_backend --quick    # 200,000 vs 1,500 records
+    python -m bench.ray_backend --startup  # start-up of a 4-task pipeline against 4 plain actors (issue 24)
+
+Start-up (`--startup`), on one running, warmed-up Ray instance, each timed STARTUP_RUNS times (median):
+  plain actors   4 actors (num_cpus=0, as procflow's) created at once, until each has answered a call;
+                 then ray.kill and until each is dead
+  procflow       a 4-task job (source -> keyby -> map x2 -> collect: 4 task actors) over 4 records, from
+                 submit() until every task is ready (its sources released), and until submit() returned
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import ray
@@ -94,10 +102,74 @@ def with_procflow(n: int) -> float:
     return max(m["finished"] for m in metrics.values()) - released
 
 
+STARTUP_RUNS = 5
+STARTUP_TASKS = 4
+
+
+@ray.remote(num_cpus=0)
+class Plain:
+    def ready(self) -> bool:
+        return True
+
+
+def plain_actors_startup() -> tuple[float, float]:
+    """(seconds until 4 plain actors answered, seconds until they were dead again)."""
+    from procflow.backends.ray.backend import wait_until_dead
+
+    started = time.perf_counter()
+    actors = [Plain.remote() for _ in range(STARTUP_TASKS)]
+    ray.get([a.ready.remote() for a in actors])
+    up = time.perf_counter() - started
+    for actor in actors:
+        ray.kill(actor)
+    wait_until_dead({str(i): a for i, a in enumerate(actors)}, 30.0)
+    return up, time.perf_counter() - started
+
+
+def procflow_startup() -> tuple[float, float]:
+    """(seconds from submit() until every task was ready, seconds until submit() returned)."""
+    env = RayEnvironment("bench-ray-startup")
+    try:
+        env.from_batch(range(STARTUP_TASKS), parallelism=1).keyby(lambda x: x % 2) \
+            .map(lambda x: x + 1, parallelism=2).collect()
+        wall, started = time.time(), time.perf_counter()
+        job = env.submit()
+        total = time.perf_counter() - started
+        backend = job._dispatcher.backend
+        assert len(backend.actors) == STARTUP_TASKS, sorted(backend.actors)
+        # Every task stamps `started` once released, which is once all are ready.
+        ready = max(m["started"] for m in job.metrics.values()) - wall
+        return ready, total
+    finally:
+        env.close()
+
+
+def startup() -> None:
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        ray.get([Plain.remote().ready.remote() for _ in range(2)])   # Ray's own first start-up, untimed
+        rows: dict[str, list[tuple[float, float]]] = {"plain actors": [], "procflow": []}
+        for _ in range(STARTUP_RUNS):   # alternated, so that both see the same drift of the machine
+            rows["plain actors"].append(plain_actors_startup())
+            rows["procflow"].append(procflow_startup())
+    finally:
+        ray.shutdown()
+    print(f"start-up of {STARTUP_TASKS} actors on a running Ray instance, median of {STARTUP_RUNS} "
+          "(ready / ready, ran and torn down):")
+    for name, runs in rows.items():
+        up = statistics.median(r[0] for r in runs)
+        total = statistics.median(r[1] for r in runs)
+        print(f"  {name:14s} {up:6.2f} s / {total:6.2f} s   (runs: {', '.join(f'{r[0]:.2f}' for r in runs)})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer records (seconds instead of a minute)")
+    parser.add_argument("--startup", action="store_true", help="start-up only (see the module docstring)")
     args = parser.parse_args()
+    if args.startup:
+        startup()
+        return
     n_procflow, n_queue = (200_000, 1_500) if args.quick else (1_000_000, 10_000)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:

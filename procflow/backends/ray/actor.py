@@ -6,7 +6,8 @@
                                                  task_main(): Ready ... Stopped, or Failed on any error
     poll.remote(t)  ◄── (messages, closed) ────  poll(): long-poll of the control outbox
     release.remote() / request_stop.remote() ►  the start / stop words (threading.Events)
-    (a split source's run())  ─ claim_split ──►  the job's split enumerator actor (RayBackend.open_job)
+    (a split source's run())  ─ claim_split ──►  the job's split cursors, held by one of its task actors
+    claim_split.remote / split_owners.remote ─►  (that one: TaskActor.cursors; RayBackend.start)
     counters.remote() ◄──────────────────────── this task's live counters row
     producers: push.remote(slot, seq, frames) ► push(): into the gate, never blocks
 
@@ -29,27 +30,33 @@ from procflow.backends.ray import channel
 from procflow.runtime.communication.router import BaseRouter
 from procflow.runtime.context.task_context import TaskContext
 from procflow.runtime.job_control import FIELDS
+from procflow.runtime.split_plan import SplitCursors
 from procflow.runtime.task.entry import close_logger, open_task_logger, report_chain_failure
 
 
 class ActorJobControl:
     """The JobControl interface (start/stop words, counters, split claims) for one task inside its actor.
 
-    Split claims go to the job's enumerator actor (RayBackend.open_job), one remote call per split.
+    Split claims go to the task actor that holds the job's split cursors (RayBackend.start), one remote
+    call per split, or straight to the cursors where this actor holds them.
     """
 
-    def __init__(self, n_tasks: int, enumerator: Any = None) -> None:
+    def __init__(self, n_tasks: int, enumerator: Any = None, cursors: SplitCursors | None = None) -> None:
         self.counters = np.zeros((max(n_tasks, 1), len(FIELDS)), dtype=np.float64)
         self._start = threading.Event()
         self._stop = threading.Event()
         self._enumerator = enumerator
+        self._cursors = cursors
         self._claimed: dict[int, int] = {}   # per slot: splits handed out, as far as this actor saw
 
     def claim_split(self, slot: int, instance: int) -> int | None:
-        if self._enumerator is None:
+        if self._cursors is not None:
+            index = self._cursors.claim_split(slot, instance)
+        elif self._enumerator is None:
             raise RuntimeError("a split source's task actor was started without the job's split enumerator; "
                                "this is a procflow bug, please report it")
-        index = ray.get(self._enumerator.claim_split.remote(slot, instance))
+        else:
+            index = ray.get(self._enumerator.claim_split.remote(slot, instance))
         if index is not None:
             self._claimed[slot] = index + 1
         return index
@@ -133,11 +140,16 @@ def unpack(messages: list[bytes]) -> list[Any]:
 
 
 class TaskActor:
-    def __init__(self, ctx: RayTaskContext, function: Any, enumerator: Any = None, chained: tuple = ()) -> None:
+    def __init__(self, ctx: RayTaskContext, function: Any, enumerator: Any = None, chained: tuple = (),
+                 split_counts: tuple[int, ...] | None = None) -> None:
         self.ctx = ctx
         self.function = function
         self.chained = chained   # the operators chained behind this task's (runtime/task/chain.py)
-        self.job_control = ctx.actor_job_control = ActorJobControl(ctx.n_tasks, enumerator)
+        # The job's split cursors, where this actor holds them (one per job with split sources): the
+        # other sources claim from here, so that no actor of its own (another worker process to start,
+        # seconds on a small machine) serves the claims.
+        self.cursors = SplitCursors(split_counts) if split_counts else None
+        self.job_control = ctx.actor_job_control = ActorJobControl(ctx.n_tasks, enumerator, self.cursors)
         for member in chained:
             member.ctx.actor_job_control = self.job_control
         self.outbox = Outbox()
@@ -164,6 +176,19 @@ class TaskActor:
         """The live counters row of every operator this task runs, by slot."""
         slots = [self.ctx.task_slot, *(member.ctx.task_slot for member in self.chained)]
         return {slot: self.job_control.counters[slot].tolist() for slot in slots}
+
+    def claim_split(self, slot: int, instance: int) -> int | None:
+        """The next split of source `slot` for `instance` (called by the job's other source actors)."""
+        return self._held_cursors().claim_split(slot, instance)
+
+    def split_owners(self, slot: int) -> list[int | None] | None:
+        return self._held_cursors().split_owners(slot)
+
+    def _held_cursors(self) -> SplitCursors:
+        if self.cursors is None:
+            raise RuntimeError(f"task {self.ctx.name} does not hold the job's split cursors, yet a split was "
+                               "claimed from it; this is a procflow bug, please report it")
+        return self.cursors
 
     def where(self) -> tuple[str, int]:
         """(node id, pid) this task runs on."""

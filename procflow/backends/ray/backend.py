@@ -6,21 +6,30 @@
     wait()         one outstanding poll.remote() per task and service replica (`watch`); blocks in
                    ray.wait(polls, timeout) and returns each actor's control messages; a poll raising
                    RayActorError (the actor died) or a closed outbox becomes an Exited event
-    open_job()     with split sources: one enumerator actor (SplitCursors) that every source instance
-                   claims its next split from, and the driver reads the claims from
+    open_job()     the job's view; with split sources, the split counts: one task actor (the first
+                   created) holds the job's SplitCursors, every source instance claims its next split
+                   from it and the driver reads the claims there (no enumerator actor of its own)
     release_sources / request_stop   release.remote() / request_stop.remote() on every actor
     stop_tasks()   wait (bounded) for run() to return, so that the actors close their logs
-    close_job_control()   ray.kill every actor of the job (the live counters went with the view)
+    close_job_control()   ray.kill every actor of the job (the live counters went with the view), then wait
+                   (bounded) until each one is dead: a job leaves no worker process behind for the next
+                   job (or the user's own Ray work) to compete with
     locate()       task -> (node id, pid), for tools and tests
 
 The wait timeout only bounds how late a stop/kill request from another thread is noticed; control
 messages wake the monitor at once. A producer's BrokenChannelError waits `broken_channel_grace` for its
 consumer's own death, which names the real culprit.
+
+No actor is ever looked up by name (`ray.get_actor`): every handle a task or replica calls reaches it from
+the driver (run(peers), ServiceActor.connect). A by-name lookup is a synchronous GCS request that, in a
+mixed load of Ray jobs on a busy machine, failed with `GetTimeoutError ... getting the actor handle ...
+GCS server is dead or under high load` (issue 24); the names stay, for `ray list actors` and tools.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -34,11 +43,12 @@ from procflow.core.errors import JobFailedError
 from procflow.runtime.backend import Exited, JobSetup, TaskStart
 from procflow.runtime.control import ErrorReport
 from procflow.runtime.job_control import FIELDS
-from procflow.runtime.split_plan import SplitCursors, split_counts
+from procflow.runtime.split_plan import split_counts
 
 _POLL_S = 2.0       # an actor's long-poll returns empty after this long
 _REQUEST_S = 0.1    # how often the monitor looks at stop/kill requests between control messages
 _BROKEN_GRACE_S = 3.0   # how long a "consumer died" report waits for the consumer's own death to show
+_DEATH_WAIT_S = 10.0    # how long close_job_control waits for the killed actors to be dead
 
 
 def ship_by_value(functions: Any, contexts: Any) -> None:
@@ -70,6 +80,43 @@ def ship_by_value(functions: Any, contexts: Any) -> None:
                 cloudpickle.register_pickle_by_value(module)
             except (ValueError, TypeError):  # a module cloudpickle refuses stays by reference
                 pass
+
+
+def node_alive(node_id: str) -> bool:
+    """Whether the GCS counts node `node_id` alive (an unknown node counts as gone)."""
+    try:
+        return any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes())
+    except RayError:
+        return True   # cannot tell: say nothing about the node rather than something wrong
+
+
+def wait_until_dead(actors: Mapping[str, Any], timeout: float) -> list[str]:
+    """Wait until every (killed) actor is dead; returns the names of those still answering at `timeout`.
+
+    ray.kill only asks: the actor's worker process exits later. A job that returned at once left its
+    actors' processes dying beside the next job's starting ones (and the GCS busy with both), which is
+    how a mixed load of Ray jobs overloaded a small machine (issue 24). A call to a dead actor fails with
+    RayActorError, so each actor is probed until its probe fails; a probe that an actor still answers
+    (the kill not yet done) is repeated after a short backoff.
+    """
+    deadline = time.monotonic() + timeout
+    alive = dict(actors)
+    backoff = 0.01
+    while alive:
+        probes = {actor.__ray_ready__.remote(): name for name, actor in alive.items()}
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        done, _ = ray.wait(list(probes), num_returns=len(probes), timeout=remaining)
+        for ref in done:
+            try:
+                ray.get(ref)
+            except RayError:   # RayActorError: dead, as wanted (any other error: nothing more to learn)
+                alive.pop(probes[ref], None)
+        if alive:
+            time.sleep(min(backoff, max(deadline - time.monotonic(), 0)))   # backoff between OS-state polls
+            backoff = min(backoff * 2, 0.2)
+    return sorted(alive)
 
 
 class RayJobView:
@@ -138,12 +185,14 @@ class RayBackend:
         self.job: JobSetup | None = None
         self.job_control: RayJobView | None = None
         self.actors: dict[str, Any] = {}
-        self.enumerator: Any = None   # the split enumerator actor, where the job has split sources
+        self.enumerator: Any = None   # the task actor holding the split cursors, where the job has split sources
+        self._split_counts: tuple[int, ...] | None = None
         self.placement: dict[str, tuple[str, int]] = {}   # task -> (node id, pid), filled by locate()
         self._runs: dict[str, Any] = {}
         self._where: dict[str, Any] = {}
         self._watched: dict[str, Any] = {}   # task or service replica -> the actor whose outbox is polled
         self._polls: dict[Any, str] = {}     # outstanding poll.remote() -> its task or replica
+        self._services: RayServiceHost | None = None
         self.ended: set[str] = set()         # tasks and replicas whose outbox closed or whose actor died
 
     def actor_name(self, task: str) -> str:
@@ -161,12 +210,11 @@ class RayBackend:
     def open_job(self, job: JobSetup) -> RayJobView:
         self.job = job
         self.job_control = RayJobView(self, {name: i for i, name in enumerate(job.graph.nodes)})
-        if job.splits:
-            # One actor hands out every split source's splits: the instances are actors on any node, with
-            # no memory in common, and claims are rare (one per split), so a remote call each is cheap.
-            self.enumerator = ray.remote(SplitCursors).options(
-                name=f"procflow-{job.job_id}-splits", namespace=self.namespace, num_cpus=0,
-            ).remote(split_counts(job.splits))
+        # One task actor hands out every split source's splits (start()): the instances are actors on any
+        # node, with no memory in common, and claims are rare (one per split), so a remote call each is
+        # cheap. An enumerator actor of its own cost a worker process's start (0.5-2 s of CPU on 2 cores,
+        # in the critical path: the sources wait for their first split) for a handful of calls.
+        self._split_counts = split_counts(job.splits) if job.splits else None
         return self.job_control
 
     def check_capacity(self, consumers: list[Any], services: Mapping[str, Any], job_control: Any) -> None:
@@ -186,7 +234,8 @@ class RayBackend:
         return ""
 
     def service_host(self) -> RayServiceHost:
-        return RayServiceHost(self)   # a Ray actor per replica (services.py)
+        self._services = RayServiceHost(self)   # a Ray actor per replica (services.py)
+        return self._services
 
     def stall_probes(self) -> dict[str, Any]:
         return {}
@@ -202,14 +251,21 @@ class RayBackend:
                    **self.actor_options}
         remote_cls = ray.remote(TaskActor)
         for name, task in tasks.items():
-            # One actor per chain: it runs the task and the operators chained behind it.
+            # One actor per chain: it runs the task and the operators chained behind it. The first one
+            # holds the job's split cursors, and the others claim from it.
+            holds = self._split_counts if self.enumerator is None else None
             self.actors[name] = remote_cls.options(
                 name=self.actor_name(name), namespace=self.namespace, **options).remote(
-                    task.ctx, task.function, self.enumerator, task.chained)
+                    task.ctx, task.function, self.enumerator, task.chained, holds)
+            if holds:
+                self.enumerator = self.actors[name]
         graph = self.job.graph
+        replicas = self._services.handles() if self._services is not None else {}
         for name in tasks:
+            # The handles this task will call: its consumers' and every service replica's (channel.peer).
             peers = {self.actor_name(e.dst): self.actors[e.dst] for member in graph.chain(name)
                      for g in graph.nodes[member].out_groups for e in g.edges if e.dst in self.actors}
+            peers.update(replicas)
             self._runs[name] = self.actors[name].run.remote(peers)
             self._where[name] = self.actors[name].where.remote()
             self.watch(name, self.actors[name])
@@ -275,6 +331,11 @@ class RayBackend:
             pass
         chain = self.job.graph.chain(name) if self.job is not None else (name,)
         ran = f", which ran the chain {' -> '.join(chain)}" if len(chain) > 1 else ""
+        if node != "?" and not node_alive(node):
+            return JobFailedError(
+                f"task {name} (Ray actor {self.actor_name(actor)}{ran}) was lost: its node {node} is gone (removed, "
+                f"shut down or unreachable): {exited.cause}; the job was stopped and every other task ended. Run "
+                "it again once the cluster has room for every task actor.", task=name)
         return JobFailedError(
             f"task {name} (Ray actor {self.actor_name(actor)}{ran}, node {node}) died: {exited.cause}; the job was "
             "stopped and every other task ended. An actor dies when its worker process exits (os._exit, a "
@@ -303,15 +364,16 @@ class RayBackend:
     def close_job_control(self) -> None:
         if self.job_control is not None:
             self.job_control.close()
-        actors = dict(self.actors)
-        if self.enumerator is not None:
-            actors["(split enumerator)"] = self.enumerator
+        actors = dict(self.actors)   # the split cursors' holder among them
         for name, actor in actors.items():
             try:
                 ray.kill(actor, no_restart=True)
             except (RayError, ValueError) as exc:
                 if self.job is not None:
                     self.job.log.warning("could not kill the actor of task %s: %s", name, exc)
+        left = wait_until_dead(actors, _DEATH_WAIT_S)
+        if left and self.job is not None:
+            self.job.log.warning("actors still alive %.0f s after ray.kill: %s", _DEATH_WAIT_S, ", ".join(left))
         self._runs.clear()
 
 

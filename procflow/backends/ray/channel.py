@@ -17,7 +17,9 @@
 - Large frames (numpy arrays, pickled objects) are ordinary call arguments: Ray moves arguments above its
   inline limit through the object store.
 - Descriptors name the consumer actor and the slot; the actor handles themselves reach the producer with
-  its `run()` call (`register_peers`), falling back to a named-actor lookup.
+  its `run()` call (`register_peers`). Nothing is ever looked up by name (`ray.get_actor`): that is a
+  synchronous GCS request, and under a mixed load of Ray jobs it failed with `GetTimeoutError: ...
+  getting the actor handle ... GCS server is dead or under high load` (issue 24).
 """
 
 from __future__ import annotations
@@ -36,21 +38,32 @@ from procflow.runtime.communication.queue_descriptor.base import BatchDecoder, C
 
 _RECORDS, _KEYED_RECORDS, _SINGLE, _CONTROL = 0, 1, 2, 3
 
-# Per worker process (one task actor per process): the consumers' actor handles, by actor name, and the
-# gate each task actor feeds from push().
+# Per worker process (one task actor or service replica per process): the actor handles it may call (its
+# consumers, the job's service replicas), by actor name, and the gate each task actor feeds from push().
 _peers: dict[str, Any] = {}
+_peers_changed = threading.Condition()
 _gates: dict[str, RayInputGate] = {}
+PEER_WAIT_S = 60.0   # how long a caller waits for the driver to hand over the handles (a replica's connect())
 
 
 def register_peers(peers: dict[str, Any]) -> None:
-    _peers.update(peers)
+    """The handles the driver handed over (a task's run(), a replica's connect())."""
+    with _peers_changed:
+        _peers.update(peers)
+        _peers_changed.notify_all()
 
 
-def _actor(name: str, namespace: str) -> Any:
-    handle = _peers.get(name)
-    if handle is None:
-        handle = _peers[name] = ray.get_actor(name, namespace=namespace)
-    return handle
+def peer(name: str, timeout: float = PEER_WAIT_S) -> Any:
+    """The handle of actor `name`, as the driver handed it over: never a by-name lookup in the GCS.
+
+    A task actor has its handles before its task starts; a service replica gets them in connect(), which
+    a call from a task may overtake, so the caller waits for them (bounded)."""
+    with _peers_changed:
+        if not _peers_changed.wait_for(lambda: name in _peers, timeout):
+            raise RuntimeError(f"no actor handle for {name!r} reached this worker within {timeout:.0f} s; "
+                               "the driver hands every handle over before the job starts, so this is a "
+                               "procflow bug, please report it")
+        return _peers[name]
 
 
 @dataclass(frozen=True)
@@ -65,7 +78,7 @@ class RayEdge:
     kind: str = "ray"
 
     def open_writer(self) -> RayChannelWriter:
-        return RayChannelWriter(_actor(self.inbox, self.namespace), self.inbox, self.slot, self.batch_bytes,
+        return RayChannelWriter(peer(self.inbox), self.inbox, self.slot, self.batch_bytes,
                                 self.credits)
 
 

@@ -36,6 +36,7 @@ import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
+from procflow.backends.ray import channel
 from procflow.backends.ray.actor import Outbox
 from procflow.core.errors import ServiceError, ServiceUnavailableError
 from procflow.core.service import BaseService, ServiceSpec
@@ -79,6 +80,12 @@ class ServiceActor:
     def _end(self) -> None:
         close_logger(self.replica.ctx.logger)
         self.outbox.close()
+
+    @ray.method(concurrency_group=_CONTROL)
+    def connect(self, replicas: dict[str, Any]) -> None:
+        """Every replica's actor handle, for services that call services (in the control group: a call
+        waiting for them must not hold it up)."""
+        channel.register_peers(replicas)
 
     @ray.method(concurrency_group=_CONTROL)
     def poll(self, timeout: float) -> tuple[list, bool]:
@@ -168,8 +175,8 @@ class RayServiceClient(DirectClient):
 
     def _actor(self, replica: int) -> Any:
         handle = self._handles.get(replica)
-        if handle is None:
-            handle = self._handles[replica] = ray.get_actor(self._dir.actors[replica], namespace=self._dir.namespace)
+        if handle is None:   # handed over by the driver (channel.peer): no by-name lookup in the GCS
+            handle = self._handles[replica] = channel.peer(self._dir.actors[replica])
         return handle
 
     def _call(self, info: ServiceInfo, replica: int, method: str, args: tuple, kwargs: dict,
@@ -274,6 +281,13 @@ class RayServiceHost:
                                        **options).remote(ctx, self._services[name])
             self._actors[name] = actor
             backend.watch(name, actor)
+        handles = self.handles()
+        for actor in self._actors.values():
+            actor.connect.remote(handles)
+
+    def handles(self) -> dict[str, Any]:
+        """Every replica's actor handle by actor name: the task actors get them with run()."""
+        return {self.backend.actor_name(name): actor for name, actor in self._actors.items()}
 
     def request_stop(self) -> None:
         for actor in self._actors.values():
@@ -298,6 +312,11 @@ class RayServiceHost:
             except (RayError, ValueError) as exc:
                 if self.backend.job is not None:
                     self.backend.job.log.warning("could not kill the actor of service replica %s: %s", name, exc)
+        from procflow.backends.ray.backend import wait_until_dead
+
+        left = wait_until_dead(self._actors, max(deadline - time.monotonic(), 1.0))
+        if left and self.backend.job is not None:
+            self.backend.job.log.warning("service replica actors still alive after ray.kill: %s", ", ".join(left))
 
     def read_counters(self) -> np.ndarray:
         if self._final is not None:
