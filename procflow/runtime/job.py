@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 from typing import Any
 
@@ -188,6 +189,22 @@ class Job:
         if self._manager.failure is not None:
             raise self._manager.failure
         return self
+
+    def checkpoint(self, timeout: float | None = None) -> int:
+        """Take a checkpoint now (checkpoint_dir jobs) and wait until it is complete; returns its number.
+        Raises RuntimeError if the job ends first (a job takes none once its first task has finished),
+        TimeoutError after `timeout` seconds."""
+        future = self._dispatcher.request_checkpoint()
+        try:
+            return int(future.result(timeout))
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(f"job {self.job_id}: checkpoint not complete after {timeout}s") from None
+
+    @property
+    def checkpoints(self) -> list[dict[str, Any]]:
+        """The checkpoints this job completed: number, duration_s, bytes of state."""
+        checkpoints = self._dispatcher.checkpoints
+        return list(checkpoints.taken) if checkpoints is not None else []
 
     def stop(self, timeout: float | None = None) -> None:
         """Graceful: sources end, records in flight drain. Kills the job if it has not ended in `timeout`."""

@@ -207,6 +207,16 @@ class BaseRouter:
             for w in group.writers:
                 w.send_control(signal)
 
+    def send_barrier(self, barrier: Any) -> None:
+        """A checkpoint barrier on every output channel, after every record routed before it: what
+        combiners hold leaves first, as partial aggregates (so no state stays in the router)."""
+        for placement in self._placements:
+            if placement.holds_records:
+                placement.drain()
+        for group in self.groups:
+            for w in group.writers:
+                w.send_control(barrier)
+
     @property
     def blocked_seconds(self) -> float:
         """Seconds spent waiting on downstream: full rings, and balanced groups with no room."""

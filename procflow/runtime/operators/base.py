@@ -69,6 +69,20 @@ class Operator(Generic[F]):
     def flush(self) -> None:
         """Called whenever the task flushes its outputs (idle, timer, end)."""
 
+    # -- checkpoints (runtime/checkpoint/) -------------------------------------------------------------
+
+    def snapshot(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """At a checkpoint barrier, once every input is aligned: (state, progress). `state` is pickled
+        into this instance's state file and handed back to `restore` on resume; `progress` goes to the
+        driver with the ack. Here: the function's own `snapshot_state()`, where it defines one."""
+        snapshot_state = getattr(self.function, "snapshot_state", None)
+        return ({"function": snapshot_state()} if callable(snapshot_state) else {}), {}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """On resume, after open(): the state `snapshot` returned at the checkpoint restored."""
+        if "function" in state:
+            self.function.restore_state(state["function"])  # type: ignore[attr-defined]
+
     def finish(self, signal: Any) -> None:
         """End of every input: let the function flush state, then close it."""
         self.ctx.current_key, self.ctx.current_keyed = None, False

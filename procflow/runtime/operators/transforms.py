@@ -132,6 +132,13 @@ class SinkOperator(Operator[SinkFunction[Any]]):
     def per_record(self) -> Callable[[Any], None]:
         return self.function.execute   # nothing to add per record: the task calls the function itself
 
+    def snapshot(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        state, progress = super().snapshot()
+        if callable(getattr(self.function, "adopt_parts", None)) and "function" in state:
+            # A file sink: its rolled parts, which the driver moves into the new staging on resume.
+            progress["parts"] = [part["name"] for part in state["function"]]
+        return state, progress
+
     def process_many(self, records: list[Any]) -> None:
         execute = self.function.execute
         i = 0
@@ -194,6 +201,15 @@ class ReduceOperator(Operator[ReduceFunction]):
         state[key] = value
         if self._running:
             self.emit((key, value))
+
+    def snapshot(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        state, progress = super().snapshot()
+        state["reduce"] = self._state
+        return state, progress
+
+    def restore(self, state: dict[str, Any]) -> None:
+        super().restore(state)
+        self._state = dict(state["reduce"])
 
     def finish(self, signal: Any) -> None:
         if not self._running:
