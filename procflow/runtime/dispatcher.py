@@ -310,9 +310,19 @@ class Dispatcher(JobMonitor):
                     error.__cause__ = exc
                     self._fail(error)
             try:
-                function.abort_output()
+                keep = getattr(function, "keep_for_resume", None)
+                if self._resumable() and callable(keep):
+                    keep()   # a resumed job takes over the parts its checkpoint lists
+                    self.log.info("staged output of %s kept for a resume", name)
+                else:
+                    function.abort_output()
             except Exception:   # removing staging must not hide the job's own outcome; the log says it
                 self.log.exception("removing the staged output of %s failed", name)
+
+    def _resumable(self) -> bool:
+        """The job has a complete checkpoint (taken or restored) that submit(resume=True) can continue."""
+        checkpoints = self.checkpoints
+        return checkpoints is not None and (bool(checkpoints.taken) or checkpoints.restored is not None)
 
     def _settle_checkpoints(self) -> None:
         """After the outputs: a job that finished needs its checkpoints no more; any other keeps them, for

@@ -78,6 +78,12 @@ class FileSink(SinkFunction[Any]):
         if self._staged is not None:
             self._staged.abort()
 
+    def keep_for_resume(self) -> None:
+        """Instead of abort_output, where the job did not finish but has checkpoints: the staging folder
+        stays (the parts its checkpoints list are taken over by the resumed job; the rest is dropped then)."""
+        if self._staged is not None:
+            self._staged.abort(keep=True)
+
     # -- the task's hooks ----------------------------------------------------------------------------
 
     def open(self) -> None:

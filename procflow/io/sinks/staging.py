@@ -280,12 +280,13 @@ class StagedOutput:
 
     # -- abort -------------------------------------------------------------------------------------
 
-    def abort(self) -> None:
-        """Remove the staging folder and close every fd. Idempotent; safe after a prepare() that failed."""
+    def abort(self, keep: bool = False) -> None:
+        """Remove the staging folder and close every fd. Idempotent; safe after a prepare() that failed.
+        `keep`: leave the folder (not its lock) for a resume from a checkpoint, whose parts are in it."""
         if self._staging_fd >= 0:
             os.close(self._staging_fd)
             self._staging_fd = -1
-        if self.staging and self._dir_fd >= 0:
+        if self.staging and self._dir_fd >= 0 and not keep:
             try:
                 rmtree_at(self._dir_fd, self.staging)
             except FileNotFoundError:

@@ -1,0 +1,78 @@
+"""The pipeline of the checkpoint tests: a split file source, a map, keyby + reduce, and two file sinks
+(every record, and the sums per key), with its expected output computed here in plain Python."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+from typing import Any
+
+FILES, LINES = 4, 1500
+RECORDS = FILES * LINES
+KEYS = 7
+
+
+def write_input(folder: str) -> str:
+    os.makedirs(folder, exist_ok=True)
+    for f in range(FILES):
+        with open(os.path.join(folder, f"f{f}.txt"), "w") as out:
+            out.writelines(f"{f * LINES + i}\n" for i in range(LINES))
+    return folder
+
+
+def parse(line: str) -> int:
+    time.sleep(0.0005)   # slow enough that the job lasts a few checkpoint intervals
+    return int(line)
+
+
+def key_of(n: int) -> int:
+    return n % KEYS
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def build(env: Any, inp: str, out: str) -> None:
+    numbers = env.read_text(inp, parallelism=2, split_size=1500, name="lines").map(parse, parallelism=2,
+                                                                                   name="parse")
+    numbers.write_jsonl(os.path.join(out, "records"), name="records")
+    numbers.keyby(key_of).reduce(add, parallelism=2, name="sum").write_jsonl(os.path.join(out, "sums"),
+                                                                             name="sums")
+
+
+def expected() -> tuple[list[int], list[list[int]]]:
+    sums = [[k, sum(n for n in range(RECORDS) if n % KEYS == k)] for k in range(KEYS)]
+    return list(range(RECORDS)), sums
+
+
+def committed(out: str) -> tuple[list[int], list[list[int]]]:
+    """The records of both sinks' committed parts (sorted), after checking their _SUCCESS exists."""
+    result = []
+    for sink in ("records", "sums"):
+        folder = os.path.join(out, sink)
+        assert os.path.exists(os.path.join(folder, "_SUCCESS")), os.listdir(folder)
+        assert not [n for n in os.listdir(folder) if n.startswith("_staging-")], os.listdir(folder)
+        rows = []
+        for part in glob.glob(os.path.join(folder, "part-*")):
+            with open(part, encoding="utf-8") as f:
+                rows += [json.loads(line) for line in f]
+        result.append(sorted(rows))
+    return result[0], result[1]
+
+
+# A driver script: argv = env_dir, input folder, output folder, checkpoint folder.
+DRIVER = """
+import sys
+from procflow import LocalEnvironment
+from tests.faults.checkpoint_pipeline import build
+
+env = LocalEnvironment("ckpt", env_dir=sys.argv[1], checkpoint_dir=sys.argv[4],
+                       config={"checkpoint_interval": 0.1})
+build(env, sys.argv[2], sys.argv[3])
+print("running", flush=True)
+env.submit()
+print("finished", flush=True)
+"""
