@@ -151,6 +151,9 @@ class Dispatcher(JobMonitor):
                                            self.graph, self.log, restored)
             self.log.info("checkpoints every %ss into %s%s", self.config["checkpoint_interval"], store.path,
                           f"; resuming from checkpoint {restored.number}" if restored is not None else "")
+            for name, records in self.checkpoints.collected.items():   # collect()s start where it was
+                if name in self.collectors:
+                    self.collectors[name]._extend(records)
         self._prepare_outputs()
         backend = self.backend
         nodes = list(self.graph.nodes.values())
@@ -471,6 +474,8 @@ class Dispatcher(JobMonitor):
         if isinstance(msg, Results):
             assert self.in_driver is not None
             self.in_driver.deliver(msg, self.collectors[msg.task])
+            if self.checkpoints is not None:
+                self.checkpoints.on_results(msg)
         elif isinstance(msg, Ready):
             manager.mark_ready(msg.task, msg.pid)
         elif isinstance(msg, CheckpointAck):

@@ -13,12 +13,18 @@
 Split progress is merged here rather than in a task: at barrier n each source instance reports the splits
 it finished in this run and the one it is reading, with its offset; the checkpoint's view of the source is
 the restored view updated by every instance's report. A split no instance reported stays as restored.
+
+collect(): the driver receives each task's results (Results.sender) over that task's control channel, in
+order with its ack, so the records a sender shipped before its ack are exactly those before its barrier.
+Each checkpoint stores every collect's records up to it (collected.pickle, cumulative: the older
+checkpoints are pruned), and a resumed job's collect() starts from them.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import logging
+import pickle
 import threading
 import time
 from collections.abc import Mapping
@@ -27,8 +33,13 @@ from typing import Any
 from procflow.core.enums import OperatorKind
 from procflow.core.functions import IterableBatch
 from procflow.runtime.checkpoint.barrier import CheckpointAck
-from procflow.runtime.checkpoint.store import CheckpointStore, LoadedCheckpoint, state_file_name
+from procflow.runtime.checkpoint.store import CheckpointStore, LoadedCheckpoint, state_file_name, write_state
+from procflow.runtime.control import Results
 from procflow.runtime.split_plan import is_split_source
+
+# The manifest's entry for the driver's own file: the records of every collect() up to the checkpoint.
+COLLECTED = "<collected>"
+COLLECTED_FILE = "collected.pickle"
 
 
 def fingerprint(graph: Any) -> dict[str, str]:
@@ -85,6 +96,13 @@ class Checkpoints:
         self.splits: dict[str, dict[str, Any]] = {op: {"done": list(s["done"]), "partial": dict(s["partial"])}
                                                   for op, s in manifest.get("splits", {}).items()}
         self.outputs: dict[str, list[str]] = {op: list(p) for op, p in manifest.get("outputs", {}).items()}
+        # collect(): records as of the last complete checkpoint, per collect operator; those received
+        # since, per (collect, sender); and how many of those each sender had shipped when it acked.
+        self.collected: dict[str, list[Any]] = {}
+        if restored is not None and COLLECTED in restored.states:
+            self.collected = pickle.loads(restored.states[COLLECTED])
+        self._received: dict[tuple[str, str], list[Any]] = {}
+        self._marks: dict[tuple[str, str], int] = {}
         self.tasks: dict[str, tuple[int, str]] = {}   # task -> (slot, operator): who must ack
         self.split_operators: set[str] = set()
         self.sink_operators: set[str] = set()
@@ -158,9 +176,17 @@ class Checkpoints:
 
     # -- acks --------------------------------------------------------------------------------------
 
+    def on_results(self, msg: Results) -> None:
+        """Records for a collect(), delivered: kept per sender until a checkpoint takes them."""
+        if not self.disabled:
+            self._received.setdefault((msg.task, msg.sender), []).extend(msg.records)
+
     def on_ack(self, ack: CheckpointAck) -> None:
         if ack.checkpoint != self.in_flight or ack.task not in self.tasks:
             return   # of a checkpoint abandoned meanwhile
+        for key, records in self._received.items():
+            if key[1] == ack.task:
+                self._marks[key] = len(records)   # what it shipped before its barrier
         self.acks[ack.task] = ack
         if len(self.acks) == len(self.tasks):
             self._complete()
@@ -186,6 +212,15 @@ class Checkpoints:
         merged: dict[str, dict[str, Any]] = {op: {"done": sorted(done[op]),
                        "partial": {k: v for k, v in partial[op].items() if int(k) not in done[op]}}
                   for op in done}
+        if self._received or self.collected:
+            for key, records in self._received.items():
+                mark = self._marks.get(key, 0)
+                self.collected.setdefault(key[0], []).extend(records[:mark])
+                del records[:mark]
+            self._marks = {}
+            data = pickle.dumps(self.collected, protocol=5)
+            size, digest = write_state(self.store.path, number, 0, COLLECTED, data, name=COLLECTED_FILE)
+            files[COLLECTED] = {"file": COLLECTED_FILE, "bytes": size, "sha256": digest}
         duration = time.monotonic() - self.started
         nbytes = sum(a.nbytes for a in self.acks.values())
         manifest = {"checkpoint": number, "job_id": self.job_id, "created": time.time(),

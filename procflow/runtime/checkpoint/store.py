@@ -4,6 +4,7 @@
       00000007/                       0700, made by the driver when it asks for checkpoint 7
         0003-reduce_1.state           0600, written by task reduce_1 (slot 3): its pickled snapshot
         ...
+        collected.pickle              0600, written by the driver: every collect()'s records up to here
         MANIFEST.json                 0600, written as MANIFEST.json.tmp then renamed in by the driver once
                                       every task acked: the checkpoint exists exactly when this does
 
@@ -51,12 +52,14 @@ def state_file_name(slot: int, task: str) -> str:
     return f"{slot:04d}-{_UNSAFE.sub('_', task)}.state"
 
 
-def write_state(checkpoint_dir: str, number: int, slot: int, task: str, data: bytes) -> tuple[int, str]:
-    """Write one task's snapshot into checkpoint `number` (a new 0600 file, fsynced); (bytes, sha256)."""
+def write_state(checkpoint_dir: str, number: int, slot: int, task: str, data: bytes,
+                name: str | None = None) -> tuple[int, str]:
+    """Write one task's snapshot into checkpoint `number` (a new 0600 file, fsynced); (bytes, sha256).
+    `name`: the file's name, where it is not a task's (the driver's collected records)."""
     folder = os.path.join(checkpoint_dir, folder_name(number))
     dir_fd = open_dir(folder)
     try:
-        fd = create_file_at(dir_fd, state_file_name(slot, task))
+        fd = create_file_at(dir_fd, name or state_file_name(slot, task))
         with os.fdopen(fd, "wb") as out:
             out.write(data)
             out.flush()

@@ -166,7 +166,7 @@ class TaskContext:
             writers = [edge.open_writer() for edge in spec.edges]
             for writer in writers:
                 if hasattr(writer, "bind_control"):   # an edge into a collect run by the driver
-                    writer.bind_control(self.control)
+                    writer.bind_control(self.control, self.name)
             selector = spec.key_selector.execute if spec.key_selector is not None else None
             if spec.combiner is not None:
                 # Opened here, in the task, as an operator's function is (with this task's context);

@@ -166,7 +166,7 @@ class CollectOperator(Operator[BaseFunction]):
     def open(self) -> None:
         self.router = attached_router(self.ctx)
         self._to_driver = DriverWriter(self.ctx.operator_name)
-        self._to_driver.bind_control(self.ctx.control)
+        self._to_driver.bind_control(self.ctx.control, self.ctx.name)
 
     def process(self, record: Any) -> None:
         self._to_driver.send_object(record, None, False)
