@@ -35,19 +35,19 @@ def add(a: int, b: int) -> int:
     return a + b
 
 
-def build(env: Any, inp: str, out: str) -> tuple[Any, Any]:
-    """The pipeline; returns its collect() handles: every record (collected by the driver itself) and the
-    sums (keyed, so collected by a task of its own)."""
+def build(env: Any, inp: str, out: str) -> tuple[Any, Any, Any]:
+    """The pipeline; returns its collect() handles: every record (collected by the driver itself), every
+    record again and the sums (keyed, so collected by tasks of their own)."""
     numbers = env.read_text(inp, parallelism=2, split_size=1500, name="lines").map(parse, parallelism=2,
                                                                                    name="parse")
     numbers.write_jsonl(os.path.join(out, "records"), name="records")
     sums = numbers.keyby(key_of).reduce(add, parallelism=2, name="sum")
     sums.write_jsonl(os.path.join(out, "sums"), name="sums")
-    return numbers.collect(name="all"), sums.collect(name="totals")
+    return numbers.collect(name="all"), numbers.keyby(key_of).collect(name="keyed"), sums.collect(name="totals")
 
 
-def collected(records: Any, sums: Any) -> tuple[list[int], list[list[int]]]:
-    return sorted(records.results()), sorted(list(s) for s in sums.results())
+def collected(records: Any, keyed: Any, sums: Any) -> tuple[list[int], list[int], list[list[int]]]:
+    return sorted(records.results()), sorted(keyed.results()), sorted(list(s) for s in sums.results())
 
 
 def expected() -> tuple[list[int], list[list[int]]]:
