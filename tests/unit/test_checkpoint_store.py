@@ -118,3 +118,21 @@ def test_a_source_that_cannot_say_where_it_is_is_refused_before_the_job_starts()
     env.from_source(lambda: None, name="ticks").collect()
     with pytest.raises(ValueError, match="source 'ticks' .* cannot tell where it is"):
         check_checkpointable(env.compile())
+
+
+def test_backends_without_checkpoints_say_so_before_anything_starts(tmp_path):
+    from procflow import RayEnvironment
+
+    with pytest.raises(ValueError, match="not supported on RayEnvironment yet"):
+        RayEnvironment("ray", checkpoint_dir=str(tmp_path / "ckpt"))
+    with pytest.raises(ValueError, match="executor='inline' yet"):
+        LocalEnvironment("inline", executor="inline", checkpoint_dir=str(tmp_path / "ckpt"))
+    env = LocalEnvironment("mp", config={"queue": "mp"}, checkpoint_dir=str(tmp_path / "ckpt"),
+                           env_dir=str(tmp_path / "env"))
+    env.from_batch(range(3)).collect()
+    with pytest.raises(ValueError, match="checkpoints need queue='shm'"):
+        env.submit()
+    plain = LocalEnvironment("plain", env_dir=str(tmp_path / "env"))
+    plain.from_batch(range(3)).collect()
+    with pytest.raises(ValueError, match=r"resume=True\) restores a checkpoint, but this environment takes none"):
+        plain.submit(resume=True)
