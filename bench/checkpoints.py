@@ -3,7 +3,8 @@
 Throughput: the CPU-scaling pipelines (bench/cpu_scaling.py) at the 20 us and 1 ms grains,
 `from_batch(range(N)).map(spin, parallelism=W).collect()`, without checkpoints and with one every second
 (`LocalEnvironment(checkpoint_dir=...)`, config checkpoint_interval=1.0), in interleaved rounds. Loss =
-median with / median without - 1; issue 20 asks for less than 5%. Each checked run's results are verified
+median with / median without - 1 (and the same of the fastest runs, steadier on a shared machine);
+issue 20 asks for less than 5%. Each checked run's results are verified
 (count and checksum) against the sequential run.
 
 Recovery: a driver subprocess runs the 1 ms pipeline into a file sink (write_jsonl) with a checkpoint every
@@ -94,12 +95,14 @@ def throughput(grains: list[str], w: int, runs: int, quick: bool) -> dict[str, A
         if failures:
             raise RuntimeError(f"{grain}: {failures}")
         base, ckpt = results["none"]["median"], results["every 1 s"]["median"]
+        # Best of the runs too: on a shared machine the other tenants' load only ever adds time.
+        best = min(results["every 1 s"]["times"]) / min(results["none"]["times"]) - 1
         out[grain] = {"n": n, "workers": w, "none": results["none"], "every_1s": results["every 1 s"],
-                      "loss": ckpt / base - 1}
+                      "loss": ckpt / base - 1, "loss_best_of_runs": best}
         common.print_table(f"checkpoints, {grain} grain, N={n}, W={w}", ["contender", "median s", "times"],
                            [["none", base, " ".join(f"{t:.3f}" for t in results["none"]["times"])],
                             ["every 1 s", ckpt, " ".join(f"{t:.3f}" for t in results["every 1 s"]["times"])],
-                            ["loss", f"{100 * (ckpt / base - 1):+.1f}%", ""]])
+                            ["loss", f"{100 * (ckpt / base - 1):+.1f}%", f"best of runs: {100 * best:+.1f}%"]])
     return out
 
 

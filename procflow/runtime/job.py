@@ -151,7 +151,8 @@ class Job:
                 "operators": by_op, "bottleneck": bottleneck, "uneven": uneven,
                 "progress": self.progress(tasks),
                 "error": str(failure) if failure else None,
-                "log_dir": self.log_dir, "tasks": tasks, "services": self.service_metrics}
+                "log_dir": self.log_dir, "tasks": tasks, "services": self.service_metrics,
+                "checkpoints": self.checkpoints}
 
     def _uneven_round_robin(self, rows_by_op: dict[str, list[dict]], by_op: dict[str, dict]) -> list[str]:
         """Operators whose round-robin input left some of their tasks idle long before the others.

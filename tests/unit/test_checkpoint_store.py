@@ -8,12 +8,11 @@ import stat
 import pytest
 
 from procflow import LocalEnvironment
-from procflow.core.errors import UnsafePathError
+from procflow.core.errors import CheckpointWarning, UnsafePathError
 from procflow.runtime.checkpoint.coordinator import check_checkpointable, fingerprint, graph_differences
 from procflow.runtime.checkpoint.store import (
     MANIFEST,
     CheckpointStore,
-    CheckpointWarning,
     folder_name,
     state_file_name,
     write_state,

@@ -29,7 +29,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from procflow.core.errors import UnsafePathError
+from procflow.core.errors import CheckpointWarning, UnsafePathError
 from procflow.io.safe_paths import create_file_at, make_dir_at, rmtree_at
 from procflow.runtime.private_files import open_dir, private_dir
 
@@ -37,10 +37,6 @@ MANIFEST = "MANIFEST.json"
 _NUMBERED = re.compile(r"[0-9]{8}")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 KEEP = 2   # complete checkpoints kept
-
-
-class CheckpointWarning(RuntimeWarning):
-    """A checkpoint could not be used (corrupt, partial) and an older one is restored instead."""
 
 
 def folder_name(number: int) -> str:
