@@ -9,7 +9,7 @@ import os
 import time
 from typing import Any
 
-FILES, LINES = 4, 1500
+FILES, LINES = 4, 2000   # 8000 records, 2 s of sleep on 2 instances: the kill comes well before the end
 RECORDS = FILES * LINES
 KEYS = 7
 
@@ -38,7 +38,7 @@ def add(a: int, b: int) -> int:
 def build(env: Any, inp: str, out: str) -> tuple[Any, Any, Any]:
     """The pipeline; returns its collect() handles: every record (collected by the driver itself), every
     record again and the sums (keyed, so collected by tasks of their own)."""
-    numbers = env.read_text(inp, parallelism=2, split_size=1500, name="lines").map(parse, parallelism=2,
+    numbers = env.read_text(inp, parallelism=2, split_size=2000, name="lines").map(parse, parallelism=2,
                                                                                    name="parse")
     numbers.write_jsonl(os.path.join(out, "records"), name="records")
     sums = numbers.keyby(key_of).reduce(add, parallelism=2, name="sum")
