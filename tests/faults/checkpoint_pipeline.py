@@ -83,3 +83,92 @@ print("running", flush=True)
 env.submit()
 print("finished", flush=True)
 """
+
+
+# -- a join of two sources of different lengths: barriers aligned across different upstream operators --
+
+# The left input is 20 times as fast as the right: its barrier arrives first, with records behind it
+# that alignment must hold back until the right's barrier comes.
+JOIN_KEYS, LEFT, RIGHT = 20, 2000, 100
+
+
+def _join_class() -> type:
+    from procflow import JoinFunction
+
+    class SymmetricJoin(JoinFunction):
+        """A symmetric hash join whose buffers are its state (snapshot_state / restore_state)."""
+
+        def __init__(self) -> None:
+            self.seen: dict[int, tuple[list[int], list[int]]] = {}
+
+        def execute(self, payload: int, key: int, tag: int) -> list[list[int]]:
+            sides = self.seen.setdefault(key, ([], []))
+            sides[tag].append(payload)
+            other = sides[1 - tag]
+            return [[payload, o] if tag == 0 else [o, payload] for o in other]
+
+        def snapshot_state(self) -> dict[int, tuple[list[int], list[int]]]:
+            return self.seen
+
+        def restore_state(self, state: dict[int, tuple[list[int], list[int]]]) -> None:
+            self.seen = {int(k): (list(v[0]), list(v[1])) for k, v in state.items()}
+
+    return SymmetricJoin
+
+
+SymmetricJoin = _join_class()
+
+
+def left_int(line: str) -> int:
+    time.sleep(0.001)
+    return int(line)
+
+
+def right_int(line: str) -> int:
+    time.sleep(0.02)
+    return int(line)
+
+
+def join_key(n: int) -> int:
+    return n % JOIN_KEYS
+
+
+def write_join_input(folder: str) -> tuple[str, str]:
+    os.makedirs(folder, exist_ok=True)
+    left, right = os.path.join(folder, "left.txt"), os.path.join(folder, "right.txt")
+    with open(left, "w") as f:
+        f.writelines(f"{i}\n" for i in range(LEFT))
+    with open(right, "w") as f:
+        f.writelines(f"{10_000 + i}\n" for i in range(RIGHT))
+    return left, right
+
+
+def build_join(env: Any, left: str, right: str, out: str) -> None:
+    a = env.read_text(left, parallelism=1, split_size=2000, name="left").map(left_int, name="parse_left")
+    b = env.read_text(right, parallelism=1, split_size=500, name="right").map(right_int, name="parse_right")
+    a.connect(b).keyby(join_key).join(SymmetricJoin, parallelism=2, name="join").write_jsonl(out, name="pairs")
+
+
+def expected_pairs() -> list[list[int]]:
+    return sorted([a, b] for a in range(LEFT) for b in range(10_000, 10_000 + RIGHT) if a % JOIN_KEYS == b % JOIN_KEYS)
+
+
+def committed_pairs(out: str) -> list[list[int]]:
+    assert os.path.exists(os.path.join(out, "_SUCCESS")), os.listdir(out)
+    rows = []
+    for part in glob.glob(os.path.join(out, "part-*")):
+        with open(part, encoding="utf-8") as f:
+            rows += [json.loads(line) for line in f]
+    return sorted(rows)
+
+
+JOIN_DRIVER = """
+import sys
+from procflow import LocalEnvironment
+from tests.faults.checkpoint_pipeline import build_join
+
+env = LocalEnvironment("join", env_dir=sys.argv[1], checkpoint_dir=sys.argv[5], config={"checkpoint_interval": 0.1})
+build_join(env, sys.argv[2], sys.argv[3], sys.argv[4])
+print("running", flush=True)
+env.submit()
+"""

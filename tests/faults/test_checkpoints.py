@@ -150,3 +150,22 @@ def test_user_state_round_trip_corrupt_latest_skipped_and_mismatch_refused(env_d
     assert len(restored) == 1 and restored[0][1] is not None and restored[0][1] > 0
     # Every record once, numbered 1..3000 in order: the count went on from the restored state.
     assert numbered == [[i, i + 1] for i in range(3000)]
+
+
+def test_a_join_of_two_sources_resumes_exactly_once(env_dir, tmp_path):
+    """Barriers from two different source operators align at the join (the faster input is held back);
+    the join's buffers are its function's state."""
+    left, right = pipeline.write_join_input(str(tmp_path / "in"))
+    out, checkpoint_dir = str(tmp_path / "out"), str(tmp_path / "ckpt")
+    with DriverProcess(pipeline.JOIN_DRIVER, env_dir, left, right, out, checkpoint_dir) as driver:
+        driver.expect("running", timeout=90)
+        wait_for(lambda: any(int(n) >= 2 for n in _manifests(checkpoint_dir)), 90, "checkpoint 2")
+        tasks = descendants(driver.pid)
+        driver.signal(signal.SIGKILL)
+        assert driver.wait(10) == -signal.SIGKILL, "the job ended before the kill: make it slower"
+        assert wait_gone(tasks, 10) == set(), "task processes outlived their killed driver"
+
+    env = LocalEnvironment("join-resume", env_dir=env_dir, checkpoint_dir=checkpoint_dir)
+    pipeline.build_join(env, left, right, out)
+    env.submit(resume=True)
+    assert pipeline.committed_pairs(out) == pipeline.expected_pairs()
