@@ -89,7 +89,8 @@ print("finished", flush=True)
 
 # The left input is 20 times as fast as the right: its barrier arrives first, with records behind it
 # that alignment must hold back until the right's barrier comes.
-JOIN_KEYS, LEFT, RIGHT = 20, 2000, 100
+# The right one ends after about 2 s, the left after about 4: checkpoints go on without the right.
+JOIN_KEYS, LEFT, RIGHT = 20, 4000, 100
 
 
 def _join_class() -> type:
@@ -144,22 +145,31 @@ def write_join_input(folder: str) -> tuple[str, str]:
 
 
 def build_join(env: Any, left: str, right: str, out: str) -> None:
-    a = env.read_text(left, parallelism=1, split_size=2000, name="left").map(left_int, name="parse_left")
+    a = env.read_text(left, parallelism=1, split_size=4000, name="left").map(left_int, name="parse_left")
     b = env.read_text(right, parallelism=1, split_size=500, name="right").map(right_int, name="parse_right")
-    a.connect(b).keyby(join_key).join(SymmetricJoin, parallelism=2, name="join").write_jsonl(out, name="pairs")
+    # The right records are also written by a sink chained to their source: it ends with that source,
+    # and its last part must come back on resume from the source's final state.
+    b.write_jsonl(os.path.join(out, "right"), name="right_records")
+    a.connect(b).keyby(join_key).join(SymmetricJoin, parallelism=2, name="join") \
+        .write_jsonl(os.path.join(out, "pairs"), name="pairs")
 
 
 def expected_pairs() -> list[list[int]]:
     return sorted([a, b] for a in range(LEFT) for b in range(10_000, 10_000 + RIGHT) if a % JOIN_KEYS == b % JOIN_KEYS)
 
 
-def committed_pairs(out: str) -> list[list[int]]:
-    assert os.path.exists(os.path.join(out, "_SUCCESS")), os.listdir(out)
-    rows = []
-    for part in glob.glob(os.path.join(out, "part-*")):
-        with open(part, encoding="utf-8") as f:
-            rows += [json.loads(line) for line in f]
-    return sorted(rows)
+def committed_join(out: str) -> tuple[list[list[int]], list[int]]:
+    """(the pairs, the right records), each sink's committed output sorted."""
+    result = []
+    for sink in ("pairs", "right"):
+        folder = os.path.join(out, sink)
+        assert os.path.exists(os.path.join(folder, "_SUCCESS")), os.listdir(folder)
+        rows = []
+        for part in glob.glob(os.path.join(folder, "part-*")):
+            with open(part, encoding="utf-8") as f:
+                rows += [json.loads(line) for line in f]
+        result.append(sorted(rows))
+    return result[0], result[1]
 
 
 JOIN_DRIVER = """

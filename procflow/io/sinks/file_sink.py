@@ -126,7 +126,10 @@ class FileSink(SinkFunction[Any]):
             part.close()
             ctx = self.ctx
             base, ext = os.path.splitext(self._part_name)
-            name = f"{base}-c{ctx.checkpoint_number:08d}{ext}"
+            # At a barrier: the checkpoint's number. At the end of a source's chain (checkpoint 0): the job
+            # id, unique among the runs of a resumed job.
+            number = ctx.checkpoint_number
+            name = f"{base}-c{number:08d}{ext}" if number else f"{base}-final-{ctx.job_id}{ext}"
             os.rename(self._part_name, name, src_dir_fd=self._staging_fd, dst_dir_fd=self._staging_fd)
             self._rolled.append({"name": name, "records": self.records - self._counted, "bytes": part.tell()})
             self._counted = self.records

@@ -6,6 +6,11 @@
               delivered it; then the task snapshots, forwards Barrier(n) on every output, and
     task ──CheckpointAck(n)──► driver      over the control channel the task already reports on
 
+A task that finishes (every input ended) sends one last CheckpointAck numbered FINAL, carrying its state
+itself: it can ack no more barriers, and the driver writes that state into every later checkpoint. Its
+downstream tasks align on their inputs still open, after its StopSignal, so they hold all it emitted;
+every task upstream of it has finished too, so on resume nothing new reaches it.
+
 A Barrier rides a channel exactly as a StopSignal does (ChannelWriter.send_control, ChannelEnd at the
 gate), so it never overtakes a record nor is overtaken by one.
 """
@@ -23,14 +28,18 @@ class Barrier:
     checkpoint: int
 
 
+FINAL = 0   # CheckpointAck.checkpoint of a finished task's last state (checkpoints are numbered from 1)
+
+
 @dataclass(frozen=True)
 class CheckpointAck:
     """A task instance took its part of checkpoint `checkpoint`: its state file (`nbytes`, `sha256`)
     is written, and `progress` tells the driver what it merges itself (a split reader's finished and
-    current splits, a file sink's rolled parts)."""
+    current splits, a file sink's rolled parts). `state`: the state itself, in a FINAL ack only."""
 
     task: str
     checkpoint: int
     nbytes: int
     sha256: str
     progress: dict[str, Any] = field(default_factory=dict)
+    state: bytes | None = None

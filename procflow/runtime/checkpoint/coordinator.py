@@ -6,8 +6,11 @@
                           is in flight: store.begin(n), then the job control's checkpoint word = n
                        ─► on_ack(CheckpointAck) from every task instance ─► complete(n): the split
                           progress merged, the manifest renamed into place, older checkpoints pruned
-    a task Stopped     ─► no more checkpoints: a finished task cannot ack, so the one in flight is
-                          abandoned (its folder, without manifest, is never restored)
+    a FINAL ack        ─► a task finished: its last state stands in for its ack of this and every later
+                          checkpoint (the driver writes it there)
+    a task Stopped     ─► without a FINAL ack before it (an operator that takes no final snapshot): no
+    without FINAL         more checkpoints, since it can ack none; the one in flight is abandoned (its
+                          folder, without manifest, is never restored)
     job finished       ─► every checkpoint removed (the job they would resume is done)
 
 Split progress is merged here rather than in a task: at barrier n each source instance reports the splits
@@ -32,7 +35,7 @@ from typing import Any
 
 from procflow.core.enums import OperatorKind
 from procflow.core.functions import IterableBatch
-from procflow.runtime.checkpoint.barrier import CheckpointAck
+from procflow.runtime.checkpoint.barrier import FINAL, CheckpointAck
 from procflow.runtime.checkpoint.store import CheckpointStore, LoadedCheckpoint, state_file_name, write_state
 from procflow.runtime.control import Results
 from procflow.runtime.split_plan import is_split_source
@@ -109,6 +112,7 @@ class Checkpoints:
         self.in_flight: int | None = None
         self.started = 0.0
         self.acks: dict[str, CheckpointAck] = {}
+        self.final: dict[str, CheckpointAck] = {}   # finished tasks' last state (FINAL acks)
         self.due_at: float | None = None
         self.disabled = ""
         self.taken: list[dict[str, Any]] = []   # completed checkpoints: number, duration_s, bytes
@@ -182,13 +186,18 @@ class Checkpoints:
             self._received.setdefault((msg.task, msg.sender), []).extend(msg.records)
 
     def on_ack(self, ack: CheckpointAck) -> None:
-        if ack.checkpoint != self.in_flight or ack.task not in self.tasks:
+        if ack.task not in self.tasks:
+            return
+        if ack.checkpoint == FINAL:
+            self.final[ack.task] = ack
+        elif ack.checkpoint != self.in_flight:
             return   # of a checkpoint abandoned meanwhile
-        for key, records in self._received.items():
-            if key[1] == ack.task:
-                self._marks[key] = len(records)   # what it shipped before its barrier
-        self.acks[ack.task] = ack
-        if len(self.acks) == len(self.tasks):
+        else:
+            for key, records in self._received.items():
+                if key[1] == ack.task:
+                    self._marks[key] = len(records)   # what it shipped before its barrier
+            self.acks[ack.task] = ack
+        if self.in_flight is not None and all(t in self.acks or t in self.final for t in self.tasks):
             self._complete()
 
     def _complete(self) -> None:
@@ -198,7 +207,14 @@ class Checkpoints:
         partial: dict[str, dict[str, int]] = {op: dict(s["partial"]) for op, s in self.splits.items()}
         outputs: dict[str, list[str]] = {op: [] for op in self.sink_operators}
         files: dict[str, dict[str, Any]] = {}
-        for task, ack in sorted(self.acks.items()):
+        finished = sorted(t for t in self.tasks if t not in self.acks)
+        for task in finished:   # their last state, written here for them
+            slot = self.tasks[task][0]
+            final = self.final[task]
+            assert final.state is not None
+            write_state(self.store.path, number, slot, task, final.state)
+        for task in sorted(self.tasks):
+            ack = self.acks.get(task) or self.final[task]
             slot, operator = self.tasks[task]
             files[task] = {"file": state_file_name(slot, task), "bytes": ack.nbytes, "sha256": ack.sha256}
             progress = ack.progress.get("splits")
@@ -214,7 +230,9 @@ class Checkpoints:
                   for op in done}
         if self._received or self.collected:
             for key, records in self._received.items():
-                mark = self._marks.get(key, 0)
+                # A finished sender shipped everything before its FINAL ack; others, what came before theirs.
+                mark = len(records) if key[1] in self.final and key[1] not in self.acks else \
+                    self._marks.get(key, 0)
                 self.collected.setdefault(key[0], []).extend(records[:mark])
                 del records[:mark]
             self._marks = {}
@@ -224,7 +242,7 @@ class Checkpoints:
         duration = time.monotonic() - self.started
         nbytes = sum(a.nbytes for a in self.acks.values())
         manifest = {"checkpoint": number, "job_id": self.job_id, "created": time.time(),
-                    "duration_s": duration, "fingerprint": self.fingerprint, "tasks": files,
+                    "duration_s": duration, "fingerprint": self.fingerprint, "tasks": files, "finished": finished,
                     "splits": merged, "outputs": {op: sorted(p) for op, p in outputs.items()}}
         self.store.complete(number, manifest)
         self.splits = {op: {"done": list(v["done"]), "partial": dict(v["partial"])} for op, v in merged.items()}
@@ -243,8 +261,9 @@ class Checkpoints:
     # -- the end -----------------------------------------------------------------------------------
 
     def task_stopped(self, task: str) -> None:
-        """A task finished: it can ack no more barriers, so checkpoints end here (the job is draining)."""
-        if self.disabled:
+        """A task finished. With a FINAL ack (a source's chain) its last state stands in for its acks;
+        without, it can ack no more barriers, so checkpoints end here (the job is draining)."""
+        if self.disabled or task in self.final:
             return
         with self._lock:
             self.disabled = f"task {task} finished, so the job is ending and takes no more checkpoints"

@@ -30,6 +30,10 @@ class Operator(Generic[F]):
     chunks_when_routing_lists = False
     # After `process_many` raised: how many records of the chunk were done before the failing one.
     completed = 0
+    # Checkpoints: run between handle_stop_signal and close() (BaseTask's final snapshot, taken when a task
+    # ends before the job); True when restored from one, whose end-of-input records went out already.
+    before_close: Callable[[], None] | None = None
+    restored_finished = False
 
     # Set by open(), from the attached context: emitting is only possible once the task is open.
     router: BaseRouter
@@ -82,14 +86,17 @@ class Operator(Generic[F]):
         """On resume, after open(): the state `snapshot` returned at the checkpoint restored."""
         if "function" in state:
             self.function.restore_state(state["function"])  # type: ignore[attr-defined]
+        self.restored_finished = bool(state.get("finished"))
 
     def finish(self, signal: Any) -> None:
         """End of every input: let the function flush state, then close it."""
         self.ctx.current_key, self.ctx.current_keyed = None, False
-        produced = self.function.handle_stop_signal(signal)
+        produced = None if self.restored_finished else self.function.handle_stop_signal(signal)
         if produced is not None:
             for record in produced:
                 self.emit(record)
+        if self.before_close is not None:
+            self.before_close()
         self.function.close()
 
     @property

@@ -185,6 +185,8 @@ class CollectOperator(Operator[BaseFunction]):
 
     def finish(self, signal: Any) -> None:
         self._to_driver.send_control(signal)
+        if self.before_close is not None:
+            self.before_close()
 
 
 class ReduceOperator(Operator[ReduceFunction]):
@@ -218,7 +220,7 @@ class ReduceOperator(Operator[ReduceFunction]):
         self._state = dict(state["reduce"])
 
     def finish(self, signal: Any) -> None:
-        if not self._running:
+        if not self._running and not self.restored_finished:   # restored finished: it emitted them already
             for key, value in self._state.items():
                 self.router.fast_route((key, value), key, True)
         super().finish(signal)

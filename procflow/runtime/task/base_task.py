@@ -21,6 +21,7 @@ without a gate, fed by call through its upstream's router (`take_many` / `take_o
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import time
@@ -30,7 +31,7 @@ from typing import Any
 
 from procflow.core.enums import OperatorKind
 from procflow.core.signals import StopSignal
-from procflow.runtime.checkpoint.barrier import Barrier, CheckpointAck
+from procflow.runtime.checkpoint.barrier import FINAL, Barrier, CheckpointAck
 from procflow.runtime.checkpoint.store import write_state
 from procflow.runtime.chunking import ChunkSize
 from procflow.runtime.communication.codec import EncodeError
@@ -179,6 +180,10 @@ class BaseTask:
                     chain.failed = member   # the report names the operator whose open() raised
                     raise
             bind_links(self.chain_tasks(), chain)
+        if self._checkpoints:
+            # A task may end before the job does (a shorter input): its last state stands in for its acks
+            # of every later checkpoint (barrier.py).
+            self.operator.before_close = self._final_snapshot
 
     def begin(self) -> None:
         """Start the clocks of every task of the chain: the loop is about to run."""
@@ -290,6 +295,18 @@ class BaseTask:
         self._router.send_barrier(barrier)
         ctx.control.send(CheckpointAck(ctx.name, barrier.checkpoint, nbytes, digest, progress))
         ctx.logger.debug("checkpoint %d taken (%d bytes of state)", barrier.checkpoint, nbytes)
+
+    def _final_snapshot(self) -> None:
+        """End of input, after handle_stop_signal (and what the operator emits at the end), before
+        close(): this task's last state goes to the driver (a FINAL ack carrying it), marked finished. Every
+        task upstream has finished too, so a resumed job sends it nothing new, and it emits nothing again."""
+        ctx = self.ctx
+        ctx.checkpoint_number = FINAL
+        state, progress = self.operator.snapshot()
+        state["finished"] = True
+        data = pickle.dumps(state, protocol=5)
+        ctx.control.send(CheckpointAck(ctx.name, FINAL, len(data), hashlib.sha256(data).hexdigest(), progress,
+                                       data))
 
     def _process_records(self, records: list, keys: list | None) -> None:
         """The records of one batch, step by step (steps.py), with the bookkeeping every step shares:
