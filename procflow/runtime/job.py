@@ -193,8 +193,8 @@ class Job:
 
     def checkpoint(self, timeout: float | None = None) -> int:
         """Take a checkpoint now (checkpoint_dir jobs) and wait until it is complete; returns its number.
-        Raises RuntimeError if the job ends first (a job takes none once its first task has finished),
-        TimeoutError after `timeout` seconds."""
+        Raises RuntimeError if the job ends first, ValueError if it takes no checkpoints, TimeoutError
+        after `timeout` seconds."""
         future = self._dispatcher.request_checkpoint()
         try:
             return int(future.result(timeout))

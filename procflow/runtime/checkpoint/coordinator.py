@@ -266,7 +266,7 @@ class Checkpoints:
         if self.disabled or task in self.final:
             return
         with self._lock:
-            self.disabled = f"task {task} finished, so the job is ending and takes no more checkpoints"
+            self.disabled = f"task {task} finished without a final snapshot, so the job takes no more checkpoints"
         if self.in_flight is not None:
             self.log.info("checkpoint %d abandoned: %s", self.in_flight, self.disabled)
             self.in_flight = None
