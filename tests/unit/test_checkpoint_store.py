@@ -135,3 +135,27 @@ def test_backends_without_checkpoints_say_so_before_anything_starts(tmp_path):
     plain.from_batch(range(3)).collect()
     with pytest.raises(ValueError, match=r"resume=True\) restores a checkpoint, but this environment takes none"):
         plain.submit(resume=True)
+
+
+def test_a_resumed_sink_takes_over_exactly_the_parts_its_checkpoint_lists(tmp_path):
+    from procflow.io.sinks.staging import StagedOutput, WriteMode
+
+    out = tmp_path / "out"
+    dead = out / "_staging-deadbeef"   # what a killed driver left: no live lock on it
+    dead.mkdir(parents=True, mode=0o700)
+    (dead / "part-00000-of-00001-c00000002.jsonl").write_text("1\n")
+    (dead / "part-00000-of-00001.jsonl").write_text("2\n")   # written after the checkpoint: dropped
+
+    staged = StagedOutput(str(out), WriteMode.ERROR, "jsonl")
+    staged.prepare("cafef00d", 1, adopt=["part-00000-of-00001-c00000002.jsonl"])
+    try:
+        assert sorted(os.listdir(out)) == ["_staging-cafef00d"]
+        assert sorted(os.listdir(out / "_staging-cafef00d")) == [".lock", "part-00000-of-00001-c00000002.jsonl"]
+    finally:
+        staged.abort(keep=True)   # as a failed job with checkpoints: the folder stays for the next resume
+    assert (out / "_staging-cafef00d" / "part-00000-of-00001-c00000002.jsonl").exists()
+
+    again = StagedOutput(str(out), WriteMode.ERROR, "jsonl")
+    with pytest.raises(FileNotFoundError, match="resuming needs the parts .*c00000003"):
+        again.prepare("0badf00d", 1, adopt=["part-00000-of-00001-c00000003.jsonl"])
+    again.abort()
