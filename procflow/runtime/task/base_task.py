@@ -302,6 +302,7 @@ class BaseTask:
         task upstream has finished too, so a resumed job sends it nothing new, and it emits nothing again."""
         ctx = self.ctx
         ctx.checkpoint_number = FINAL
+        self._router.ship_to_driver()   # the driver counts a finished sender's results up to this ack
         state, progress = self.operator.snapshot()
         state["finished"] = True
         data = pickle.dumps(state, protocol=5)
