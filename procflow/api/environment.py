@@ -71,6 +71,7 @@ class BaseEnvironment(FileSources):
         self._collectors: dict[str, CollectResult[Any]] = {}
         self.services: dict[str, ServiceSpec] = {}
         self.job: Any = None
+        self._resume = False
 
     # -- building --------------------------------------------------------------------------------
 
@@ -174,14 +175,23 @@ class BaseEnvironment(FileSources):
 
     # -- running ----------------------------------------------------------------------------------
 
-    def submit(self, autostop: bool = True, *, rerun: bool = False) -> Any:
+    # Where checkpoints go (LocalEnvironment(checkpoint_dir=...)); None: the job takes none.
+    checkpoint_dir: str | None = None
+
+    def submit(self, autostop: bool = True, *, rerun: bool = False, resume: bool = False) -> Any:
         """Run the pipeline. autostop=True blocks until every task has drained and returns the finished
         job (raising JobFailedError on failure); autostop=False returns the running job at once.
 
         An environment runs its pipeline once; rerun=True runs it again after a job has ended, with every
         collect() handle emptied first. Without it, a second submit() raises: it used to rerun silently,
         so a line repeated in a script or a notebook cell run twice replaced the first results (issue 23).
+
+        resume=True (with a checkpoint_dir) continues a job that did not finish (killed, crashed, stopped)
+        from its latest complete checkpoint: splits already read are skipped, operator state is restored,
+        file sinks keep the parts of that checkpoint and drop the rest. Without a checkpoint yet, the job
+        starts from the beginning. The pipeline must be the same (operators, parallelism, functions).
         """
+        self._resume = resume
         if self.job is not None and self.job.running:
             raise RuntimeError("a job of this environment is still running; call env.stop() first")
         if self.job is not None and not rerun:
@@ -239,7 +249,8 @@ class BaseEnvironment(FileSources):
     def _launch(self, graph: ExecutionGraph) -> Job:
         """Prepare and start the job on this environment's backend (inline: run it to its end)."""
         dispatcher = Dispatcher(graph, config=self.config, env_dir=self.env_dir, backend=self._backend(),
-                                collectors=self._collectors, services=self.services)
+                                collectors=self._collectors, services=self.services,
+                                checkpoint_dir=self.checkpoint_dir, resume=self._resume)
         dispatcher.prepare_or_clean_up()
         dispatcher.start()
         return Job(dispatcher)

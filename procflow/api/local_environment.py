@@ -1,5 +1,10 @@
 """LocalEnvironment: one OS process per task on this machine, shared-memory rings between them.
 
+`checkpoint_dir=` turns on checkpoints (runtime/checkpoint/): every `checkpoint_interval` seconds (config,
+default 30) and on `job.checkpoint()`, each task's state is snapshotted into that folder, and
+`env.submit(resume=True)` continues a job that was killed from its latest complete checkpoint, with
+exactly-once output to file sinks. Process executor and queue="shm" only, for now.
+
 `executor="inline"` runs the same graph in the driver process instead (backends/inline), for debugging
 with pdb and measuring coverage; `task_factory=` plugs in another way to start tasks (see
 runtime/task/factory.py). Either way the job is run by the one Dispatcher; this class only chooses the
@@ -26,8 +31,10 @@ class LocalEnvironment(BaseEnvironment):
 
     def __init__(self, name: str = "procflow", config: dict[str, Any] | None = None, *,
                  env_dir: str | os.PathLike[str] | None = None, start_method: str = "fork",
-                 task_factory: Any = None, executor: str = "process") -> None:
+                 task_factory: Any = None, executor: str = "process",
+                 checkpoint_dir: str | os.PathLike[str] | None = None) -> None:
         super().__init__(name, config, env_dir=env_dir, start_method=start_method)
+        self.checkpoint_dir = os.path.abspath(os.fspath(checkpoint_dir)) if checkpoint_dir is not None else None
         self._defers_interrupts_while_starting = executor == "process"
         if self.config["queue"] == "ray":
             raise ValueError("queue='ray' needs RayEnvironment; LocalEnvironment supports 'shm' and 'mp'")
@@ -39,6 +46,9 @@ class LocalEnvironment(BaseEnvironment):
                 raise ValueError("task_factory= and executor='inline' do not mix: the inline executor starts "
                                  "no tasks. Instead, drop one of them")
             _check_factory(task_factory)
+        if checkpoint_dir is not None and executor == "inline":
+            raise ValueError("checkpoint_dir= is not supported with executor='inline' yet; checkpoints need "
+                             "the process executor (the default). Instead, drop one of them")
         self.executor = executor
         self.task_factory: TaskFactory = task_factory or ProcessFactory(start_method)
 

@@ -34,14 +34,22 @@ class RayEnvironment(BaseEnvironment):
     def __init__(self, name: str = "procflow", config: dict[str, Any] | None = None, *,
                  address: str | None = None, env_dir: str | os.PathLike[str] | None = None,
                  num_cpus: int | None = None, credits: int = 8, actor_options: dict[str, Any] | None = None,
-                 init_options: dict[str, Any] | None = None) -> None:
+                 init_options: dict[str, Any] | None = None,
+                 checkpoint_dir: str | os.PathLike[str] | None = None) -> None:
         """`address`: a Ray cluster to join ("auto", "ray://host:10001", ...); None starts a local instance
         on this machine only (with `num_cpus`, and `init_options` passed on to `ray.init`).
 
         `credits`: the most batches in flight per edge (backpressure). `actor_options` go to every task
         actor's `.options()`: by default an actor reserves no CPU (num_cpus=0, like a local task process
         that the OS schedules) and actors spread over the cluster's nodes (scheduling_strategy="SPREAD").
+
+        `checkpoint_dir`: checkpoints are not supported on Ray yet (issue 20); giving one raises.
         """
+        if checkpoint_dir is not None:
+            raise ValueError("checkpoints are not supported on RayEnvironment yet: its channels cannot hold an "
+                             "input back for barrier alignment, and its tasks may run on other machines than "
+                             "the checkpoint folder. Instead, run the job with LocalEnvironment(..., "
+                             "checkpoint_dir=...), or drop checkpoint_dir")
         config = {**RAY_DEFAULTS, **(config or {})}
         if config["queue"] != "ray":
             raise ValueError(f"RayEnvironment moves records over Ray actor calls (queue='ray'); "

@@ -66,6 +66,10 @@ class Config:
                              "nothing else fed) in one task, passing records by call; a splittable "
                              "source whose parallelism is not given then takes that of the operator it "
                              "feeds. False: one task per operator instance", kind=bool)
+    checkpoint_interval: float = _option(30.0, "seconds between checkpoints, for an environment given a "
+                                         "checkpoint_dir (LocalEnvironment(checkpoint_dir=...)); "
+                                         "job.checkpoint() takes one at once", kind=float, minimum=0.0,
+                                         exclusive=True)
     keep_logs: int | None = _option(20, "job log folders kept per environment, the newest first; older "
                                     "ones are pruned (0: only the running job's; None: keep every one)",
                                     kind=int, minimum=0, optional=True)

@@ -179,3 +179,7 @@ class InputFormatError(ProcflowError, ValueError):
 class OutputExistsError(ProcflowError, FileExistsError):
     """A file sink's folder is not empty (mode="error"), or another running job writes into it. Raised in
     the driver before any process starts; the message names the folder and mode="overwrite"."""
+
+
+class CheckpointWarning(RuntimeWarning):
+    """A checkpoint could not be used (corrupt or partial): resume restores the one before it instead."""

@@ -27,7 +27,14 @@ _Out = TypeVar("_Out", covariant=True)      # the records it gives
 
 
 class BaseFunction:
-    """Common hooks. Subclasses override `execute`; the other hooks are optional."""
+    """Common hooks. Subclasses override `execute`; the other hooks are optional.
+
+    Checkpoints (LocalEnvironment(checkpoint_dir=...)): a function that keeps state across records
+    defines `snapshot_state()`, returning a picklable value, and `restore_state(state)`. The first runs in
+    the task at each checkpoint barrier, between records; the second on `submit(resume=True)`, after
+    `open()` and before the first record. They are looked up by name, so functions without state need
+    neither; a source that is not a split source or an iterable needs both to be checkpointed.
+    """
 
     ctx: Any = None
 

@@ -37,6 +37,9 @@ class Ready:
 class Results:
     task: str
     records: list
+    # The task instance that shipped them: with checkpoints, the driver keeps each sender's results up to
+    # its barrier (runtime/checkpoint/coordinator.py), so a resumed job's collect() holds every record once.
+    sender: str = ""
 
     def __reduce__(self) -> tuple:
         # Pickled by dill (a control pipe's own send(), or the fallback of the local ControlWriter),
@@ -44,13 +47,13 @@ class Results:
         # fine-grained job. The C pickler packs a batch in microseconds; dill stays the fallback for
         # records only it can carry (lambdas, closures).
         try:
-            return _results_from_pickle, (self.task, pickle.dumps(self.records, protocol=5))
+            return _results_from_pickle, (self.task, pickle.dumps(self.records, protocol=5), self.sender)
         except Exception:
-            return Results, (self.task, self.records)
+            return Results, (self.task, self.records, self.sender)
 
 
-def _results_from_pickle(task: str, data: bytes) -> Results:
-    return Results(task, pickle.loads(data))
+def _results_from_pickle(task: str, data: bytes, sender: str = "") -> Results:
+    return Results(task, pickle.loads(data), sender)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,11 @@ One Dispatcher for every backend (local processes, inline, Ray); what differs is
     cleanup()  one fixed order of small steps (see `cleanup`): once every task has ended, committed
                outputs are published if the job finished, else removed. Idempotent.
 
+With a checkpoint folder (LocalEnvironment(checkpoint_dir=...), local process backend): prepare() opens
+it (on resume: the latest intact checkpoint, matched against this graph; every task, split source and file
+sink is given what it restores), and the monitor loop takes a checkpoint every `checkpoint_interval`
+seconds (runtime/checkpoint/coordinator.py).
+
 Only the monitor thread handles control messages; other threads queue requests and wake it.
 """
 
@@ -40,6 +45,14 @@ from procflow.core.errors import JobFailedError, RemoteTraceback, ShmCapacityErr
 from procflow.core.service import ServiceSpec
 from procflow.graph.execution_graph import ExecutionGraph
 from procflow.runtime.backend import Backend, Exited, JobControlView, JobSetup, StartedTask, TaskStart
+from procflow.runtime.checkpoint.barrier import CheckpointAck
+from procflow.runtime.checkpoint.coordinator import (
+    Checkpoints,
+    check_checkpointable,
+    fingerprint,
+    graph_differences,
+)
+from procflow.runtime.checkpoint.store import CheckpointStore, LoadedCheckpoint
 from procflow.runtime.context.task_context import TaskContext, output_specs
 from procflow.runtime.control import (
     DeadLetter,
@@ -91,7 +104,7 @@ def job_error(report: ErrorReport, hint: str = "", cause: BaseException | None =
 class Dispatcher(JobMonitor):
     def __init__(self, graph: ExecutionGraph, *, config: Mapping[str, Any], env_dir: str, backend: Backend,
                  collectors: Mapping[str, Any], services: Mapping[str, ServiceSpec] | None = None,
-                 job_id: str | None = None) -> None:
+                 job_id: str | None = None, checkpoint_dir: str | None = None, resume: bool = False) -> None:
         self.graph = graph
         self.config = config
         self.backend = backend
@@ -119,6 +132,9 @@ class Dispatcher(JobMonitor):
         self._aborted = False
         self._cleanup_lock = threading.Lock()
         self.outputs: list[tuple[str, CommittedOutput]] = []   # (operator, its driver-side function)
+        self.checkpoint_dir = checkpoint_dir
+        self.resume = resume
+        self.checkpoints: Checkpoints | None = None
         backend.bind(self)
 
     # -- preparing ---------------------------------------------------------------------------------
@@ -126,8 +142,18 @@ class Dispatcher(JobMonitor):
     def prepare(self) -> None:
         self.backend.preflight()
         self.split_plans = plan_job_splits(self.graph)   # a plan that fails, fails here: nothing exists yet
+        opened = self._open_checkpoints()                # a graph that does not match, likewise
         make_job_dir(self.env_dir, self.job_id, self.config["keep_logs"])
         self._open_log()
+        if opened is not None:
+            store, restored = opened
+            self.checkpoints = Checkpoints(store, float(self.config["checkpoint_interval"]), self.job_id,
+                                           self.graph, self.log, restored)
+            self.log.info("checkpoints every %ss into %s%s", self.config["checkpoint_interval"], store.path,
+                          f"; resuming from checkpoint {restored.number}" if restored is not None else "")
+            for name, records in self.checkpoints.collected.items():   # collect()s start where it was
+                if name in self.collectors:
+                    self.collectors[name]._extend(records)
         self._prepare_outputs()
         backend = self.backend
         nodes = list(self.graph.nodes.values())
@@ -162,6 +188,8 @@ class Dispatcher(JobMonitor):
                     controls[head] = backend.control_channel(head)
                 self.contexts[node.name] = self._context(node, slot, len(nodes), directory, controls[head])
                 self.functions[node.name] = self.graph.transformations[node.transformation_id].function.build()
+                if self.checkpoints is not None:
+                    self._checkpointed(node, slot)
         self._ship_splits()
         chains = [graph.chain(h.name) for h in graph.heads() if len(graph.chain(h.name)) > 1]
         self.log.info("job %s prepared on the %s backend: %d operator instances in %d tasks, %d channels, "
@@ -169,6 +197,67 @@ class Dispatcher(JobMonitor):
                       len(graph.channel_edges), self.config["queue"],
                       f"; run by the driver: {', '.join(sorted(driver_nodes))}" if driver_nodes else "",
                       f"; chains: {'; '.join(' -> '.join(c) for c in chains)}" if chains else "")
+
+    def _open_checkpoints(self) -> tuple[CheckpointStore, LoadedCheckpoint | None] | None:
+        """The checkpoint folder and, on resume, the checkpoint to restore; ValueError (before anything
+        exists) where checkpoints cannot work or the checkpoint does not fit this graph."""
+        if self.checkpoint_dir is None:
+            if self.resume:
+                raise ValueError("submit(resume=True) restores a checkpoint, but this environment takes none; "
+                                 "pass checkpoint_dir=... to LocalEnvironment")
+            return None
+        if self.backend.kind != "local":
+            raise ValueError(f"checkpoints are not supported on the {self.backend.kind} backend yet; run the "
+                             "job with LocalEnvironment's process executor, or drop checkpoint_dir")
+        if self.config["queue"] != "shm":
+            raise ValueError(f"checkpoints need queue='shm' (a barrier holds an input back while the others "
+                             f"catch up, which {self.config['queue']!r} channels cannot do yet); drop the "
+                             "queue setting, or checkpoint_dir")
+        check_checkpointable(self.graph)
+        store = CheckpointStore(self.checkpoint_dir)
+        if not self.resume:
+            complete = store.complete_numbers()
+            if complete:
+                raise ValueError(
+                    f"{store.path} holds checkpoint {complete[-1]} of an earlier run that did not finish. "
+                    "Pass env.submit(resume=True) to continue it, or remove that folder (or pass another "
+                    "checkpoint_dir) to start afresh")
+            store.clear()
+            return store, None
+        restored = store.latest()
+        if restored is None:
+            store.clear()   # crashed before its first checkpoint: nothing to resume, start from the beginning
+            return store, None
+        diffs = graph_differences(restored.manifest["fingerprint"], fingerprint(self.graph))
+        if diffs:
+            raise ValueError(
+                f"cannot resume from checkpoint {restored.number} in {store.path}: the pipeline is not the one "
+                f"that took it ({'; '.join(diffs)}). Resume with the same operators, parallelism and "
+                "functions, or remove the checkpoint folder to start afresh")
+        store.remove_after(restored.number)   # what the crashed run left half-taken
+        return store, restored
+
+    def _checkpointed(self, node: Any, slot: int) -> None:
+        """Tell task `node` where snapshots go and what it restores; the checkpoints expect its acks."""
+        checkpoints = self.checkpoints
+        assert checkpoints is not None
+        t = self.graph.transformations[node.transformation_id]
+        ctx = self.contexts[node.name]
+        ctx.checkpoint_dir = checkpoints.store.path
+        ctx.restore = checkpoints.restored_state(node.name)
+        split_source = t.name in self.split_plans
+        if split_source and checkpoints.restored is not None:
+            ctx.restore_splits = checkpoints.splits.get(t.name)
+        sink = callable(getattr(self.functions[node.name], "adopt_parts", None))
+        checkpoints.expect(node.name, slot, t.name, split_source=split_source, sink=sink)
+
+    def request_checkpoint(self) -> Any:
+        """A future for the number of the next checkpoint to complete (job.checkpoint()); any thread."""
+        if self.checkpoints is None:
+            raise ValueError("this job takes no checkpoints; pass checkpoint_dir=... to LocalEnvironment")
+        future = self.checkpoints.ask()
+        self.backend.wake()
+        return future
 
     def prepare_or_clean_up(self) -> None:
         """`prepare()`, leaving nothing behind when it fails (a refused output folder, no room in
@@ -196,6 +285,10 @@ class Dispatcher(JobMonitor):
             if isinstance(function, CommittedOutput):
                 instances = sum(1 for n in self.graph.nodes.values() if n.transformation_id == t.id)
                 self.outputs.append((t.name, function))   # before prepare: a half-prepared one is aborted
+                checkpoints = self.checkpoints
+                if checkpoints is not None and checkpoints.restored is not None and \
+                        callable(getattr(function, "adopt_parts", None)):
+                    function.adopt_parts(checkpoints.outputs.get(t.name, []))   # type: ignore[attr-defined]
                 function.prepare_output(self.job_id, instances)
                 self.log.info("output of %s staged for %d instance(s): %r", t.name, instances, function)
 
@@ -220,9 +313,33 @@ class Dispatcher(JobMonitor):
                     error.__cause__ = exc
                     self._fail(error)
             try:
-                function.abort_output()
+                keep = getattr(function, "keep_for_resume", None)
+                if self._resumable() and callable(keep):
+                    keep()   # a resumed job takes over the parts its checkpoint lists
+                    self.log.info("staged output of %s kept for a resume", name)
+                else:
+                    function.abort_output()
             except Exception:   # removing staging must not hide the job's own outcome; the log says it
                 self.log.exception("removing the staged output of %s failed", name)
+
+    def _resumable(self) -> bool:
+        """The job has a complete checkpoint (taken or restored) that submit(resume=True) can continue."""
+        checkpoints = self.checkpoints
+        return checkpoints is not None and (bool(checkpoints.taken) or checkpoints.restored is not None)
+
+    def _settle_checkpoints(self) -> None:
+        """After the outputs: a job that finished needs its checkpoints no more; any other keeps them, for
+        submit(resume=True)."""
+        checkpoints = self.checkpoints
+        if checkpoints is None:
+            return
+        manager = self.manager
+        finished = manager.all_stopped and manager.failure is None and not manager.stop_requested \
+            and not self._aborted
+        try:
+            checkpoints.finish(finished)
+        except OSError:   # the job's own outcome stands; the log says what was left behind
+            self.log.exception("removing the checkpoints of the finished job failed")
 
     def _ship_splits(self) -> None:
         """Every instance of a split source gets its plan (descriptors only); it claims splits at run time."""
@@ -307,6 +424,11 @@ class Dispatcher(JobMonitor):
         while not manager.all_stopped:
             # With a stall watch, wake at least every watch.period even when no message comes.
             timeout = watch.period if watch is not None and self._released else None
+            checkpoints = self.checkpoints
+            if checkpoints is not None:
+                due = checkpoints.wait_s()
+                if due is not None:
+                    timeout = due if timeout is None else min(timeout, due)
             for event in self.backend.wait(timeout):
                 if isinstance(event, Exited):
                     self._on_exit(event)
@@ -318,6 +440,8 @@ class Dispatcher(JobMonitor):
                 self._fail(self._broken[1])
                 return
             self._release_when_ready()
+            if checkpoints is not None and self._released:
+                checkpoints.poll(self.job_control)
             if watch is not None and self._released:
                 stalled = watch.check()
                 if stalled is not None:
@@ -330,6 +454,8 @@ class Dispatcher(JobMonitor):
             self._released = True
             assert self.job_control is not None
             self.job_control.release_sources()
+            if self.checkpoints is not None:
+                self.checkpoints.released()
             self.log.info("all %d tasks ready; sources released", len(self.manager.tasks))
 
     def _stall_watch(self) -> StallWatch | None:
@@ -348,9 +474,16 @@ class Dispatcher(JobMonitor):
         if isinstance(msg, Results):
             assert self.in_driver is not None
             self.in_driver.deliver(msg, self.collectors[msg.task])
+            if self.checkpoints is not None:
+                self.checkpoints.on_results(msg)
         elif isinstance(msg, Ready):
             manager.mark_ready(msg.task, msg.pid)
+        elif isinstance(msg, CheckpointAck):
+            if self.checkpoints is not None:
+                self.checkpoints.on_ack(msg)
         elif isinstance(msg, Stopped):
+            if self.checkpoints is not None:
+                self.checkpoints.task_stopped(msg.task)
             manager.mark_stopped(msg.task, msg.metrics)
             self.log.info("%s stopped: %s", msg.task, msg.metrics)
             assert self.in_driver is not None
@@ -463,6 +596,7 @@ class Dispatcher(JobMonitor):
             self.service_manager.stop_all(grace)          # 1: services, after every task has ended
         self.backend.stop_tasks(failed, grace)            # 2: tasks (and replicas) gone
         self._settle_outputs()                            # 2b: committed outputs published or removed
+        self._settle_checkpoints()                        # 2c: a finished job's checkpoints removed
         self.backend.close_control()                      # 3: control channels
         self.backend.close_channels()                     # 4: inboxes / rings
         if self.job_control is not None:                  # 5: the counters outlive the job control

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 from typing import Any
 
@@ -150,7 +151,8 @@ class Job:
                 "operators": by_op, "bottleneck": bottleneck, "uneven": uneven,
                 "progress": self.progress(tasks),
                 "error": str(failure) if failure else None,
-                "log_dir": self.log_dir, "tasks": tasks, "services": self.service_metrics}
+                "log_dir": self.log_dir, "tasks": tasks, "services": self.service_metrics,
+                "checkpoints": self.checkpoints}
 
     def _uneven_round_robin(self, rows_by_op: dict[str, list[dict]], by_op: dict[str, dict]) -> list[str]:
         """Operators whose round-robin input left some of their tasks idle long before the others.
@@ -188,6 +190,22 @@ class Job:
         if self._manager.failure is not None:
             raise self._manager.failure
         return self
+
+    def checkpoint(self, timeout: float | None = None) -> int:
+        """Take a checkpoint now (checkpoint_dir jobs) and wait until it is complete; returns its number.
+        Raises RuntimeError if the job ends first, ValueError if it takes no checkpoints, TimeoutError
+        after `timeout` seconds."""
+        future = self._dispatcher.request_checkpoint()
+        try:
+            return int(future.result(timeout))
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(f"job {self.job_id}: checkpoint not complete after {timeout}s") from None
+
+    @property
+    def checkpoints(self) -> list[dict[str, Any]]:
+        """The checkpoints this job completed: number, duration_s, bytes of state."""
+        checkpoints = self._dispatcher.checkpoints
+        return list(checkpoints.taken) if checkpoints is not None else []
 
     def stop(self, timeout: float | None = None) -> None:
         """Graceful: sources end, records in flight drain. Kills the job if it has not ended in `timeout`."""

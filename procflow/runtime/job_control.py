@@ -2,7 +2,9 @@
 
     0     start  u32 futex word: sources sleep on it until the driver has seen every task Ready
     64    stop   u32 futex word: the driver sets it to ask sources to end (env.stop())
-    128   counters: float64[n_tasks][FIELDS], each row written only by its own task
+    128   checkpoint  u32: the number of the latest checkpoint the driver asked for (0: none); a source
+          reads it at each tick and emits that Barrier once (runtime/checkpoint/)
+    192   counters: float64[n_tasks][FIELDS], each row written only by its own task
     then, 64-aligned, the split claims (split_plan.py), self-describing so a task attaches by name alone:
           u64 n_slots, pad to 64
           per slot: u64 cursor (next unclaimed split), u64 n_splits, pad to 64;
@@ -36,7 +38,7 @@ from procflow.runtime.communication.shm import SHM_DIR, SharedSegment
 FIELDS = ("records_in", "records_out", "busy_s", "wait_s", "blocked_s", "errors", "started", "finished",
           "input_fill", "cpu_s", "units_done")
 UNITS_DONE = FIELDS.index("units_done")
-_START, _STOP, _COUNTERS = 0, 64, 128
+_START, _STOP, _CHECKPOINT, _COUNTERS = 0, 64, 128, 192
 _LINE = 64
 
 
@@ -68,6 +70,7 @@ class JobControl:
         self.n_tasks = n_tasks
         self._start = segment.u32(_START)
         self._stop = segment.u32(_STOP)
+        self._checkpoint = segment.u32(_CHECKPOINT)
         self.counters = np.ndarray((n_tasks, len(FIELDS)), dtype=np.float64, buffer=segment.buf,
                                    offset=_COUNTERS)
         area, _, _ = _layout(n_tasks, ())
@@ -112,6 +115,14 @@ class JobControl:
     @property
     def stop_requested(self) -> bool:
         return self._stop.value != 0
+
+    def request_checkpoint(self, number: int) -> None:
+        """Ask every source to emit Barrier(number) at its next tick (a plain store: sources poll it)."""
+        self._checkpoint.value = number
+
+    @property
+    def checkpoint_requested(self) -> int:
+        return int(self._checkpoint.value)
 
     def sleep_unless_stopped(self, seconds: float) -> None:
         """A source's back-off: sleeps, but wakes at once when a stop is requested."""

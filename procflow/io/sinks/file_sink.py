@@ -5,7 +5,12 @@
                 execute(r)    first record: its part file is made (0600, O_EXCL), then `_start(r)`;
                               every record: `_write(r)`, counted
                 close()       `_finish()`, the part flushed, fsynced and closed, then the instance's report
-                              (_instance-<i>.json: part, records, bytes) for the driver's commit
+                              (_instance-<i>.json: part, records, bytes, rolled parts) for the driver's commit
+    checkpoints snapshot_state()  at each barrier the part is finished and renamed to
+                                  part-<i>-of-<n>-c<checkpoint>.<ext> ("rolled"); the next record starts a new
+                                  part. The state is the list of rolled parts: on resume the driver moves
+                                  exactly those from the crashed run's staging into the new one
+                                  (StagedOutput.prepare(adopt=...)), and the rest of that staging is dropped
 
 A subclass names its `extension` and `format_name` and writes its format in `_start` / `_write` /
 `_finish` (a line format overrides `execute` itself, to batch its lines: text.py says why). The part is
@@ -41,6 +46,9 @@ class FileSink(SinkFunction[Any]):
         self._part: PartFile | None = None
         self._part_name = ""
         self._staging_closer: weakref.finalize[Any, Any] | None = None
+        self._rolled: list[dict[str, Any]] = []   # parts finished at checkpoint barriers (checkpoints only)
+        self._counted = 0                          # records already in a rolled part
+        self._adopt: list[str] | None = None   # driver side, on resume: the rolled parts to take over
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path!r})"
@@ -48,14 +56,19 @@ class FileSink(SinkFunction[Any]):
     def __getstate__(self) -> dict[str, Any]:
         # Shipped to its task before open(): never with the driver's fds or staging.
         state = dict(self.__dict__)
-        state.update(_staged=None, _staging_fd=-1, _part=None, _staging_closer=None)
+        state.update(_staged=None, _staging_fd=-1, _part=None, _staging_closer=None, _adopt=None)
         return state
 
     # -- the driver's hooks (procflow.core.committed_output.CommittedOutput) -------------------------
 
     def prepare_output(self, job_id: str, parallelism: int) -> None:
         self._staged = StagedOutput(self.path, self.mode, self.format_name)
-        self._staged.prepare(job_id, parallelism)
+        self._staged.prepare(job_id, parallelism, adopt=self._adopt)
+
+    def adopt_parts(self, names: list[str]) -> None:
+        """Driver side, on resume, before prepare_output: the rolled parts a checkpoint lists are taken
+        over from the staging folder a crashed run of this job left (all of them published at job end)."""
+        self._adopt = list(names)
 
     def commit_output(self) -> None:
         assert self._staged is not None, "commit_output() comes after prepare_output()"
@@ -64,6 +77,12 @@ class FileSink(SinkFunction[Any]):
     def abort_output(self) -> None:
         if self._staged is not None:
             self._staged.abort()
+
+    def keep_for_resume(self) -> None:
+        """Instead of abort_output, where the job did not finish but has checkpoints: the staging folder
+        stays (the parts its checkpoints list are taken over by the resumed job; the rest is dropped then)."""
+        if self._staged is not None:
+            self._staged.abort(keep=True)
 
     # -- the task's hooks ----------------------------------------------------------------------------
 
@@ -95,13 +114,42 @@ class FileSink(SinkFunction[Any]):
         self._start(part, first)
         return part
 
-    def close(self) -> None:
+    # -- checkpoints (runtime/checkpoint) -------------------------------------------------------------
+
+    def snapshot_state(self) -> list[dict[str, Any]]:
+        """At a barrier: finish the current part under its checkpoint's name; the state is every rolled
+        part so far (name, records, bytes)."""
+        self._flush_buffered()
         part = self._part
         if part is not None:
             self._finish(part)
             part.close()
-        report = PartReport(part.name if part is not None else None, self.records,
-                            part.tell() if part is not None else 0)
+            ctx = self.ctx
+            base, ext = os.path.splitext(self._part_name)
+            # At a barrier: the checkpoint's number. At the end of a source's chain (checkpoint 0): the job
+            # id, unique among the runs of a resumed job.
+            number = ctx.checkpoint_number
+            name = f"{base}-c{number:08d}{ext}" if number else f"{base}-final-{ctx.job_id}{ext}"
+            os.rename(self._part_name, name, src_dir_fd=self._staging_fd, dst_dir_fd=self._staging_fd)
+            self._rolled.append({"name": name, "records": self.records - self._counted, "bytes": part.tell()})
+            self._counted = self.records
+            self._part = None
+        return list(self._rolled)
+
+    def restore_state(self, state: list[dict[str, Any]]) -> None:
+        self._rolled = [dict(entry) for entry in state]
+
+    def _flush_buffered(self) -> None:
+        """Write what the format buffers in memory into the part (a line format's pending lines)."""
+
+    def close(self) -> None:
+        self._flush_buffered()
+        part = self._part
+        if part is not None:
+            self._finish(part)
+            part.close()
+        report = PartReport(part.name if part is not None else None, self.records - self._counted,
+                            part.tell() if part is not None else 0, self._rolled)
         fd = create_file_at(self._staging_fd, report_name(self.ctx.parallel_index))
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(report.to_json())

@@ -11,7 +11,9 @@
                                               complete exactly when _SUCCESS exists
 
     prepare()  dir made if missing; stale staging of dead drivers removed (a live one refuses the job);
-               mode "error": dir must be empty; the staging folder and its lock
+               mode "error": dir must be empty; the staging folder and its lock. On resume from a
+               checkpoint (`adopt`): the parts that checkpoint lists are first moved from the dead
+               drivers' staging into the new one, everything else of theirs removed
     commit()   every instance's report read and checked against its file; mode "overwrite": the old
                _SUCCESS, then the old parts, removed; parts renamed in; _SUCCESS renamed in; staging gone
     abort()    staging removed (idempotent); nothing in <dir> changes
@@ -32,7 +34,7 @@ import json
 import os
 import stat
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from procflow.core.errors import OutputExistsError, UnsafePathError
@@ -81,6 +83,8 @@ class PartReport:
     part: str | None
     records: int
     bytes: int
+    # Parts finished at checkpoint barriers (name, records, bytes), published with the last one.
+    rolled: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -103,7 +107,8 @@ class StagedOutput:
 
     # -- prepare -----------------------------------------------------------------------------------
 
-    def prepare(self, job_id: str, parallelism: int) -> None:
+    def prepare(self, job_id: str, parallelism: int,
+                adopt: list[str] | None = None) -> None:
         self.job_id, self.parallelism = job_id, parallelism
         os.makedirs(os.path.dirname(self.path) or ".", 0o700, exist_ok=True)
         try:
@@ -118,9 +123,14 @@ class StagedOutput:
                                       "into a real folder. Pass the folder it points to instead") from exc
             raise NotADirectoryError(f"{self.where}: {self.path} is not a folder ({exc.strerror}); pass the "
                                      "path of a folder (it is made if missing)") from exc
-        self._clear_stale_staging()
+        stale = self._dead_staging()
+        adopted: dict[str, str] = {}
+        if adopt is not None:
+            adopted = self._find_parts(adopt, stale)
+        elif stale:
+            self._clear(stale)
         if self.mode is WriteMode.ERROR:
-            existing = sorted(os.listdir(self._dir_fd))
+            existing = sorted(n for n in os.listdir(self._dir_fd) if n not in stale)
             if existing:
                 shown = ", ".join(existing[:5]) + (", ..." if len(existing) > 5 else "")
                 raise OutputExistsError(
@@ -136,9 +146,41 @@ class StagedOutput:
         fcntl.lockf(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with _HELD_LOCK:
             _HELD.add(os.path.join(self.path, self.staging))
+        if adopt is not None:
+            for part, folder in adopted.items():
+                os.rename(os.path.join(folder, part), os.path.join(self.staging, part),
+                          src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+            self._clear(stale)
 
-    def _clear_stale_staging(self) -> None:
-        """Remove the staging folders that dead drivers left in dir; refuse the job if one is live."""
+    def _find_parts(self, parts: list[str], stale: list[str]) -> dict[str, str]:
+        """Where (which dead staging folder) each part a checkpoint lists is; raises if one is gone."""
+        found: dict[str, str] = {}
+        wanted = set(parts)
+        for folder in stale:
+            fd = open_dir_fd(folder, dir_fd=self._dir_fd)
+            try:
+                names = os.listdir(fd)
+            finally:
+                os.close(fd)
+            for name in names:
+                if name in wanted and name not in found:
+                    found[name] = folder
+        missing = sorted(set(parts) - set(found))
+        if missing:
+            raise FileNotFoundError(
+                f"{self.where}: resuming needs the parts {missing[:5]} that the checkpoint lists, but no "
+                "staging folder of an earlier run holds them (removed by hand, or by a job that wrote into "
+                "this folder meanwhile). The checkpoint cannot be resumed exactly; start the job afresh "
+                "without resume=True (and empty its checkpoint folder)")
+        return found
+
+    def _clear(self, names: list[str]) -> None:
+        for name in names:
+            rmtree_at(self._dir_fd, name)
+
+    def _dead_staging(self) -> list[str]:
+        """The staging folders that dead drivers left in dir; refuse the job if one is live."""
+        dead = []
         for name in os.listdir(self._dir_fd):
             if not name.startswith(STAGING_PREFIX):
                 continue
@@ -155,7 +197,8 @@ class StagedOutput:
                 raise OutputExistsError(
                     f"{self.where}: another running job is writing into this folder (its staging folder "
                     f"{name} is held); wait for it to end, or write into another folder")
-            rmtree_at(self._dir_fd, name)
+            dead.append(name)
+        return dead
 
     def _locked_by_live_driver(self, name: str) -> bool:
         staging_fd = open_dir_fd(name, dir_fd=self._dir_fd)
@@ -180,9 +223,10 @@ class StagedOutput:
     def commit(self) -> dict[str, Any]:
         """Publish every part and the manifest; returns the manifest."""
         reports = [self._report(i) for i in range(self.parallelism)]
-        files = [{"name": r.part, "records": r.records, "bytes": r.bytes} for r in reports if r.part is not None]
+        files = [{"name": p["name"], "records": p["records"], "bytes": p["bytes"]} for r in reports for p in r.rolled]
+        files += [{"name": r.part, "records": r.records, "bytes": r.bytes} for r in reports if r.part is not None]
         manifest = {"format": self.format_name, "job_id": self.job_id, "parallelism": self.parallelism,
-                    "records": sum(r.records for r in reports), "bytes": sum(r.bytes for r in reports),
+                    "records": sum(int(f["records"]) for f in files), "bytes": sum(int(f["bytes"]) for f in files),
                     "files": files}
         dir_fd, staging_fd = self._dir_fd, self._staging_fd
         if self.mode is WriteMode.OVERWRITE:
@@ -236,12 +280,13 @@ class StagedOutput:
 
     # -- abort -------------------------------------------------------------------------------------
 
-    def abort(self) -> None:
-        """Remove the staging folder and close every fd. Idempotent; safe after a prepare() that failed."""
+    def abort(self, keep: bool = False) -> None:
+        """Remove the staging folder and close every fd. Idempotent; safe after a prepare() that failed.
+        `keep`: leave the folder (not its lock) for a resume from a checkpoint, whose parts are in it."""
         if self._staging_fd >= 0:
             os.close(self._staging_fd)
             self._staging_fd = -1
-        if self.staging and self._dir_fd >= 0:
+        if self.staging and self._dir_fd >= 0 and not keep:
             try:
                 rmtree_at(self._dir_fd, self.staging)
             except FileNotFoundError:

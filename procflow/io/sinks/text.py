@@ -52,10 +52,9 @@ class LineSink(FileSink):
         part.write((end.join(lines) + end).encode(self.encoding))
         self.records += len(lines)
 
-    def close(self) -> None:
+    def _flush_buffered(self) -> None:
         if self._lines:
             self._flush_lines()
-        super().close()
 
 
 class TextSink(LineSink):

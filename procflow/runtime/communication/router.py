@@ -43,6 +43,7 @@ from procflow.runtime.communication.placement import (
     choose_placement,
 )
 from procflow.runtime.communication.queue_descriptor.base import ChannelWriter
+from procflow.runtime.communication.queue_descriptor.driver import DriverWriter
 
 __all__ = ["BaseRouter", "OutputGroup", "stable_hash"]
 
@@ -206,6 +207,24 @@ class BaseRouter:
         for group in self.groups:
             for w in group.writers:
                 w.send_control(signal)
+
+    def send_barrier(self, barrier: Any) -> None:
+        """A checkpoint barrier on every output channel, after every record routed before it: what
+        combiners hold leaves first, as partial aggregates (so no state stays in the router)."""
+        for placement in self._placements:
+            if placement.holds_records:
+                placement.drain()
+        for group in self.groups:
+            for w in group.writers:
+                w.send_control(barrier)
+
+    def ship_to_driver(self) -> None:
+        """Ship now what waits for a collect the driver runs (batched otherwise for up to 100 ms): a
+        task's final checkpoint ack must come after every record it sent the driver."""
+        for group in self.groups:
+            for w in group.writers:
+                if isinstance(w, DriverWriter):
+                    w.ship()
 
     @property
     def blocked_seconds(self) -> float:

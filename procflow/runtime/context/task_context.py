@@ -80,6 +80,12 @@ class TaskContext:
     service_directory: Any = None  # how to reach services (see runtime/service)
     control: Any = None            # write end of the control pipe
     splits: Any = None             # a split source's SplitPlan (runtime/split_plan.py); None otherwise
+    # Checkpoints (runtime/checkpoint/): the folder tasks write their snapshots into (None: off), this
+    # instance's restored snapshot (pickled, from its own earlier run), and, for a split source, the
+    # splits finished or part-read at that checkpoint.
+    checkpoint_dir: str | None = None
+    restore: bytes | None = None
+    restore_splits: Any = None
 
     def __post_init__(self) -> None:
         self.kind = OperatorKind(self.kind)   # also from its string: tools and tests build contexts by hand
@@ -97,11 +103,12 @@ class TaskContext:
         self.current_keyed = False
         self.current_input = 0
         self.task: Any = None      # the BaseTask running this context (set by the task)
+        self.checkpoint_number = 0   # the checkpoint being taken, while functions snapshot their state
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         for key in ("logger", "router", "gate", "job_control", "services", "current_key", "current_keyed",
-                    "current_input", "task"):
+                    "current_input", "task", "checkpoint_number"):
             state.pop(key, None)
         return state
 
@@ -159,7 +166,7 @@ class TaskContext:
             writers = [edge.open_writer() for edge in spec.edges]
             for writer in writers:
                 if hasattr(writer, "bind_control"):   # an edge into a collect run by the driver
-                    writer.bind_control(self.control)
+                    writer.bind_control(self.control, self.name)
             selector = spec.key_selector.execute if spec.key_selector is not None else None
             if spec.combiner is not None:
                 # Opened here, in the task, as an operator's function is (with this task's context);

@@ -30,6 +30,10 @@ class Operator(Generic[F]):
     chunks_when_routing_lists = False
     # After `process_many` raised: how many records of the chunk were done before the failing one.
     completed = 0
+    # Checkpoints: run between handle_stop_signal and close() (BaseTask's final snapshot, taken when a task
+    # ends before the job); True when restored from one, whose end-of-input records went out already.
+    before_close: Callable[[], None] | None = None
+    restored_finished = False
 
     # Set by open(), from the attached context: emitting is only possible once the task is open.
     router: BaseRouter
@@ -69,13 +73,30 @@ class Operator(Generic[F]):
     def flush(self) -> None:
         """Called whenever the task flushes its outputs (idle, timer, end)."""
 
+    # -- checkpoints (runtime/checkpoint/) -------------------------------------------------------------
+
+    def snapshot(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """At a checkpoint barrier, once every input is aligned: (state, progress). `state` is pickled
+        into this instance's state file and handed back to `restore` on resume; `progress` goes to the
+        driver with the ack. Here: the function's own `snapshot_state()`, where it defines one."""
+        snapshot_state = getattr(self.function, "snapshot_state", None)
+        return ({"function": snapshot_state()} if callable(snapshot_state) else {}), {}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """On resume, after open(): the state `snapshot` returned at the checkpoint restored."""
+        if "function" in state:
+            self.function.restore_state(state["function"])  # type: ignore[attr-defined]
+        self.restored_finished = bool(state.get("finished"))
+
     def finish(self, signal: Any) -> None:
         """End of every input: let the function flush state, then close it."""
         self.ctx.current_key, self.ctx.current_keyed = None, False
-        produced = self.function.handle_stop_signal(signal)
+        produced = None if self.restored_finished else self.function.handle_stop_signal(signal)
         if produced is not None:
             for record in produced:
                 self.emit(record)
+        if self.before_close is not None:
+            self.before_close()
         self.function.close()
 
     @property

@@ -60,6 +60,12 @@ class SplitReader:
         self.split: Split | None = None   # the split being read
         self._seen: Split | None = None   # the split `upcoming` saw last, and where it began (estimated)
         self._began = self._pulled = 0
+        # Checkpoints (`next_split`): splits finished at the restored checkpoint (skipped), part-read
+        # ones (index -> records to skip), and this run's finished splits and [current split, offset].
+        self._done_before: set[int] = set()
+        self._partial: dict[int, int] = {}
+        self.done: list[int] = []
+        self.current: list[int] | None = None
         # A claim is a wait, not work: on Ray it is a remote call that a loaded machine can stretch to a
         # large share of a second, which would otherwise show as the source's busy time.
         self._waited = waited
@@ -85,6 +91,52 @@ class SplitReader:
             self.units_done += split.size
             row[UNITS_DONE] = self.units_done
         self.split = None
+
+    # -- checkpoints: one split at a time, its position counted exactly ---------------------------------
+
+    def resume_from(self, restored: Any) -> None:
+        """The splits a checkpoint found finished (`done`) or read in part (`partial`: index -> records)."""
+        if restored:
+            self._done_before = set(restored["done"])
+            self._partial = {int(k): int(v) for k, v in restored["partial"].items()}
+
+    def next_split(self) -> Iterator[Any] | None:
+        """Claim the next split to read (finished ones are skipped); its records after those a restored
+        checkpoint had already emitted. None when no split is left."""
+        plan, control, row, waited = self.plan, self.control, self.row, self._waited
+        while True:
+            started = time.perf_counter()
+            index = control.claim_split(plan.slot, self.instance)
+            if waited is not None:
+                waited(time.perf_counter() - started)
+            if index is None:
+                self.split = self.current = None
+                return None
+            split = plan.splits[index]
+            if index in self._done_before:
+                self.done.append(index)
+                self.units_done += split.size
+                row[UNITS_DONE] = self.units_done
+                continue
+            skip = self._partial.get(index, 0)
+            self.split, self.current = split, [index, skip]
+            records = iter(self.fn.read_split(split))
+            return itertools.islice(records, skip, None) if skip else records
+
+    def emitted(self, count: int) -> None:
+        assert self.current is not None
+        self.current[1] += count
+
+    def split_done(self) -> None:
+        assert self.current is not None and self.split is not None
+        self.done.append(self.current[0])
+        self.units_done += self.split.size
+        self.row[UNITS_DONE] = self.units_done
+        self.current = None
+
+    def progress(self) -> dict[str, Any]:
+        """For a checkpoint: the splits this run finished, and the one being read with its offset."""
+        return {"done": list(self.done), "current": list(self.current) if self.current is not None else None}
 
     def upcoming(self, pulled: int) -> int:
         """Records this instance will still emit after the first `pulled` (an estimate, for balanced
@@ -113,19 +165,34 @@ class SourceOperator(Operator[BatchFunction[Any] | SourceFunction[Any]]):
     """
 
     last_record: Any = NO_RECORD
+    # Checkpoints: records of an iterable emitted so far (restored ones included), the split reader, and
+    # the state restored on resume (`restore`, before `run`).
+    position = 0
+    reader: SplitReader | None = None
+    _restored: dict[str, Any] = {}
 
     def run(self, tick: Tick, waited: Callable[[float], Any] | None = None) -> str:
         """`waited(seconds)`: the task counts that time as waiting, not work (a split claim)."""
         self.last_record = NO_RECORD
         interval = float(self.ctx.config["flush_interval"])
         fn = self.function
+        # A TaskContext always has the field; tools and tests drive sources with lighter contexts.
+        checkpoints = getattr(self.ctx, "checkpoint_dir", None) is not None
         if isinstance(fn, SplitSource):
             reader = SplitReader(fn, self.ctx, waited)
+            if checkpoints:
+                self.reader = reader
+                reader.resume_from(self.ctx.restore_splits)
+                return self._run_splits(reader, tick, interval)
             upcoming = reader.upcoming if reader.plan.unit == RECORDS else None
             return self._run_iterable(reader.records(), tick, interval, upcoming)
         if isinstance(fn, IterableBatch):
             n, i = self.ctx.parallelism, self.ctx.parallel_index
             items = iter(fn.iterable) if n == 1 else itertools.islice(fn.iterable, i, None, n)
+            if checkpoints:
+                self.position = int(self._restored.get("position", 0))
+                if self.position:   # resumed: the records before the checkpoint were emitted already
+                    items = itertools.islice(items, self.position, None)
             total = _length(fn.iterable)
             if total is None:
                 return self._run_iterable(items, tick, interval, None)
@@ -168,6 +235,7 @@ class SourceOperator(Operator[BatchFunction[Any] | SourceFunction[Any]]):
                     pulled += len(chunk)
                     announce(upcoming(pulled))
                 self._send(chunk)
+                self.position += len(chunk)
             now = perf()
             if len(chunk) < size:
                 return "end of input"
@@ -176,6 +244,47 @@ class SourceOperator(Operator[BatchFunction[Any] | SourceFunction[Any]]):
                 if tick():
                     return "stopped by request"
                 due = perf() + interval
+
+    def _run_splits(self, reader: SplitReader, tick: Tick, interval: float) -> str:
+        """With checkpoints: split by split, so that at every tick (where a barrier may leave) the reader
+        knows exactly how many records of its current split went out. The cost is per chunk, not record."""
+        perf = time.perf_counter
+        chunk_size = ChunkSize(interval)
+        due = perf() + interval
+        while True:
+            records = reader.next_split()
+            if records is None:
+                return "end of input"
+            while True:
+                size = chunk_size.size
+                started = perf()
+                chunk = list(itertools.islice(records, size))
+                if chunk:
+                    self._send(chunk)
+                    reader.emitted(len(chunk))
+                now = perf()
+                ended = len(chunk) < size
+                if ended:
+                    reader.split_done()
+                else:
+                    chunk_size.took(now - started)
+                if now >= due:
+                    if tick():
+                        return "stopped by request"
+                    due = perf() + interval
+                if ended:
+                    break
+
+    def snapshot(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        state, progress = super().snapshot()
+        state["position"] = self.position
+        if self.reader is not None:
+            progress["splits"] = self.reader.progress()
+        return state, progress
+
+    def restore(self, state: dict[str, Any]) -> None:
+        super().restore(state)
+        self._restored = state
 
     def _run_function(self, fn: BatchFunction[Any] | SourceFunction[Any], tick: Tick, interval: float) -> str:
         """Call `execute()` until it ends the batch (None / StopSignal) or, for an unbounded source, back

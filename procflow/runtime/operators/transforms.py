@@ -133,6 +133,13 @@ class SinkOperator(Operator[SinkFunction[Any]]):
     def per_record(self) -> Callable[[Any], None]:
         return self.function.execute   # nothing to add per record: the task calls the function itself
 
+    def snapshot(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        state, progress = super().snapshot()
+        if callable(getattr(self.function, "adopt_parts", None)) and "function" in state:
+            # A file sink: its rolled parts, which the driver moves into the new staging on resume.
+            progress["parts"] = [part["name"] for part in state["function"]]
+        return state, progress
+
     def process_many(self, records: list[Any]) -> None:
         execute = self.function.execute
         i = 0
@@ -160,7 +167,7 @@ class CollectOperator(Operator[BaseFunction]):
     def open(self) -> None:
         self.router = attached_router(self.ctx)
         self._to_driver = DriverWriter(self.ctx.operator_name)
-        self._to_driver.bind_control(self.ctx.control)
+        self._to_driver.bind_control(self.ctx.control, self.ctx.name)
 
     def process(self, record: Any) -> None:
         self._to_driver.send_object(record, None, False)
@@ -171,8 +178,16 @@ class CollectOperator(Operator[BaseFunction]):
     def flush(self) -> None:
         self._to_driver.flush()
 
+    def snapshot(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        # Everything received before the barrier reaches the driver before this task's ack (same channel),
+        # not after SEND_INTERVAL: the driver counts what a sender shipped before its ack as the checkpoint's.
+        self._to_driver.send_control(None)
+        return super().snapshot()
+
     def finish(self, signal: Any) -> None:
         self._to_driver.send_control(signal)
+        if self.before_close is not None:
+            self.before_close()
 
 
 class ReduceOperator(Operator[ReduceFunction]):
@@ -200,8 +215,17 @@ class ReduceOperator(Operator[ReduceFunction]):
         if self._running:
             self.emit((key, value))
 
+    def snapshot(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        state, progress = super().snapshot()
+        state["reduce"] = self._state
+        return state, progress
+
+    def restore(self, state: dict[str, Any]) -> None:
+        super().restore(state)
+        self._state = dict(state["reduce"])
+
     def finish(self, signal: Any) -> None:
-        if not self._running:
+        if not self._running and not self.restored_finished:   # restored finished: it emitted them already
             for key, value in self._state.items():
                 self.router.fast_route((key, value), key, True)
         super().finish(signal)

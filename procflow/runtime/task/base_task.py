@@ -9,13 +9,21 @@ counters after each batch and at least every PUBLISH_INTERVAL. The task ends aft
 StopSignal from each input channel: no timers, no names. Then the operator finishes
 (handle_stop_signal, close), outputs flush, and one StopSignal goes out on every output channel.
 
+Checkpoints (runtime/checkpoint/, only where the job has a checkpoint folder): a source emits Barrier(n)
+at the tick after the driver asked for checkpoint n; a consumer holds back each input whose Barrier(n)
+arrived (the gate reads nothing more from it) until every input still open has delivered it, then
+`take_barrier`: the operator's snapshot goes into this instance's state file, the barrier goes out on every
+output (a chain's members take it in turn, by call) and a CheckpointAck goes to the driver.
+
 A task may run a chain (chain.py): the head is this loop; each further operator is a member BaseTask
 without a gate, fed by call through its upstream's router (`take_many` / `take_one`, `end_of_link`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 import time
 import traceback
 from collections.abc import Callable
@@ -23,6 +31,8 @@ from typing import Any
 
 from procflow.core.enums import OperatorKind
 from procflow.core.signals import StopSignal
+from procflow.runtime.checkpoint.barrier import FINAL, Barrier, CheckpointAck
+from procflow.runtime.checkpoint.store import write_state
 from procflow.runtime.chunking import ChunkSize
 from procflow.runtime.communication.codec import EncodeError
 from procflow.runtime.communication.packet import RecordBatch
@@ -96,6 +106,12 @@ class BaseTask:
         self.out_links: list[LinkWriter] = []
         self.in_link: LinkWriter | None = None
         self._linked_inputs = 0   # 1 for a member: its upstream's router is its one input
+        # Checkpoints: on when the job has a checkpoint folder. A source remembers the last barrier it
+        # emitted; a consumer, the barrier being aligned and the input slots that delivered it.
+        self._checkpoints = ctx.checkpoint_dir is not None
+        self._last_barrier = 0
+        self._aligning: Barrier | None = None
+        self._aligned_slots: set[int] = set()
 
     def chain_with(self, members: list[BaseTask]) -> None:
         """Run `members` (in record order) after this task's operator, in this task (before open())."""
@@ -151,6 +167,8 @@ class BaseTask:
         self.last_signal = StopSignal(ctx.name, "no inputs") if self.remaining == 0 else StopSignal(ctx.name)
         self.stage = "open"
         self.operator.open()
+        if ctx.restore is not None:   # resumed: this instance's own snapshot, from our private folder
+            self.operator.restore(pickle.loads(ctx.restore))
         self._unkeyed_step, self._keyed_step = choose_steps(self.operator, ctx, self._chunk, time.perf_counter)
         if self.members:
             chain = self.chain
@@ -162,6 +180,10 @@ class BaseTask:
                     chain.failed = member   # the report names the operator whose open() raised
                     raise
             bind_links(self.chain_tasks(), chain)
+        if self._checkpoints:
+            # A task may end before the job does (a shorter input): its last state stands in for its acks
+            # of every later checkpoint (barrier.py).
+            self.operator.before_close = self._final_snapshot
 
     def begin(self) -> None:
         """Start the clocks of every task of the chain: the loop is about to run."""
@@ -228,11 +250,64 @@ class BaseTask:
                 keys = item.keys
                 ctx.current_key, ctx.current_keyed = None, keys is not None
                 self._process_records(item.records, keys)
+            elif type(item.signal) is Barrier:
+                self._barrier_arrived(item.slot, item.signal)
             else:
                 self.remaining -= 1
                 self.last_signal = item.signal
                 ctx.logger.debug("end of input channel %d (%d left)", item.slot, self.remaining)
+                if self._aligning is not None:   # the inputs still open may all have delivered it now
+                    self._align()
         ctx.current_key, ctx.current_keyed = None, False
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+
+    def _barrier_arrived(self, slot: int, barrier: Barrier) -> None:
+        """Input `slot` delivered `barrier`: hold it back until every open input has (alignment)."""
+        self._aligning = barrier
+        self._aligned_slots.add(slot)
+        self.ctx.gate.hold(slot)
+        self._align()
+
+    def _align(self) -> None:
+        barrier = self._aligning
+        if barrier is None or len(self._aligned_slots) < self.remaining:
+            return
+        self._aligning = None
+        self._aligned_slots.clear()
+        ctx = self.ctx
+        ctx.current_key, ctx.current_keyed = None, False
+        self.take_barrier(barrier)
+        ctx.gate.release_all()
+
+    def take_barrier(self, barrier: Barrier) -> None:
+        """Every input is aligned on `barrier` (or this is a source at its tick, or a chain member fed
+        by its upstream): snapshot the operator into this instance's state file, forward the barrier on
+        every output after everything routed before it, and ack the driver."""
+        ctx = self.ctx
+        checkpoint_dir = ctx.checkpoint_dir
+        assert checkpoint_dir is not None, "barriers flow only where the job has a checkpoint folder"
+        ctx.checkpoint_number = barrier.checkpoint
+        self.operator.flush()
+        state, progress = self.operator.snapshot()
+        nbytes, digest = write_state(checkpoint_dir, barrier.checkpoint, ctx.task_slot, ctx.name,
+                                     pickle.dumps(state, protocol=5))
+        self._router.send_barrier(barrier)
+        ctx.control.send(CheckpointAck(ctx.name, barrier.checkpoint, nbytes, digest, progress))
+        ctx.logger.debug("checkpoint %d taken (%d bytes of state)", barrier.checkpoint, nbytes)
+
+    def _final_snapshot(self) -> None:
+        """End of input, after handle_stop_signal (and what the operator emits at the end), before
+        close(): this task's last state goes to the driver (a FINAL ack carrying it), marked finished. Every
+        task upstream has finished too, so a resumed job sends it nothing new, and it emits nothing again."""
+        ctx = self.ctx
+        ctx.checkpoint_number = FINAL
+        self._router.ship_to_driver()   # the driver counts a finished sender's results up to this ack
+        state, progress = self.operator.snapshot()
+        state["finished"] = True
+        data = pickle.dumps(state, protocol=5)
+        ctx.control.send(CheckpointAck(ctx.name, FINAL, len(data), hashlib.sha256(data).hexdigest(), progress,
+                                       data))
 
     def _process_records(self, records: list, keys: list | None) -> None:
         """The records of one batch, step by step (steps.py), with the bookkeeping every step shares:
@@ -334,9 +409,15 @@ class BaseTask:
     def _tick(self, waited: float = 0.0) -> bool:
         """Called by sources every flush interval (and after a back-off); True when a stop was requested."""
         self.wait_s += waited
+        control = self.ctx.job_control
+        if self._checkpoints:
+            number = control.checkpoint_requested
+            if number > self._last_barrier:
+                self._last_barrier = number
+                self.take_barrier(Barrier(number))
         self._router.flush()
         self._publish()
-        return self.ctx.job_control.stop_requested
+        return control.stop_requested
 
     # -- errors and counters -------------------------------------------------------------------
 

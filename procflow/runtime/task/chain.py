@@ -32,6 +32,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from procflow.runtime.checkpoint.barrier import Barrier
 from procflow.runtime.communication import codec
 from procflow.runtime.communication.queue_descriptor.base import ChannelWriter
 
@@ -132,6 +133,9 @@ class LinkWriter(ChannelWriter):
         down = self._down
         assert down is not None, "bind() first"
         try:
+            if type(signal) is Barrier:   # a checkpoint: the member snapshots and passes it on, in turn
+                down.take_barrier(signal)
+                return
             down.end_of_link(signal)
         except BaseException:
             self._blame()

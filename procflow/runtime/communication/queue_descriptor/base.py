@@ -88,6 +88,15 @@ class InputGate(ABC):
         """How full the input channels are, 0.0 (empty) to 1.0 (full); for metrics. 0.0 if unknown."""
         return 0.0
 
+    def hold(self, slot: int) -> None:
+        """Read nothing more from input `slot` until `release_all()`: checkpoint alignment. Kinds that
+        cannot hold an input do not support checkpoints (the environment refuses them)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot hold an input back for checkpoint alignment")
+
+    def release_all(self) -> None:
+        """Read every input again (the end of a checkpoint's alignment)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot hold an input back for checkpoint alignment")
+
     @abstractmethod
     def close(self) -> None: ...
 

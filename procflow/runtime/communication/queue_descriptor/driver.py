@@ -56,12 +56,15 @@ class DriverWriter(ChannelWriter):
     def __init__(self, target: str) -> None:
         self.target = target
         self.control: Any = None
+        self.sender = ""
         self._buffer: list = []
         self._last_send = time.monotonic()
         self.objects_sent = 0
 
-    def bind_control(self, control: Any) -> None:
+    def bind_control(self, control: Any, sender: str = "") -> None:
+        """Ship over `control`, as task instance `sender`."""
         self.control = control
+        self.sender = sender
 
     # Records wait here up to SEND_INTERVAL: an array received on a slab is copied (slabs.owned), or
     # it would hold the slab, and its producer would fall back to copying through the ring.
@@ -99,13 +102,17 @@ class DriverWriter(ChannelWriter):
     def has_pending(self) -> bool:
         return bool(self._buffer)
 
+    def ship(self) -> None:
+        """Ship what is buffered now, whatever the time (a task's final checkpoint ack follows)."""
+        self._ship()
+
     def _ship(self) -> None:
         self._last_send = time.monotonic()
         if not self._buffer:
             return
         batch, self._buffer = self._buffer, []
         try:
-            self.control.send(Results(self.target, batch))
+            self.control.send(Results(self.target, batch, self.sender))
         except Exception as exc:
             raise _unshippable(self.target, batch, exc) from exc
 

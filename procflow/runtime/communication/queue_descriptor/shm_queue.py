@@ -265,6 +265,9 @@ class ShmInputGate(InputGate):
         self._spin = ringmod.SpinPolicy()
         self._handed_at = time.perf_counter()   # when the last read returned: the task has worked since
         self._slab_bytes = 0                     # bytes of slab arrays this read has handed out
+        # Input slots held back by checkpoint alignment (BaseTask): not read until released. A control
+        # frame ends a drain (`_handle`), so nothing behind a barrier is decoded before the task holds it.
+        self._held: set[int] = set()
         # poll_period > 0 (InputGate): a consumer that needs no prompt wake-ups (collect batches results
         # for 100 ms anyway) polls its rings this often instead of sleeping on the doorbell, which every
         # producer commit rings: behind two 1 ms-flushing maps, 2000 wake-ups a second on 2 cores.
@@ -287,7 +290,7 @@ class ShmInputGate(InputGate):
             seen = self._doorbell.seen()
             progressed = False
             for reader, decoder in zip(self._readers, self._decoders):
-                if reader.has_data():
+                if reader.has_data() and decoder.slot not in self._held:
                     before = len(out)
                     progressed |= reader.drain(partial(self._handle, decoder), READ_BUDGET) > 0
                     taken = sum(len(b) for b in out[before:] if type(b) is RecordBatch)
@@ -335,7 +338,15 @@ class ShmInputGate(InputGate):
             decoder.batch(body, bool(flags & ringmod.FLAG_KEYED), self._out)
         else:
             decoder.control(pickle.loads(body), self._out)
+            return True   # what follows a barrier must wait until the task has seen it (hold)
         return False
+
+    def hold(self, slot: int) -> None:
+        """Read nothing more from input `slot` until `release_all()` (checkpoint alignment)."""
+        self._held.add(slot)
+
+    def release_all(self) -> None:
+        self._held.clear()
 
     def close(self) -> None:
         for reader in self._readers:

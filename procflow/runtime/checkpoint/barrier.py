@@ -1,0 +1,45 @@
+"""The records of a checkpoint: a numbered Barrier that travels every channel, and the ack to the driver.
+
+    driver ── job control word "checkpoint n requested" ──► every source instance, at its next tick
+    source ── Barrier(n) on every output channel (after the records before it) ──► consumers
+    consumer: a Barrier on one input holds that input back (alignment) until every open input has
+              delivered it; then the task snapshots, forwards Barrier(n) on every output, and
+    task ──CheckpointAck(n)──► driver      over the control channel the task already reports on
+
+A task that finishes (every input ended) sends one last CheckpointAck numbered FINAL, carrying its state
+itself: it can ack no more barriers, and the driver writes that state into every later checkpoint. Its
+downstream tasks align on their inputs still open, after its StopSignal, so they hold all it emitted;
+every task upstream of it has finished too, so on resume nothing new reaches it.
+
+A Barrier rides a channel exactly as a StopSignal does (ChannelWriter.send_control, ChannelEnd at the
+gate), so it never overtakes a record nor is overtaken by one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Barrier:
+    """Checkpoint `checkpoint`'s marker: everything before it on a channel belongs to the checkpoint."""
+
+    checkpoint: int
+
+
+FINAL = 0   # CheckpointAck.checkpoint of a finished task's last state (checkpoints are numbered from 1)
+
+
+@dataclass(frozen=True)
+class CheckpointAck:
+    """A task instance took its part of checkpoint `checkpoint`: its state file (`nbytes`, `sha256`)
+    is written, and `progress` tells the driver what it merges itself (a split reader's finished and
+    current splits, a file sink's rolled parts). `state`: the state itself, in a FINAL ack only."""
+
+    task: str
+    checkpoint: int
+    nbytes: int
+    sha256: str
+    progress: dict[str, Any] = field(default_factory=dict)
+    state: bytes | None = None
