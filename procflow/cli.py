@@ -85,14 +85,17 @@ def parse_parallelism(text: str) -> tuple[str, int]:
     return op, n
 
 
-def make_env(backend: str, name: str, config: dict, env_dir: str | None) -> Any:
+def make_env(backend: str, name: str, config: dict, env_dir: str | None, checkpoint_dir: str | None = None) -> Any:
     if backend == "ray":
+        if checkpoint_dir is not None:
+            raise UsageError("--checkpoint-dir: checkpoints run on the local backend only for now; drop "
+                             "--backend ray, or run without checkpoints")
         from procflow import RayEnvironment
 
         return RayEnvironment(name, config, env_dir=env_dir)
     from procflow import LocalEnvironment
 
-    return LocalEnvironment(name, config, env_dir=env_dir)
+    return LocalEnvironment(name, config, env_dir=env_dir, checkpoint_dir=checkpoint_dir)
 
 
 def build_pipeline(env: Any, build: Callable[[Any], Any], overrides: list[tuple[str, int]]) -> Any:
@@ -167,12 +170,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         config["progress"] = False   # the dashboard shows progress itself
     elif args.progress:
         config["progress"] = True
-    env = make_env(args.backend, args.name or name, config, args.env_dir)
+    if args.resume and not args.checkpoint_dir:
+        raise UsageError("--resume continues from the checkpoints in --checkpoint-dir DIR; give the folder the "
+                         "interrupted run used")
+    if args.checkpoint_interval is not None:
+        config["checkpoint_interval"] = args.checkpoint_interval
+    env = make_env(args.backend, args.name or name, config, args.env_dir, args.checkpoint_dir)
     # SIGTERM and SIGHUP (a closed terminal) stop the job like Ctrl-C: at their default action they
     # ended this process at once and left the job's shared memory behind (issue 23.5).
     with env, stop_signals_interrupt():
         built = build_pipeline(env, build, args.parallelism)
-        job = env.submit(autostop=False)
+        job = env.submit(autostop=False, resume=args.resume)
         code, error = EXIT_OK, None
         try:
             # Inside the try: a Ctrl-C right after this line must still stop the job and print the summary.
@@ -275,6 +283,14 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--interval", type=float, default=0.5, metavar="SECONDS",
                      help="dashboard refresh interval (default 0.5)")
     run.add_argument("--report", metavar="FILE", help="write the job summary as JSON to FILE")
+    run.add_argument("--checkpoint-dir", metavar="DIR",
+                     help="take checkpoints into DIR (local backend), so that a killed or interrupted run can "
+                          "continue with --resume")
+    run.add_argument("--checkpoint-interval", type=float, metavar="SECONDS",
+                     help="seconds between checkpoints (default: the config's checkpoint_interval, 30)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run that used --checkpoint-dir DIR from its latest complete checkpoint "
+                          "(starts from the beginning if it took none)")
     run.add_argument("--env-dir", metavar="DIR",
                      help="where job logs go: DIR/<job id>/ (0700) holds Dispatcher.log, Error.log and "
                           "<task>_info.log / <task>_debug.log, each 0600 (default: "

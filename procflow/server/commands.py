@@ -292,7 +292,8 @@ def add_server_commands(sub: Any, parse_parallelism: Callable[[str], tuple[str, 
                         default=[], help="run operator OP with N parallel tasks (repeatable)")
     submit.add_argument("--name", help="the job's name (default: the module's name)")
     submit.add_argument("--checkpoint-dir", metavar="DIR",
-                        help="where the job's checkpoints go (recorded; checkpoints are not implemented yet)")
+                        help="take checkpoints into DIR (local backend); a job the server was running when it "
+                             "stopped resumes from them when the server starts again")
     submit.add_argument("--cores", type=_positive, metavar="N",
                         help="cores the job counts against the server's --cores (default: its task count)")
     socket_option(submit)

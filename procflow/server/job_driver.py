@@ -106,7 +106,8 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
 
     try:
         name, build = load_target(args.target)
-        env = LocalEnvironment(args.name or name, {"progress": False}, env_dir=os.path.join(folder, paths.LOGS_DIR))
+        env = LocalEnvironment(args.name or name, {"progress": False}, env_dir=os.path.join(folder, paths.LOGS_DIR),
+                               checkpoint_dir=args.checkpoint_dir)
         build_pipeline(env, build, args.parallelism)
         graph = env.compile()
     except UsageError as exc:
@@ -116,12 +117,11 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
                        traceback.format_exc())
     if stop:
         return give_up(EXIT_INTERRUPTED, "stopped before it started", "")
-    if args.checkpoint_dir:
-        print(f"procflow: checkpoint dir {args.checkpoint_dir} noted; checkpoints are not implemented yet",
-              file=sys.stderr, flush=True)
+    if args.resume:
+        print(f"procflow: resuming from the latest checkpoint in {args.checkpoint_dir}", file=sys.stderr, flush=True)
     with env:
         try:
-            job = env.submit(autostop=False)
+            job = env.submit(autostop=False, resume=args.resume)
         except Exception as exc:
             return give_up(EXIT_FAILED, f"the job could not start: {type(exc).__name__}: {exc}",
                            traceback.format_exc())
@@ -176,6 +176,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name")
     parser.add_argument("--parallelism", type=parse_parallelism, action="append", default=[])
     parser.add_argument("--checkpoint-dir")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     parser.add_argument("--server-pid", type=int)
     parser.add_argument("--stop-timeout", type=float, default=None)
     return parser

@@ -10,7 +10,7 @@
      "bottleneck": operator | None,
      "graph": {"nodes": [{"name", "parallelism", "chain"}], "edges": [{"from", "to", "kind"}]},
      "history": [[elapsed, completed_records, throughput], ...]   (the last HISTORY samples),
-     "checkpoints": [],
+     "checkpoints": [{"checkpoint", "duration_s", "bytes"}, ...]   (those completed; jobs with a checkpoint dir),
      "error": {"task", "message", "traceback"} | None}
 
 Rates, busy % and fill come from the terminal dashboard's Sampler (the same figures `procflow run
@@ -110,7 +110,8 @@ class LiveSampler:
             error = error_of(job.failure)
         return {"job_id": self.job_id, "status": status, "elapsed": now, "progress": self._progress(metrics),
                 "throughput": throughput, "operators": list(ops.values()), "bottleneck": frame.bottleneck,
-                "graph": self.graph, "history": list(self.history), "checkpoints": [], "error": error}
+                "graph": self.graph, "history": list(self.history), "checkpoints": self.job.checkpoints,
+                "error": error}
 
     def _progress(self, metrics: dict[str, Any]) -> dict[str, Any] | None:
         p = self.job.progress(metrics)

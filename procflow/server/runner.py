@@ -70,12 +70,18 @@ class Runner:
     # -- life of the runner ----------------------------------------------------------------------
 
     def start(self, loop: asyncio.AbstractEventLoop) -> list[str]:
-        """Take over the job table: rows a dead server left "running" become "lost"; queued rows wait
-        for their turn again. Returns the ids marked lost."""
+        """Take over the job table: rows a dead server left "running" become "lost", unless they have a
+        checkpoint folder: those are queued again and resume from their latest checkpoint. Queued rows
+        wait for their turn again. Returns the ids marked lost."""
         self._loop = loop
         self._loop_thread = threading.get_ident()
         lost = []
         for row in self.store.with_status("running"):
+            if row["checkpoint_dir"]:
+                self.store.update(row["id"], status="queued", pid=None)
+                _say(f"job {row['id']} was running when the server stopped: queued to resume from its "
+                     f"checkpoints in {row['checkpoint_dir']}")
+                continue
             self.store.update(row["id"], status="lost", finished_at=time.time(), exit_code=EXIT_FAILED,
                               error="the server stopped while this job ran (its driver ended with it); "
                                     "submit it again")
@@ -165,15 +171,7 @@ class Runner:
         private_dir(os.path.join(folder, paths.LOGS_DIR))
         with PrivateDir(os.path.join(folder, paths.LOGS_DIR)) as logs:
             log_fd = logs.open_file(paths.DRIVER_LOG, exclusive=False)
-        argv = [sys.executable, "-m", "procflow.server.job_driver", "--job-id", job_id, "--job-dir", folder,
-                "--target", row["target"], "--name", row["name"], "--server-pid", str(os.getpid())]
-        for op, n in (row["parallelism"] or {}).items():
-            argv += ["--parallelism", f"{op}={n}"]
-        # The driver kills its own tasks (freeing their shared memory) a little before the server would
-        # kill the whole process group.
-        argv += ["--stop-timeout", f"{max(self.stop_grace - 3.0, self.stop_grace / 2):g}"]
-        if row["checkpoint_dir"]:
-            argv += ["--checkpoint-dir", row["checkpoint_dir"]]
+        argv = self.driver_argv(row, folder)
         env = dict(os.environ)
         # The driver runs in the submitter's folder; procflow must stay importable from there.
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(procflow.__file__)))
@@ -184,6 +182,22 @@ class Runner:
                 stderr=asyncio.subprocess.STDOUT, start_new_session=True)
         finally:
             os.close(log_fd)
+
+    def driver_argv(self, row: dict[str, Any], folder: str) -> list[str]:
+        """The job driver's command line for this row."""
+        job_id = row["id"]
+        argv = [sys.executable, "-m", "procflow.server.job_driver", "--job-id", job_id, "--job-dir", folder,
+                "--target", row["target"], "--name", row["name"], "--server-pid", str(os.getpid())]
+        for op, n in (row["parallelism"] or {}).items():
+            argv += ["--parallelism", f"{op}={n}"]
+        # The driver kills its own tasks (freeing their shared memory) a little before the server would
+        # kill the whole process group.
+        argv += ["--stop-timeout", f"{max(self.stop_grace - 3.0, self.stop_grace / 2):g}"]
+        if row["checkpoint_dir"]:
+            argv += ["--checkpoint-dir", row["checkpoint_dir"]]
+            if row["started_at"] is not None:   # it ran before (a server stopped under it): continue it
+                argv += ["--resume"]
+        return argv
 
     async def _clear_process_group(self, pgid: int) -> None:
         """Kill what is left of the job's process group (tasks of a driver that was SIGKILLed end by

@@ -204,3 +204,26 @@ def test_runner_limits_must_be_positive(tmp_path, bad):
         Runner(None, str(tmp_path), max_jobs=bad)   # type: ignore[arg-type]
     with pytest.raises(ValueError):
         Runner(None, str(tmp_path), cores=bad)      # type: ignore[arg-type]
+
+
+def test_a_job_with_a_checkpoint_folder_resumes_under_the_next_server_instead_of_being_lost(tmp_path):
+    store = JobStore(str(tmp_path / paths.DB_NAME))
+    store.insert({"id": "0000000e", "name": "j", "target": "a:b", "status": "running", "submitted_at": 1.0,
+                  "started_at": 2.0, "checkpoint_dir": str(tmp_path / "ckpt")})
+    store.insert({"id": "0000000f", "name": "j", "target": "a:b", "status": "queued", "submitted_at": 3.0,
+                  "checkpoint_dir": str(tmp_path / "ckpt2")})
+    loop = asyncio.new_event_loop()
+    try:
+        runner = ParkedRunner(store, str(tmp_path), max_jobs=2)
+        assert runner.start(loop) == []                  # nothing lost: it goes on from its checkpoints
+        assert store.get("0000000e")["status"] == "queued" and "0000000e" in runner.running
+        resumed = runner.driver_argv(store.get("0000000e"), str(tmp_path / "e"))
+        assert resumed[resumed.index("--checkpoint-dir") + 1] == str(tmp_path / "ckpt") and "--resume" in resumed
+        fresh = runner.driver_argv(store.get("0000000f"), str(tmp_path / "f"))
+        assert "--checkpoint-dir" in fresh and "--resume" not in fresh   # never ran: starts from the beginning
+        for running in runner.running.values():
+            running.task.cancel()
+        loop.run_until_complete(asyncio.sleep(0))
+    finally:
+        loop.close()
+        store.close()

@@ -321,7 +321,12 @@ function renderCheckpoints(live) {
   list.replaceChildren();
   const checkpoints = (live && live.checkpoints) || [];
   if (!checkpoints.length) { list.append(el("li", "muted", "none (this job takes no checkpoints)")); return; }
-  for (const c of checkpoints) list.append(el("li", "", typeof c === "object" ? JSON.stringify(c) : c));
+  for (const c of checkpoints) {
+    const text = (c && typeof c === "object" && "checkpoint" in c)
+      ? `#${c.checkpoint}: ${Number(c.duration_s).toFixed(2)} s, ${Number(c.bytes).toLocaleString()} bytes of state`
+      : JSON.stringify(c);
+    list.append(el("li", "", text));
+  }
 }
 
 function renderError(job, live) {
