@@ -136,6 +136,12 @@ class ParkedRunner(Runner):
         await asyncio.Event().wait()
 
 
+def _cancel_parked(runner, loop):
+    for running in runner.running.values():
+        running.task.cancel()
+    loop.run_until_complete(asyncio.sleep(0))
+
+
 def schedule(store, state, *, max_jobs, cores, job_cores):
     loop = asyncio.new_event_loop()
     runner = ParkedRunner(store, state, max_jobs=max_jobs, cores=cores)
@@ -190,9 +196,7 @@ def test_a_new_runner_marks_running_rows_lost_and_stops_queued_ones_on_request(t
         runner.stop("0000000d")
         stopped = store.get("0000000d")
         assert stopped["status"] == "stopped" and stopped["exit_code"] == 130
-        for running in runner.running.values():
-            running.task.cancel()
-        loop.run_until_complete(asyncio.sleep(0))
+        _cancel_parked(runner, loop)
     finally:
         loop.close()
         store.close()
@@ -221,9 +225,7 @@ def test_a_job_with_a_checkpoint_folder_resumes_under_the_next_server_instead_of
         assert resumed[resumed.index("--checkpoint-dir") + 1] == str(tmp_path / "ckpt") and "--resume" in resumed
         fresh = runner.driver_argv(store.get("0000000f"), str(tmp_path / "f"))
         assert "--checkpoint-dir" in fresh and "--resume" not in fresh   # never ran: starts from the beginning
-        for running in runner.running.values():
-            running.task.cancel()
-        loop.run_until_complete(asyncio.sleep(0))
+        _cancel_parked(runner, loop)
     finally:
         loop.close()
         store.close()
