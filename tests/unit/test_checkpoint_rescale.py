@@ -53,6 +53,10 @@ def test_keys_land_where_the_router_sends_them_and_the_union_is_exact(tmp_path, 
     assert differences == []
     assert rescaled == {"sum": (old, new)}
 
+    # Downstream of the reduce, records go by their key's hash over the next operator's own instances,
+    # never chained: what its instances received, and hold, does not depend on the reduce's parallelism.
+    assert {g.label for n in after.nodes.values() if n.operator == "sum" for g in n.out_groups} == {"hash"}
+
     restored = _checkpoint(old)
     repartition(restored, after, rescaled)
 

@@ -10,7 +10,9 @@ Why only a keyed reduce: its state is a dict per key, fed by a hash-partitioned 
 belongs after the change is known exactly. A user function's `snapshot_state()` is one opaque value per
 instance, which cannot be split by key: refused. Every other operator keeps its parallelism, since its
 state (a reader's splits, a sink's parts, a join's buffers) belongs to its instance; an operator that
-merely followed the reduce's parallelism (a sink chained to it) must be given its old one explicitly.
+merely followed the reduce's parallelism (a sink after it) must be given its old one explicitly. What
+comes after the reduce is never chained to it: its records go on by their key's hash over the next
+operator's own instances, so what those received, and hold, does not depend on the reduce's parallelism.
 
 The driver unpickles the reduce's state files here, rather than the tasks that wrote them: they come from
 the same private, verified checkpoint folder (store.py), written by this user's own tasks.
