@@ -69,6 +69,11 @@ class TaskNode:
         return len(self.in_edges)
 
 
+def instance_name(operator: str, index: int) -> str:
+    """The task name of `operator`'s instance `index` (a checkpoint names its state files by it)."""
+    return f"{operator}_{index}"
+
+
 @dataclass
 class ExecutionGraph:
     nodes: dict[str, TaskNode] = field(default_factory=dict)
@@ -138,12 +143,12 @@ def compile_graph(transformations: list[Transformation], *, chaining: bool = Tru
             up = inp.upstream
             chained = chaining and _forward(inp, t, consumers, par)
             for i in range(par[up.id]):
-                src = f"{up.name}_{i}"
+                src = instance_name(up.name, i)
                 groups = out_groups.setdefault(src, [])
                 edges = []
                 # A chained edge joins instance i to instance i only: the records never leave the task.
                 for j in (i,) if chained else range(par[t.id]):
-                    dst = f"{t.name}_{j}"
+                    dst = instance_name(t.name, j)
                     slot = slot_counter.get(dst, 0)
                     slot_counter[dst] = slot + 1
                     edge = Edge(src, dst, len(groups), slot, inp.input_index)
@@ -155,7 +160,7 @@ def compile_graph(transformations: list[Transformation], *, chaining: bool = Tru
     graph = ExecutionGraph(transformations={t.id: t for t in transformations})
     for t in transformations:
         for i in range(par[t.id]):
-            name = f"{t.name}_{i}"
+            name = instance_name(t.name, i)
             graph.nodes[name] = TaskNode(name, t.name, t.kind, i, par[t.id], t.id,
                                          tuple(in_edges.get(name, ())), tuple(out_groups.get(name, ())))
     graph.set_chains(_group_chains(graph, chained_groups))

@@ -50,8 +50,8 @@ from procflow.runtime.checkpoint.coordinator import (
     Checkpoints,
     check_checkpointable,
     fingerprint,
-    graph_differences,
 )
+from procflow.runtime.checkpoint.rescale import repartition, resume_differences
 from procflow.runtime.checkpoint.store import CheckpointStore, LoadedCheckpoint
 from procflow.runtime.context.task_context import TaskContext, output_specs
 from procflow.runtime.control import (
@@ -228,12 +228,18 @@ class Dispatcher(JobMonitor):
         if restored is None:
             store.clear()   # crashed before its first checkpoint: nothing to resume, start from the beginning
             return store, None
-        diffs = graph_differences(restored.manifest["fingerprint"], fingerprint(self.graph))
+        diffs, rescaled = resume_differences(self.graph, restored.manifest["fingerprint"], fingerprint(self.graph))
+        if not diffs and rescaled:
+            try:   # a keyed reduce's parallelism changed: its per-key state split anew (checkpoint/rescale.py)
+                repartition(restored, self.graph, rescaled)
+            except ValueError as exc:
+                diffs = [f"the state of reduce {', '.join(map(repr, rescaled))} cannot be re-partitioned: {exc}"]
         if diffs:
             raise ValueError(
                 f"cannot resume from checkpoint {restored.number} in {store.path}: the pipeline is not the one "
                 f"that took it ({'; '.join(diffs)}). Resume with the same operators, parallelism and "
-                "functions, or remove the checkpoint folder to start afresh")
+                "functions (only a keyed reduce's parallelism may change), or remove the checkpoint folder "
+                "to start afresh")
         store.remove_after(restored.number)   # what the crashed run left half-taken
         return store, restored
 

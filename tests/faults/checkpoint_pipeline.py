@@ -35,14 +35,15 @@ def add(a: int, b: int) -> int:
     return a + b
 
 
-def build(env: Any, inp: str, out: str) -> tuple[Any, Any, Any]:
+def build(env: Any, inp: str, out: str, sum_parallelism: int = 2) -> tuple[Any, Any, Any]:
     """The pipeline; returns its collect() handles: every record (collected by the driver itself), every
-    record again and the sums (keyed, so collected by tasks of their own)."""
+    record again and the sums (keyed, so collected by tasks of their own). `sum_parallelism`: the keyed
+    reduce's, which a resume may change (its sink keeps 2, set explicitly so that it does not follow)."""
     numbers = env.read_text(inp, parallelism=2, split_size=2000, name="lines").map(parse, parallelism=2,
                                                                                    name="parse")
     numbers.write_jsonl(os.path.join(out, "records"), name="records")
-    sums = numbers.keyby(key_of).reduce(add, parallelism=2, name="sum")
-    sums.write_jsonl(os.path.join(out, "sums"), name="sums")
+    sums = numbers.keyby(key_of).reduce(add, parallelism=sum_parallelism, name="sum")
+    sums.write_jsonl(os.path.join(out, "sums"), parallelism=2, name="sums")
     return numbers.collect(name="all"), numbers.keyby(key_of).collect(name="keyed"), sums.collect(name="totals")
 
 

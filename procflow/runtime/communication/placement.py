@@ -72,6 +72,13 @@ def _custom_targets(partitioner: Callable[[Any, int], Any], key: Any, n: int) ->
     return picks
 
 
+def hash_channel(key: Any, n: int) -> int:
+    """Which of `n` instances a keyed record goes to under hash partitioning. The one definition: Hash
+    places records by it, and a resumed job re-partitions a keyed reduce's state by it when the reduce's
+    parallelism changed (checkpoint/rescale.py), so each key's state lands where its records now go."""
+    return stable_hash(key) % n
+
+
 def _no_selector(record: Any) -> Any:
     raise AssertionError("send_selected() on a group without a key selector")
 
@@ -204,10 +211,10 @@ class Hash(RoundRobin):
                 known = self._known
                 if len(known) >= KNOWN_KEYS_MAX:
                     known.clear()
-                i = known[key] = stable_hash(key) % self.n
+                i = known[key] = hash_channel(key, self.n)
             return i
         try:
-            return stable_hash(key) % self.n
+            return hash_channel(key, self.n)
         except UnstableKeyError as exc:
             raise _unstable_key(self.group, exc) from None
 
@@ -215,7 +222,7 @@ class Hash(RoundRobin):
         if not keyed:
             return super().targets(key, keyed)
         try:
-            return (stable_hash(key) % self.n,)
+            return (hash_channel(key, self.n),)
         except UnstableKeyError as exc:
             raise _unstable_key(self.group, exc) from None
 
