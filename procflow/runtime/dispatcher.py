@@ -149,6 +149,7 @@ class Dispatcher(JobMonitor):
             store, restored = opened
             self.checkpoints = Checkpoints(store, float(self.config["checkpoint_interval"]), self.job_id,
                                            self.graph, self.log, restored)
+            self.checkpoints.on_complete = self._publish_checkpoint
             self.log.info("checkpoints every %ss into %s%s", self.config["checkpoint_interval"], store.path,
                           f"; resuming from checkpoint {restored.number}" if restored is not None else "")
             for name, records in self.checkpoints.collected.items():   # collect()s start where it was
@@ -297,6 +298,22 @@ class Dispatcher(JobMonitor):
                     function.adopt_parts(checkpoints.outputs.get(t.name, []))   # type: ignore[attr-defined]
                 function.prepare_output(self.job_id, instances)
                 self.log.info("output of %s staged for %d instance(s): %r", t.name, instances, function)
+
+    def _publish_checkpoint(self, number: int, parts: Mapping[str, list[str]]) -> None:
+        """Checkpoint `number` completed: each file sink's parts rolled up to its barrier become visible
+        in its folder (no _SUCCESS yet: that comes at job end). A publish that fails fails the job."""
+        for name, function in list(self.outputs):
+            publish = getattr(function, "publish_parts", None)
+            if not callable(publish):
+                continue
+            try:
+                publish(parts.get(name, []))
+            except Exception as exc:
+                self.log.exception("publishing the parts of %s at checkpoint %d failed", name, number)
+                error = JobFailedError(f"job {self.job_id}: publishing the output of {name} at checkpoint "
+                                       f"{number} failed: {type(exc).__name__}: {exc}", task=name)
+                error.__cause__ = exc
+                self._fail(error)
 
     def _settle_outputs(self) -> None:
         """Every task has ended: publish the committed outputs if the job finished (not failed, stopped

@@ -11,6 +11,7 @@
     a task Stopped     ─► without a FINAL ack before it (an operator that takes no final snapshot): no
     without FINAL         more checkpoints, since it can ack none; the one in flight is abandoned (its
                           folder, without manifest, is never restored)
+                          ─► on_complete: the Dispatcher publishes the file sinks' parts it lists
     job finished       ─► every checkpoint removed (the job they would resume is done)
 
 Split progress is merged here rather than in a task: at barrier n each source instance reports the splits
@@ -30,7 +31,7 @@ import logging
 import pickle
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from procflow.core.enums import OperatorKind
@@ -118,6 +119,9 @@ class Checkpoints:
         self.taken: list[dict[str, Any]] = []   # completed checkpoints: number, duration_s, bytes
         self._asked: list[concurrent.futures.Future[int]] = []     # job.checkpoint(), not picked up yet
         self._waiting: list[concurrent.futures.Future[int]] = []   # ... for the checkpoint in flight
+        # Called once checkpoint n is complete (its manifest in place): n, and per sink operator the parts it
+        # lists; the Dispatcher publishes them (file sinks commit per completed checkpoint).
+        self.on_complete: Callable[[int, dict[str, list[str]]], None] | None = None
         self._lock = threading.Lock()   # `ask` runs in the caller's thread, the rest in the monitor's
 
     # -- setup -------------------------------------------------------------------------------------
@@ -245,6 +249,8 @@ class Checkpoints:
                     "duration_s": duration, "fingerprint": self.fingerprint, "tasks": files, "finished": finished,
                     "splits": merged, "outputs": {op: sorted(p) for op, p in outputs.items()}}
         self.store.complete(number, manifest)
+        if self.on_complete is not None:
+            self.on_complete(number, outputs)
         self.splits = {op: {"done": list(v["done"]), "partial": dict(v["partial"])} for op, v in merged.items()}
         self.outputs = outputs
         self.store.prune(number)
