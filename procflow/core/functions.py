@@ -121,6 +121,21 @@ class KeyByFunction(BaseFunction, Generic[_In]):
 
 
 class SinkFunction(BaseFunction, Generic[_In]):
+    """Consumes records. A sink that must publish exactly once defines two more methods (two-phase
+    commit, as Flink's TwoPhaseCommitSinkFunction), looked up by name:
+
+    `prepare_commit() -> token`   in the task, at each checkpoint barrier (after the records before it)
+                                  and at end of input (before `close()`): finish what it wrote since the
+                                  last call (flush, stage a file) and return a picklable token naming it
+    `commit(token)`               in the driver, on a sink object built there for the purpose (its
+                                  `open()` is not called: the token must say everything), once the
+                                  token's checkpoint has completed, or the job has succeeded. A token of a
+                                  checkpoint that never completed, or of a failed job, is never committed.
+                                  On `submit(resume=True)` the restored checkpoint's tokens are committed
+                                  again (the crash may have come between completion and commit): commit
+                                  must be idempotent
+    """
+
     def execute(self, record: _In) -> None:
         raise NotImplementedError
 

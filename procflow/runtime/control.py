@@ -105,6 +105,9 @@ class Failed:
 class Stopped:
     task: str
     metrics: dict = field(default_factory=dict)
+    # A two-phase sink's token for the records after its last barrier (prepare_commit() at end of
+    # input), which the driver commits once the job has succeeded; () for every other task.
+    commit: tuple = ()
 
 
 @dataclass(frozen=True)

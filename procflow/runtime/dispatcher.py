@@ -45,7 +45,7 @@ from procflow.core.errors import JobFailedError, RemoteTraceback, ShmCapacityErr
 from procflow.core.service import ServiceSpec
 from procflow.graph.execution_graph import ExecutionGraph
 from procflow.runtime.backend import Backend, Exited, JobControlView, JobSetup, StartedTask, TaskStart
-from procflow.runtime.checkpoint.barrier import CheckpointAck
+from procflow.runtime.checkpoint.barrier import FINAL, CheckpointAck
 from procflow.runtime.checkpoint.coordinator import (
     Checkpoints,
     check_checkpointable,
@@ -68,6 +68,7 @@ from procflow.runtime.driver_collects import DriverCollects
 from procflow.runtime.job_control import FIELDS
 from procflow.runtime.job_manager import JobManager
 from procflow.runtime.job_monitor import JobMonitor
+from procflow.runtime.operators.transforms import two_phase
 from procflow.runtime.private_files import make_job_dir
 from procflow.runtime.service.manager import ServiceManager
 from procflow.runtime.split_plan import SplitPlan, plan_job_splits
@@ -132,6 +133,11 @@ class Dispatcher(JobMonitor):
         self._aborted = False
         self._cleanup_lock = threading.Lock()
         self.outputs: list[tuple[str, CommittedOutput]] = []   # (operator, its driver-side function)
+        # Two-phase sinks (prepare_commit()/commit(token)): one function object each, built in the driver
+        # to commit; the (task, checkpoint or FINAL) tokens committed so far; tails prepared at end of input.
+        self.committers: dict[str, Any] = {}
+        self._committed: set[tuple[str, int]] = set()
+        self._end_tokens: list[tuple[str, str, int, Any]] = []
         self.checkpoint_dir = checkpoint_dir
         self.resume = resume
         self.checkpoints: Checkpoints | None = None
@@ -149,12 +155,15 @@ class Dispatcher(JobMonitor):
             store, restored = opened
             self.checkpoints = Checkpoints(store, float(self.config["checkpoint_interval"]), self.job_id,
                                            self.graph, self.log, restored)
+            self.checkpoints.on_complete = self._publish_checkpoint
             self.log.info("checkpoints every %ss into %s%s", self.config["checkpoint_interval"], store.path,
                           f"; resuming from checkpoint {restored.number}" if restored is not None else "")
             for name, records in self.checkpoints.collected.items():   # collect()s start where it was
                 if name in self.collectors:
                     self.collectors[name]._extend(records)
         self._prepare_outputs()
+        if self.checkpoints is not None and self.checkpoints.restored_commits:
+            self._commit_restored(self.checkpoints.restored_commits)
         backend = self.backend
         nodes = list(self.graph.nodes.values())
         self.job_control = backend.open_job(JobSetup(self.job_id, self.job_dir, self.env_dir, self.config,
@@ -282,6 +291,8 @@ class Dispatcher(JobMonitor):
         function object's: one more is built here, for the driver, besides those shipped to the tasks."""
         for t in self.graph.transformations.values():
             target = t.function.target
+            if t.kind is OperatorKind.SINK and two_phase(target if inspect.isclass(target) else type(target)):
+                self.committers[t.name] = t.function.build()
             # Judged by the class first: building a user's other sinks here would run their constructors
             # once more, in the driver (one that opens a file would open it twice).
             if t.kind is not OperatorKind.SINK or not (isinstance(target, CommittedOutput) or (
@@ -298,6 +309,58 @@ class Dispatcher(JobMonitor):
                 function.prepare_output(self.job_id, instances)
                 self.log.info("output of %s staged for %d instance(s): %r", t.name, instances, function)
 
+    def _commit_restored(self, tokens: list[tuple[str, str, int, Any]]) -> None:
+        """On resume: the restored checkpoint's tokens, committed again (the crash may have come between
+        its completion and their commit; commit(token) must be idempotent, as the README says)."""
+        for operator, task, _checkpoint, token in tokens:
+            committer = self.committers.get(operator)
+            if committer is None:
+                continue
+            try:
+                committer.commit(token)
+            except Exception as exc:
+                raise RuntimeError(f"resuming: committing the token of {task} that the restored checkpoint "
+                                   f"holds failed ({type(exc).__name__}: {exc}); the job did not start. Fix "
+                                   "the sink's commit(token) (it is called again for a token it may have "
+                                   "committed before the crash) and resume again") from exc
+        self.log.info("resumed: %d two-phase sink token(s) of the restored checkpoint committed", len(tokens))
+
+    def _commit_tokens(self, tokens: list[tuple[str, str, int, Any]], when: str) -> None:
+        """Commit each two-phase sink token once per run (a finished task's rides every later checkpoint).
+        A commit that raises fails the job."""
+        for operator, task, checkpoint, token in tokens:
+            committer = self.committers.get(operator)
+            if committer is None or (task, checkpoint) in self._committed:
+                continue
+            try:
+                committer.commit(token)
+                self._committed.add((task, checkpoint))
+            except Exception as exc:
+                self.log.exception("committing the token of %s at %s failed", task, when)
+                error = JobFailedError(f"job {self.job_id}: {operator}.commit(token) of {task} at {when} "
+                                       f"failed: {type(exc).__name__}: {exc}", task=task)
+                error.__cause__ = exc
+                self._fail(error)
+                return
+
+    def _publish_checkpoint(self, number: int, parts: Mapping[str, list[str]],
+                            tokens: list[tuple[str, str, int, Any]]) -> None:
+        """Checkpoint `number` completed: each file sink's parts rolled up to its barrier become visible
+        in its folder (no _SUCCESS yet: that comes at job end). A publish that fails fails the job."""
+        for name, function in list(self.outputs):
+            publish = getattr(function, "publish_parts", None)
+            if not callable(publish):
+                continue
+            try:
+                publish(parts.get(name, []))
+            except Exception as exc:
+                self.log.exception("publishing the parts of %s at checkpoint %d failed", name, number)
+                error = JobFailedError(f"job {self.job_id}: publishing the output of {name} at checkpoint "
+                                       f"{number} failed: {type(exc).__name__}: {exc}", task=name)
+                error.__cause__ = exc
+                self._fail(error)
+        self._commit_tokens(tokens, f"checkpoint {number}")
+
     def _settle_outputs(self) -> None:
         """Every task has ended: publish the committed outputs if the job finished (not failed, stopped
         or killed), else remove what they staged. A commit that fails fails the job, and what is still
@@ -306,6 +369,13 @@ class Dispatcher(JobMonitor):
         manager = self.manager
         finished = manager.all_stopped and manager.failure is None and not manager.stop_requested \
             and not self._aborted
+        if finished and self.committers:   # the tails: final snapshots' tokens, then end-of-input ones
+            checkpoints = self.checkpoints
+            final = [] if checkpoints is None else [
+                (checkpoints.tasks[task][1], task, FINAL, ack.progress["commit"])
+                for task, ack in sorted(checkpoints.final.items()) if "commit" in ack.progress]
+            self._commit_tokens(final + self._end_tokens, "job end")
+            finished = manager.failure is None
         for name, function in outputs:
             if finished and manager.failure is None:
                 try:
@@ -488,6 +558,9 @@ class Dispatcher(JobMonitor):
             if self.checkpoints is not None:
                 self.checkpoints.on_ack(msg)
         elif isinstance(msg, Stopped):
+            if msg.commit:
+                operator = self.graph.transformations[self.graph.nodes[msg.task].transformation_id].name
+                self._end_tokens.append((operator, msg.task, -1, msg.commit[0]))
             if self.checkpoints is not None:
                 self.checkpoints.task_stopped(msg.task)
             manager.mark_stopped(msg.task, msg.metrics)

@@ -63,6 +63,10 @@ def committed(out: str) -> tuple[list[int], list[list[int]]]:
         folder = os.path.join(out, sink)
         assert os.path.exists(os.path.join(folder, "_SUCCESS")), os.listdir(folder)
         assert not [n for n in os.listdir(folder) if n.startswith("_staging-")], os.listdir(folder)
+        with open(os.path.join(folder, "_SUCCESS"), encoding="utf-8") as f:
+            listed = sorted(entry["name"] for entry in json.load(f)["files"])
+        # Exactly the parts _SUCCESS lists: none published at a checkpoint and then left over, or missing.
+        assert sorted(n for n in os.listdir(folder) if n.startswith("part-")) == listed, os.listdir(folder)
         rows = []
         for part in glob.glob(os.path.join(folder, "part-*")):
             with open(part, encoding="utf-8") as f:
@@ -165,6 +169,10 @@ def committed_join(out: str) -> tuple[list[list[int]], list[int]]:
     for sink in ("pairs", "right"):
         folder = os.path.join(out, sink)
         assert os.path.exists(os.path.join(folder, "_SUCCESS")), os.listdir(folder)
+        with open(os.path.join(folder, "_SUCCESS"), encoding="utf-8") as f:
+            listed = sorted(entry["name"] for entry in json.load(f)["files"])
+        # Exactly the parts _SUCCESS lists: none published at a checkpoint and then left over, or missing.
+        assert sorted(n for n in os.listdir(folder) if n.startswith("part-")) == listed, os.listdir(folder)
         rows = []
         for part in glob.glob(os.path.join(folder, "part-*")):
             with open(part, encoding="utf-8") as f:

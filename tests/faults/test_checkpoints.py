@@ -27,6 +27,12 @@ def _manifests(checkpoint_dir: str) -> list[str]:
                   if os.path.exists(os.path.join(checkpoint_dir, n, "MANIFEST.json")))
 
 
+def _published(out: str) -> list[str]:
+    """The checkpointed parts of the records sink already in its folder."""
+    folder = os.path.join(out, "records")
+    return [n for n in os.listdir(folder) if n.startswith("part-") and "-c0" in n] if os.path.isdir(folder) else []
+
+
 def _resume(env_dir: str, inp: str, out: str, checkpoint_dir: str, sum_parallelism: int = 2) -> LocalEnvironment:
     """Resume the pipeline (its reduce with `sum_parallelism` instances); its file sinks and its
     collect()s hold every record exactly once."""
@@ -49,16 +55,21 @@ def test_driver_sigkilled_after_a_checkpoint_resumes_exactly_once(env_dir, tmp_p
         # The checkpoint numbered `checkpoints_before_kill` is complete (older ones may be pruned).
         wait_for(lambda: any(int(n) >= checkpoints_before_kill for n in _manifests(checkpoint_dir)), 90,
                  f"checkpoint {checkpoints_before_kill}")
+        # Its parts are published while the job runs (the driver renames them in just after the manifest).
+        wait_for(lambda: _published(out), 30, "the parts of a completed checkpoint in the output folder")
         tasks = descendants(driver.pid)
         driver.signal(signal.SIGKILL)
         assert driver.wait(10) == -signal.SIGKILL, "the job ended before the kill: make it slower"
         assert wait_gone(tasks, 10) == set(), "task processes outlived their killed driver"
     assert not os.path.exists(os.path.join(out, "records", "_SUCCESS"))
+    published = _published(out)
+    assert published, "no part was published before the job ended"
 
     env = _resume(env_dir, inp, out, checkpoint_dir)
     taken = env.job.summary()["checkpoints"]   # numbered on from the restored one: never reused
     assert taken == [] or taken[0]["checkpoint"] > checkpoints_before_kill
     assert _manifests(checkpoint_dir) == [], "a finished job keeps no checkpoints"
+    assert set(published) <= set(_published(out)), "a part published before the kill was not kept"
 
 
 def test_task_sigkilled_after_a_checkpoint_resumes_exactly_once(env_dir, tmp_path):

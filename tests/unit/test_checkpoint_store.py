@@ -149,11 +149,12 @@ def test_a_resumed_sink_takes_over_exactly_the_parts_its_checkpoint_lists(tmp_pa
     staged = StagedOutput(str(out), WriteMode.ERROR, "jsonl")
     staged.prepare("cafef00d", 1, adopt=["part-00000-of-00001-c00000002.jsonl"])
     try:
-        assert sorted(os.listdir(out)) == ["_staging-cafef00d"]
-        assert sorted(os.listdir(out / "_staging-cafef00d")) == [".lock", "part-00000-of-00001-c00000002.jsonl"]
+        # Its checkpoint completed, so the part is published (the crash came before the driver did it).
+        assert sorted(os.listdir(out)) == ["_staging-cafef00d", "part-00000-of-00001-c00000002.jsonl"]
+        assert sorted(os.listdir(out / "_staging-cafef00d")) == [".lock"]
     finally:
         staged.abort(keep=True)   # as a failed job with checkpoints: the folder stays for the next resume
-    assert (out / "_staging-cafef00d" / "part-00000-of-00001-c00000002.jsonl").exists()
+    assert (out / "part-00000-of-00001-c00000002.jsonl").read_text() == "1\n"
 
     again = StagedOutput(str(out), WriteMode.ERROR, "jsonl")
     with pytest.raises(FileNotFoundError, match="resuming needs the parts .*c00000003"):

@@ -184,3 +184,76 @@ def test_two_sinks_of_one_job_on_one_folder_are_refused(tmp_path):
             JsonlSink(out, "overwrite").prepare_output(JOB, 1)
     finally:
         first.abort_output()
+
+
+# -- commit per completed checkpoint (issue 20) ----------------------------------------------------------
+
+
+def _roll(sink, number: int, records: list) -> list[str]:
+    """The sink writes `records`, then takes barrier `number`: the names of its rolled parts so far."""
+    for record in records:
+        sink.execute(record)
+    sink.ctx.checkpoint_number = number
+    return [entry["name"] for entry in sink.snapshot_state()]
+
+
+def test_a_completed_checkpoints_parts_are_published_before_the_end_and_listed_once(tmp_path):
+    out = tmp_path / "out"
+    driver = JsonlSink(out)
+    driver.prepare_output(JOB, 1)
+    sink = instance(driver, 0, 1)
+    first = _roll(sink, 1, [1, 2])
+    assert [p.name for p in part_files(out)] == []           # rolled, its checkpoint not complete yet
+    driver.publish_parts(first)
+    assert [p.name for p in part_files(out)] == ["part-00000-of-00001-c00000001.jsonl"]
+    assert not (out / "_SUCCESS").exists()                   # visible, but not output yet
+    driver.publish_parts(first)                              # idempotent
+    sink.execute(3)
+    sink.close()
+    manifest = driver.commit_output() or json.loads((out / "_SUCCESS").read_text())
+    assert [(f["name"], f["records"]) for f in manifest["files"]] == [
+        ("part-00000-of-00001-c00000001.jsonl", 2), ("part-00000-of-00001.jsonl", 1)]
+    assert sorted(p.name for p in out.iterdir()) == ["_SUCCESS", "part-00000-of-00001-c00000001.jsonl",
+                                                     "part-00000-of-00001.jsonl"]
+
+
+def test_overwrite_removes_the_old_output_at_the_first_publish(tmp_path):
+    out = tmp_path / "out"
+    write_parts(JsonlSink, out, [["old"]])
+    driver = JsonlSink(out, "overwrite")
+    driver.prepare_output("1234abcd", 1)
+    assert (out / "_SUCCESS").exists()                       # kept until this job publishes something
+    sink = instance(driver, 0, 1, "1234abcd")
+    driver.publish_parts(_roll(sink, 1, ["new"]))
+    assert not (out / "_SUCCESS").exists()
+    assert [p.name for p in part_files(out)] == ["part-00000-of-00001-c00000001.jsonl"]
+    sink.close()
+    driver.commit_output()
+    rows = [json.loads(line) for p in part_files(out) for line in p.read_text().splitlines()]
+    assert rows == ["new"]
+
+
+def test_resume_keeps_published_parts_publishes_staged_ones_and_drops_later_ones(tmp_path):
+    out = tmp_path / "out"
+    crashed = JsonlSink(out)
+    crashed.prepare_output(JOB, 1)
+    sink = instance(crashed, 0, 1)
+    crashed.publish_parts(_roll(sink, 1, [1]))               # checkpoint 1 completed and published
+    listed = _roll(sink, 2, [2])                              # 2 completed, crashed before its publish
+    crashed.publish_parts(_roll(sink, 3, [3]))               # 3 published, but skipped on resume (corrupt)
+    _roll(sink, 4, [4])                                       # 4 never completed
+    crashed.keep_for_resume()                                 # what a dead driver leaves
+    resumed = JsonlSink(out)
+    resumed.adopt_parts(listed)                               # resume from checkpoint 2
+    resumed.prepare_output("1234abcd", 1)
+    assert [p.name for p in part_files(out)] == ["part-00000-of-00001-c00000001.jsonl",
+                                                 "part-00000-of-00001-c00000002.jsonl"]
+    again = instance(resumed, 0, 1, "1234abcd")
+    again.restore_state([{"name": n, "records": 1, "bytes": 2} for n in listed])
+    again.execute(3)
+    again.execute(4)
+    again.close()
+    resumed.commit_output()
+    rows = sorted(json.loads(line) for p in part_files(out) for line in p.read_text().splitlines())
+    assert rows == [1, 2, 3, 4]
+    assert [p.name for p in out.iterdir() if p.name.startswith("_staging-")] == []

@@ -294,7 +294,7 @@ class InlineBackend:
         task.finished = True
         task.ctx.logger.info("stopped: %d in, %d out (%s)", task.records_in, _router(task).records_out,
                              signal.reason)
-        self.deliver(Stopped(task.ctx.name, task.metrics()))
+        self.deliver(Stopped(task.ctx.name, task.metrics(), task.operator.end_commit))
 
     def _source_chunk(self) -> None:
         """A source emitted `chunk` records (or had nothing for now): publish them, run the rest, and

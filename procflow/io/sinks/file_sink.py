@@ -8,8 +8,9 @@
                               (_instance-<i>.json: part, records, bytes, rolled parts) for the driver's commit
     checkpoints snapshot_state()  at each barrier the part is finished and renamed to
                                   part-<i>-of-<n>-c<checkpoint>.<ext> ("rolled"); the next record starts a new
-                                  part. The state is the list of rolled parts: on resume the driver moves
-                                  exactly those from the crashed run's staging into the new one
+                                  part. The state is the list of rolled parts: once the checkpoint completes
+                                  the driver publishes them into the output folder (publish_parts); on
+                                  resume it publishes those of the restored checkpoint still staged
                                   (StagedOutput.prepare(adopt=...)), and the rest of that staging is dropped
 
 A subclass names its `extension` and `format_name` and writes its format in `_start` / `_write` /
@@ -67,8 +68,14 @@ class FileSink(SinkFunction[Any]):
 
     def adopt_parts(self, names: list[str]) -> None:
         """Driver side, on resume, before prepare_output: the rolled parts a checkpoint lists are taken
-        over from the staging folder a crashed run of this job left (all of them published at job end)."""
+        over (published) from the staging folder a crashed run of this job left, or kept in dir."""
         self._adopt = list(names)
+
+    def publish_parts(self, names: list[str]) -> None:
+        """Driver side: checkpoint n completed, and `names` are the parts it lists (every rolled part of
+        every instance up to its barrier): those not yet in the output folder are renamed in."""
+        if self._staged is not None:
+            self._staged.publish(names)
 
     def commit_output(self) -> None:
         assert self._staged is not None, "commit_output() comes after prepare_output()"

@@ -6,14 +6,21 @@
         part-00000-of-00004.jsonl             written by instance 0 (0600; none if it got no records)
         _instance-00000.json                  instance 0's report at close(): its part, records, bytes
         ...
-      part-00000-of-00004.jsonl ...           commit(): each part renamed here (atomic per file)
+      part-00000-of-00004-c00000003.jsonl ... publish(): a part rolled at barrier 3, renamed here as soon
+                                              as checkpoint 3 completes (atomic per file)
+      part-00000-of-00004.jsonl ...           commit(): every part not yet published renamed here
       _SUCCESS                                commit(): the manifest, renamed in last: the output is
-                                              complete exactly when _SUCCESS exists
+                                              complete exactly when _SUCCESS exists; without it, what a
+                                              reader sees (published parts) is not output yet
 
     prepare()  dir made if missing; stale staging of dead drivers removed (a live one refuses the job);
                mode "error": dir must be empty; the staging folder and its lock. On resume from a
-               checkpoint (`adopt`): the parts that checkpoint lists are first moved from the dead
-               drivers' staging into the new one, everything else of theirs removed
+               checkpoint (`adopt`): the parts that checkpoint lists and that are still in the dead
+               drivers' staging are published (its completion may have come just before the crash),
+               those already in dir stay, parts a later checkpoint published (one skipped as corrupt)
+               are removed, and everything else of the dead staging too
+    publish()  checkpoint n completed: the parts it lists that are not yet in dir are renamed in (mode
+               "overwrite": the old _SUCCESS and old parts are removed first, at the first publish)
     commit()   every instance's report read and checked against its file; mode "overwrite": the old
                _SUCCESS, then the old parts, removed; parts renamed in; _SUCCESS renamed in; staging gone
     abort()    staging removed (idempotent); nothing in <dir> changes
@@ -32,6 +39,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import stat
 import threading
 from dataclasses import asdict, dataclass, field
@@ -44,6 +52,9 @@ STAGING_PREFIX = "_staging-"
 LOCK_NAME = ".lock"
 MANIFEST_NAME = "_SUCCESS"
 PART_PREFIX = "part-"
+
+# The parts a checkpoint publishes: rolled at barrier n (-c<n>) or at the end of a source's chain (-final-).
+_CHECKPOINTED_PART = re.compile(r"part-[0-9]{5}-of-[0-9]{5}-(c[0-9]{8}|final-.+)\.[A-Za-z0-9]+")
 
 _HELD: set[str] = set()          # staging folders (absolute paths) whose lock this process holds
 _HELD_LOCK = threading.Lock()
@@ -104,6 +115,9 @@ class StagedOutput:
         self._dir_fd = -1
         self._staging_fd = -1
         self._lock_fd = -1
+        self.published: set[str] = set()   # parts of this job (or the run it resumes) already in dir
+        self._old_removed = False           # mode "overwrite": the old output is gone
+        self._lock = threading.RLock()      # publish() runs in the monitor thread, commit/abort after it
 
     # -- prepare -----------------------------------------------------------------------------------
 
@@ -127,10 +141,12 @@ class StagedOutput:
         adopted: dict[str, str] = {}
         if adopt is not None:
             adopted = self._find_parts(adopt, stale)
+            self.published = {part for part, folder in adopted.items() if not folder}
+            self._drop_unlisted_parts()
         elif stale:
             self._clear(stale)
         if self.mode is WriteMode.ERROR:
-            existing = sorted(n for n in os.listdir(self._dir_fd) if n not in stale)
+            existing = sorted(n for n in os.listdir(self._dir_fd) if n not in stale and n not in self.published)
             if existing:
                 shown = ", ".join(existing[:5]) + (", ..." if len(existing) > 5 else "")
                 raise OutputExistsError(
@@ -147,13 +163,16 @@ class StagedOutput:
         with _HELD_LOCK:
             _HELD.add(os.path.join(self.path, self.staging))
         if adopt is not None:
-            for part, folder in adopted.items():
-                os.rename(os.path.join(folder, part), os.path.join(self.staging, part),
+            unpublished = [part for part, folder in adopted.items() if folder]
+            for part in unpublished:
+                os.rename(os.path.join(adopted[part], part), os.path.join(self.staging, part),
                           src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
             self._clear(stale)
+            self.publish(unpublished)   # their checkpoint completed: they are due in dir
 
     def _find_parts(self, parts: list[str], stale: list[str]) -> dict[str, str]:
-        """Where (which dead staging folder) each part a checkpoint lists is; raises if one is gone."""
+        """Where each part a checkpoint lists is: a dead staging folder, or "" for dir itself (published
+        already); raises if one is gone. Staging first: a same-named file in dir is an older run's."""
         found: dict[str, str] = {}
         wanted = set(parts)
         for folder in stale:
@@ -165,6 +184,9 @@ class StagedOutput:
             for name in names:
                 if name in wanted and name not in found:
                     found[name] = folder
+        for name in wanted - set(found):
+            if _exists_at(self._dir_fd, name):
+                found[name] = ""
         missing = sorted(set(parts) - set(found))
         if missing:
             raise FileNotFoundError(
@@ -173,6 +195,15 @@ class StagedOutput:
                 "this folder meanwhile). The checkpoint cannot be resumed exactly; start the job afresh "
                 "without resume=True (and empty its checkpoint folder)")
         return found
+
+    def _drop_unlisted_parts(self) -> None:
+        """On resume: checkpointed parts in dir that the restored checkpoint does not list were published by
+        a later checkpoint (one skipped as corrupt): their records come again, so they go."""
+        for name in os.listdir(self._dir_fd):
+            if _CHECKPOINTED_PART.fullmatch(name) and name not in self.published:
+                st = os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode):
+                    os.unlink(name, dir_fd=self._dir_fd)
 
     def _clear(self, names: list[str]) -> None:
         for name in names:
@@ -218,10 +249,33 @@ class StagedOutput:
             os.close(lock_fd)   # releases the lock we may have taken: we only asked
         return False
 
-    # -- commit ------------------------------------------------------------------------------------
+    # -- publish / commit ---------------------------------------------------------------------------
+
+    def publish(self, parts: list[str]) -> None:
+        """A checkpoint completed: rename the parts it lists into dir (those not there yet). Idempotent."""
+        with self._lock:
+            if self._staging_fd < 0:
+                return   # committed or aborted meanwhile
+            new = [p for p in parts if p not in self.published]
+            if not new:
+                return
+            if self.mode is WriteMode.OVERWRITE and not self._old_removed:
+                self._remove_old_output()
+                self._old_removed = True
+            for part in new:
+                if self.mode is WriteMode.ERROR and _exists_at(self._dir_fd, part):
+                    raise OutputExistsError(f"{self.where}: {part} appeared in the folder while the job ran; "
+                                            "it was not published")
+                os.rename(part, part, src_dir_fd=self._staging_fd, dst_dir_fd=self._dir_fd)
+                self.published.add(part)
+            os.fsync(self._dir_fd)
 
     def commit(self) -> dict[str, Any]:
         """Publish every part and the manifest; returns the manifest."""
+        with self._lock:
+            return self._commit()
+
+    def _commit(self) -> dict[str, Any]:
         reports = [self._report(i) for i in range(self.parallelism)]
         files = [{"name": p["name"], "records": p["records"], "bytes": p["bytes"]} for r in reports for p in r.rolled]
         files += [{"name": r.part, "records": r.records, "bytes": r.bytes} for r in reports if r.part is not None]
@@ -232,13 +286,15 @@ class StagedOutput:
         if self.mode is WriteMode.OVERWRITE:
             self._remove_old_output()
         else:
-            clash = [f["name"] for f in files if _exists_at(dir_fd, str(f["name"]))] + \
+            clash = [f["name"] for f in files
+                     if f["name"] not in self.published and _exists_at(dir_fd, str(f["name"]))] + \
                 ([MANIFEST_NAME] if _exists_at(dir_fd, MANIFEST_NAME) else [])
             if clash:
                 raise OutputExistsError(f"{self.where}: {clash} appeared in the folder while the job ran; "
                                         "nothing was committed")
         for f in files:
-            os.rename(str(f["name"]), str(f["name"]), src_dir_fd=staging_fd, dst_dir_fd=dir_fd)
+            if f["name"] not in self.published:
+                os.rename(str(f["name"]), str(f["name"]), src_dir_fd=staging_fd, dst_dir_fd=dir_fd)
         fd = create_file_at(staging_fd, MANIFEST_NAME)
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             json.dump(manifest, out, indent=2)
@@ -267,10 +323,12 @@ class StagedOutput:
         return report
 
     def _remove_old_output(self) -> None:
-        """mode "overwrite": _SUCCESS first (from here on the folder is visibly incomplete), then the parts."""
+        """mode "overwrite": _SUCCESS first (from here on the folder is visibly incomplete), then the parts
+        (not those this job published)."""
         dir_fd = self._dir_fd
         names = os.listdir(dir_fd)
-        for name in [MANIFEST_NAME] + sorted(n for n in names if n.startswith(PART_PREFIX)):
+        for name in [MANIFEST_NAME] + sorted(n for n in names
+                                             if n.startswith(PART_PREFIX) and n not in self.published):
             try:
                 st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             except FileNotFoundError:
@@ -283,6 +341,10 @@ class StagedOutput:
     def abort(self, keep: bool = False) -> None:
         """Remove the staging folder and close every fd. Idempotent; safe after a prepare() that failed.
         `keep`: leave the folder (not its lock) for a resume from a checkpoint, whose parts are in it."""
+        with self._lock:
+            self._abort(keep)
+
+    def _abort(self, keep: bool) -> None:
         if self._staging_fd >= 0:
             os.close(self._staging_fd)
             self._staging_fd = -1

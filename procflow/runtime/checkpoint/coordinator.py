@@ -11,6 +11,8 @@
     a task Stopped     ─► without a FINAL ack before it (an operator that takes no final snapshot): no
     without FINAL         more checkpoints, since it can ack none; the one in flight is abandoned (its
                           folder, without manifest, is never restored)
+                          ─► on_complete: the Dispatcher publishes the file sinks' parts it lists and
+                          commits the two-phase sinks' tokens (commits.pickle in the checkpoint)
     job finished       ─► every checkpoint removed (the job they would resume is done)
 
 Split progress is merged here rather than in a task: at barrier n each source instance reports the splits
@@ -30,7 +32,7 @@ import logging
 import pickle
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from procflow.core.enums import OperatorKind
@@ -43,6 +45,10 @@ from procflow.runtime.split_plan import is_split_source
 # The manifest's entry for the driver's own file: the records of every collect() up to the checkpoint.
 COLLECTED = "<collected>"
 COLLECTED_FILE = "collected.pickle"
+# Two-phase sinks' tokens prepared at this checkpoint (operator, task, checkpoint or FINAL, token): the
+# driver commits them once it completes, and a resumed job commits those of the restored one again.
+COMMITS = "<commits>"
+COMMITS_FILE = "commits.pickle"
 
 
 def fingerprint(graph: Any) -> dict[str, str]:
@@ -104,6 +110,9 @@ class Checkpoints:
         self.collected: dict[str, list[Any]] = {}
         if restored is not None and COLLECTED in restored.states:
             self.collected = pickle.loads(restored.states[COLLECTED])
+        self.restored_commits: list[tuple[str, str, int, Any]] = []
+        if restored is not None and COMMITS in restored.states:
+            self.restored_commits = pickle.loads(restored.states[COMMITS])
         self._received: dict[tuple[str, str], list[Any]] = {}
         self._marks: dict[tuple[str, str], int] = {}
         self.tasks: dict[str, tuple[int, str]] = {}   # task -> (slot, operator): who must ack
@@ -118,6 +127,10 @@ class Checkpoints:
         self.taken: list[dict[str, Any]] = []   # completed checkpoints: number, duration_s, bytes
         self._asked: list[concurrent.futures.Future[int]] = []     # job.checkpoint(), not picked up yet
         self._waiting: list[concurrent.futures.Future[int]] = []   # ... for the checkpoint in flight
+        # Called once checkpoint n is complete (its manifest in place): n, and per sink operator the parts it
+        # lists; the Dispatcher publishes them (file sinks commit per completed checkpoint).
+        # and the two-phase sinks' tokens it holds (COMMITS).
+        self.on_complete: Callable[[int, dict[str, list[str]], list[tuple[str, str, int, Any]]], None] | None = None
         self._lock = threading.Lock()   # `ask` runs in the caller's thread, the rest in the monitor's
 
     # -- setup -------------------------------------------------------------------------------------
@@ -207,6 +220,7 @@ class Checkpoints:
         partial: dict[str, dict[str, int]] = {op: dict(s["partial"]) for op, s in self.splits.items()}
         outputs: dict[str, list[str]] = {op: [] for op in self.sink_operators}
         files: dict[str, dict[str, Any]] = {}
+        tokens: list[tuple[str, str, int, Any]] = []
         finished = sorted(t for t in self.tasks if t not in self.acks)
         for task in finished:   # their last state, written here for them
             slot = self.tasks[task][0]
@@ -225,6 +239,8 @@ class Checkpoints:
                     partial[operator][str(index)] = offset
             if "parts" in ack.progress:
                 outputs.setdefault(operator, []).extend(ack.progress["parts"])
+            if "commit" in ack.progress:   # a finished task's (FINAL) token rides every later checkpoint
+                tokens.append((operator, task, ack.checkpoint, ack.progress["commit"]))
         merged: dict[str, dict[str, Any]] = {op: {"done": sorted(done[op]),
                        "partial": {k: v for k, v in partial[op].items() if int(k) not in done[op]}}
                   for op in done}
@@ -239,12 +255,18 @@ class Checkpoints:
             data = pickle.dumps(self.collected, protocol=5)
             size, digest = write_state(self.store.path, number, 0, COLLECTED, data, name=COLLECTED_FILE)
             files[COLLECTED] = {"file": COLLECTED_FILE, "bytes": size, "sha256": digest}
+        if tokens:
+            data = pickle.dumps(tokens, protocol=5)
+            size, digest = write_state(self.store.path, number, 0, COMMITS, data, name=COMMITS_FILE)
+            files[COMMITS] = {"file": COMMITS_FILE, "bytes": size, "sha256": digest}
         duration = time.monotonic() - self.started
         nbytes = sum(a.nbytes for a in self.acks.values())
         manifest = {"checkpoint": number, "job_id": self.job_id, "created": time.time(),
                     "duration_s": duration, "fingerprint": self.fingerprint, "tasks": files, "finished": finished,
                     "splits": merged, "outputs": {op: sorted(p) for op, p in outputs.items()}}
         self.store.complete(number, manifest)
+        if self.on_complete is not None:
+            self.on_complete(number, outputs, tokens)
         self.splits = {op: {"done": list(v["done"]), "partial": dict(v["partial"])} for op, v in merged.items()}
         self.outputs = outputs
         self.store.prune(number)

@@ -34,6 +34,7 @@ class Operator(Generic[F]):
     # ends before the job); True when restored from one, whose end-of-input records went out already.
     before_close: Callable[[], None] | None = None
     restored_finished = False
+    end_commit: tuple[Any, ...] = ()   # a two-phase sink's token of its tail, for Stopped (transforms.py)
 
     # Set by open(), from the attached context: emitting is only possible once the task is open.
     router: BaseRouter

@@ -16,6 +16,7 @@ from procflow.core.functions import (
     ReduceFunction,
     SinkFunction,
 )
+from procflow.runtime.checkpoint.barrier import FINAL
 from procflow.runtime.communication.queue_descriptor.driver import DriverWriter
 from procflow.runtime.communication.slabs import owned
 from procflow.runtime.context.task_context import attached_router
@@ -124,8 +125,31 @@ class FlatMapOperator(Operator[FlatMapFunction[Any, Any]]):
                 route_many(out)
 
 
+def two_phase(function: Any) -> bool:
+    """A sink that commits in two phases: prepare_commit() in its task, commit(token) in the driver."""
+    return callable(getattr(function, "prepare_commit", None)) and callable(getattr(function, "commit", None))
+
+
 class SinkOperator(Operator[SinkFunction[Any]]):
+    """Runs a sink. A two-phase sink (`prepare_commit()` / `commit(token)`) prepares a token at every
+    barrier (it goes to the driver in the ack: `progress["commit"]`), at its final snapshot, or else at
+    end of input before close() (it goes with Stopped): the driver commits each once its checkpoint
+    completes, or the job succeeds."""
+
     chunked = True     # nothing to route: a chunk is one loop over the function
+    _prepared_tail = False   # the final snapshot prepared the token of the records after the last barrier
+
+    def finish(self, signal: Any) -> None:
+        if two_phase(self.function):
+            chained = self.before_close
+
+            def prepare_tail() -> None:
+                if chained is not None:
+                    chained()   # a final snapshot, which prepares the tail's token itself
+                if not self._prepared_tail:
+                    self.end_commit = (self.function.prepare_commit(),)  # type: ignore[attr-defined]
+            self.before_close = prepare_tail
+        super().finish(signal)
 
     def process(self, record: Any) -> None:
         self.function.execute(record)
@@ -138,6 +162,9 @@ class SinkOperator(Operator[SinkFunction[Any]]):
         if callable(getattr(self.function, "adopt_parts", None)) and "function" in state:
             # A file sink: its rolled parts, which the driver moves into the new staging on resume.
             progress["parts"] = [part["name"] for part in state["function"]]
+        if two_phase(self.function):
+            progress["commit"] = self.function.prepare_commit()  # type: ignore[attr-defined]
+            self._prepared_tail = self.ctx.checkpoint_number == FINAL
         return state, progress
 
     def process_many(self, records: list[Any]) -> None:

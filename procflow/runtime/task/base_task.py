@@ -151,7 +151,7 @@ class BaseTask:
         else:
             signal = self._consume()
         self.finish(signal)
-        ctx.control.send(Stopped(ctx.name, self.metrics()))
+        ctx.control.send(Stopped(ctx.name, self.metrics(), self.operator.end_commit))
         ctx.logger.info("stopped: %d in, %d out (%s)", self.records_in, self._router.records_out, signal.reason)
 
     # -- the steps of the loop, also driven one at a time by the inline executor --------------------
@@ -224,7 +224,7 @@ class BaseTask:
         if self.remaining == 0:
             self.finish(signal)
             ctx = self.ctx
-            ctx.control.send(Stopped(ctx.name, self.metrics()))
+            ctx.control.send(Stopped(ctx.name, self.metrics(), self.operator.end_commit))
             ctx.logger.info("stopped: %d in, %d out (%s)", self.records_in, self._router.records_out,
                             signal.reason)
 
