@@ -15,8 +15,6 @@ FILES, LINES = 4, 2000   # 8000 records, 2 s of sleep on 2 instances: several ch
 RECORDS = FILES * LINES
 KEYS = 5
 SINKS = ("records", "pairs")
-# The tasks a "task" run may kill: they live until the end of input, so the kill always lands.
-KILLABLE = ("sum_", "join_", "pairs_")
 
 
 def write_input(folder: str) -> str:
@@ -75,7 +73,7 @@ def committed(out: str) -> dict[str, list[Any]]:
     return result
 
 
-# A driver script: argv = env_dir, input folder, output folder, checkpoint folder.
+# A driver script: argv = env_dir, input folder, output folder, checkpoint folder[, "resume"].
 DRIVER = """
 import sys
 from procflow import LocalEnvironment
@@ -85,6 +83,6 @@ env = LocalEnvironment("matrix", env_dir=sys.argv[1], checkpoint_dir=sys.argv[4]
                        config={"checkpoint_interval": 0.1})
 build(env, sys.argv[2], sys.argv[3])
 print("running", flush=True)
-env.submit()
+env.submit(resume=sys.argv[5:] == ["resume"])
 print("finished", flush=True)
 """
