@@ -60,22 +60,25 @@ def write_input(folder: str, spec: dict[str, Any]) -> str:
     return folder
 
 
-def _output(stream: Any, how: str, out: str, name: str) -> Any:
+def _output(stream: Any, how: str, out: str, name: str, **parallelism: int) -> Any:
     if how == "collect":
-        return stream.collect(name=name)
-    stream.write_jsonl(os.path.join(out, name), name=name)
+        return stream.collect(name=name, **parallelism)
+    stream.write_jsonl(os.path.join(out, name), name=name, **parallelism)
     return None
 
 
-def build(env: Any, spec: dict[str, Any], inp: str, out: str) -> dict[str, Any]:
-    """The DAG of `spec`; returns the collect() handles by output name ("sums", "branch")."""
+def build(env: Any, spec: dict[str, Any], inp: str, out: str, reduce_parallelism: int | None = None) -> dict[str, Any]:
+    """The DAG of `spec`; returns the collect() handles by output name ("sums", "branch").
+    `reduce_parallelism`: the reduce's instead of the spec's (a resume may rescale it; what reads its
+    output keeps 2 instances, set explicitly so that it does not follow)."""
     sp = spec["source_parallelism"]
     stream = env.read_text(inp, parallelism=sp, split_size=1500, name="lines") \
         .map(parse, parallelism=sp, name="parse").map(MAPS[spec["map"]], parallelism=sp, name="mapped")
     if spec["filter"]:
         stream = stream.filter(not_three, parallelism=sp, name="kept")
-    sums = stream.keyby(ModKey(spec["keys"])).reduce(add, parallelism=spec["reduce_parallelism"], name="sum")
-    handles = {"sums": _output(sums, spec["sums_to"], out, "sums")}
+    sums = stream.keyby(ModKey(spec["keys"])).reduce(
+        add, parallelism=reduce_parallelism or spec["reduce_parallelism"], name="sum")
+    handles = {"sums": _output(sums, spec["sums_to"], out, "sums", parallelism=2)}
     if spec["branch_to"] is not None:
         handles["branch"] = _output(stream, spec["branch_to"], out, "branch")
     return {k: v for k, v in handles.items() if v is not None}

@@ -1,6 +1,7 @@
 """Checkpoints over random small DAGs (issue 20): each is killed after a checkpoint completed (its driver
-or one reduce instance, SIGKILL), resumed, and its outputs (file sinks' committed parts, collect()s)
-equal a plain-Python evaluation exactly. A few examples in the default suite, more with PROCFLOW_SOAK=1."""
+or one reduce instance, SIGKILL), resumed (its keyed reduce possibly rescaled), and its outputs (file
+sinks' committed parts, collect()s) equal a plain-Python evaluation exactly. A few examples in the
+default suite, more with PROCFLOW_SOAK=1."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ specs = st.fixed_dictionaries({
     "filter": st.booleans(),
     "keys": st.integers(1, 9),
     "reduce_parallelism": st.integers(1, 3),
+    "resumed_reduce_parallelism": st.integers(1, 3),   # a keyed reduce may be rescaled on resume
     "sums_to": st.sampled_from(["file", "collect"]),
     "branch_to": st.sampled_from([None, "file", "collect"]),
 })
@@ -79,7 +81,7 @@ def test_a_random_dag_killed_after_a_checkpoint_resumes_exactly_once(tmp_path, s
 
     env = LocalEnvironment("dag-resume", env_dir=env_dir, checkpoint_dir=checkpoint_dir,
                            config={"checkpoint_interval": 0.1})
-    handles = dag.build(env, spec, inp, out)
+    handles = dag.build(env, spec, inp, out, spec["resumed_reduce_parallelism"])
     env.submit(resume=True)
     assert dag.outputs(spec, out, handles) == dag.expected(spec), f"{victim} killed at {moment}, {spec}"
     env.close()
