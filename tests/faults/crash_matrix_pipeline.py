@@ -6,28 +6,15 @@ from __future__ import annotations
 import glob
 import json
 import os
-import time
 from typing import Any
 
-from tests.faults.checkpoint_pipeline import SymmetricJoin
+# The same input and the same slow parse as the checkpoint tests (several checkpoints before the end).
+from tests.faults.checkpoint_pipeline import FILES, LINES, SymmetricJoin, parse
+from tests.faults.checkpoint_pipeline import write_input as write_input
 
-FILES, LINES = 4, 2000   # 8000 records, 2 s of sleep on 2 instances: several checkpoints before the end
 RECORDS = FILES * LINES
 KEYS = 5
 SINKS = ("records", "pairs")
-
-
-def write_input(folder: str) -> str:
-    os.makedirs(folder, exist_ok=True)
-    for f in range(FILES):
-        with open(os.path.join(folder, f"f{f}.txt"), "w") as out:
-            out.writelines(f"{f * LINES + i}\n" for i in range(LINES))
-    return folder
-
-
-def parse(line: str) -> int:
-    time.sleep(0.0005)   # slow enough that the job lasts many checkpoint intervals
-    return int(line)
 
 
 def key_of(n: int) -> int:
