@@ -58,21 +58,23 @@ def expected() -> tuple[list[int], list[list[int]]]:
 
 def committed(out: str) -> tuple[list[int], list[list[int]]]:
     """The records of both sinks' committed parts (sorted), after checking their _SUCCESS exists."""
-    result = []
-    for sink in ("records", "sums"):
-        folder = os.path.join(out, sink)
-        assert os.path.exists(os.path.join(folder, "_SUCCESS")), os.listdir(folder)
-        assert not [n for n in os.listdir(folder) if n.startswith("_staging-")], os.listdir(folder)
-        with open(os.path.join(folder, "_SUCCESS"), encoding="utf-8") as f:
-            listed = sorted(entry["name"] for entry in json.load(f)["files"])
-        # Exactly the parts _SUCCESS lists: none published at a checkpoint and then left over, or missing.
-        assert sorted(n for n in os.listdir(folder) if n.startswith("part-")) == listed, os.listdir(folder)
-        rows = []
-        for part in glob.glob(os.path.join(folder, "part-*")):
-            with open(part, encoding="utf-8") as f:
-                rows += [json.loads(line) for line in f]
-        result.append(sorted(rows))
-    return result[0], result[1]
+    return committed_rows(os.path.join(out, "records")), committed_rows(os.path.join(out, "sums"))
+
+
+def committed_rows(folder: str) -> list[Any]:
+    """The JSONL records of a file sink's committed parts, sorted, after checking the commit: _SUCCESS
+    exists, no staging is left, and the parts are exactly those _SUCCESS lists (none published at a
+    checkpoint and then left over, or missing)."""
+    assert os.path.exists(os.path.join(folder, "_SUCCESS")), os.listdir(folder)
+    assert not [n for n in os.listdir(folder) if n.startswith("_staging-")], os.listdir(folder)
+    with open(os.path.join(folder, "_SUCCESS"), encoding="utf-8") as f:
+        listed = sorted(entry["name"] for entry in json.load(f)["files"])
+    assert sorted(n for n in os.listdir(folder) if n.startswith("part-")) == listed, os.listdir(folder)
+    rows = []
+    for part in glob.glob(os.path.join(folder, "part-*")):
+        with open(part, encoding="utf-8") as f:
+            rows += [json.loads(line) for line in f]
+    return sorted(rows)
 
 
 # A driver script: argv = env_dir, input folder, output folder, checkpoint folder.
@@ -165,20 +167,7 @@ def expected_pairs() -> list[list[int]]:
 
 def committed_join(out: str) -> tuple[list[list[int]], list[int]]:
     """(the pairs, the right records), each sink's committed output sorted."""
-    result = []
-    for sink in ("pairs", "right"):
-        folder = os.path.join(out, sink)
-        assert os.path.exists(os.path.join(folder, "_SUCCESS")), os.listdir(folder)
-        with open(os.path.join(folder, "_SUCCESS"), encoding="utf-8") as f:
-            listed = sorted(entry["name"] for entry in json.load(f)["files"])
-        # Exactly the parts _SUCCESS lists: none published at a checkpoint and then left over, or missing.
-        assert sorted(n for n in os.listdir(folder) if n.startswith("part-")) == listed, os.listdir(folder)
-        rows = []
-        for part in glob.glob(os.path.join(folder, "part-*")):
-            with open(part, encoding="utf-8") as f:
-                rows += [json.loads(line) for line in f]
-        result.append(sorted(rows))
-    return result[0], result[1]
+    return committed_rows(os.path.join(out, "pairs")), committed_rows(os.path.join(out, "right"))
 
 
 JOIN_DRIVER = """

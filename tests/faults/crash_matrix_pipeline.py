@@ -3,13 +3,11 @@ record with its key's total, and file sinks; its expected committed output compu
 
 from __future__ import annotations
 
-import glob
-import json
 import os
 from typing import Any
 
 # The same input and the same slow parse as the checkpoint tests (several checkpoints before the end).
-from tests.faults.checkpoint_pipeline import FILES, LINES, SymmetricJoin, parse
+from tests.faults.checkpoint_pipeline import FILES, LINES, SymmetricJoin, committed_rows, parse
 from tests.faults.checkpoint_pipeline import write_input as write_input
 
 RECORDS = FILES * LINES
@@ -47,17 +45,7 @@ def expected() -> dict[str, list[Any]]:
 
 def committed(out: str) -> dict[str, list[Any]]:
     """Each sink's committed records, sorted, after checking it finished (_SUCCESS, no staging left)."""
-    result = {}
-    for sink in SINKS:
-        folder = os.path.join(out, sink)
-        assert os.path.exists(os.path.join(folder, "_SUCCESS")), os.listdir(folder)
-        assert not [n for n in os.listdir(folder) if n.startswith("_staging-")], os.listdir(folder)
-        rows = []
-        for part in glob.glob(os.path.join(folder, "part-*")):
-            with open(part, encoding="utf-8") as f:
-                rows += [json.loads(line) for line in f]
-        result[sink] = sorted(rows)
-    return result
+    return {sink: committed_rows(os.path.join(out, sink)) for sink in SINKS}
 
 
 # A driver script: argv = env_dir, input folder, output folder, checkpoint folder[, "resume"].

@@ -4,11 +4,11 @@ JSON-able spec (so a driver subprocess can build the same one) and evaluated in 
 
 from __future__ import annotations
 
-import glob
-import json
 import os
 import time
 from typing import Any
+
+from tests.faults.checkpoint_pipeline import committed_rows
 
 FILES, LINES_PER_INSTANCE = 3, 1000   # 1.5 s of sleep per source instance: many checkpoint intervals
 
@@ -108,13 +108,7 @@ def outputs(spec: dict[str, Any], out: str, handles: dict[str, Any]) -> dict[str
         if how == "collect":
             result[name] = _normal(handles[name].results())
         elif how == "file":
-            folder = os.path.join(out, name)
-            assert os.path.exists(os.path.join(folder, "_SUCCESS")), os.listdir(folder)
-            rows = []
-            for part in glob.glob(os.path.join(folder, "part-*")):
-                with open(part, encoding="utf-8") as f:
-                    rows += [json.loads(line) for line in f]
-            result[name] = _normal(rows)
+            result[name] = _normal(committed_rows(os.path.join(out, name)))
     return result
 
 
