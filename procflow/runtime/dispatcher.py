@@ -336,12 +336,15 @@ class Dispatcher(JobMonitor):
                 committer.commit(token)
                 self._committed.add((task, checkpoint))
             except Exception as exc:
-                self.log.exception("committing the token of %s at %s failed", task, when)
-                error = JobFailedError(f"job {self.job_id}: {operator}.commit(token) of {task} at {when} "
-                                       f"failed: {type(exc).__name__}: {exc}", task=task)
-                error.__cause__ = exc
-                self._fail(error)
+                self._fail_output(f"job {self.job_id}: {operator}.commit(token) of {task} at {when}", task, exc)
                 return
+
+    def _fail_output(self, what: str, task: str, exc: Exception) -> None:
+        """Output that could not be published or committed fails the job, naming what and why."""
+        self.log.exception("%s failed", what)
+        error = JobFailedError(f"{what} failed: {type(exc).__name__}: {exc}", task=task)
+        error.__cause__ = exc
+        self._fail(error)
 
     def _publish_checkpoint(self, number: int, parts: Mapping[str, list[str]],
                             tokens: list[tuple[str, str, int, Any]]) -> None:
@@ -354,11 +357,8 @@ class Dispatcher(JobMonitor):
             try:
                 publish(parts.get(name, []))
             except Exception as exc:
-                self.log.exception("publishing the parts of %s at checkpoint %d failed", name, number)
-                error = JobFailedError(f"job {self.job_id}: publishing the output of {name} at checkpoint "
-                                       f"{number} failed: {type(exc).__name__}: {exc}", task=name)
-                error.__cause__ = exc
-                self._fail(error)
+                self._fail_output(f"job {self.job_id}: publishing the output of {name} at checkpoint {number}",
+                                  name, exc)
         self._commit_tokens(tokens, f"checkpoint {number}")
 
     def _settle_outputs(self) -> None:
@@ -383,11 +383,7 @@ class Dispatcher(JobMonitor):
                     self.log.info("output of %s committed", name)
                     continue
                 except Exception as exc:   # any failure to publish is the job's failure, said as such
-                    self.log.exception("committing the output of %s failed", name)
-                    error = JobFailedError(f"job {self.job_id} finished, but committing the output of {name} "
-                                           f"failed: {type(exc).__name__}: {exc}", task=name)
-                    error.__cause__ = exc
-                    self._fail(error)
+                    self._fail_output(f"job {self.job_id} finished, but committing the output of {name}", name, exc)
             try:
                 keep = getattr(function, "keep_for_resume", None)
                 if self._resumable() and callable(keep):
