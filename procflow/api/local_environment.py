@@ -46,9 +46,6 @@ class LocalEnvironment(BaseEnvironment):
                 raise ValueError("task_factory= and executor='inline' do not mix: the inline executor starts "
                                  "no tasks. Instead, drop one of them")
             _check_factory(task_factory)
-        if checkpoint_dir is not None and executor == "inline":
-            raise ValueError("checkpoint_dir= is not supported with executor='inline' yet; checkpoints need "
-                             "the process executor (the default). Instead, drop one of them")
         self.executor = executor
         self.task_factory: TaskFactory = task_factory or ProcessFactory(start_method)
 

@@ -192,6 +192,10 @@ class Backend(Protocol):
     collects_in_driver: bool      # a collect that decides nothing runs in the driver (DriverCollects)
     runs_in_driver_thread: bool   # no monitor thread: the job runs inside Dispatcher.start()
     broken_channel_grace: float   # seconds a "consumer died" report waits for the consumer's own death
+    # Why checkpoint_dir is refused on this backend, for the user's error ("" where checkpoints work): a
+    # backend takes checkpoints when its gates can hold an input back and its job control carries the
+    # driver's "checkpoint n requested" to the sources (runtime/checkpoint/).
+    checkpoints_unsupported: str
 
     @property
     def context_class(self) -> type[TaskContext]:

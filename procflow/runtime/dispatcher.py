@@ -215,9 +215,9 @@ class Dispatcher(JobMonitor):
                 raise ValueError("submit(resume=True) restores a checkpoint, but this environment takes none; "
                                  "pass checkpoint_dir=... to LocalEnvironment")
             return None
-        if self.backend.kind != "local":
-            raise ValueError(f"checkpoints are not supported on the {self.backend.kind} backend yet; run the "
-                             "job with LocalEnvironment's process executor, or drop checkpoint_dir")
+        if self.backend.checkpoints_unsupported:
+            raise ValueError(f"checkpoints are not supported on the {self.backend.kind} backend: "
+                             f"{self.backend.checkpoints_unsupported}")
         if self.config["queue"] != "shm":
             raise ValueError(f"checkpoints need queue='shm' (a barrier holds an input back while the others "
                              f"catch up, which {self.config['queue']!r} channels cannot do yet); drop the "

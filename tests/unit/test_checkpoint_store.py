@@ -124,8 +124,6 @@ def test_backends_without_checkpoints_say_so_before_anything_starts(tmp_path):
 
     with pytest.raises(ValueError, match="not supported on RayEnvironment yet"):
         RayEnvironment("ray", checkpoint_dir=str(tmp_path / "ckpt"))
-    with pytest.raises(ValueError, match="executor='inline' yet"):
-        LocalEnvironment("inline", executor="inline", checkpoint_dir=str(tmp_path / "ckpt"))
     env = LocalEnvironment("mp", config={"queue": "mp"}, checkpoint_dir=str(tmp_path / "ckpt"),
                            env_dir=str(tmp_path / "env"))
     env.from_batch(range(3)).collect()

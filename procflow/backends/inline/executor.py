@@ -176,6 +176,7 @@ class InlineBackend:
     watches_stalls = False
     collects_in_driver = False   # every task runs in the driver already
     runs_in_driver_thread = True
+    checkpoints_unsupported = "its gates cannot hold an input back yet; use the process executor (the default)"
     broken_channel_grace = 0.0
     context_class = TaskContext
 

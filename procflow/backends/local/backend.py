@@ -66,6 +66,7 @@ class LocalBackend:
     collects_in_driver = True
     runs_in_driver_thread = False
     broken_channel_grace = 0.0   # a dead consumer's sentinel fires at once: no need to wait for it
+    checkpoints_unsupported = ""
     context_class = TaskContext
 
     def __init__(self, factory: TaskFactory) -> None:

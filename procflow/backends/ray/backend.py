@@ -176,6 +176,8 @@ class RayBackend:
     collects_in_driver = True   # an actor costs seconds of start-up: collects that decide nothing run here
     runs_in_driver_thread = False
     broken_channel_grace = _BROKEN_GRACE_S
+    checkpoints_unsupported = ("its channels cannot hold an input back for a checkpoint's alignment yet; run the "
+                               "job with LocalEnvironment(..., checkpoint_dir=...), or drop checkpoint_dir")
     context_class = RayTaskContext
 
     def __init__(self, namespace: str, actor_options: Mapping[str, Any] | None = None, credits: int = 8) -> None:
