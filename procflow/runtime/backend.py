@@ -155,6 +155,11 @@ class JobEvents(Protocol):
         """Apply pending stop/kill requests; True when the job must end now (killed)."""
         ...
 
+    def poll_checkpoints(self) -> None:
+        """Ask for the next checkpoint if one is due: for a backend that runs the job in the driver's
+        thread (inline), between two steps; the monitor loop does it for the others."""
+        ...
+
 
 class StartedTask(Protocol):
     """What the Dispatcher keeps of a started task: its pid (None where there is no process of its own,

@@ -512,8 +512,7 @@ class Dispatcher(JobMonitor):
                 self._fail(self._broken[1])
                 return
             self._release_when_ready()
-            if checkpoints is not None and self._released:
-                checkpoints.poll(self.job_control)
+            self.poll_checkpoints()
             if watch is not None and self._released:
                 stalled = watch.check()
                 if stalled is not None:
@@ -643,6 +642,11 @@ class Dispatcher(JobMonitor):
                 self._fail(JobFailedError(f"job {self.job_id} was killed: {reason}"), status=JobStatus.KILLED)
                 return True
         return False
+
+    def poll_checkpoints(self) -> None:
+        """Start the next checkpoint when it is due, once the sources run."""
+        if self.checkpoints is not None and self._released:
+            self.checkpoints.poll(self.job_control)
 
     def fail(self, error: JobFailedError) -> None:
         """Fail the job (the first failure wins): for the service manager and other driver-side parts."""

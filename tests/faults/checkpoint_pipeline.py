@@ -77,13 +77,14 @@ def committed_rows(folder: str) -> list[Any]:
     return sorted(rows)
 
 
-# A driver script: argv = env_dir, input folder, output folder, checkpoint folder.
+# A driver script: argv = env_dir, input folder, output folder, checkpoint folder[, executor].
 DRIVER = """
 import sys
 from procflow import LocalEnvironment
 from tests.faults.checkpoint_pipeline import build
 
 env = LocalEnvironment("ckpt", env_dir=sys.argv[1], checkpoint_dir=sys.argv[4],
+                       executor=sys.argv[5] if len(sys.argv) > 5 else "process",
                        config={"checkpoint_interval": 0.1})
 build(env, sys.argv[2], sys.argv[3])
 print("running", flush=True)
@@ -127,6 +128,16 @@ def _join_class() -> type:
 SymmetricJoin = _join_class()
 
 
+class AttributesJoin(SymmetricJoin):  # type: ignore[misc, valid-type]
+    """The same join without snapshot_state / restore_state: its attributes (the buffers) are its state."""
+
+    snapshot_state = None   # type: ignore[assignment]
+    restore_state = None    # type: ignore[assignment]
+
+
+JOINS = {"symmetric": SymmetricJoin, "attributes": AttributesJoin}
+
+
 def left_int(line: str) -> int:
     time.sleep(0.001)
     return int(line)
@@ -151,13 +162,13 @@ def write_join_input(folder: str) -> tuple[str, str]:
     return left, right
 
 
-def build_join(env: Any, left: str, right: str, out: str) -> None:
+def build_join(env: Any, left: str, right: str, out: str, join: str = "symmetric") -> None:
     a = env.read_text(left, parallelism=1, split_size=4000, name="left").map(left_int, name="parse_left")
     b = env.read_text(right, parallelism=1, split_size=500, name="right").map(right_int, name="parse_right")
     # The right records are also written by a sink chained to their source: it ends with that source,
     # and its last part must come back on resume from the source's final state.
     b.write_jsonl(os.path.join(out, "right"), name="right_records")
-    a.connect(b).keyby(join_key).join(SymmetricJoin, parallelism=2, name="join") \
+    a.connect(b).keyby(join_key).join(JOINS[join], parallelism=2, name="join") \
         .write_jsonl(os.path.join(out, "pairs"), name="pairs")
 
 
@@ -170,13 +181,15 @@ def committed_join(out: str) -> tuple[list[list[int]], list[int]]:
     return committed_rows(os.path.join(out, "pairs")), committed_rows(os.path.join(out, "right"))
 
 
+# argv = env_dir, left file, right file, output folder, checkpoint folder[, executor[, join]].
 JOIN_DRIVER = """
 import sys
 from procflow import LocalEnvironment
 from tests.faults.checkpoint_pipeline import build_join
 
-env = LocalEnvironment("join", env_dir=sys.argv[1], checkpoint_dir=sys.argv[5], config={"checkpoint_interval": 0.1})
-build_join(env, sys.argv[2], sys.argv[3], sys.argv[4])
+env = LocalEnvironment("join", env_dir=sys.argv[1], checkpoint_dir=sys.argv[5], config={"checkpoint_interval": 0.1},
+                       executor=sys.argv[6] if len(sys.argv) > 6 else "process")
+build_join(env, sys.argv[2], sys.argv[3], sys.argv[4], *sys.argv[7:8])
 print("running", flush=True)
 env.submit()
 """

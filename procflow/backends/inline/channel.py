@@ -18,6 +18,7 @@ import pickle
 from collections import deque
 from typing import Any
 
+from procflow.runtime.checkpoint.barrier import Barrier
 from procflow.runtime.communication.queue_descriptor.base import BatchDecoder, ChannelWriter, InputGate
 
 _BATCH, _SINGLE, _CONTROL = 0, 1, 2
@@ -107,24 +108,46 @@ class InlineChannelWriter(ChannelWriter):
 
 
 class InlineInputGate(InputGate):
+    """Checkpoint alignment (`hold`): the frames of a held input wait aside, in arrival order, and go back
+    to the front of the inbox on `release_all`; a read ends right after a Barrier, so nothing behind it
+    is decoded before the task has held its input."""
+
     def __init__(self, queue: deque, input_indices: tuple[int, ...]) -> None:
         self._queue = queue
         self._decoders = [BatchDecoder(slot, idx) for slot, idx in enumerate(input_indices)]
+        self._held: set[int] = set()
+        self._aside: list[tuple] = []
 
     def read(self, timeout: float | None) -> list:
         """Everything queued so far, decoded; [] when nothing is there (inline tasks never wait)."""
         out: list = []
         queue = self._queue
+        held = self._held
         while queue:
-            slot, tag, data, keyed = queue.popleft()
+            frame = queue.popleft()
+            slot, tag, data, keyed = frame
+            if held and slot in held:
+                self._aside.append(frame)
+                continue
             decoder = self._decoders[slot]
             if tag == _BATCH:
                 decoder.batch(data, keyed, out)
             elif tag == _SINGLE:
                 decoder.single(memoryview(data), out)
             else:
-                decoder.control(pickle.loads(data), out)
+                signal = pickle.loads(data)
+                decoder.control(signal, out)
+                if type(signal) is Barrier:
+                    break
         return out
+
+    def hold(self, slot: int) -> None:
+        self._held.add(slot)
+
+    def release_all(self) -> None:
+        self._held.clear()
+        self._queue.extendleft(reversed(self._aside))   # before anything that arrived after them
+        self._aside.clear()
 
     def close(self) -> None:
         pass

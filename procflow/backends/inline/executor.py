@@ -74,6 +74,12 @@ class InlineJobControl(SplitCursors):
     def request_stop(self) -> None:
         self._stop.set()
 
+    # Checkpoints: the number of the latest one the driver asked for; sources read it at each tick.
+    checkpoint_requested = 0
+
+    def request_checkpoint(self, number: int) -> None:
+        self.checkpoint_requested = number
+
     @property
     def stop_requested(self) -> bool:
         return self._stop.is_set()
@@ -145,6 +151,7 @@ class InlineTask(BaseTask):
         self.wait_s += waited
         if waited:
             self._backend._source_chunk()
+        self._barrier_if_requested()
         return self.ctx.job_control.stop_requested
 
 
@@ -176,7 +183,7 @@ class InlineBackend:
     watches_stalls = False
     collects_in_driver = False   # every task runs in the driver already
     runs_in_driver_thread = True
-    checkpoints_unsupported = "its gates cannot hold an input back yet; use the process executor (the default)"
+    checkpoints_unsupported = ""
     broken_channel_grace = 0.0
     context_class = TaskContext
 
@@ -308,6 +315,17 @@ class InlineBackend:
         assert self._events is not None
         if self._events.handle_requests():
             raise _Killed()
+        self._events.poll_checkpoints()   # one due (or asked for) goes out at the sources' next tick
+        self._barriers_from_waiting_sources(task)
+
+    def _barriers_from_waiting_sources(self, running: InlineTask | None) -> None:
+        """The sources run one after another here: one that has not started yet takes a checkpoint's
+        barrier at once (its state: nothing emitted), or every checkpoint would wait for it to start,
+        that is for the sources before it to end. The running source takes it at its next tick; a finished
+        one has sent its final state."""
+        for task in self.tasks:
+            if task is not running and not task.finished and isinstance(task.operator, SourceOperator):
+                self._step(task, task._barrier_if_requested)
 
     def _pump(self) -> None:
         """Run every consuming task on what it has, in topological order, until nothing moves."""

@@ -291,10 +291,22 @@ class BaseTask:
         self.operator.flush()
         state, progress = self.operator.snapshot()
         nbytes, digest = write_state(checkpoint_dir, barrier.checkpoint, ctx.task_slot, ctx.name,
-                                     pickle.dumps(state, protocol=5))
+                                     self._pickled_state(state))
         self._router.send_barrier(barrier)
         ctx.control.send(CheckpointAck(ctx.name, barrier.checkpoint, nbytes, digest, progress))
         ctx.logger.debug("checkpoint %d taken (%d bytes of state)", barrier.checkpoint, nbytes)
+
+    def _pickled_state(self, state: dict[str, Any]) -> bytes:
+        try:
+            return pickle.dumps(state, protocol=5)
+        except Exception as exc:
+            name = type(self.operator.function).__name__
+            what = f"what {name}.snapshot_state() returns" if "attributes" not in state else \
+                f"the attributes of {name} (a join or comap keeps them as its buffers)"
+            raise TypeError(
+                f"checkpoint {self.ctx.checkpoint_number}: the state of {self.operator.label} cannot be pickled "
+                f"({type(exc).__name__}: {exc}). Make {what} picklable, or give {name} snapshot_state() returning "
+                "the picklable part of its state and restore_state(state)") from exc
 
     def _final_snapshot(self) -> None:
         """End of input, after handle_stop_signal (and what the operator emits at the end), before
@@ -305,7 +317,7 @@ class BaseTask:
         self._router.ship_to_driver()   # the driver counts a finished sender's results up to this ack
         state, progress = self.operator.snapshot()
         state["finished"] = True
-        data = pickle.dumps(state, protocol=5)
+        data = self._pickled_state(state)
         ctx.control.send(CheckpointAck(ctx.name, FINAL, len(data), hashlib.sha256(data).hexdigest(), progress,
                                        data))
 
@@ -409,15 +421,18 @@ class BaseTask:
     def _tick(self, waited: float = 0.0) -> bool:
         """Called by sources every flush interval (and after a back-off); True when a stop was requested."""
         self.wait_s += waited
-        control = self.ctx.job_control
+        self._barrier_if_requested()
+        self._router.flush()
+        self._publish()
+        return self.ctx.job_control.stop_requested
+
+    def _barrier_if_requested(self) -> None:
+        """A source, between two chunks: the barrier of a checkpoint the driver asked for since the last one."""
         if self._checkpoints:
-            number = control.checkpoint_requested
+            number = self.ctx.job_control.checkpoint_requested
             if number > self._last_barrier:
                 self._last_barrier = number
                 self.take_barrier(Barrier(number))
-        self._router.flush()
-        self._publish()
-        return control.stop_requested
 
     # -- errors and counters -------------------------------------------------------------------
 
