@@ -47,6 +47,7 @@ from procflow.graph.execution_graph import ExecutionGraph
 from procflow.runtime.backend import Backend, Exited, JobControlView, JobSetup, StartedTask, TaskStart
 from procflow.runtime.checkpoint.barrier import FINAL, CheckpointAck
 from procflow.runtime.checkpoint.coordinator import (
+    DEAD_LETTERS,
     Checkpoints,
     check_checkpointable,
     fingerprint,
@@ -161,6 +162,7 @@ class Dispatcher(JobMonitor):
             for name, records in self.checkpoints.collected.items():   # collect()s start where it was
                 if name in self.collectors:
                     self.collectors[name]._extend(records)
+            self.manager.dead_letters.extend(self.checkpoints.collected.get(DEAD_LETTERS, []))
         self._prepare_outputs()
         if self.checkpoints is not None and self.checkpoints.restored_commits:
             self._commit_restored(self.checkpoints.restored_commits)
@@ -564,6 +566,8 @@ class Dispatcher(JobMonitor):
             self.in_driver.task_stopped()
         elif isinstance(msg, DeadLetter):
             manager.dead_letters.extend(msg.entries)
+            if self.checkpoints is not None:
+                self.checkpoints.on_dead_letters(msg)
         elif isinstance(msg, Failed):
             self._on_failed(msg)
         elif isinstance(msg, (ServiceReady, ServiceStopped)) and self.service_manager is not None:

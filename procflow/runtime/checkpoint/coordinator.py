@@ -22,7 +22,9 @@ the restored view updated by every instance's report. A split no instance report
 collect(): the driver receives each task's results (Results.sender) over that task's control channel, in
 order with its ack, so the records a sender shipped before its ack are exactly those before its barrier.
 Each checkpoint stores every collect's records up to it (collected.pickle, cumulative: the older
-checkpoints are pruned), and a resumed job's collect() starts from them.
+checkpoints are pruned), and a resumed job's collect() starts from them. Dead letters likewise (a task
+ships those it holds before its ack): a resumed job's `dead_letters` start with those of the restored
+checkpoint.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from procflow.core.enums import OperatorKind
 from procflow.core.functions import IterableBatch
 from procflow.runtime.checkpoint.barrier import FINAL, CheckpointAck
 from procflow.runtime.checkpoint.store import CheckpointStore, LoadedCheckpoint, state_file_name, write_state
-from procflow.runtime.control import Results
+from procflow.runtime.control import DeadLetter, Results
 from procflow.runtime.split_plan import is_split_source
 
 # The manifest's entry for the driver's own file: the records of every collect() up to the checkpoint.
@@ -49,6 +51,10 @@ COLLECTED_FILE = "collected.pickle"
 # driver commits them once it completes, and a resumed job commits those of the restored one again.
 COMMITS = "<commits>"
 COMMITS_FILE = "commits.pickle"
+# Kept with the collects' records (collected.pickle), as if one collect: the dead letters of records
+# before the checkpoint. Those records are not processed again on resume, so their letters come back
+# from here, and those of records after it come again from the resumed run: each once.
+DEAD_LETTERS = "<dead letters>"
 
 
 def fingerprint(graph: Any) -> dict[str, str]:
@@ -197,6 +203,11 @@ class Checkpoints:
         """Records for a collect(), delivered: kept per sender until a checkpoint takes them."""
         if not self.disabled:
             self._received.setdefault((msg.task, msg.sender), []).extend(msg.records)
+
+    def on_dead_letters(self, msg: DeadLetter) -> None:
+        """Dead letters from a task, delivered: as a collect's records, up to its ack."""
+        if not self.disabled:
+            self._received.setdefault((DEAD_LETTERS, msg.task), []).extend(msg.entries)
 
     def on_ack(self, ack: CheckpointAck) -> None:
         if ack.task not in self.tasks:

@@ -293,6 +293,7 @@ class BaseTask:
         nbytes, digest = write_state(checkpoint_dir, barrier.checkpoint, ctx.task_slot, ctx.name,
                                      self._pickled_state(state))
         self._router.send_barrier(barrier)
+        self._flush_dead_letters()   # the driver keeps those before the ack with the checkpoint
         ctx.control.send(CheckpointAck(ctx.name, barrier.checkpoint, nbytes, digest, progress))
         ctx.logger.debug("checkpoint %d taken (%d bytes of state)", barrier.checkpoint, nbytes)
 
@@ -315,6 +316,7 @@ class BaseTask:
         ctx = self.ctx
         ctx.checkpoint_number = FINAL
         self._router.ship_to_driver()   # the driver counts a finished sender's results up to this ack
+        self._flush_dead_letters()
         state, progress = self.operator.snapshot()
         state["finished"] = True
         data = self._pickled_state(state)
