@@ -46,6 +46,7 @@ from procflow.core.service import ServiceSpec
 from procflow.graph.execution_graph import ExecutionGraph
 from procflow.runtime.backend import Backend, Exited, JobControlView, JobSetup, StartedTask, TaskStart
 from procflow.runtime.checkpoint.barrier import FINAL, CheckpointAck
+from procflow.runtime.checkpoint.committer import TokenCommitter
 from procflow.runtime.checkpoint.coordinator import (
     DEAD_LETTERS,
     Checkpoints,
@@ -137,7 +138,8 @@ class Dispatcher(JobMonitor):
         # Two-phase sinks (prepare_commit()/commit(token)): one function object each, built in the driver
         # to commit; the (task, checkpoint or FINAL) tokens committed so far; tails prepared at end of input.
         self.committers: dict[str, Any] = {}
-        self._committed: set[tuple[str, int]] = set()
+        self.token_committer = TokenCommitter(self.committers, self._commit_failed, self.job_id,
+                                              background=not backend.runs_in_driver_thread)
         self._end_tokens: list[tuple[str, str, int, Any]] = []
         self.checkpoint_dir = checkpoint_dir
         self.resume = resume
@@ -327,19 +329,10 @@ class Dispatcher(JobMonitor):
                                    "committed before the crash) and resume again") from exc
         self.log.info("resumed: %d two-phase sink token(s) of the restored checkpoint committed", len(tokens))
 
-    def _commit_tokens(self, tokens: list[tuple[str, str, int, Any]], when: str) -> None:
-        """Commit each two-phase sink token once per run (a finished task's rides every later checkpoint).
-        A commit that raises fails the job."""
-        for operator, task, checkpoint, token in tokens:
-            committer = self.committers.get(operator)
-            if committer is None or (task, checkpoint) in self._committed:
-                continue
-            try:
-                committer.commit(token)
-                self._committed.add((task, checkpoint))
-            except Exception as exc:
-                self._fail_output(f"job {self.job_id}: {operator}.commit(token) of {task} at {when}", task, exc)
-                return
+    def _commit_failed(self, what: str, task: str, exc: Exception) -> None:
+        """A two-phase sink's commit(token) raised (in the committer's thread): the job fails."""
+        self._fail_output(what, task, exc)
+        self.backend.wake()
 
     def _fail_output(self, what: str, task: str, exc: Exception) -> None:
         """Output that could not be published or committed fails the job, naming what and why."""
@@ -361,7 +354,7 @@ class Dispatcher(JobMonitor):
             except Exception as exc:
                 self._fail_output(f"job {self.job_id}: publishing the output of {name} at checkpoint {number}",
                                   name, exc)
-        self._commit_tokens(tokens, f"checkpoint {number}")
+        self.token_committer.submit(tokens, f"checkpoint {number}")
 
     def _settle_outputs(self) -> None:
         """Every task has ended: publish the committed outputs if the job finished (not failed, stopped
@@ -371,12 +364,15 @@ class Dispatcher(JobMonitor):
         manager = self.manager
         finished = manager.all_stopped and manager.failure is None and not manager.stop_requested \
             and not self._aborted
+        # The completed checkpoints' tokens first; a failed job waits for them only so long.
+        if not self.token_committer.close(None if finished else float(self.config["stop_timeout"])):
+            self.log.warning("a two-phase sink's commit(token) still runs; the job ends without waiting for it")
         if finished and self.committers:   # the tails: final snapshots' tokens, then end-of-input ones
             checkpoints = self.checkpoints
             final = [] if checkpoints is None else [
                 (checkpoints.tasks[task][1], task, FINAL, ack.progress["commit"])
                 for task, ack in sorted(checkpoints.final.items()) if "commit" in ack.progress]
-            self._commit_tokens(final + self._end_tokens, "job end")
+            self.token_committer.commit_now(final + self._end_tokens, "job end")
             finished = manager.failure is None
         for name, function in outputs:
             if finished and manager.failure is None:

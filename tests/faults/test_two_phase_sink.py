@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
+import time
 import uuid
 from typing import Any
 
@@ -128,4 +130,65 @@ def test_a_failed_job_commits_no_token(env_dir, tmp_path):
     env.from_batch(range(100)).map(_fail_at_end).keyby(pipeline.key_of).sink(TwoPhaseSink, folder, parallelism=2)
     with pytest.raises(JobFailedError, match="last record"):
         env.submit()
+    assert committed(str(tmp_path / "out")) == []
+
+
+# The driver-side sink's commit waits for this (the committer runs in this process): the test holds it.
+_COMMIT_MAY_GO = threading.Event()
+
+
+class SlowCommitSink(TwoPhaseSink):
+    """A commit that takes as long as the test says: an upload, a database transaction."""
+
+    def commit(self, token: str) -> None:
+        assert _COMMIT_MAY_GO.wait(60), "the test never let the commit go"
+        super().commit(token)
+
+
+def _slow(n: int) -> int:
+    time.sleep(0.002)   # about 6 s in all, far longer than the two checkpoints the test takes
+    return n
+
+
+def test_a_slow_commit_holds_up_no_checkpoint_and_tokens_commit_in_order(env_dir, tmp_path):
+    folder = str(tmp_path / "out")
+    for sub in ("staged", "committed"):
+        os.makedirs(os.path.join(folder, "two_phase", sub))
+    env = LocalEnvironment("slow-commit", env_dir=env_dir, checkpoint_dir=str(tmp_path / "ckpt"),
+                           config={"checkpoint_interval": 3600.0})
+    env.from_batch(range(3000), name="numbers").map(_slow, name="slow") \
+        .sink(SlowCommitSink, os.path.join(folder, "two_phase"), name="two_phase")
+    _COMMIT_MAY_GO.clear()
+    job = env.submit(autostop=False)
+    try:
+        # Checkpoint 1's commit is blocked in the driver; checkpoints 1 and 2 complete all the same.
+        assert job.checkpoint(timeout=60) == 1
+        assert job.checkpoint(timeout=60) == 2
+        assert committed(folder) == [], "a token was committed before the test let any commit go"
+    finally:
+        _COMMIT_MAY_GO.set()
+    job.wait(120)
+    assert job.status == "finished"
+    assert committed(folder) == list(range(3000))
+    assert os.listdir(os.path.join(folder, "two_phase", "staged")) == []
+
+
+class RefusedCommitSink(TwoPhaseSink):
+    def commit(self, token: str) -> None:
+        raise PermissionError("the warehouse refused the transaction")
+
+
+def test_a_commit_that_raises_fails_the_job_promptly_naming_the_sink_and_checkpoint(env_dir, tmp_path):
+    folder = str(tmp_path / "out" / "two_phase")
+    for sub in ("staged", "committed"):
+        os.makedirs(os.path.join(folder, sub))
+    env = LocalEnvironment("refused", env_dir=env_dir, checkpoint_dir=str(tmp_path / "ckpt"),
+                           config={"checkpoint_interval": 0.1})
+    env.from_batch(range(30_000), name="numbers").map(_slow, name="slow") \
+        .sink(RefusedCommitSink, folder, name="two_phase")
+    started = time.monotonic()
+    with pytest.raises(JobFailedError, match=r"two_phase\.commit\(token\) of two_phase_0 at checkpoint \d+ failed: "
+                                             r"PermissionError: the warehouse refused"):
+        env.submit()
+    assert time.monotonic() - started < 50, "the job ran on after its commit failed"   # 60 s of records
     assert committed(str(tmp_path / "out")) == []
