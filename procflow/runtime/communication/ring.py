@@ -214,6 +214,63 @@ class RingWriter:
                 return
             futex.wait(self._space_addr, seen, _SAFETY_WAIT)
 
+    # -- without waiting: a control message bound for several rings (router.py) -------------------
+    # A router sending a checkpoint barrier to every output must not wait behind one full ring while
+    # the others could take theirs (issue 20): it writes where there is room and waits only for the
+    # rest, rotating among them. These calls are that path; `write` stays the one the records take.
+
+    def frame_need(self, nbytes: int) -> int:
+        """Ring bytes that one frame with an `nbytes` body (at most `max_body`) takes if appended now,
+        its wrap marker included: it only grows with `nbytes`, and stays fixed while nothing is written."""
+        size = _FRAME.size + _align8(nbytes)
+        tail = self._cap - self._wpos % self._cap
+        return tail + size if tail < size else size
+
+    def has_room(self, need: int) -> bool:
+        """Whether `need` bytes are free now (the consumer's position is re-read if they seem not)."""
+        if self._cap - (self._wpos - self._rpos) >= need:
+            return True
+        self._rpos = self._read_word.value
+        return self._cap - (self._wpos - self._rpos) >= need
+
+    def try_write(self, parts: list, nbytes: int, flags: int = 0) -> bool:
+        """Append one frame (body at most `max_body`) if the ring has room for it now, as `write` would;
+        False, having written nothing, if it has not."""
+        if nbytes > self.max_body:
+            raise ValueError(f"try_write takes one frame of at most {self.max_body} bytes, not {nbytes}: "
+                             "split a larger body into FLAG_MORE fragments first")
+        if not self.has_room(self.frame_need(nbytes)):
+            return False
+        self.write(parts, nbytes, flags)
+        return True
+
+    def wait_for_room(self, nbytes: int, timeout: float | None) -> bool:
+        """Wait as a full `write` does (publish, spin, then sleep on the space futex) until a frame with
+        an `nbytes` body fits, or `timeout` seconds pass; True if it fits. The wait counts as blocked."""
+        need = self.frame_need(nbytes)
+        if self.has_room(need):
+            return True
+        self.commit()   # the consumer can only free room by draining what we wrote
+        started = time.perf_counter()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            for _ in range(self._spin.budget):
+                if self.has_room(need):
+                    return True
+            sleep_started = time.perf_counter()
+            while True:
+                seen = self._space_word.value
+                if self.has_room(need):
+                    # Only a wait that ended in room says how fast this consumer answers.
+                    self._spin.slept(time.perf_counter() - sleep_started)
+                    return True
+                wait = _SAFETY_WAIT if deadline is None else min(_SAFETY_WAIT, deadline - time.monotonic())
+                if wait <= 0:
+                    return False
+                futex.wait(self._space_addr, seen, wait)
+        finally:
+            self.blocked_seconds += time.perf_counter() - started
+
     def commit(self) -> None:
         """Publish every frame written so far and ring the consumer's doorbell."""
         if self._wpos != self._committed:

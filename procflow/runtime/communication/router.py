@@ -48,6 +48,13 @@ from procflow.runtime.communication.queue_descriptor.driver import DriverWriter
 __all__ = ["BaseRouter", "OutputGroup", "stable_hash"]
 
 
+# Turns of the wait for room on one of several full channels (`_control_everywhere`): room on another
+# is seen within a turn. The longest keeps a barrier's delay small against a checkpoint interval (seconds)
+# at a few hundred wake-ups a second while several consumers stall.
+_FIRST_TURN_S = 0.5e-3
+_LAST_TURN_S = 8e-3
+
+
 def _nowhere(payload: Any, key: Any, keyed: bool) -> None:
     """Where a router without output groups sends a record."""
 
@@ -204,9 +211,7 @@ class BaseRouter:
         """Exactly one StopSignal on every output channel, after what combiners held back."""
         for placement in self._placements:
             placement.finish()
-        for group in self.groups:
-            for w in group.writers:
-                w.send_control(signal)
+        self._control_everywhere(signal)
 
     def send_barrier(self, barrier: Any) -> None:
         """A checkpoint barrier on every output channel, after every record routed before it: what
@@ -214,9 +219,31 @@ class BaseRouter:
         for placement in self._placements:
             if placement.holds_records:
                 placement.drain()
-        for group in self.groups:
-            for w in group.writers:
-                w.send_control(barrier)
+        self._control_everywhere(barrier)
+
+    def _control_everywhere(self, signal: Any) -> None:
+        """`signal` on every output channel, none of them waiting behind another's full ring (issue 20):
+        each takes it now where there is room; then only the channels still full are waited on, all
+        retried after each wait. Sent one after another, the barrier for channel 2 waited until channel
+        1's consumer drained its ring: one slow or aligning consumer delayed every other's alignment.
+
+        Returns once every channel has it: the task sends nothing else meanwhile, so nothing routed
+        after `signal` can overtake it, and a channel that kept it sends only it (try_send_control)."""
+        waiting = [w for group in self.groups for w in group.writers if not w.try_send_control(signal)]
+        turn, wait_s = 0, _FIRST_TURN_S
+        while waiting:
+            if len(waiting) == 1:
+                waiting[0].wait_for_room(None)   # as send_control would: until it has room
+            else:
+                # A process sleeps on one futex at a time: take turns, so that room on any channel is
+                # seen within a turn; turns lengthen while no channel takes it, to spare the CPU.
+                waiting[turn % len(waiting)].wait_for_room(wait_s)
+                turn += 1
+                wait_s = min(2 * wait_s, _LAST_TURN_S)
+            still = [w for w in waiting if not w.try_send_control(signal)]
+            if len(still) < len(waiting):
+                wait_s = _FIRST_TURN_S
+            waiting = still
 
     def ship_to_driver(self) -> None:
         """Ship now what waits for a collect the driver runs (batched otherwise for up to 100 ms): a

@@ -4,7 +4,8 @@
     InboxDescriptor.create()       inbox.edge(slot).open_writer()    inbox.open_gate()
         (allocates)                   send_record / send_single          read(timeout) -> [RecordBatch |
     InboxDescriptor.unlink()          send_control / flush                               ChannelEnd]
-        (frees, once)
+        (frees, once)                 try_send_control / wait_for_room
+                                          (a barrier bound for many channels)
 
 Descriptors are small values that pickle to names (plus capacity); the heavy objects are built lazily in
 whichever process uses them. A backend adds a channel kind by implementing these three classes.
@@ -58,6 +59,21 @@ class ChannelWriter(ABC):
     @abstractmethod
     def send_control(self, signal: Any) -> None:
         """A control message; flushes everything before it."""
+
+    def try_send_control(self, signal: Any) -> bool:
+        """`send_control` without waiting for a full channel: True once the message is on its way; False
+        if the channel has no room yet, having kept what it could not write. Then call `wait_for_room`
+        and this again, with the same `signal`, until True, sending nothing else on this channel
+        meanwhile. A router sending a barrier to every output uses it, so that one full channel does not
+        hold the barrier back from the others (issue 20). Kinds that cannot tell send as usual."""
+        self.send_control(signal)
+        return True
+
+    def wait_for_room(self, timeout: float | None) -> None:
+        """Wait until what `try_send_control` kept may fit, or `timeout` seconds pass (None: until it
+        fits); counted in `blocked_seconds`. Kinds whose `try_send_control` always sends have nothing
+        to wait for."""
+        return
 
     @abstractmethod
     def flush(self) -> None: ...

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pickle
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 import numpy as np
@@ -85,6 +86,10 @@ class ShmChannelWriter(ChannelWriter):
 
     A numpy array of at least SLAB_MIN bytes goes in a slab when its pool has one to spare
     (slabs.py): the ring carries its name, and the consumer views the slab instead of copying.
+
+    A control message goes out blocking (`send_control`) or without waiting (`try_send_control`, for a
+    router sending a barrier to several rings, issue 20): the latter stages the flush and the message as
+    frames (`_staged`) and writes them as room appears, so it never waits for the consumer.
     """
 
     _MAX_PENDING = 1024
@@ -102,6 +107,9 @@ class ShmChannelWriter(ChannelWriter):
         self._pending_limit = 64
         self._sent = 0                  # objects already packed; `objects_sent` adds the pending ones
         self._packer = msgpack.Packer(default=codec._default, strict_types=True, use_bin_type=True)
+        # Frames of a control message that `try_send_control` could not yet write, and the message.
+        self._staged: deque[tuple[memoryview | bytes, int]] | None = None
+        self._staged_signal: Any = None
 
     def send_object(self, record: Any, key: Any, keyed: bool) -> None:
         # The hot path of every source and map: keep it to an append and a length check.
@@ -220,6 +228,8 @@ class ShmChannelWriter(ChannelWriter):
             self._ring.commit()
 
     def send_control(self, signal: Any) -> None:
+        if self._staged is not None:
+            self._write_staged()
         if self._pending:
             self._write_pending()
         if self._batch:
@@ -228,7 +238,62 @@ class ShmChannelWriter(ChannelWriter):
         self._ring.write([data], len(data), ringmod.FLAG_CONTROL)
         self._ring.commit()
 
+    def try_send_control(self, signal: Any) -> bool:
+        """`send_control` without waiting: what it flushes and the message go into the ring as far as
+        there is room now, the rest is kept, and False says the ring is full. Call again with the same
+        `signal` (after `wait_for_room`) until True, and send nothing else on this channel meanwhile:
+        that keeps the message behind every record before it, and ahead of every one after it."""
+        if self._staged is None:
+            self._stage(signal)
+        elif signal != self._staged_signal:
+            raise RuntimeError(f"try_send_control({signal!r}) while {self._staged_signal!r} is still going "
+                               "out on this channel: call it again with that one until it returns True")
+        staged, ring = self._staged, self._ring
+        assert staged is not None
+        while staged:
+            body, flags = staged[0]
+            if not ring.try_write([body], len(body), flags):
+                ring.commit()   # what did fit goes out now: the consumer makes room by draining it
+                return False
+            staged.popleft()
+        ring.commit()
+        self._staged = self._staged_signal = None
+        return True
+
+    def wait_for_room(self, timeout: float | None) -> None:
+        """Wait (as a full ring's write does, and counted as blocked) until the next frame that
+        `try_send_control` kept fits, or `timeout` seconds pass."""
+        if self._staged:
+            self._ring.wait_for_room(len(self._staged[0][0]), timeout)
+
+    def _stage(self, signal: Any) -> None:
+        """Run the usual flush against a `_FrameStage` instead of the ring, then add the message: the
+        batching paths (keyed switches, the pickle fallback, adaptive batch length) stay in one place."""
+        stage = _FrameStage(self._ring.max_body)
+        ring = self._ring
+        self._ring = cast(ringmod.RingWriter, stage)   # write / commit / pending_bytes are all a flush uses
+        try:
+            self.flush()
+        finally:
+            self._ring = ring
+        data = pickle.dumps(signal)
+        stage.write([data], len(data), ringmod.FLAG_CONTROL)
+        self._staged, self._staged_signal = stage.frames, signal
+
+    def _write_staged(self) -> None:
+        """Write what `try_send_control` kept, waiting for room as `write` does (a caller gave up on
+        trying: flush, send_control)."""
+        staged = self._staged
+        assert staged is not None
+        while staged:
+            body, flags = staged.popleft()
+            self._ring.write([body], len(body), flags)
+        self._ring.commit()
+        self._staged = self._staged_signal = None
+
     def flush(self) -> None:
+        if self._staged is not None:
+            self._write_staged()
         if self._pending:
             self._write_pending()
         if self._batch:
@@ -237,7 +302,7 @@ class ShmChannelWriter(ChannelWriter):
 
     @property
     def has_pending(self) -> bool:
-        return bool(self._pending) or bool(self._batch) or self._ring.pending_bytes > 0
+        return bool(self._pending) or bool(self._batch) or self._ring.pending_bytes > 0 or bool(self._staged)
 
     @property
     def blocked_seconds(self) -> float:  # type: ignore[override]
@@ -247,6 +312,33 @@ class ShmChannelWriter(ChannelWriter):
         self._ring.close()
         if self.slabs is not None:
             self.slabs.close()
+
+
+class _FrameStage:
+    """Stands in for a writer's ring while `try_send_control` stages its flush: keeps each frame the
+    flush writes, split into FLAG_MORE fragments where it exceeds a ring frame (as RingWriter.write
+    splits them), so that each fits the ring on its own when room appears. Copies the bodies: the
+    writer reuses its batch buffer at once."""
+
+    pending_bytes = 0   # nothing here waits to be published: the batching paths' commit checks pass
+
+    def __init__(self, max_body: int) -> None:
+        self._max_body = max_body
+        self.frames: deque[tuple[memoryview | bytes, int]] = deque()   # (body, flags)
+
+    def write(self, parts: list, nbytes: int, flags: int = 0) -> None:
+        body = b"".join(parts)
+        if len(body) <= self._max_body:
+            self.frames.append((body, flags))
+            return
+        chunk = self._max_body & ~7
+        view = memoryview(body)
+        for start in range(0, len(body), chunk):
+            last = start + chunk >= len(body)
+            self.frames.append((view[start:start + chunk], flags if last else flags | ringmod.FLAG_MORE))
+
+    def commit(self) -> None:
+        """Nothing to publish: the frames reach the ring through `try_send_control`."""
 
 
 # Ring bytes decoded per input channel per read(): bounds the Python objects a consumer holds at once
