@@ -207,3 +207,26 @@ def test_waiting_for_room_times_out_on_a_stalled_consumer_and_counts_as_blocked(
     assert got == before + [record(10**5)] and end.signal == Barrier(1)
     writer.close()
     gate.close()
+
+
+class _Recording:
+    """A channel writer that notes when a control message reached it; a chain link if `runs_downstream`."""
+
+    def __init__(self, name: str, log: list, runs_downstream: bool) -> None:
+        self.name, self.log, self.runs_downstream = name, log, runs_downstream
+
+    def try_send_control(self, signal) -> bool:
+        self.log.append(self.name)
+        return True
+
+
+def test_a_chain_link_gets_the_barrier_after_the_channels_that_only_take_bytes():
+    """A chain link runs the next member (its snapshot, its own sends) by call: were it first, a full ring
+    of that member's would hold up the barrier of this router's other channels."""
+    log: list = []
+    link = _Recording("link", log, runs_downstream=True)
+    ring_a, ring_b = _Recording("a", log, False), _Recording("b", log, False)
+    router = BaseRouter([OutputGroup("chained", "round_robin", [link]),
+                         OutputGroup("down", "round_robin", [ring_a, ring_b])])
+    router.send_barrier(Barrier(1))
+    assert log == ["a", "b", "link"]

@@ -229,7 +229,10 @@ class BaseRouter:
 
         Returns once every channel has it: the task sends nothing else meanwhile, so nothing routed
         after `signal` can overtake it, and a channel that kept it sends only it (try_send_control)."""
-        waiting = [w for group in self.groups for w in group.writers if not w.try_send_control(signal)]
+        writers = [w for group in self.groups for w in group.writers]
+        # A chain link runs the next member's snapshot and sends by call: the channels go first.
+        writers.sort(key=lambda w: w.runs_downstream)
+        waiting = [w for w in writers if not w.try_send_control(signal)]
         turn, wait_s = 0, _FIRST_TURN_S
         while waiting:
             if len(waiting) == 1:

@@ -76,6 +76,7 @@ class LinkWriter(ChannelWriter):
     """The producer end of a chained edge: hands records to the next member's task by call."""
 
     sends_anything = True   # any record, arrays included, goes to send_object: no encoding at all
+    runs_downstream = True  # a control message runs the next member (its barrier, its outputs) by call
 
     def __init__(self, dst: str) -> None:
         self.dst = dst

@@ -60,6 +60,10 @@ class ChannelWriter(ABC):
     def send_control(self, signal: Any) -> None:
         """A control message; flushes everything before it."""
 
+    # True where sending runs the consumer itself, by call (a chain link): the router sends control
+    # messages there after the channels that only take bytes, which then need not wait for it.
+    runs_downstream = False
+
     def try_send_control(self, signal: Any) -> bool:
         """`send_control` without waiting for a full channel: True once the message is on its way; False
         if the channel has no room yet, having kept what it could not write. Then call `wait_for_room`
