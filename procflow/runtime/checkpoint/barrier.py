@@ -11,8 +11,10 @@ itself: it can ack no more barriers, and the driver writes that state into every
 downstream tasks align on their inputs still open, after its StopSignal, so they hold all it emitted;
 every task upstream of it has finished too, so on resume nothing new reaches it.
 
-A Barrier rides a channel exactly as a StopSignal does (ChannelWriter.send_control, ChannelEnd at the
-gate), so it never overtakes a record nor is overtaken by one.
+A Barrier rides a channel exactly as a StopSignal does (a control frame behind the records before it,
+a ChannelEnd at the gate), so it never overtakes a record nor is overtaken by one. A router puts both on
+all its outputs at once where there is room, then waits only for the full ones (router.py
+`_control_everywhere`): one slow consumer does not delay the barrier of the others.
 """
 
 from __future__ import annotations
