@@ -87,12 +87,9 @@ def parse_parallelism(text: str) -> tuple[str, int]:
 
 def make_env(backend: str, name: str, config: dict, env_dir: str | None, checkpoint_dir: str | None = None) -> Any:
     if backend == "ray":
-        if checkpoint_dir is not None:
-            raise UsageError("--checkpoint-dir: checkpoints run on the local backend only for now; drop "
-                             "--backend ray, or run without checkpoints")
         from procflow import RayEnvironment
 
-        return RayEnvironment(name, config, env_dir=env_dir)
+        return RayEnvironment(name, config, env_dir=env_dir, checkpoint_dir=checkpoint_dir)
     from procflow import LocalEnvironment
 
     return LocalEnvironment(name, config, env_dir=env_dir, checkpoint_dir=checkpoint_dir)
@@ -284,8 +281,8 @@ def make_parser() -> argparse.ArgumentParser:
                      help="dashboard refresh interval (default 0.5)")
     run.add_argument("--report", metavar="FILE", help="write the job summary as JSON to FILE")
     run.add_argument("--checkpoint-dir", metavar="DIR",
-                     help="take checkpoints into DIR (local backend), so that a killed or interrupted run can "
-                          "continue with --resume")
+                     help="take checkpoints into DIR (local or ray backend), so that a killed or interrupted "
+                          "run can continue with --resume")
     run.add_argument("--checkpoint-interval", type=float, metavar="SECONDS",
                      help="seconds between checkpoints (default: the config's checkpoint_interval, 30)")
     run.add_argument("--resume", action="store_true",

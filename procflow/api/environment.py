@@ -175,7 +175,7 @@ class BaseEnvironment(FileSources):
 
     # -- running ----------------------------------------------------------------------------------
 
-    # Where checkpoints go (LocalEnvironment(checkpoint_dir=...)); None: the job takes none.
+    # Where checkpoints go (LocalEnvironment / RayEnvironment(checkpoint_dir=...)); None: the job takes none.
     checkpoint_dir: str | None = None
 
     def submit(self, autostop: bool = True, *, rerun: bool = False, resume: bool = False) -> Any:

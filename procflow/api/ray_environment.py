@@ -5,8 +5,9 @@
                ─► the Dispatcher on a RayBackend: one TaskActor per task, `ray` channels between them ─► Job
       close()  ─► stops the job; shuts Ray down only if this environment started it
 
-Operators, routing (stable hashing included), the stop protocol, services (a Ray actor per replica) and
-user functions are the runtime's own code; only the task factory (actors) and the channel kind (batched
+Operators, routing (stable hashing included), the stop protocol, checkpoints (`checkpoint_dir=`: the
+tasks' state travels to the driver in their acks), services (a Ray actor per replica) and user functions
+are the runtime's own code; only the task factory (actors) and the channel kind (batched
 actor calls) differ. `ray` is
 imported only under procflow/backends/ray, and only once a job is submitted.
 """
@@ -43,18 +44,18 @@ class RayEnvironment(BaseEnvironment):
         actor's `.options()`: by default an actor reserves no CPU (num_cpus=0, like a local task process
         that the OS schedules) and actors spread over the cluster's nodes (scheduling_strategy="SPREAD").
 
-        `checkpoint_dir`: checkpoints are not supported on Ray yet (issue 20); giving one raises.
+        `checkpoint_dir`: turns on checkpoints, as LocalEnvironment's does (every `checkpoint_interval`
+        seconds and on `job.checkpoint()`; `submit(resume=True)` continues from the latest). The folder is
+        the driver's: task actors send their state in their acks and the driver writes it there, so it
+        need not be reachable from other nodes. File sinks' parts, as always on Ray, are written by the
+        sink's actor straight into the output folder, which must be reachable from its node.
         """
-        if checkpoint_dir is not None:
-            raise ValueError("checkpoints are not supported on RayEnvironment yet: its channels cannot hold an "
-                             "input back for barrier alignment, and its tasks may run on other machines than "
-                             "the checkpoint folder. Instead, run the job with LocalEnvironment(..., "
-                             "checkpoint_dir=...), or drop checkpoint_dir")
         config = {**RAY_DEFAULTS, **(config or {})}
         if config["queue"] != "ray":
             raise ValueError(f"RayEnvironment moves records over Ray actor calls (queue='ray'); "
                              f"queue={config['queue']!r} needs LocalEnvironment")
         super().__init__(name, config, env_dir=env_dir)
+        self.checkpoint_dir = os.path.abspath(os.fspath(checkpoint_dir)) if checkpoint_dir is not None else None
         if not isinstance(credits, int) or credits < 1:
             raise ValueError(f"credits must be a positive int, got {credits!r}")
         self.address = address

@@ -27,6 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 QUEUE_KINDS = ("shm", "mp", "ray")
+# The channel kinds whose input gates can hold an input back while the others catch up: a checkpoint
+# barrier's alignment needs it (runtime/checkpoint/). An 'mp' queue's gate cannot.
+ALIGNING_QUEUE_KINDS = ("shm", "ray")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # A ring must hold at least a few frames (8-byte headers, bodies up to half the ring): below this the
 # producer fragments every batch into pieces of a few bytes.

@@ -21,7 +21,7 @@ One Dispatcher for every backend (local processes, inline, Ray); what differs is
     cleanup()  one fixed order of small steps (see `cleanup`): once every task has ended, committed
                outputs are published if the job finished, else removed. Idempotent.
 
-With a checkpoint folder (LocalEnvironment(checkpoint_dir=...), local process backend): prepare() opens
+With a checkpoint folder (Local/RayEnvironment(checkpoint_dir=...), process or Ray backend): prepare() opens
 it (on resume: the latest intact checkpoint, matched against this graph; every task, split source and file
 sink is given what it restores), and the monitor loop takes a checkpoint every `checkpoint_interval`
 seconds (runtime/checkpoint/coordinator.py).
@@ -40,6 +40,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from procflow.core.committed_output import CommittedOutput
+from procflow.core.config import ALIGNING_QUEUE_KINDS
 from procflow.core.enums import ControlRequest, JobStatus, OperatorKind
 from procflow.core.errors import JobFailedError, RemoteTraceback, ShmCapacityError
 from procflow.core.service import ServiceSpec
@@ -217,12 +218,12 @@ class Dispatcher(JobMonitor):
         if self.checkpoint_dir is None:
             if self.resume:
                 raise ValueError("submit(resume=True) restores a checkpoint, but this environment takes none; "
-                                 "pass checkpoint_dir=... to LocalEnvironment")
+                                 "pass checkpoint_dir=... to LocalEnvironment or RayEnvironment")
             return None
         if self.backend.checkpoints_unsupported:
             raise ValueError(f"checkpoints are not supported on the {self.backend.kind} backend: "
                              f"{self.backend.checkpoints_unsupported}")
-        if self.config["queue"] != "shm":
+        if self.config["queue"] not in ALIGNING_QUEUE_KINDS:
             raise ValueError(f"checkpoints need queue='shm' (a barrier holds an input back while the others "
                              f"catch up, which {self.config['queue']!r} channels cannot do yet); drop the "
                              "queue setting, or checkpoint_dir")
@@ -273,7 +274,8 @@ class Dispatcher(JobMonitor):
     def request_checkpoint(self) -> Any:
         """A future for the number of the next checkpoint to complete (job.checkpoint()); any thread."""
         if self.checkpoints is None:
-            raise ValueError("this job takes no checkpoints; pass checkpoint_dir=... to LocalEnvironment")
+            raise ValueError("this job takes no checkpoints; pass checkpoint_dir=... to LocalEnvironment or "
+                             "RayEnvironment")
         future = self.checkpoints.ask()
         self.backend.wake()
         return future

@@ -66,3 +66,23 @@ def test_bytearrays_and_memoryviews_keep_their_types_through_the_ray_channel():
     assert type(blob) is bytearray and blob == b"x"
     assert type(view) is memoryview and view.tobytes() == b"y" and view.readonly
     assert type(second.payload) is bytearray and second.payload == b"plain"
+
+
+def test_gate_stops_at_a_barrier_and_holds_the_slot_until_released():
+    """Checkpoint alignment (issue 20): nothing behind a Barrier is decoded in the read that returns it,
+    and a held slot gives nothing until release_all(), in order; the other slots go on meanwhile."""
+    from procflow.runtime.checkpoint.barrier import Barrier
+
+    gate = channel.RayInputGate((0, 1))
+    gate.push(0, 0, [records(1), (channel._CONTROL, Barrier(1)), records(2)])
+    gate.push(0, 1, [records(3)])
+    gate.push(1, 0, [records("a")])
+    first = list(packets(gate.read(0)))
+    assert [p.payload for p in first if isinstance(p, Packet)] == [1, "a"]
+    assert [p.signal for p in first if isinstance(p, ChannelEnd)] == [Barrier(1)]
+    gate.hold(0)   # what the task does on seeing the barrier
+    gate.push(1, 1, [records("b"), (channel._CONTROL, Barrier(1))])
+    assert [p.payload for p in packets(gate.read(0)) if isinstance(p, Packet)] == ["b"]   # slot 0 held
+    assert gate.read(0.01) == []   # slot 0 held, slot 1 empty: the read times out
+    gate.release_all()
+    assert [p.payload for p in packets(gate.read(0))] == [2, 3]

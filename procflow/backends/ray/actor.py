@@ -6,6 +6,8 @@
                                                  task_main(): Ready ... Stopped, or Failed on any error
     poll.remote(t)  ◄── (messages, closed) ────  poll(): long-poll of the control outbox
     release.remote() / request_stop.remote() ►  the start / stop words (threading.Events)
+    request_checkpoint.remote(n) (sources) ──►  the checkpoint word: the source emits Barrier(n) at its
+                                                 next tick; its ack carries its state (RayTaskContext)
     (a split source's run())  ─ claim_split ──►  the job's split cursors, held by one of its task actors
     claim_split.remote / split_owners.remote ─►  (that one: TaskActor.cursors; RayBackend.start)
     counters.remote() ◄──────────────────────── this task's live counters row
@@ -17,6 +19,7 @@ interface (`ActorJobControl`) is kept inside the actor and driven by actor calls
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections import deque
@@ -27,6 +30,7 @@ import ray
 from ray import cloudpickle
 
 from procflow.backends.ray import channel
+from procflow.runtime.checkpoint.barrier import CheckpointAck
 from procflow.runtime.communication.router import BaseRouter
 from procflow.runtime.context.task_context import TaskContext
 from procflow.runtime.job_control import FIELDS
@@ -35,7 +39,8 @@ from procflow.runtime.task.entry import close_logger, open_task_logger, report_c
 
 
 class ActorJobControl:
-    """The JobControl interface (start/stop words, counters, split claims) for one task inside its actor.
+    """The JobControl interface (start/stop/checkpoint words, counters, split claims) for one task inside
+    its actor.
 
     Split claims go to the task actor that holds the job's split cursors (RayBackend.start), one remote
     call per split, or straight to the cursors where this actor holds them.
@@ -45,6 +50,10 @@ class ActorJobControl:
         self.counters = np.zeros((max(n_tasks, 1), len(FIELDS)), dtype=np.float64)
         self._start = threading.Event()
         self._stop = threading.Event()
+        # The latest checkpoint the driver asked for (0: none). A plain int, stored by the actor's call
+        # thread and read by the source at every tick: one attribute load, as cheap as the local job
+        # segment's word (a rebinding is atomic under the GIL).
+        self._checkpoint = 0
         self._enumerator = enumerator
         self._cursors = cursors
         self._claimed: dict[int, int] = {}   # per slot: splits handed out, as far as this actor saw
@@ -79,6 +88,16 @@ class ActorJobControl:
     def stop_requested(self) -> bool:
         return self._stop.is_set()
 
+    def request_checkpoint(self, number: int) -> None:
+        """Ask this actor's source to emit Barrier(number) at its next tick (never a lower number: the
+        driver's requests are actor calls, which a threaded actor may run out of order)."""
+        if number > self._checkpoint:
+            self._checkpoint = number
+
+    @property
+    def checkpoint_requested(self) -> int:
+        return self._checkpoint
+
     def sleep_unless_stopped(self, seconds: float) -> None:
         self._stop.wait(seconds)
 
@@ -87,12 +106,19 @@ class ActorJobControl:
 
 
 class RayTaskContext(TaskContext):
-    """A TaskContext whose attach() uses the actor's ActorJobControl instead of the local job segment."""
+    """A TaskContext whose attach() uses the actor's ActorJobControl instead of the local job segment,
+    and whose checkpoint acks carry the task's state (the driver writes it into the checkpoint folder)."""
 
     actor_job_control: Any = None   # set by the TaskActor after the context arrives; never pickled
 
     def attach(self, job_control: Any = None, router_class: type[BaseRouter] = BaseRouter) -> None:
         super().attach(job_control if job_control is not None else self.actor_job_control, router_class)
+
+    def checkpoint_ack(self, number: int, state: bytes, progress: dict[str, Any]) -> CheckpointAck:
+        """The state travels in the ack, over the actor's control outbox: a task actor may run on
+        another node than the checkpoint folder, which only the driver is sure to reach. The driver writes
+        it there before the checkpoint completes (Checkpoints._complete)."""
+        return CheckpointAck(self.name, number, len(state), hashlib.sha256(state).hexdigest(), progress, state)
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
@@ -171,6 +197,9 @@ class TaskActor:
 
     def request_stop(self) -> None:
         self.job_control.request_stop()
+
+    def request_checkpoint(self, number: int) -> None:
+        self.job_control.request_checkpoint(number)
 
     def counters(self) -> dict[int, list[float]]:
         """The live counters row of every operator this task runs, by slot."""

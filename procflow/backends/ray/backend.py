@@ -10,6 +10,8 @@
                    created) holds the job's SplitCursors, every source instance claims its next split
                    from it and the driver reads the claims there (no enumerator actor of its own)
     release_sources / request_stop   release.remote() / request_stop.remote() on every actor
+    request_checkpoint(n)   request_checkpoint.remote(n) on the actors that run a source (the Dispatcher's
+                   Checkpoints.poll); their acks carry the state, which the driver writes (RayTaskContext)
     stop_tasks()   wait (bounded) for run() to return, so that the actors close their logs
     close_job_control()   ray.kill every actor of the job (the live counters went with the view), then wait
                    (bounded) until each one is dead: a job leaves no worker process behind for the next
@@ -137,6 +139,13 @@ class RayJobView:
         for actor in self._backend.actors.values():
             actor.request_stop.remote()
 
+    def request_checkpoint(self, number: int) -> None:
+        """Ask every source to emit Barrier(number) at its next tick: one call to each actor that runs a
+        source (the others learn of the checkpoint from the barriers themselves)."""
+        actors = self._backend.actors
+        for name in self._backend.sources:
+            actors[name].request_checkpoint.remote(number)
+
     def snapshot(self) -> dict[int, dict[str, float]] | None:
         """Every task actor's counters, or None once the actors are gone (final figures are in the
         manager)."""
@@ -176,8 +185,7 @@ class RayBackend:
     collects_in_driver = True   # an actor costs seconds of start-up: collects that decide nothing run here
     runs_in_driver_thread = False
     broken_channel_grace = _BROKEN_GRACE_S
-    checkpoints_unsupported = ("its channels cannot hold an input back for a checkpoint's alignment yet; run the "
-                               "job with LocalEnvironment(..., checkpoint_dir=...), or drop checkpoint_dir")
+    checkpoints_unsupported = ""   # the gates hold inputs (channel.py); acks carry state (actor.py)
     context_class = RayTaskContext
 
     def __init__(self, namespace: str, actor_options: Mapping[str, Any] | None = None, credits: int = 8) -> None:
@@ -187,6 +195,7 @@ class RayBackend:
         self.job: JobSetup | None = None
         self.job_control: RayJobView | None = None
         self.actors: dict[str, Any] = {}
+        self.sources: list[str] = []   # the actors whose task is a source: they take checkpoint requests
         self.enumerator: Any = None   # the task actor holding the split cursors, where the job has split sources
         self._split_counts: tuple[int, ...] | None = None
         self.placement: dict[str, tuple[str, int]] = {}   # task -> (node id, pid), filled by locate()
@@ -261,6 +270,8 @@ class RayBackend:
                     task.ctx, task.function, self.enumerator, task.chained, holds)
             if holds:
                 self.enumerator = self.actors[name]
+            if task.ctx.kind.is_source:
+                self.sources.append(name)
         graph = self.job.graph
         replicas = self._services.handles() if self._services is not None else {}
         for name in tasks:

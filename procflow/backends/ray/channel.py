@@ -3,7 +3,7 @@
     producer actor (task thread)                         consumer actor
     RayChannelWriter                                     TaskActor.push(slot, seq, frames)  (any thread)
       send_record: msgpack bytes appended to a batch        └─► RayInputGate: per-slot reorder buffer
-      send_single / send_control: frames of their own            ─► deque + threading.Condition
+      send_single / send_control: frames of their own            ─► a frame queue per slot
       flush(): ONE actor call push.remote(slot, seq, frames) BaseTask thread: gate.read(timeout)
       > credits calls in flight: ray.wait on the oldest        └─► BatchDecoder ─► [RecordBatch | ChannelEnd]
 
@@ -14,6 +14,9 @@
 - Order: task actors are threaded (push runs while the task loop runs), and Ray does not promise that a
   threaded actor executes one caller's calls in order, so each batch carries a per-edge sequence number
   and the gate puts batches back in order. The end-of-stream StopSignal therefore never overtakes data.
+- Checkpoints: a read stops decoding a slot right after a control frame, and a slot the task holds
+  (`hold`, a Barrier's alignment) is not read until `release_all`, as on the shm gate; the barrier
+  itself travels as a control frame, in order with the records (runtime/checkpoint/barrier.py).
 - Large frames (numpy arrays, pickled objects) are ordinary call arguments: Ray moves arguments above its
   inline limit through the object store.
 - Descriptors name the consumer actor and the slot; the actor handles themselves reach the producer with
@@ -197,38 +200,61 @@ class RayChannelWriter(ChannelWriter):
 
 
 class RayInputGate(InputGate):
-    """Fed by the actor's push() (any thread), read by the task thread; batches reordered per slot."""
+    """Fed by the actor's push() (any thread), read by the task thread; batches reordered per slot.
+
+    Each input slot queues its frames, in send order, until the task reads them. A read decodes every
+    slot that is not held, up to and including the slot's first control frame: what follows a Barrier
+    stays queued until the task has seen the barrier, and so has held that slot for the checkpoint's
+    alignment (BaseTask) before anything behind it is decoded, as the shm gate does. A held slot is not
+    read until `release_all()`; its producers are not slowed meanwhile (push never blocks), so its frames
+    wait here, in this actor's memory, for the length of the alignment.
+    """
 
     def __init__(self, input_indices: tuple[int, ...]) -> None:
         self._decoders = [BatchDecoder(slot, idx) for slot, idx in enumerate(input_indices)]
         self._cond = threading.Condition()
-        self._ready: deque = deque()
-        self._next = [0] * len(input_indices)
-        self._held: list[dict[int, list]] = [{} for _ in input_indices]
+        self._queued: list[deque] = [deque() for _ in input_indices]   # per slot: frames not yet decoded
+        self._next = [0] * len(input_indices)                          # per slot: the next batch in order
+        self._early: list[dict[int, list]] = [{} for _ in input_indices]   # batches ahead of their turn
+        self._held: set[int] = set()                                   # slots held for alignment
         self._closed = False
 
     def push(self, slot: int, seq: int, frames: list) -> None:
         with self._cond:
             if seq != self._next[slot]:
-                self._held[slot][seq] = frames
+                self._early[slot][seq] = frames
                 return
-            self._ready.append((slot, frames))
+            queue = self._queued[slot]
+            queue.extend(frames)
             seq += 1
-            held = self._held[slot]
-            while seq in held:
-                self._ready.append((slot, held.pop(seq)))
+            early = self._early[slot]
+            while seq in early:
+                queue.extend(early.pop(seq))
                 seq += 1
             self._next[slot] = seq
             self._cond.notify()
 
+    def _readable(self) -> bool:
+        held = self._held
+        return any(queue and slot not in held for slot, queue in enumerate(self._queued))
+
     def read(self, timeout: float | None) -> list:
         with self._cond:
-            if not self._ready and timeout != 0:
-                self._cond.wait_for(lambda: self._ready or self._closed, timeout)
-            batches = list(self._ready)
-            self._ready.clear()
+            if timeout != 0 and not self._readable():
+                self._cond.wait_for(lambda: self._closed or self._readable(), timeout)
+            taken: list[tuple[int, list]] = []
+            for slot, queue in enumerate(self._queued):
+                if not queue or slot in self._held:
+                    continue
+                frames = []
+                while queue:
+                    frame = queue.popleft()
+                    frames.append(frame)
+                    if frame[0] == _CONTROL:
+                        break   # what follows a barrier waits until the task has seen it (and held the slot)
+                taken.append((slot, frames))
         out: list = []
-        for slot, frames in batches:
+        for slot, frames in taken:   # decoded outside the lock: pushes go on meanwhile
             decoder = self._decoders[slot]
             for tag, data in frames:
                 if tag == _RECORDS:
@@ -240,6 +266,15 @@ class RayInputGate(InputGate):
                 else:
                     decoder.control(data, out)
         return out
+
+    def hold(self, slot: int) -> None:
+        """Read nothing more from input `slot` until `release_all()` (checkpoint alignment)."""
+        with self._cond:
+            self._held.add(slot)
+
+    def release_all(self) -> None:
+        with self._cond:
+            self._held.clear()
 
     def close(self) -> None:
         with self._cond:

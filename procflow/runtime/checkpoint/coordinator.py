@@ -8,6 +8,8 @@
                           progress merged, the manifest renamed into place, older checkpoints pruned
     a FINAL ack        ─► a task finished: its last state stands in for its ack of this and every later
                           checkpoint (the driver writes it there)
+    an ack with state  ─► (Ray: RayTaskContext) the task wrote no file: the driver writes its state into
+                          the checkpoint folder before completing it
     a task Stopped     ─► without a FINAL ack before it (an operator that takes no final snapshot): no
     without FINAL         more checkpoints, since it can ack none; the one in flight is abandoned (its
                           folder, without manifest, is never restored)
@@ -233,14 +235,13 @@ class Checkpoints:
         files: dict[str, dict[str, Any]] = {}
         tokens: list[tuple[str, str, int, Any]] = []
         finished = sorted(t for t in self.tasks if t not in self.acks)
-        for task in finished:   # their last state, written here for them
-            slot = self.tasks[task][0]
-            final = self.final[task]
-            assert final.state is not None
-            write_state(self.store.path, number, slot, task, final.state)
         for task in sorted(self.tasks):
             ack = self.acks.get(task) or self.final[task]
             slot, operator = self.tasks[task]
+            if ack.state is not None:
+                # Written here for the task: a finished one's last state (FINAL), or a task of a backend
+                # whose tasks may run on another machine than this folder (Ray: state rides the ack).
+                write_state(self.store.path, number, slot, task, ack.state)
             files[task] = {"file": state_file_name(slot, task), "bytes": ack.nbytes, "sha256": ack.sha256}
             progress = ack.progress.get("splits")
             if progress is not None and operator in done:

@@ -15,6 +15,8 @@ from typing import Any
 
 from procflow.core.config import Config
 from procflow.core.enums import OperatorKind
+from procflow.runtime.checkpoint.barrier import CheckpointAck
+from procflow.runtime.checkpoint.store import write_state
 from procflow.runtime.communication.router import BaseRouter, OutputGroup
 
 
@@ -178,6 +180,17 @@ class TaskContext:
         self.router = router_class(groups, self.parallel_index)
         if self.service_directory is not None:
             self.services = self.service_directory.connect(self)
+
+    def checkpoint_ack(self, number: int, state: bytes, progress: dict[str, Any]) -> CheckpointAck:
+        """This instance's part of checkpoint `number` taken: its pickled `state` stored where the driver
+        finds it, and the ack that says so. Here the task writes its state file into the checkpoint
+        folder itself, which it shares with the driver (one machine): the ack carries only its size and
+        digest, and the state never crosses the control pipe. A backend whose tasks may run elsewhere
+        ships the state in the ack instead (RayTaskContext)."""
+        checkpoint_dir = self.checkpoint_dir
+        assert checkpoint_dir is not None, "barriers flow only where the job has a checkpoint folder"
+        nbytes, digest = write_state(checkpoint_dir, number, self.task_slot, self.name, state)
+        return CheckpointAck(self.name, number, nbytes, digest, progress)
 
     def detach(self) -> None:
         for obj in (self.router, self.gate):

@@ -12,8 +12,9 @@ StopSignal from each input channel: no timers, no names. Then the operator finis
 Checkpoints (runtime/checkpoint/, only where the job has a checkpoint folder): a source emits Barrier(n)
 at the tick after the driver asked for checkpoint n; a consumer holds back each input whose Barrier(n)
 arrived (the gate reads nothing more from it) until every input still open has delivered it, then
-`take_barrier`: the operator's snapshot goes into this instance's state file, the barrier goes out on every
-output (a chain's members take it in turn, by call) and a CheckpointAck goes to the driver.
+`take_barrier`: the operator's snapshot goes into this instance's state file (on Ray: into the ack), the
+barrier goes out on every output (a chain's members take it in turn, by call) and a CheckpointAck goes to
+the driver.
 
 A task may run a chain (chain.py): the head is this loop; each further operator is a member BaseTask
 without a gate, fed by call through its upstream's router (`take_many` / `take_one`, `end_of_link`).
@@ -32,7 +33,6 @@ from typing import Any
 from procflow.core.enums import OperatorKind
 from procflow.core.signals import StopSignal
 from procflow.runtime.checkpoint.barrier import FINAL, Barrier, CheckpointAck
-from procflow.runtime.checkpoint.store import write_state
 from procflow.runtime.chunking import ChunkSize
 from procflow.runtime.communication.codec import EncodeError
 from procflow.runtime.communication.packet import RecordBatch
@@ -282,20 +282,20 @@ class BaseTask:
 
     def take_barrier(self, barrier: Barrier) -> None:
         """Every input is aligned on `barrier` (or this is a source at its tick, or a chain member fed
-        by its upstream): snapshot the operator into this instance's state file, forward the barrier on
-        every output after everything routed before it, and ack the driver."""
+        by its upstream): snapshot the operator (into this instance's state file, or into the ack where the
+        backend ships state: TaskContext.checkpoint_ack), forward the barrier on every output after
+        everything routed before it, and ack the driver."""
         ctx = self.ctx
-        checkpoint_dir = ctx.checkpoint_dir
-        assert checkpoint_dir is not None, "barriers flow only where the job has a checkpoint folder"
         ctx.checkpoint_number = barrier.checkpoint
         self.operator.flush()
         state, progress = self.operator.snapshot()
-        nbytes, digest = write_state(checkpoint_dir, barrier.checkpoint, ctx.task_slot, ctx.name,
-                                     self._pickled_state(state))
+        # Where the state goes is the context's (backend's) business: a state file written here, or the
+        # state itself in the ack (TaskContext.checkpoint_ack).
+        ack = ctx.checkpoint_ack(barrier.checkpoint, self._pickled_state(state), progress)
         self._router.send_barrier(barrier)
         self._flush_dead_letters()   # the driver keeps those before the ack with the checkpoint
-        ctx.control.send(CheckpointAck(ctx.name, barrier.checkpoint, nbytes, digest, progress))
-        ctx.logger.debug("checkpoint %d taken (%d bytes of state)", barrier.checkpoint, nbytes)
+        ctx.control.send(ack)
+        ctx.logger.debug("checkpoint %d taken (%d bytes of state)", barrier.checkpoint, ack.nbytes)
 
     def _pickled_state(self, state: dict[str, Any]) -> bytes:
         try:
