@@ -19,7 +19,6 @@ interface (`ActorJobControl`) is kept inside the actor and driven by actor calls
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from collections import deque
@@ -118,7 +117,7 @@ class RayTaskContext(TaskContext):
         """The state travels in the ack, over the actor's control outbox: a task actor may run on
         another node than the checkpoint folder, which only the driver is sure to reach. The driver writes
         it there before the checkpoint completes (Checkpoints._complete)."""
-        return CheckpointAck(self.name, number, len(state), hashlib.sha256(state).hexdigest(), progress, state)
+        return CheckpointAck.carrying(self.name, number, state, progress)
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()

@@ -19,6 +19,7 @@ all its outputs at once where there is room, then waits only for the full ones (
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +38,8 @@ FINAL = 0   # CheckpointAck.checkpoint of a finished task's last state (checkpoi
 class CheckpointAck:
     """A task instance took its part of checkpoint `checkpoint`: its state file (`nbytes`, `sha256`)
     is written, and `progress` tells the driver what it merges itself (a split reader's finished and
-    current splits, a file sink's rolled parts). `state`: the state itself, in a FINAL ack only."""
+    current splits, a file sink's rolled parts). `state`: the state itself, where the driver writes it
+    (`carrying`)."""
 
     task: str
     checkpoint: int
@@ -45,3 +47,9 @@ class CheckpointAck:
     sha256: str
     progress: dict[str, Any] = field(default_factory=dict)
     state: bytes | None = None
+
+    @classmethod
+    def carrying(cls, task: str, checkpoint: int, state: bytes, progress: dict[str, Any]) -> CheckpointAck:
+        """An ack with the state itself, which the driver writes into the checkpoint: a finished task's
+        FINAL ack, or any ack where the task may run on another machine than the folder (Ray)."""
+        return cls(task, checkpoint, len(state), hashlib.sha256(state).hexdigest(), progress, state)

@@ -135,9 +135,9 @@ class Checkpoints:
         self.taken: list[dict[str, Any]] = []   # completed checkpoints: number, duration_s, bytes
         self._asked: list[concurrent.futures.Future[int]] = []     # job.checkpoint(), not picked up yet
         self._waiting: list[concurrent.futures.Future[int]] = []   # ... for the checkpoint in flight
-        # Called once checkpoint n is complete (its manifest in place): n, and per sink operator the parts it
-        # lists; the Dispatcher publishes them (file sinks commit per completed checkpoint).
-        # and the two-phase sinks' tokens it holds (COMMITS).
+        # Called once checkpoint n is complete (its manifest in place) with n, per sink operator the parts it
+        # lists, and the two-phase sinks' tokens it holds (COMMITS): the Dispatcher publishes the parts and
+        # commits the tokens.
         self.on_complete: Callable[[int, dict[str, list[str]], list[tuple[str, str, int, Any]]], None] | None = None
         self._lock = threading.Lock()   # `ask` runs in the caller's thread, the rest in the monitor's
 

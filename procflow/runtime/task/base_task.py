@@ -22,7 +22,6 @@ without a gate, fed by call through its upstream's router (`take_many` / `take_o
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import time
@@ -320,8 +319,7 @@ class BaseTask:
         state, progress = self.operator.snapshot()
         state["finished"] = True
         data = self._pickled_state(state)
-        ctx.control.send(CheckpointAck(ctx.name, FINAL, len(data), hashlib.sha256(data).hexdigest(), progress,
-                                       data))
+        ctx.control.send(CheckpointAck.carrying(ctx.name, FINAL, data, progress))
 
     def _process_records(self, records: list, keys: list | None) -> None:
         """The records of one batch, step by step (steps.py), with the bookkeeping every step shares:
