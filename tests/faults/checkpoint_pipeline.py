@@ -56,6 +56,13 @@ def expected() -> tuple[list[int], list[list[int]]]:
     return list(range(RECORDS)), sums
 
 
+def assert_exactly_once(out: str, handles: tuple[Any, Any, Any]) -> None:
+    """Both file sinks' committed output and the three collects equal an uninterrupted run's."""
+    assert committed(out) == expected()
+    records, sums = expected()
+    assert collected(*handles) == (records, records, sums)
+
+
 def committed(out: str) -> tuple[list[int], list[list[int]]]:
     """The records of both sinks' committed parts (sorted), after checking their _SUCCESS exists."""
     return committed_rows(os.path.join(out, "records")), committed_rows(os.path.join(out, "sums"))

@@ -40,9 +40,7 @@ def _resume(env_dir: str, inp: str, out: str, checkpoint_dir: str, sum_paralleli
                            config={"checkpoint_interval": 0.1})
     handles = pipeline.build(env, inp, out, sum_parallelism)
     env.submit(resume=True)
-    assert pipeline.committed(out) == pipeline.expected()
-    records, sums = pipeline.expected()
-    assert pipeline.collected(*handles) == (records, records, sums)
+    pipeline.assert_exactly_once(out, handles)
     return env
 
 

@@ -38,9 +38,7 @@ def test_inline_job_killed_after_a_checkpoint_resumes_exactly_once(env_dir, tmp_
                            executor=resume_executor, config={"checkpoint_interval": 0.1})
     handles = pipeline.build(env, inp, out)
     env.submit(resume=True)
-    assert pipeline.committed(out) == pipeline.expected()
-    records, sums = pipeline.expected()
-    assert pipeline.collected(*handles) == (records, records, sums)
+    pipeline.assert_exactly_once(out, handles)
     assert _manifests(checkpoint_dir) == [], "a finished job keeps no checkpoints"
 
 

@@ -61,9 +61,7 @@ def test_task_actor_killed_after_a_checkpoint_resumes_on_ray_exactly_once(ray_in
     with resumed:
         handles = pipeline.build(resumed, inp, out)
         resumed.submit(resume=True)
-    assert pipeline.committed(out) == pipeline.expected()
-    records, sums = pipeline.expected()
-    assert pipeline.collected(*handles) == (records, records, sums)
+    pipeline.assert_exactly_once(out, handles)
     assert _manifests(checkpoint_dir) == [], "a finished job keeps no checkpoints"
     assert set(published) <= set(_published(out)), "a part published before the failure was not kept"
 
